@@ -1,0 +1,164 @@
+//! Message encoding: serde values to bytes (postcard) plus a side table of file descriptors.
+//!
+//! Handles that own a descriptor (a [`Connection`](crate::Connection), a queue, ...) serialise
+//! as an index into the side table of the message being encoded: [`serialize_fd`] moves a
+//! duplicate of the descriptor into the table and writes its index; the frame then carries the
+//! table with SCM_RIGHTS. On the receiving side [`deserialize_fd`] takes descriptor `i` out of
+//! the table of the frame being decoded. A handle serialised anywhere else (to JSON, say) is an
+//! error, and so is an index that is out of range or used twice: bytes alone can never conjure
+//! a descriptor.
+
+pub(crate) mod frame;
+
+use std::cell::RefCell;
+use std::os::fd::OwnedFd;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, ErrorKind};
+
+thread_local! {
+    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Restores the previous side table when an encode/decode scope ends (even by panic).
+struct Scope<'a, T: 'static> {
+    key: &'static std::thread::LocalKey<RefCell<Option<T>>>,
+    saved: Option<T>,
+    _p: std::marker::PhantomData<&'a ()>,
+}
+
+impl<T: 'static> Scope<'_, T> {
+    fn enter(key: &'static std::thread::LocalKey<RefCell<Option<T>>>, table: T) -> Self {
+        let saved = key.with(|c| c.borrow_mut().replace(table));
+        Scope { key, saved, _p: std::marker::PhantomData }
+    }
+    fn finish(mut self) -> Option<T> {
+        let saved = self.saved.take();
+        self.key.with(|c| std::mem::replace(&mut *c.borrow_mut(), saved))
+    }
+}
+
+impl<T: 'static> Drop for Scope<'_, T> {
+    fn drop(&mut self) {
+        if let Some(saved) = self.saved.take() {
+            self.key.with(|c| *c.borrow_mut() = Some(saved));
+        }
+    }
+}
+
+/// Serialises `value` by appending to `out`; descriptors of handles inside it go to `fds`.
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(), Error> {
+    let scope = Scope::enter(&OUTGOING, std::mem::take(fds));
+    let res = postcard::to_io(value, &mut *out);
+    *fds = scope.finish().unwrap_or_default();
+    match res {
+        Ok(_) => {
+            if fds.len() > crate::sys::socket::MAX_FDS_PER_FRAME {
+                return Err(Error::msg(
+                    ErrorKind::Encode,
+                    format!(
+                        "a message may carry at most {} handles, this one has {}",
+                        crate::sys::socket::MAX_FDS_PER_FRAME,
+                        fds.len()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => Err(Error::msg(ErrorKind::Encode, e.to_string())),
+    }
+}
+
+/// Deserialises a `T` from exactly `bytes`, with `fds` as the side table.
+///
+/// Descriptors the value does not claim are closed.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, Error> {
+    let table: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let scope = Scope::enter(&INCOMING, table);
+    let res = postcard::take_from_bytes::<T>(bytes);
+    drop(scope.finish());
+    match res {
+        Ok((v, rest)) if rest.is_empty() => Ok(v),
+        Ok((_, rest)) => Err(Error::msg(
+            ErrorKind::Decode,
+            format!("{} unexpected trailing bytes after the value", rest.len()),
+        )),
+        Err(e) => Err(Error::msg(ErrorKind::Decode, e.to_string())),
+    }
+}
+
+/// Serialises a descriptor-owning handle: a duplicate goes into the side table, its index
+/// into the bytes. Fails outside a multiproc encode.
+pub(crate) fn serialize_fd<S: Serializer>(fd: std::os::fd::BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
+    let index = OUTGOING.with(|c| -> Result<u32, String> {
+        let mut table = c.borrow_mut();
+        let table = table.as_mut().ok_or_else(|| {
+            "multiproc handles can only be serialised by multiproc itself (as Process/Pool \
+             arguments or inside Connection messages)"
+                .to_string()
+        })?;
+        let dup = fd.try_clone_to_owned().map_err(|e| format!("duplicating a handle: {e}"))?;
+        table.push(dup);
+        Ok((table.len() - 1) as u32)
+    });
+    match index {
+        Ok(i) => s.serialize_u32(i),
+        Err(msg) => Err(serde::ser::Error::custom(msg)),
+    }
+}
+
+/// Takes the descriptor a handle refers to out of the side table of the frame being decoded.
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    let index = u32::deserialize(d)? as usize;
+    INCOMING.with(|c| {
+        let mut table = c.borrow_mut();
+        let table = table.as_mut().ok_or_else(|| {
+            serde::de::Error::custom("multiproc handles can only be deserialised by multiproc itself")
+        })?;
+        match table.get_mut(index) {
+            Some(slot) => slot.take().ok_or_else(|| {
+                serde::de::Error::custom(format!("handle {index} is referenced twice in one message"))
+            }),
+            None => Err(serde::de::Error::custom(format!(
+                "handle {index} refers to a descriptor that did not arrive with the message \
+                 (forged or foreign bytes)"
+            ))),
+        }
+    })
+}
+
+/// Helper so `Vec<u8>` payloads travel as one byte string rather than element by element.
+pub(crate) mod bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+#[cfg(test)]
+mod tests;

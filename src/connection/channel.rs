@@ -1,0 +1,289 @@
+//! The untyped framed channel under every [`Connection`](super::Connection) and every
+//! internal control stream (process bootstrap, fork server, pool workers).
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{self, frame};
+use crate::error::{Error, ErrorKind};
+use crate::sys::socket;
+
+/// Bytes read per `recvmsg` when the buffer is refilled.
+const READ_CHUNK: usize = 64 * 1024;
+/// Payloads at least this large are read straight into their destination.
+const DIRECT_READ: usize = 16 * 1024;
+
+/// One received frame.
+#[derive(Debug, Default)]
+pub(crate) struct Frame {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Frame {
+    /// Decodes the payload as a `T`, handing the frame's descriptors to the handles inside.
+    pub(crate) fn decode<T: DeserializeOwned>(self) -> Result<T, Error> {
+        codec::decode(&self.payload, self.fds)
+    }
+}
+
+#[derive(Debug)]
+struct Reader {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+    /// A frame whose header was read but whose payload is still arriving.
+    partial: Option<(frame::Header, Vec<u8>)>,
+    /// Set after a protocol error: the stream can no longer be trusted.
+    broken: Option<ErrorKind>,
+}
+
+#[derive(Debug, Default)]
+struct Writer {
+    scratch: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// A framed, descriptor-carrying byte stream over a Unix stream socket.
+///
+/// Reading and writing are locked separately, so one thread may send while another receives.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    fd: OwnedFd,
+    reader: Mutex<Reader>,
+    writer: Mutex<Writer>,
+    max_message: AtomicUsize,
+}
+
+impl Channel {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        Channel {
+            fd,
+            reader: Mutex::new(Reader {
+                buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+                start: 0,
+                end: 0,
+                fds: VecDeque::new(),
+                partial: None,
+                broken: None,
+            }),
+            writer: Mutex::new(Writer::default()),
+            max_message: AtomicUsize::new(frame::DEFAULT_MAX_MESSAGE),
+        }
+    }
+
+    /// A connected pair.
+    pub(crate) fn pair() -> Result<(Channel, Channel), Error> {
+        let (a, b) = socket::socketpair().map_err(|e| Error::io(e).context("creating a socket pair"))?;
+        Ok((Channel::new(a), Channel::new(b)))
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub(crate) fn set_max_message(&self, n: usize) {
+        self.max_message.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn max_message(&self) -> usize {
+        self.max_message.load(Ordering::Relaxed)
+    }
+
+    /// Sends raw `payload` with `fds` attached as one frame.
+    pub(crate) fn send_raw(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let header = frame::encode_header(payload.len(), fds.len())?;
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        socket::send_frame(self.fd.as_fd(), &header, payload, fds, false).map_err(Error::io)
+    }
+
+    /// Serialises `value` and sends it as one frame (handles inside travel as descriptors).
+    pub(crate) fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Writer { scratch, fds } = &mut *w;
+        scratch.clear();
+        fds.clear();
+        scratch.extend_from_slice(&[0u8; frame::HEADER_LEN]);
+        codec::encode(value, scratch, fds)?;
+        let len = scratch.len() - frame::HEADER_LEN;
+        let header = frame::encode_header(len, fds.len())?;
+        scratch[..frame::HEADER_LEN].copy_from_slice(&header);
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let res = socket::send_frame(self.fd.as_fd(), scratch, &[], &borrowed, false).map_err(Error::io);
+        drop(borrowed);
+        fds.clear();
+        if scratch.capacity() > 1 << 20 {
+            *scratch = Vec::new();
+        }
+        res
+    }
+
+    /// Sends a small frame without blocking; `WouldBlock` if the socket buffer is full.
+    pub(crate) fn try_send_raw(&self, payload: &[u8]) -> Result<(), Error> {
+        let header = frame::encode_header(payload.len(), 0)?;
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        socket::send_frame(self.fd.as_fd(), &header, payload, &[], true).map_err(Error::io)
+    }
+
+    /// Receives one frame, waiting until `deadline` (forever with `None`).
+    pub(crate) fn recv_frame(&self, deadline: Option<Instant>) -> Result<Frame, Error> {
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        r.recv(self.fd.as_fd(), self.max_message(), deadline)
+    }
+
+    /// Receives one frame into `dest` (payload only) if it fits; otherwise leaves it queued.
+    pub(crate) fn recv_into(&self, dest: &mut [u8], deadline: Option<Instant>) -> Result<usize, Error> {
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let header = r.peek_header(self.fd.as_fd(), self.max_message(), deadline)?;
+        if header.len > dest.len() {
+            return Err(Error::msg(
+                ErrorKind::BufferTooShort,
+                format!("the message has {} bytes, the buffer {}", header.len, dest.len()),
+            ));
+        }
+        let f = r.recv(self.fd.as_fd(), self.max_message(), deadline)?;
+        dest[..f.payload.len()].copy_from_slice(&f.payload);
+        Ok(f.payload.len())
+    }
+
+    /// Receives and decodes one value.
+    pub(crate) fn recv<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<T, Error> {
+        self.recv_frame(deadline)?.decode()
+    }
+
+    /// Whether a frame (or end of stream) can be read without blocking, waiting until `deadline`.
+    pub(crate) fn poll(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+        {
+            let r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            if r.end > r.start || r.broken.is_some() {
+                return Ok(true);
+            }
+        }
+        socket::wait_fd(self.fd.as_fd(), false, deadline).map_err(Error::io)
+    }
+
+    /// Whether buffered bytes are waiting (so `wait` must not block on the fd).
+    pub(crate) fn has_buffered(&self) -> bool {
+        let r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        r.end > r.start
+    }
+}
+
+impl Reader {
+    /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
+    fn fill(&mut self, fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool, Error> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if deadline.is_some() && !socket::wait_fd(fd, false, deadline).map_err(Error::io)? {
+            return Err(Error::new(ErrorKind::Timeout));
+        }
+        let n = socket::recv_some(fd, &mut self.buf[self.end..], &mut self.fds).map_err(Error::io)?;
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    fn peek_header(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<frame::Header, Error> {
+        if let Some(kind) = self.broken {
+            return Err(Error::msg(kind, "the stream was abandoned after an earlier protocol error"));
+        }
+        if let Some((h, _)) = &self.partial {
+            return Ok(*h);
+        }
+        while self.end - self.start < frame::HEADER_LEN {
+            if !self.fill(fd, deadline)? {
+                return Err(if self.end == self.start {
+                    Error::new(ErrorKind::Disconnected)
+                } else {
+                    self.broken = Some(ErrorKind::Disconnected);
+                    Error::msg(ErrorKind::Disconnected, "the peer closed the stream in the middle of a frame")
+                });
+            }
+        }
+        let mut hb = [0u8; frame::HEADER_LEN];
+        hb.copy_from_slice(&self.buf[self.start..self.start + frame::HEADER_LEN]);
+        match frame::decode_header(&hb, max) {
+            Ok(h) => Ok(h),
+            Err(e) => {
+                self.broken = Some(e.kind());
+                Err(e)
+            }
+        }
+    }
+
+    fn recv(&mut self, fd: BorrowedFd<'_>, max: usize, deadline: Option<Instant>) -> Result<Frame, Error> {
+        let (header, mut payload) = match self.partial.take() {
+            Some(p) => p,
+            None => {
+                let h = self.peek_header(fd, max, deadline)?;
+                self.start += frame::HEADER_LEN;
+                // Capacity is reserved up to the announced length, which is within the limit;
+                // pages are only touched as bytes arrive.
+                (h, Vec::with_capacity(h.len))
+            }
+        };
+        loop {
+            let want = header.len - payload.len();
+            if want == 0 {
+                break;
+            }
+            let avail = self.end - self.start;
+            if avail > 0 {
+                let n = avail.min(want);
+                payload.extend_from_slice(&self.buf[self.start..self.start + n]);
+                self.start += n;
+                continue;
+            }
+            if deadline.is_some() && !socket::wait_fd(fd, false, deadline).map_err(Error::io)? {
+                self.partial = Some((header, payload));
+                return Err(Error::new(ErrorKind::Timeout));
+            }
+            let got = if want >= DIRECT_READ {
+                socket::read_into_vec(fd, &mut payload, want).map_err(Error::io)?
+            } else {
+                match self.fill(fd, None) {
+                    Ok(true) => self.end - self.start,
+                    Ok(false) => 0,
+                    Err(e) => return Err(e),
+                }
+            };
+            if got == 0 {
+                self.broken = Some(ErrorKind::Disconnected);
+                return Err(Error::msg(
+                    ErrorKind::Disconnected,
+                    format!(
+                        "the peer closed the stream in the middle of a frame ({} of {} bytes)",
+                        payload.len(),
+                        header.len
+                    ),
+                ));
+            }
+        }
+        if self.fds.len() < header.nfds {
+            self.broken = Some(ErrorKind::Protocol);
+            return Err(Error::msg(
+                ErrorKind::Protocol,
+                format!("frame announced {} descriptors but {} arrived", header.nfds, self.fds.len()),
+            ));
+        }
+        let fds = self.fds.drain(..header.nfds).collect();
+        Ok(Frame { payload, fds })
+    }
+}

@@ -1,0 +1,321 @@
+//! Pipes and connections: typed, framed, duplex or one-way message streams between processes.
+//!
+//! A [`Connection<T>`] sends and receives values of type `T` (anything serde can serialise),
+//! or raw byte messages. Connections are ordinary arguments: pass one to a child process (any
+//! start method) or inside another message, and the descriptor travels with it.
+//!
+//! ```
+//! use multiproc::{Pipe, Process};
+//!
+//! let (parent, child) = Pipe::new::<String>()?;
+//! let p = Process::spawn(child, |conn| {
+//!     let msg = conn.recv().unwrap();
+//!     conn.send(&format!("{msg}, world")).unwrap();
+//! })?;
+//! parent.send(&"hello".to_string())?;
+//! assert_eq!(parent.recv()?, "hello, world");
+//! p.join()?;
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+
+pub(crate) mod channel;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys::socket;
+use channel::Channel;
+
+/// One end of a [`Pipe`]: sends and receives values of type `T`.
+///
+/// Methods take `&self`: one thread may send while another receives. Two threads receiving at
+/// once are serialised (each gets whole messages). Do not let two *processes* read (or write)
+/// the same end at once; as in Python, their messages would interleave. Moving the end to a
+/// child (as an argument) is the normal way to share it.
+///
+/// Dropping a `Connection` closes this process's copy of its end; the peer sees
+/// [`ErrorKind::Disconnected`] once every copy is closed.
+pub struct Connection<T> {
+    chan: Channel,
+    readable: bool,
+    writable: bool,
+    _type: PhantomData<fn(T) -> T>,
+}
+
+/// Creates connected [`Connection`] pairs, like Python's `multiprocessing.Pipe`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pipe;
+
+impl Pipe {
+    /// A duplex pair: both ends send and receive (`Pipe()` in Python).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] if the process is out of descriptors.
+    pub fn new<T>() -> Result<(Connection<T>, Connection<T>)> {
+        let (a, b) = Channel::pair()?;
+        Ok((Connection::from_channel(a, true, true), Connection::from_channel(b, true, true)))
+    }
+
+    /// A one-way pair `(reader, writer)` (`Pipe(duplex=False)` in Python).
+    ///
+    /// ```
+    /// let (r, w) = multiproc::Pipe::simplex::<u32>()?;
+    /// w.send(&7)?;
+    /// assert_eq!(r.recv()?, 7);
+    /// assert!(r.send(&1).is_err());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] if the process is out of descriptors.
+    pub fn simplex<T>() -> Result<(Connection<T>, Connection<T>)> {
+        let (r, w) = Channel::pair()?;
+        socket::shutdown(r.fd(), socket::Half::Write).map_err(Error::io)?;
+        socket::shutdown(w.fd(), socket::Half::Read).map_err(Error::io)?;
+        Ok((Connection::from_channel(r, true, false), Connection::from_channel(w, false, true)))
+    }
+}
+
+fn deadline_after(timeout: Duration) -> Instant {
+    Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365))
+}
+
+impl<T> Connection<T> {
+    fn from_channel(chan: Channel, readable: bool, writable: bool) -> Self {
+        Connection { chan, readable, writable, _type: PhantomData }
+    }
+
+    fn check_read(&self) -> Result<()> {
+        if self.readable {
+            Ok(())
+        } else {
+            Err(Error::msg(ErrorKind::Unsupported, "this end of a one-way pipe is write-only"))
+        }
+    }
+
+    fn check_write(&self) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Error::msg(ErrorKind::Unsupported, "this end of a one-way pipe is read-only"))
+        }
+    }
+
+    /// Sends raw bytes as one message (`send_bytes` in Python).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Disconnected`] if the peer is gone; [`ErrorKind::TooLarge`] over 4 GiB.
+    pub fn send_bytes(&self, buf: &[u8]) -> Result<()> {
+        self.check_write()?;
+        self.chan.send_raw(buf, &[])
+    }
+
+    /// Receives one message as raw bytes, blocking until it arrives (`recv_bytes`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Disconnected`] when the peer has closed its end and nothing is left;
+    /// [`ErrorKind::TooLarge`] / [`ErrorKind::Protocol`] on oversized or malformed frames.
+    pub fn recv_bytes(&self) -> Result<Vec<u8>> {
+        self.check_read()?;
+        Ok(self.chan.recv_frame(None)?.payload)
+    }
+
+    /// Receives one message into `buf`, returning its length (`recv_bytes_into`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BufferTooShort`] if the message does not fit; it stays queued, so a
+    /// following [`recv_bytes`](Self::recv_bytes) returns it.
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        self.check_read()?;
+        self.chan.recv_into(buf, None)
+    }
+
+    /// Waits up to `timeout` for a message (or end of stream); `Duration::ZERO` just checks.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] only on operating-system failures.
+    pub fn poll(&self, timeout: Duration) -> Result<bool> {
+        self.check_read()?;
+        self.chan.poll(Some(deadline_after(timeout)))
+    }
+
+    /// The largest message this end accepts (default 1 GiB). Larger frames fail with
+    /// [`ErrorKind::TooLarge`] before anything is allocated.
+    pub fn max_message_size(&self) -> usize {
+        self.chan.max_message()
+    }
+
+    /// Sets the largest message this end accepts.
+    pub fn set_max_message_size(&self, bytes: usize) {
+        self.chan.set_max_message(bytes)
+    }
+
+    /// Whether this end can receive.
+    pub fn readable(&self) -> bool {
+        self.readable
+    }
+
+    /// Whether this end can send.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+}
+
+impl<T: Serialize> Connection<T> {
+    /// Sends a value (`send` in Python). Handles inside it (connections, queues) travel too.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Disconnected`] if the peer is gone; [`ErrorKind::Encode`] if serde fails.
+    pub fn send(&self, value: &T) -> Result<()> {
+        self.check_write()?;
+        self.chan.send(value)
+    }
+}
+
+impl<T: DeserializeOwned> Connection<T> {
+    /// Receives a value, blocking until one arrives (`recv` in Python).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Disconnected`] when the peer has closed its end and nothing is left;
+    /// [`ErrorKind::Decode`] if the bytes are not a `T`; [`ErrorKind::TooLarge`] or
+    /// [`ErrorKind::Protocol`] for oversized or malformed frames.
+    pub fn recv(&self) -> Result<T> {
+        self.check_read()?;
+        self.chan.recv(None)
+    }
+
+    /// Receives a value if one is ready now.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), except that "nothing yet" is `Ok(None)`.
+    pub fn try_recv(&self) -> Result<Option<T>> {
+        match self.recv_deadline(Instant::now()) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_timeout() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Receives a value, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if nothing arrived in time, otherwise as [`recv`](Self::recv).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
+        self.recv_deadline(deadline_after(timeout))
+    }
+
+    /// Receives a value, waiting until `deadline`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if nothing arrived in time, otherwise as [`recv`](Self::recv).
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<T> {
+        self.check_read()?;
+        self.chan.recv(Some(deadline))
+    }
+}
+
+impl<T> AsFd for Connection<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.chan.fd()
+    }
+}
+
+impl<T> fmt::Debug for Connection<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.chan.fd())
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+impl<T> Serialize for Connection<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        if self.chan.has_buffered() {
+            return Err(serde::ser::Error::custom(
+                "this connection has received bytes that were not read yet; read them before \
+                 sending the connection to another process",
+            ));
+        }
+        struct Fd<'a>(BorrowedFd<'a>);
+        impl Serialize for Fd<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                crate::codec::serialize_fd(self.0, s)
+            }
+        }
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&Fd(self.chan.fd()))?;
+        t.serialize_element(&(u8::from(self.readable) | (u8::from(self.writable) << 1)))?;
+        t.end()
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Connection<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Fd(OwnedFd);
+        impl<'de> Deserialize<'de> for Fd {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                crate::codec::deserialize_fd(d).map(Fd)
+            }
+        }
+        let (Fd(fd), flags) = <(Fd, u8)>::deserialize(d)?;
+        if !crate::sys::socket::is_stream_socket(fd.as_fd()) {
+            return Err(serde::de::Error::custom("the descriptor sent as a Connection is not a stream socket"));
+        }
+        Ok(Connection::from_channel(Channel::new(fd), flags & 1 != 0, flags & 2 != 0))
+    }
+}
+
+/// Something [`wait`] can wait on: a [`Connection`] (a message is ready) or a
+/// [`Process`](crate::Process) (it has exited).
+pub trait Waitable {
+    /// The descriptor that becomes readable, and whether the object is ready already.
+    #[doc(hidden)]
+    fn wait_handle(&self) -> (BorrowedFd<'_>, bool);
+}
+
+impl<T> Waitable for Connection<T> {
+    fn wait_handle(&self) -> (BorrowedFd<'_>, bool) {
+        (self.chan.fd(), self.chan.has_buffered())
+    }
+}
+
+/// Waits until at least one of `objects` is ready, or `timeout` passes (`None`: no limit).
+///
+/// Returns the indices of the ready objects, in order; empty on timeout. Like Python's
+/// `multiprocessing.connection.wait`.
+///
+/// ```
+/// use std::time::Duration;
+/// let (a, b) = multiproc::Pipe::new::<u8>()?;
+/// let (c, d) = multiproc::Pipe::new::<u8>()?;
+/// b.send(&1)?;
+/// let ready = multiproc::connection::wait(&[&a, &c], Some(Duration::from_secs(5)))?;
+/// assert_eq!(ready, vec![0]);
+/// # drop(d);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// # Errors
+/// [`ErrorKind::Io`] on operating-system failures.
+pub fn wait<W: Waitable + ?Sized>(objects: &[&W], timeout: Option<Duration>) -> Result<Vec<usize>> {
+    let handles: Vec<(BorrowedFd<'_>, bool)> = objects.iter().map(|o| o.wait_handle()).collect();
+    let already: Vec<usize> = handles.iter().enumerate().filter(|(_, h)| h.1).map(|(i, _)| i).collect();
+    if !already.is_empty() {
+        return Ok(already);
+    }
+    let fds: Vec<BorrowedFd<'_>> = handles.iter().map(|h| h.0).collect();
+    socket::poll_many(&fds, socket::Events::IN | socket::Events::RDHUP, timeout.map(deadline_after))
+        .map_err(Error::io)
+}
+
+#[cfg(test)]
+mod tests;

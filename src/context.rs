@@ -1,0 +1,86 @@
+//! Start methods and the process-wide default.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How a child process is created, as in Python's `multiprocessing`.
+///
+/// | method | how | cost here | safe in a multi-threaded parent |
+/// |---|---|---|---|
+/// | [`ForkServer`](Self::ForkServer) (default) | a clean single-threaded server, started once by re-executing this program, forks each child | lowest after the first start | yes |
+/// | [`Spawn`](Self::Spawn) | re-executes this program; the child becomes the task before `main` runs | about one `exec` per child | yes |
+/// | [`Fork`](Self::Fork) | `fork()` of the calling process; the child runs the task in a copy of it | one `fork` of the caller | see below |
+///
+/// # Fork's contract
+///
+/// The child of [`Fork`](Self::Fork) is a copy of the whole parent taken in the middle of
+/// whatever its other threads were doing, with only the calling thread running. Any lock
+/// another thread held at that moment stays held forever in the child. multiproc's own code in
+/// the child takes no such lock (and glibc resets its allocator's locks for the child), so
+/// **the task is sound under `Fork` when the parent is single-threaded, or when the task
+/// itself takes no lock that another parent thread might have held** (stdout, a `Mutex`,
+/// a logger, a thread pool, a tokio runtime). When in doubt use the default.
+/// File descriptors the parent has open are inherited by a forked child (as in Python);
+/// multiproc closes its own internal ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StartMethod {
+    /// `fork()` the calling process (see the contract above).
+    Fork,
+    /// Re-execute the current program for every child.
+    Spawn,
+    /// Fork each child from a clean server process started on first use (the default).
+    #[default]
+    ForkServer,
+}
+
+impl StartMethod {
+    fn to_u8(self) -> u8 {
+        match self {
+            StartMethod::Fork => 1,
+            StartMethod::Spawn => 2,
+            StartMethod::ForkServer => 3,
+        }
+    }
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => StartMethod::Fork,
+            2 => StartMethod::Spawn,
+            _ => StartMethod::ForkServer,
+        }
+    }
+    /// Python's name for the method (`"fork"`, `"spawn"`, `"forkserver"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::Spawn => "spawn",
+            StartMethod::ForkServer => "forkserver",
+        }
+    }
+}
+
+static DEFAULT: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the start method used when a builder does not choose one (`set_start_method`).
+///
+/// ```
+/// multiproc::set_start_method(multiproc::StartMethod::Spawn);
+/// assert_eq!(multiproc::get_start_method(), multiproc::StartMethod::Spawn);
+/// multiproc::set_start_method(multiproc::StartMethod::ForkServer);
+/// ```
+pub fn set_start_method(method: StartMethod) {
+    DEFAULT.store(method.to_u8(), Ordering::Relaxed);
+}
+
+/// The start method used when a builder does not choose one.
+pub fn get_start_method() -> StartMethod {
+    StartMethod::from_u8(DEFAULT.load(Ordering::Relaxed))
+}
+
+/// Every start method this platform supports (`get_all_start_methods`).
+pub fn all_start_methods() -> &'static [StartMethod] {
+    &[StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork]
+}
+
+/// The number of CPUs this process may use (`cpu_count`).
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}

@@ -1,0 +1,261 @@
+//! Every public error type of the crate.
+
+use std::fmt;
+use std::io;
+
+/// A specialised `Result` for multiproc operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The category of an [`Error`], for matching.
+///
+/// ```
+/// # use multiproc::{Error, ErrorKind};
+/// fn retryable(e: &Error) -> bool {
+///     matches!(e.kind(), ErrorKind::Timeout | ErrorKind::WorkerLost)
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The function panicked in the child; [`Error::panic_message`] has the message.
+    Panicked,
+    /// The child was killed by a signal before it returned; [`Error::signal`] says which.
+    Killed,
+    /// The child exited (with [`Error::exit_code`]) before it returned a result.
+    Exited,
+    /// A pool worker died while running the task (crash, OOM kill, `abort`, signal).
+    WorkerLost,
+    /// A deadline passed (`*_timeout` calls, or a pool's per-task timeout).
+    Timeout,
+    /// The other end is gone: the peer closed its end or its process exited.
+    Disconnected,
+    /// Nothing is available right now (`try_*` calls).
+    WouldBlock,
+    /// The value could not be serialised.
+    Encode,
+    /// The bytes received could not be deserialised into the expected type.
+    Decode,
+    /// A frame was larger than the configured maximum message size.
+    TooLarge,
+    /// The peer broke the wire protocol (garbage bytes, a forged handle, a truncated frame).
+    Protocol,
+    /// The child is not running the same executable as the parent.
+    ExecutableMismatch,
+    /// The object was closed, or the pool no longer accepts work.
+    Closed,
+    /// The task was cancelled because its pool was terminated.
+    Cancelled,
+    /// The result of this process was already taken by an earlier `join`.
+    AlreadyJoined,
+    /// `recv_bytes_into` was given a buffer smaller than the message (the message stays queued).
+    BufferTooShort,
+    /// The operation is not supported here (platform or configuration).
+    Unsupported,
+    /// An operating-system error; [`std::error::Error::source`] has the `io::Error`.
+    Io,
+}
+
+#[derive(Debug)]
+enum Detail {
+    None,
+    Message(String),
+    Panic { message: String, location: Option<String> },
+    Signal(i32),
+    Code(i32),
+    Io(io::Error),
+    Size { size: u64, limit: u64 },
+}
+
+/// The error type of multiproc: what happened, and what to do about it.
+///
+/// Inspect it with [`kind`](Error::kind) and the accessors ([`panic_message`](Error::panic_message),
+/// [`signal`](Error::signal), [`exit_code`](Error::exit_code)).
+///
+/// ```
+/// use multiproc::{ErrorKind, Process};
+/// let p = Process::spawn((), |()| -> u32 { panic!("boom") }).unwrap();
+/// let err = p.join().unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Panicked);
+/// assert_eq!(err.panic_message(), Some("boom"));
+/// ```
+pub struct Error {
+    kind: ErrorKind,
+    detail: Detail,
+    context: Option<&'static str>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind) -> Self {
+        Error { kind, detail: Detail::None, context: None }
+    }
+    pub(crate) fn msg(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, detail: Detail::Message(message.into()), context: None }
+    }
+    pub(crate) fn panicked(message: String, location: Option<String>) -> Self {
+        Error { kind: ErrorKind::Panicked, detail: Detail::Panic { message, location }, context: None }
+    }
+    pub(crate) fn killed(kind: ErrorKind, signal: i32) -> Self {
+        Error { kind, detail: Detail::Signal(signal), context: None }
+    }
+    pub(crate) fn exited(kind: ErrorKind, code: i32) -> Self {
+        Error { kind, detail: Detail::Code(code), context: None }
+    }
+    pub(crate) fn too_large(size: u64, limit: u64) -> Self {
+        Error { kind: ErrorKind::TooLarge, detail: Detail::Size { size, limit }, context: None }
+    }
+    pub(crate) fn io(err: io::Error) -> Self {
+        let kind = match err.kind() {
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof => ErrorKind::Disconnected,
+            io::ErrorKind::WouldBlock => ErrorKind::WouldBlock,
+            io::ErrorKind::TimedOut => ErrorKind::Timeout,
+            _ => ErrorKind::Io,
+        };
+        Error { kind, detail: Detail::Io(err), context: None }
+    }
+    /// Adds what we were doing, shown before the cause ("spawning the fork server: ...").
+    pub(crate) fn context(mut self, what: &'static str) -> Self {
+        if self.context.is_none() {
+            self.context = Some(what);
+        }
+        self
+    }
+
+    /// The category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    /// The panic message, when the child's function panicked.
+    pub fn panic_message(&self) -> Option<&str> {
+        match &self.detail {
+            Detail::Panic { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+    /// Where the child panicked (`file:line:column`), when known.
+    pub fn panic_location(&self) -> Option<&str> {
+        match &self.detail {
+            Detail::Panic { location, .. } => location.as_deref(),
+            _ => None,
+        }
+    }
+    /// The signal that killed the child, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        match self.detail {
+            Detail::Signal(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// The child's exit code, when it exited early with one.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.detail {
+            Detail::Code(c) => Some(c),
+            _ => None,
+        }
+    }
+    /// `true` for [`ErrorKind::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+    /// `true` for [`ErrorKind::Disconnected`].
+    pub fn is_disconnected(&self) -> bool {
+        self.kind == ErrorKind::Disconnected
+    }
+}
+
+/// A readable name for common signals.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = self.context {
+            write!(f, "{c}: ")?;
+        }
+        let what = match self.kind {
+            ErrorKind::Panicked => "the function panicked in the child process",
+            ErrorKind::Killed => "the child process was killed",
+            ErrorKind::Exited => "the child process exited before returning a result",
+            ErrorKind::WorkerLost => "the pool worker running this task died",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::Disconnected => "the other end disconnected",
+            ErrorKind::WouldBlock => "nothing available without blocking",
+            ErrorKind::Encode => "could not serialise the value",
+            ErrorKind::Decode => "could not deserialise the received bytes into the expected type",
+            ErrorKind::TooLarge => "message larger than the maximum message size",
+            ErrorKind::Protocol => "protocol error",
+            ErrorKind::ExecutableMismatch => {
+                "the child is not running the same executable as the parent"
+            }
+            ErrorKind::Closed => "closed",
+            ErrorKind::Cancelled => "cancelled: the pool was terminated",
+            ErrorKind::AlreadyJoined => "the result was already taken by an earlier join",
+            ErrorKind::BufferTooShort => "buffer too short for the message (it stays queued)",
+            ErrorKind::Unsupported => "not supported",
+            ErrorKind::Io => "operating-system error",
+        };
+        f.write_str(what)?;
+        match &self.detail {
+            Detail::None | Detail::Io(_) => Ok(()),
+            Detail::Message(m) => write!(f, ": {m}"),
+            Detail::Panic { message, location } => {
+                write!(f, ": '{message}'")?;
+                if let Some(l) = location {
+                    write!(f, " at {l}")?;
+                }
+                Ok(())
+            }
+            Detail::Signal(s) => write!(f, " by signal {s} ({})", signal_name(*s)),
+            Detail::Code(c) => write!(f, " (exit code {c})"),
+            Detail::Size { size, limit } => write!(
+                f,
+                ": {size} bytes, limit {limit}; raise it with set_max_message_size if the peer is trusted"
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("detail", &self.detail)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.detail {
+            Detail::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::io(e)
+    }
+}

@@ -1,0 +1,270 @@
+//! Creating children: the three start methods behind one contract.
+//!
+//! Every start method produces a [`Launched`] child: its pid, a pidfd when the kernel has
+//! them, and the parent's end of the child's private control stream (a socket pair created
+//! here; the child's end is never visible to anyone else). Over that stream the child reports
+//! its [`Outcome`](crate::task::Outcome) and, for fork-server children, the server reports the
+//! exit status.
+//!
+//! * `fork.rs`: `fork()` the caller; the child runs the closure it already has in memory.
+//! * `exec.rs`: re-execute `/proc/self/exe`; the child's constructor (`bootstrap.rs`) takes
+//!   over before `main` and receives a [`TaskSpec`](protocol::TaskSpec) plus arguments.
+//! * `forkserver.rs`: one clean single-threaded server (itself started like `exec.rs`) forks
+//!   children on request; the parent passes the child's end of the control stream with
+//!   SCM_RIGHTS and then talks to the child directly.
+//!
+//! # Global state and `fork`
+//!
+//! All process-wide state lives in [`GLOBAL`]: our identity, the lifeline pipe, the fork
+//! server client and the registry of live children. Launching holds that lock from the
+//! creation of the control socket pair until the child's end is closed in the parent, and a
+//! `Fork` launch holds it across `fork()` itself, so a forked child always knows every internal
+//! descriptor it inherited and closes them (otherwise it would keep other children's streams
+//! open and hide their end-of-stream from us).
+//!
+//! # No orphans
+//!
+//! A parent that dies, even by SIGKILL, takes its children along within milliseconds:
+//! fork-server children get `PR_SET_PDEATHSIG(SIGKILL)` against the (single-threaded) server,
+//! and the server kills them all and exits when its stream from the parent reaches end of file.
+//! `Fork` and `Spawn` children watch the parent's *lifeline*, a pipe whose write end only the
+//! parent holds; a thread in the child kills the child when the pipe reports hang-up.
+
+pub(crate) mod bootstrap;
+mod exec;
+mod fork;
+mod forkserver;
+pub(crate) mod protocol;
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+use crate::connection::channel::Channel;
+use crate::context::StartMethod;
+use crate::error::{Error, ErrorKind, Result};
+use crate::process::ChildShared;
+use crate::sys;
+use crate::task;
+use protocol::{FromChild, Ident, TaskSpec};
+
+/// Process-wide state (see the module docs for why it is one lock).
+pub(crate) struct Global {
+    /// This process.
+    pub(crate) me: Ident,
+    /// Our parent, when we are a multiproc child.
+    pub(crate) parent: Option<Ident>,
+    /// `(read, write)` ends of the lifeline pipe, created on first use.
+    lifeline: Option<(OwnedFd, OwnedFd)>,
+    /// The fork server client, started on first use.
+    server: Option<forkserver::Client>,
+    /// Children that are not reaped yet.
+    pub(crate) children: Vec<Arc<ChildShared>>,
+    /// For default names `Process-N`.
+    counter: u64,
+}
+
+impl Global {
+    fn fresh(me: Ident, parent: Option<Ident>) -> Self {
+        Global { me, parent, lifeline: None, server: None, children: Vec::new(), counter: 0 }
+    }
+
+    /// Every descriptor of ours a forked child must not keep.
+    fn internal_fds(&self) -> Vec<RawFd> {
+        let mut v = Vec::new();
+        if let Some((_, w)) = &self.lifeline {
+            v.push(w.as_raw_fd());
+        }
+        if let Some(s) = &self.server {
+            v.push(s.raw_fd());
+        }
+        for c in &self.children {
+            c.internal_fds(&mut v);
+        }
+        v
+    }
+
+    /// The read end of the lifeline, creating the pipe on first use.
+    fn lifeline_read(&mut self) -> Result<RawFd> {
+        if self.lifeline.is_none() {
+            let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| Error::io(e.into()).context("creating the lifeline pipe"))?;
+            self.lifeline = Some((r, w));
+        }
+        Ok(self.lifeline.as_ref().map(|(r, _)| r.as_raw_fd()).unwrap_or(-1))
+    }
+
+    /// Next default name.
+    pub(crate) fn next_name(&mut self) -> String {
+        self.counter += 1;
+        format!("Process-{}", self.counter)
+    }
+}
+
+static GLOBAL: OnceLock<Mutex<Global>> = OnceLock::new();
+
+/// Locks the global state (poisoning is ignored: the state stays consistent between calls).
+pub(crate) fn global() -> MutexGuard<'static, Global> {
+    GLOBAL
+        .get_or_init(|| {
+            sys::process::at_exit(crate::process::at_exit);
+            Mutex::new(Global::fresh(Ident { pid: sys::process::getpid(), name: "MainProcess".into() }, None))
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// This executable's fingerprint, computed once.
+pub(crate) fn fingerprint() -> Result<&'static [u8]> {
+    static FP: OnceLock<std::result::Result<Vec<u8>, String>> = OnceLock::new();
+    match FP.get_or_init(|| sys::exe::fingerprint().map_err(|e| e.to_string())) {
+        Ok(v) => Ok(v),
+        Err(e) => Err(Error::msg(ErrorKind::Io, format!("reading /proc/self/exe for its fingerprint: {e}"))),
+    }
+}
+
+/// A child that was just started.
+#[derive(Debug)]
+pub(crate) struct Launched {
+    pub(crate) pid: i32,
+    pub(crate) pidfd: Option<OwnedFd>,
+    pub(crate) chan: Channel,
+    /// Reaped by the fork server (exit status arrives on `chan`) rather than by us.
+    pub(crate) via_server: bool,
+}
+
+/// What to launch, besides the function and its arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchOpts {
+    pub(crate) method: StartMethod,
+    pub(crate) name: Option<String>,
+    pub(crate) daemon: bool,
+}
+
+/// Starts `f(args)` in a new child. Returns the child and its (resolved) name.
+///
+/// `register` runs under the global lock once the child exists, so the registry never misses
+/// a child a concurrent `fork` could inherit.
+pub(crate) fn launch<F, A, R>(
+    opts: &LaunchOpts,
+    args: A,
+    f: F,
+    register: impl FnOnce(&mut Global, Launched, String) -> Arc<ChildShared>,
+) -> Result<Arc<ChildShared>>
+where
+    F: FnOnce(A) -> R + Copy + Send + 'static,
+    A: Serialize + DeserializeOwned,
+    R: Serialize,
+{
+    let entry = task::entry_of::<F, A, R>();
+    crate::process::reap_detached();
+    match opts.method {
+        StartMethod::Fork => {
+            let mut g = global();
+            let name = opts.name.clone().unwrap_or_else(|| g.next_name());
+            let (mut g, launched) = fork::launch(g, &name, move || args, f)?;
+            Ok(register(&mut g, launched, name))
+        }
+        StartMethod::Spawn | StartMethod::ForkServer => {
+            // Encode outside the lock: it may be large.
+            let mut payload = Vec::new();
+            let mut fds = Vec::new();
+            codec::encode(&args, &mut payload, &mut fds)?;
+            drop(args);
+            let fp = fingerprint()?.to_vec();
+            let mut g = global();
+            let name = opts.name.clone().unwrap_or_else(|| g.next_name());
+            let spec = TaskSpec {
+                fingerprint: fp,
+                entry: task::to_offset(entry),
+                name: name.clone(),
+                daemon: opts.daemon,
+                parent: g.me.clone(),
+            };
+            let launched = if opts.method == StartMethod::Spawn {
+                let lifeline = g.lifeline_read()?;
+                exec::launch(lifeline)?
+            } else {
+                forkserver::launch(&mut g)?
+            };
+            let shared = register(&mut g, launched, name);
+            drop(g);
+            // Talk to the child outside the lock (the arguments may be large).
+            send_task(shared.chan(), &spec, &payload, &fds)?;
+            if shared.via_server() {
+                shared.await_hello()?;
+            }
+            Ok(shared)
+        }
+    }
+}
+
+fn send_task(chan: &Channel, spec: &TaskSpec, payload: &[u8], fds: &[OwnedFd]) -> Result<()> {
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    chan.send(spec)
+        .and_then(|()| chan.send_raw(payload, &borrowed))
+        .map_err(|e| e.context("sending the task to the child"))
+}
+
+/// Runs in the child: report `outcome` (and the result bytes) to the parent.
+///
+/// A parent that stopped listening is not an error worth more than a quiet exit.
+pub(crate) fn report(chan: &Channel, outcome: &task::Outcome, out: &[u8], out_fds: &[OwnedFd]) {
+    let ok = *outcome == task::Outcome::Ok;
+    let res = chan.send(&FromChild::Done(outcome.clone())).and_then(|()| {
+        if ok {
+            let borrowed: Vec<_> = out_fds.iter().map(|f| f.as_fd()).collect();
+            chan.send_raw(out, &borrowed)
+        } else {
+            Ok(())
+        }
+    });
+    let _ = res;
+}
+
+/// Exit code a child uses for each outcome (Python uses 1 for an exception).
+pub(crate) fn exit_code_for(outcome: &task::Outcome) -> i32 {
+    match outcome {
+        task::Outcome::Ok => 0,
+        _ => 1,
+    }
+}
+
+/// Flushes Rust's standard streams and leaves without running the parent's exit handlers.
+pub(crate) fn child_exit(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    sys::process::exit_now(code)
+}
+
+/// Starts a thread that kills this process when `lifeline` reports hang-up (the parent died).
+pub(crate) fn watch_lifeline(lifeline: OwnedFd) {
+    let res = std::thread::Builder::new().name("multiproc-lifeline".into()).stack_size(64 * 1024).spawn(move || {
+        loop {
+            match sys::socket::wait_fd(lifeline.as_fd(), false, None) {
+                Ok(true) => break,
+                Ok(false) => continue,
+                Err(_) => break,
+            }
+        }
+        let _ = sys::process::signal_pid(sys::process::getpid(), sys::process::SIGKILL);
+    });
+    if res.is_err() {
+        // Without a watcher we cannot promise to die with the parent; refuse to run.
+        eprintln!("multiproc: could not start the lifeline thread in the child; exiting");
+        child_exit(71);
+    }
+}
+
+/// Locks the global state if it is free right now (used at exit).
+pub(crate) fn try_global() -> Option<MutexGuard<'static, Global>> {
+    match GLOBAL.get()?.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}

@@ -1,0 +1,28 @@
+//! The platform layer: every system call the crate makes goes through here.
+//!
+//! A backend provides, in prose:
+//!
+//! * **sockets** ([`socket`]): a connected, close-on-exec stream socket pair; `send_frame`
+//!   writes a header and payload with optional file descriptors attached to the first byte
+//!   (SCM_RIGHTS on Unix), never raising SIGPIPE; `recv_some` reads whatever is available into
+//!   a buffer and hands over any descriptors that arrived with it; `wait_readable` /
+//!   `wait_writable` block until an fd is ready or a deadline passes.
+//! * **processes** ([`process`]): `fork` (unsafe: see its contract), `exit_now` (leave without
+//!   running exit handlers), race-free process handles (pidfd on Linux) that can be signalled
+//!   and polled for exit, `waitpid`, the parent-death signal, and `atexit`.
+//! * **fingerprint** ([`exe`]): a stable identity of the running executable (the ELF build-id
+//!   on Linux) so a child can check it runs the very same program as its parent.
+//!
+//! Linux is the first backend. macOS would use the same Unix shape with a kqueue
+//! `EVFILT_PROC` in place of pidfds; Windows would need a handle-based backend. One `cfg`
+//! switch picks the backend below; nothing outside `sys` names a platform API.
+//!
+//! Unsafe code is allowed in this module only; every block carries a `// SAFETY:` comment.
+
+#[cfg(target_os = "linux")]
+mod unix;
+#[cfg(target_os = "linux")]
+pub(crate) use unix::*;
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("multiproc currently supports Linux only; macOS and Windows backends are planned");

@@ -1,0 +1,222 @@
+//! Stream sockets that carry frames and file descriptors.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+/// The most file descriptors one frame may carry (Linux allows 253 per message).
+pub(crate) const MAX_FDS_PER_FRAME: usize = 64;
+
+/// A connected pair of close-on-exec Unix stream sockets.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Which half of a socket to shut down.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Half {
+    /// No more reads.
+    Read,
+    /// No more writes.
+    Write,
+}
+
+/// Shuts down one direction of a socket (used for one-way pipes).
+pub(crate) fn shutdown(fd: BorrowedFd<'_>, half: Half) -> io::Result<()> {
+    let how = match half {
+        Half::Read => rustix::net::Shutdown::Read,
+        Half::Write => rustix::net::Shutdown::Write,
+    };
+    Ok(rustix::net::shutdown(fd, how)?)
+}
+
+/// Writes `header` then `payload` completely, attaching `fds` to the first byte.
+///
+/// Never raises SIGPIPE: a closed peer gives `EPIPE`/`ECONNRESET`. `flags_dontwait` makes the
+/// call fail with `WouldBlock` instead of blocking when nothing at all could be written.
+pub(crate) fn send_frame(
+    fd: BorrowedFd<'_>,
+    header: &[u8],
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+    dontwait: bool,
+) -> io::Result<()> {
+    debug_assert!(fds.len() <= MAX_FDS_PER_FRAME);
+    let total = header.len() + payload.len();
+    let mut sent = 0usize;
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+    let mut flags = SendFlags::NOSIGNAL;
+    if dontwait {
+        flags |= SendFlags::DONTWAIT;
+    }
+    while sent < total {
+        let (h, p) = if sent < header.len() {
+            (&header[sent..], payload)
+        } else {
+            (&header[..0], &payload[sent - header.len()..])
+        };
+        let iov = [io::IoSlice::new(h), io::IoSlice::new(p)];
+        let mut cmsg = SendAncillaryBuffer::new(&mut space);
+        if sent == 0 && !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many file descriptors"));
+        }
+        match rustix::net::sendmsg(fd, &iov, &mut cmsg, flags) {
+            Ok(n) => {
+                sent += n;
+                // Only a frame that has not started may give up without blocking.
+                flags = SendFlags::NOSIGNAL;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what is available (blocking until at least one byte or end of stream) into `buf`.
+///
+/// Descriptors that arrive with the data are appended to `fds`, close-on-exec. Returns 0 at
+/// end of stream.
+pub(crate) fn recv_some(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+    loop {
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [io::IoSliceMut::new(buf)];
+        match rustix::net::recvmsg(fd, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC) {
+            Ok(r) => {
+                for msg in cmsg.drain() {
+                    if let RecvAncillaryMessage::ScmRights(received) = msg {
+                        fds.extend(received);
+                    }
+                }
+                if r.flags.contains(ReturnFlags::CTRUNC) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the peer sent more file descriptors than one frame may carry",
+                    ));
+                }
+                return Ok(r.bytes);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reads at most `max` bytes straight into the spare capacity of `vec` (no zeroing).
+///
+/// Returns the number of bytes appended; 0 means end of stream.
+pub(crate) fn read_into_vec(fd: BorrowedFd<'_>, vec: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    if vec.capacity() - vec.len() < max {
+        vec.reserve_exact(max);
+    }
+    let spare = &mut vec.spare_capacity_mut()[..max];
+    loop {
+        match rustix::io::read(fd, &mut *spare) {
+            Ok((filled, _)) => {
+                let n = filled.len();
+                let len = vec.len();
+                // SAFETY: the kernel initialised exactly `n` bytes of the spare capacity that
+                // starts at `len`, and `len + n <= capacity` because `spare` is a sub-slice of it.
+                #[allow(unsafe_code)]
+                unsafe {
+                    vec.set_len(len + n)
+                };
+                return Ok(n);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until `fd` is readable (`write == false`) or writable, or `deadline` passes.
+///
+/// Returns `Ok(false)` on timeout. A hang-up or error condition counts as ready: the next
+/// read or write reports it.
+pub(crate) fn wait_fd(fd: BorrowedFd<'_>, write: bool, deadline: Option<Instant>) -> io::Result<bool> {
+    let events = if write { PollFlags::OUT } else { PollFlags::IN | PollFlags::RDHUP };
+    Ok(wait_any(&[fd], events, deadline)?.is_some())
+}
+
+/// Waits until one of `fds` has `events` (or a hang-up/error), or `deadline` passes.
+///
+/// Returns the index of the first ready descriptor, `None` on timeout.
+pub(crate) fn wait_any(
+    fds: &[BorrowedFd<'_>],
+    events: PollFlags,
+    deadline: Option<Instant>,
+) -> io::Result<Option<usize>> {
+    let ready = poll_many(fds, events, deadline)?;
+    Ok(ready.first().copied())
+}
+
+/// Like [`wait_any`] but returns every ready index (empty on timeout).
+pub(crate) fn poll_many(
+    fds: &[BorrowedFd<'_>],
+    events: PollFlags,
+    deadline: Option<Instant>,
+) -> io::Result<Vec<usize>> {
+    let set: Vec<(BorrowedFd<'_>, PollFlags)> = fds.iter().map(|fd| (*fd, events)).collect();
+    poll_each(&set, deadline)
+}
+
+/// Polls each descriptor for its own events; returns the ready indices (empty on timeout).
+pub(crate) fn poll_each(set: &[(BorrowedFd<'_>, PollFlags)], deadline: Option<Instant>) -> io::Result<Vec<usize>> {
+    let mut pfds: Vec<PollFd<'_>> = set.iter().map(|(fd, ev)| PollFd::from_borrowed_fd(fd.as_fd(), *ev)).collect();
+    loop {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                Some(Timespec {
+                    tv_sec: left.as_secs() as _,
+                    tv_nsec: left.subsec_nanos() as _,
+                })
+            }
+        };
+        match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+            Ok(0) => return Ok(Vec::new()),
+            Ok(_) => {
+                return Ok(pfds
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.revents().is_empty())
+                    .map(|(i, _)| i)
+                    .collect())
+            }
+            Err(Errno::INTR) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(Vec::new());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Poll flags re-exported for callers of [`wait_any`].
+pub(crate) use rustix::event::PollFlags as Events;
+
+/// Whether `fd` is a stream socket (used to reject foreign descriptors posing as handles).
+pub(crate) fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
+    matches!(rustix::net::sockopt::socket_type(fd), Ok(SocketType::STREAM))
+}

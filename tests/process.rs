@@ -1,0 +1,226 @@
+//! Process: start methods, return values, panics, exit codes, signals, identity.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{join, METHODS, WAIT};
+use multiproc::{ErrorKind, Process, StartMethod};
+
+fn add((a, b): (u64, u64)) -> u64 {
+    a + b
+}
+
+#[test]
+fn returns_value_under_every_method() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((40u64, 2u64), add)
+            .unwrap();
+        assert_eq!(p.start_method(), m);
+        assert_eq!(join(&p).unwrap(), 42, "{m:?}");
+        assert_eq!(p.exitcode(), Some(0), "{m:?}");
+        assert!(!p.is_alive());
+    }
+}
+
+#[test]
+fn closure_and_strings_cross() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(("abc".to_string(), vec![1u8, 2, 3]), |(s, v)| {
+                format!("{s}{}", v.len())
+            })
+            .unwrap();
+        assert_eq!(join(&p).unwrap(), "abc3");
+    }
+}
+
+#[test]
+fn panic_message_comes_back() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(7u32, |x| -> u32 { panic!("bad input {x}") })
+            .unwrap();
+        let e = join(&p).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Panicked, "{m:?}: {e}");
+        assert_eq!(e.panic_message(), Some("bad input 7"));
+        assert!(
+            e.panic_location().unwrap().contains("tests/process.rs"),
+            "{:?}",
+            e.panic_location()
+        );
+        assert_eq!(p.exitcode(), Some(1));
+        assert!(e.to_string().contains("bad input 7"));
+    }
+}
+
+#[test]
+fn exit_code_without_result() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), |()| -> u32 { std::process::exit(3) })
+            .unwrap();
+        let e = join(&p).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Exited, "{m:?}: {e}");
+        assert_eq!(e.exit_code(), Some(3));
+        assert_eq!(p.exitcode(), Some(3));
+    }
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[test]
+fn terminate_and_kill_give_negative_exit_codes() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(60_000u64, sleep_ms)
+            .unwrap();
+        assert!(p.is_alive());
+        assert_eq!(p.exitcode(), None);
+        p.terminate().unwrap();
+        let e = join(&p).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Killed, "{m:?}: {e}");
+        assert_eq!(e.signal(), Some(15));
+        assert_eq!(p.exitcode(), Some(-15));
+        p.terminate().unwrap(); // no-op after exit
+
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(60_000u64, sleep_ms)
+            .unwrap();
+        p.kill().unwrap();
+        assert_eq!(join(&p).unwrap_err().signal(), Some(9));
+        assert_eq!(p.exitcode(), Some(-9));
+    }
+}
+
+#[test]
+fn join_timeout_on_running_child() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(400u64, sleep_ms)
+            .unwrap();
+        let t = Instant::now();
+        assert!(p.join_timeout(Duration::from_millis(50)).unwrap().is_none());
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert!(p.is_alive());
+        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(()));
+        assert_eq!(p.exitcode(), Some(0));
+    }
+}
+
+#[test]
+fn second_join_reports_already_joined() {
+    let p = Process::spawn(1u8, |x| x + 1).unwrap();
+    assert_eq!(join(&p).unwrap(), 2);
+    assert_eq!(p.join().unwrap_err().kind(), ErrorKind::AlreadyJoined);
+}
+
+#[test]
+fn many_threads_spawning_at_once() {
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let ps: Vec<_> = (0..5u64)
+                    .map(|i| Process::spawn((t, i), add).unwrap())
+                    .collect();
+                ps.iter()
+                    .enumerate()
+                    .map(|(i, p)| (join(p).unwrap(), t + i as u64))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        for (got, want) in t.join().unwrap() {
+            assert_eq!(got, want);
+        }
+    }
+}
+
+#[test]
+fn identity_in_child() {
+    for m in METHODS {
+        let me = std::process::id();
+        let p = Process::builder()
+            .name("worker-x")
+            .start_method(m)
+            .spawn((), |()| {
+                let c = multiproc::current_process();
+                let parent = multiproc::parent_process().map(|p| (p.pid, p.name));
+                (c.pid, c.name, parent)
+            })
+            .unwrap();
+        let (pid, name, parent) = join(&p).unwrap();
+        assert_eq!(pid, p.pid());
+        assert_eq!(name, "worker-x");
+        assert_eq!(parent, Some((me, "MainProcess".to_string())), "{m:?}");
+    }
+}
+
+#[test]
+fn default_names_count_up() {
+    let a = Process::spawn((), |()| ()).unwrap();
+    let b = Process::spawn((), |()| ()).unwrap();
+    assert!(a.name().starts_with("Process-") && b.name().starts_with("Process-"));
+    assert_ne!(a.name(), b.name());
+    join(&a).unwrap();
+    join(&b).unwrap();
+}
+
+#[test]
+fn active_children_lists_running_ones() {
+    let p = Process::spawn(60_000u64, sleep_ms).unwrap();
+    assert!(multiproc::active_children()
+        .iter()
+        .any(|c| c.pid == p.pid()));
+    p.kill().unwrap();
+    let _ = join(&p);
+    assert!(!multiproc::active_children()
+        .iter()
+        .any(|c| c.pid == p.pid()));
+}
+
+#[test]
+fn dropped_handle_is_reaped() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(10u64, sleep_ms)
+            .unwrap();
+        let pid = p.pid();
+        drop(p);
+        let deadline = Instant::now() + WAIT;
+        while !std::fs::metadata(format!("/proc/{pid}")).is_err() {
+            assert!(Instant::now() < deadline, "{m:?}: child {pid} never reaped");
+            std::thread::sleep(Duration::from_millis(10));
+            let _ = multiproc::active_children();
+        }
+    }
+}
+
+#[test]
+fn returned_handle_crosses_back() {
+    // A child can create a pipe and send one end back as its return value.
+    for m in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), |()| {
+                let (a, b) = multiproc::Pipe::new::<String>().unwrap();
+                a.send(&"from the child".to_string()).unwrap();
+                b
+            })
+            .unwrap();
+        let conn = join(&p).unwrap();
+        assert_eq!(conn.recv_timeout(WAIT).unwrap(), "from the child");
+    }
+}
