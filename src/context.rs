@@ -77,10 +77,16 @@ pub fn get_start_method() -> StartMethod {
 
 /// Every start method this platform supports (`get_all_start_methods`).
 pub fn all_start_methods() -> &'static [StartMethod] {
-    &[StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork]
+    &[
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ]
 }
 
 /// The number of CPUs this process may use (`cpu_count`).
 pub fn cpu_count() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -59,11 +59,17 @@ pub enum ErrorKind {
 enum Detail {
     None,
     Message(String),
-    Panic { message: String, location: Option<String> },
+    Panic {
+        message: String,
+        location: Option<String>,
+    },
     Signal(i32),
     Code(i32),
     Io(io::Error),
-    Size { size: u64, limit: u64 },
+    Size {
+        size: u64,
+        limit: u64,
+    },
 }
 
 /// The error type of multiproc: what happened, and what to do about it.
@@ -86,22 +92,46 @@ pub struct Error {
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind) -> Self {
-        Error { kind, detail: Detail::None, context: None }
+        Error {
+            kind,
+            detail: Detail::None,
+            context: None,
+        }
     }
     pub(crate) fn msg(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, detail: Detail::Message(message.into()), context: None }
+        Error {
+            kind,
+            detail: Detail::Message(message.into()),
+            context: None,
+        }
     }
     pub(crate) fn panicked(message: String, location: Option<String>) -> Self {
-        Error { kind: ErrorKind::Panicked, detail: Detail::Panic { message, location }, context: None }
+        Error {
+            kind: ErrorKind::Panicked,
+            detail: Detail::Panic { message, location },
+            context: None,
+        }
     }
     pub(crate) fn killed(kind: ErrorKind, signal: i32) -> Self {
-        Error { kind, detail: Detail::Signal(signal), context: None }
+        Error {
+            kind,
+            detail: Detail::Signal(signal),
+            context: None,
+        }
     }
     pub(crate) fn exited(kind: ErrorKind, code: i32) -> Self {
-        Error { kind, detail: Detail::Code(code), context: None }
+        Error {
+            kind,
+            detail: Detail::Code(code),
+            context: None,
+        }
     }
     pub(crate) fn too_large(size: u64, limit: u64) -> Self {
-        Error { kind: ErrorKind::TooLarge, detail: Detail::Size { size, limit }, context: None }
+        Error {
+            kind: ErrorKind::TooLarge,
+            detail: Detail::Size { size, limit },
+            context: None,
+        }
     }
     pub(crate) fn io(err: io::Error) -> Self {
         let kind = match err.kind() {
@@ -113,7 +143,11 @@ impl Error {
             io::ErrorKind::TimedOut => ErrorKind::Timeout,
             _ => ErrorKind::Io,
         };
-        Error { kind, detail: Detail::Io(err), context: None }
+        Error {
+            kind,
+            detail: Detail::Io(err),
+            context: None,
+        }
     }
     /// Adds what we were doing, shown before the cause ("spawning the fork server: ...").
     pub(crate) fn context(mut self, what: &'static str) -> Self {

@@ -16,4 +16,6 @@ mod task;
 pub use connection::{Connection, Pipe};
 pub use context::{all_start_methods, cpu_count, get_start_method, set_start_method, StartMethod};
 pub use error::{Error, ErrorKind, Result};
-pub use process::{active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo};
+pub use process::{
+    active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo,
+};

@@ -109,7 +109,10 @@ impl ChildShared {
     /// Reads the fork-server child's `Hello` (its pid and pidfd).
     pub(crate) fn await_hello(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let frame = self.chan.recv_frame(Some(deadline)).map_err(|e| e.context("waiting for the child to start"))?;
+        let frame = self
+            .chan
+            .recv_frame(Some(deadline))
+            .map_err(|e| e.context("waiting for the child to start"))?;
         let mut fds = frame.fds;
         match crate::codec::decode::<FromChild>(&frame.payload, Vec::new())? {
             FromChild::Hello { pid, has_pidfd } => {
@@ -121,8 +124,14 @@ impl ChildShared {
                 }
                 Ok(())
             }
-            FromChild::SpawnFailed(m) => Err(Error::msg(ErrorKind::Io, format!("the fork server could not fork: {m}"))),
-            other => Err(Error::msg(ErrorKind::Protocol, format!("expected Hello from the child, got {other:?}"))),
+            FromChild::SpawnFailed(m) => Err(Error::msg(
+                ErrorKind::Io,
+                format!("the fork server could not fork: {m}"),
+            )),
+            other => Err(Error::msg(
+                ErrorKind::Protocol,
+                format!("expected Hello from the child, got {other:?}"),
+            )),
         }
     }
 
@@ -149,7 +158,10 @@ impl ChildShared {
             FromChild::Hello { .. } => {}
             FromChild::SpawnFailed(m) => {
                 io.eof = true;
-                return Err(Error::msg(ErrorKind::Io, format!("the fork server could not fork: {m}")));
+                return Err(Error::msg(
+                    ErrorKind::Io,
+                    format!("the fork server could not fork: {m}"),
+                ));
             }
         }
         Ok(true)
@@ -211,12 +223,21 @@ impl ChildShared {
     /// Joins until `deadline`: reads the outcome and the exit status.
     fn join_until<R: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<R>> {
         let mut io = lock(&self.io);
-        while io.done.is_none() && !io.mismatch && !io.eof && !(self.via_server && self.exit_known().is_some()) {
+        loop {
+            let server_reported_exit = self.via_server && self.exit_known().is_some();
+            if io.done.is_some() || io.mismatch || io.eof || server_reported_exit {
+                break;
+            }
             if !self.pump(&mut io, deadline)? {
                 return Ok(None);
             }
         }
-        if io.done == Some(Outcome::Ok) && io.result.is_none() && !io.taken && !io.eof && !self.pump(&mut io, deadline)? {
+        if io.done == Some(Outcome::Ok)
+            && io.result.is_none()
+            && !io.taken
+            && !io.eof
+            && !self.pump(&mut io, deadline)?
+        {
             return Ok(None);
         }
         let Some(code) = self.wait_exit(&mut io, deadline)? else {
@@ -231,14 +252,25 @@ impl ChildShared {
                 match io.result.take() {
                     Some(frame) => {
                         io.taken = true;
-                        frame.decode().map(Some).map_err(|e| e.context("decoding the child's return value"))
+                        frame
+                            .decode()
+                            .map(Some)
+                            .map_err(|e| e.context("decoding the child's return value"))
                     }
                     None => Err(exit_error(code)),
                 }
             }
-            Some(Outcome::Panicked { message, location }) => Err(Error::panicked(message.clone(), location.clone())),
-            Some(Outcome::BadArgs(m)) => Err(Error::msg(ErrorKind::Decode, format!("the child could not decode its arguments: {m}"))),
-            Some(Outcome::BadResult(m)) => Err(Error::msg(ErrorKind::Encode, format!("the child could not encode its return value: {m}"))),
+            Some(Outcome::Panicked { message, location }) => {
+                Err(Error::panicked(message.clone(), location.clone()))
+            }
+            Some(Outcome::BadArgs(m)) => Err(Error::msg(
+                ErrorKind::Decode,
+                format!("the child could not decode its arguments: {m}"),
+            )),
+            Some(Outcome::BadResult(m)) => Err(Error::msg(
+                ErrorKind::Encode,
+                format!("the child could not encode its return value: {m}"),
+            )),
             None if io.mismatch => Err(Error::new(ErrorKind::ExecutableMismatch)),
             None => Err(exit_error(code)),
         }
@@ -306,7 +338,9 @@ fn exit_error(code: i32) -> Error {
 }
 
 fn unregister(child: &ChildShared) {
-    spawn::global().children.retain(|c| !std::ptr::eq(Arc::as_ptr(c), child));
+    spawn::global()
+        .children
+        .retain(|c| !std::ptr::eq(Arc::as_ptr(c), child));
 }
 
 /// A function running in a child process, like Python's `multiprocessing.Process`.
@@ -407,14 +441,21 @@ impl ProcessBuilder {
         R: Serialize + DeserializeOwned,
     {
         let method = self.method.unwrap_or_else(get_start_method);
-        let opts = LaunchOpts { method, name: self.name, daemon: self.daemon };
+        let opts = LaunchOpts {
+            method,
+            name: self.name,
+            daemon: self.daemon,
+        };
         let daemon = self.daemon;
         let shared = spawn::launch(&opts, args, f, |g, launched, name| {
             let c = Arc::new(ChildShared::new(launched, name, daemon, method));
             g.children.push(c.clone());
             c
         })?;
-        Ok(Process { shared, _ret: PhantomData })
+        Ok(Process {
+            shared,
+            _ret: PhantomData,
+        })
     }
 }
 
@@ -449,7 +490,9 @@ impl<R: DeserializeOwned> Process<R> {
     /// [`ErrorKind::Exited`] (with the exit code) when the child did not return normally;
     /// [`ErrorKind::AlreadyJoined`] if an earlier `join` took the value.
     pub fn join(&self) -> Result<R> {
-        self.shared.join_until(None).map(|r| r.expect("no deadline, so no timeout"))
+        self.shared
+            .join_until(None)
+            .map(|r| r.expect("no deadline, so no timeout"))
     }
 
     /// Waits at most `timeout`; `Ok(None)` if the child is still running.
@@ -535,7 +578,11 @@ impl<R> Drop for Process<R> {
 pub(crate) fn reap_detached() -> usize {
     let detached: Vec<Arc<ChildShared>> = {
         let g = spawn::global();
-        g.children.iter().filter(|c| c.detached.load(Ordering::Relaxed)).cloned().collect()
+        g.children
+            .iter()
+            .filter(|c| c.detached.load(Ordering::Relaxed))
+            .cloned()
+            .collect()
     };
     let mut left = 0;
     for c in detached {
@@ -554,16 +601,18 @@ fn start_reaper() {
     if RUNNING.swap(true, Ordering::AcqRel) {
         return;
     }
-    let spawned = std::thread::Builder::new().name("multiproc-reaper".into()).spawn(|| loop {
-        std::thread::sleep(Duration::from_millis(50));
-        if reap_detached() == 0 {
-            RUNNING.store(false, Ordering::Release);
-            // A child detached after the count: make sure someone reaps it.
-            if reap_detached() == 0 || RUNNING.swap(true, Ordering::AcqRel) {
-                return;
+    let spawned = std::thread::Builder::new()
+        .name("multiproc-reaper".into())
+        .spawn(|| loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if reap_detached() == 0 {
+                RUNNING.store(false, Ordering::Release);
+                // A child detached after the count: make sure someone reaps it.
+                if reap_detached() == 0 || RUNNING.swap(true, Ordering::AcqRel) {
+                    return;
+                }
             }
-        }
-    });
+        });
     if spawned.is_err() {
         RUNNING.store(false, Ordering::Release);
     }
@@ -588,13 +637,19 @@ pub struct ProcessInfo {
 /// ```
 pub fn current_process() -> ProcessInfo {
     let g = spawn::global();
-    ProcessInfo { pid: sys::process::getpid() as u32, name: g.me.name.clone() }
+    ProcessInfo {
+        pid: sys::process::getpid() as u32,
+        name: g.me.name.clone(),
+    }
 }
 
 /// The process that started this one, when this is a multiproc child (`parent_process()`).
 pub fn parent_process() -> Option<ProcessInfo> {
     let g = spawn::global();
-    g.parent.as_ref().map(|p| ProcessInfo { pid: p.pid as u32, name: p.name.clone() })
+    g.parent.as_ref().map(|p| ProcessInfo {
+        pid: p.pid as u32,
+        name: p.name.clone(),
+    })
 }
 
 /// The children of this process that are still running; reaps those that have exited
@@ -604,7 +659,10 @@ pub fn active_children() -> Vec<ProcessInfo> {
     let all: Vec<Arc<ChildShared>> = spawn::global().children.clone();
     all.iter()
         .filter(|c| c.is_alive())
-        .map(|c| ProcessInfo { pid: c.pid() as u32, name: c.name.clone() })
+        .map(|c| ProcessInfo {
+            pid: c.pid() as u32,
+            name: c.name.clone(),
+        })
         .collect()
 }
 

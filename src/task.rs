@@ -32,7 +32,10 @@ pub(crate) enum Outcome {
     /// Returned normally; the encoded result follows.
     Ok,
     /// Panicked with this message at this location.
-    Panicked { message: String, location: Option<String> },
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
     /// The arguments could not be decoded into the function's argument type.
     BadArgs(String),
     /// The return value could not be encoded.
@@ -56,7 +59,12 @@ where
     run::<F, A, R>
 }
 
-fn run<F, A, R>(args: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>, out_fds: &mut Vec<OwnedFd>) -> Outcome
+fn run<F, A, R>(
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+    out: &mut Vec<u8>,
+    out_fds: &mut Vec<OwnedFd>,
+) -> Outcome
 where
     F: FnOnce(A) -> R + Copy + 'static,
     A: DeserializeOwned,
@@ -75,8 +83,9 @@ fn conjure<F: Copy + 'static>() -> F {
     // SAFETY: `F` is zero-sized (checked at compile time in `entry_of` and again above), so it
     // has exactly one value and no bytes to initialise. It is a closure or function item type
     // (the caller's bound), which carries no invariant beyond its type, and it is `Copy`, so
-    // conjuring it duplicates nothing that has a destructor.
-    unsafe { std::mem::MaybeUninit::<F>::uninit().assume_init() }
+    // conjuring it duplicates nothing that has a destructor. Reading a zero-sized value
+    // through a dangling, well-aligned, non-null pointer is valid.
+    unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
 }
 
 thread_local! {

@@ -45,19 +45,28 @@ pub(crate) fn decode_header(b: &[u8; HEADER_LEN], max_len: usize) -> Result<Head
     if b[0] != MAGIC {
         return Err(Error::msg(
             ErrorKind::Protocol,
-            format!("bad frame magic 0x{:02x}: the peer is not speaking the multiproc protocol", b[0]),
+            format!(
+                "bad frame magic 0x{:02x}: the peer is not speaking the multiproc protocol",
+                b[0]
+            ),
         ));
     }
     if b[1] != VERSION {
         return Err(Error::msg(
             ErrorKind::Protocol,
-            format!("unsupported frame version {} (this build speaks {VERSION})", b[1]),
+            format!(
+                "unsupported frame version {} (this build speaks {VERSION})",
+                b[1]
+            ),
         ));
     }
     let nfds = u16::from_le_bytes([b[2], b[3]]) as usize;
     let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
     if nfds > MAX_FDS_PER_FRAME {
-        return Err(Error::msg(ErrorKind::Protocol, format!("frame claims {nfds} descriptors")));
+        return Err(Error::msg(
+            ErrorKind::Protocol,
+            format!("frame claims {nfds} descriptors"),
+        ));
     }
     if len > max_len {
         return Err(Error::too_large(len as u64, max_len as u64));

@@ -19,6 +19,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, ErrorKind};
 
 thread_local! {
+    /// postcard drops custom error messages; ours are kept here so the caller can show them.
+    static LAST_CUSTOM: RefCell<Option<String>> = const { RefCell::new(None) };
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
@@ -33,11 +35,16 @@ struct Scope<'a, T: 'static> {
 impl<T: 'static> Scope<'_, T> {
     fn enter(key: &'static std::thread::LocalKey<RefCell<Option<T>>>, table: T) -> Self {
         let saved = key.with(|c| c.borrow_mut().replace(table));
-        Scope { key, saved, _p: std::marker::PhantomData }
+        Scope {
+            key,
+            saved,
+            _p: std::marker::PhantomData,
+        }
     }
     fn finish(mut self) -> Option<T> {
         let saved = self.saved.take();
-        self.key.with(|c| std::mem::replace(&mut *c.borrow_mut(), saved))
+        self.key
+            .with(|c| std::mem::replace(&mut *c.borrow_mut(), saved))
     }
 }
 
@@ -72,8 +79,19 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
             }
             Ok(())
         }
-        Err(e) => Err(Error::msg(ErrorKind::Encode, e.to_string())),
+        Err(e) => Err(Error::msg(ErrorKind::Encode, explain(e))),
     }
+}
+
+fn explain(e: postcard::Error) -> String {
+    LAST_CUSTOM
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn custom<E: std::fmt::Display, T>(msg: String, make: impl FnOnce(String) -> E) -> Result<T, E> {
+    LAST_CUSTOM.with(|c| *c.borrow_mut() = Some(msg.clone()));
+    Err(make(msg))
 }
 
 /// Deserialises a `T` from exactly `bytes`, with `fds` as the side table.
@@ -85,18 +103,21 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
     let res = postcard::take_from_bytes::<T>(bytes);
     drop(scope.finish());
     match res {
-        Ok((v, rest)) if rest.is_empty() => Ok(v),
+        Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(Error::msg(
             ErrorKind::Decode,
             format!("{} unexpected trailing bytes after the value", rest.len()),
         )),
-        Err(e) => Err(Error::msg(ErrorKind::Decode, e.to_string())),
+        Err(e) => Err(Error::msg(ErrorKind::Decode, explain(e))),
     }
 }
 
 /// Serialises a descriptor-owning handle: a duplicate goes into the side table, its index
 /// into the bytes. Fails outside a multiproc encode.
-pub(crate) fn serialize_fd<S: Serializer>(fd: std::os::fd::BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_fd<S: Serializer>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     let index = OUTGOING.with(|c| -> Result<u32, String> {
         let mut table = c.borrow_mut();
         let table = table.as_mut().ok_or_else(|| {
@@ -104,34 +125,42 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: std::os::fd::BorrowedFd<'_>, s: S)
              arguments or inside Connection messages)"
                 .to_string()
         })?;
-        let dup = fd.try_clone_to_owned().map_err(|e| format!("duplicating a handle: {e}"))?;
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| format!("duplicating a handle: {e}"))?;
         table.push(dup);
         Ok((table.len() - 1) as u32)
     });
     match index {
         Ok(i) => s.serialize_u32(i),
-        Err(msg) => Err(serde::ser::Error::custom(msg)),
+        Err(msg) => custom(msg, <S::Error as serde::ser::Error>::custom),
     }
 }
 
 /// Takes the descriptor a handle refers to out of the side table of the frame being decoded.
 pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
     let index = u32::deserialize(d)? as usize;
-    INCOMING.with(|c| {
+    let taken = INCOMING.with(|c| {
         let mut table = c.borrow_mut();
-        let table = table.as_mut().ok_or_else(|| {
-            serde::de::Error::custom("multiproc handles can only be deserialised by multiproc itself")
-        })?;
+        let Some(table) = table.as_mut() else {
+            return Err(
+                "multiproc handles can only be deserialised by multiproc itself".to_string(),
+            );
+        };
         match table.get_mut(index) {
-            Some(slot) => slot.take().ok_or_else(|| {
-                serde::de::Error::custom(format!("handle {index} is referenced twice in one message"))
-            }),
-            None => Err(serde::de::Error::custom(format!(
+            Some(slot) => slot
+                .take()
+                .ok_or_else(|| format!("handle {index} is referenced twice in one message")),
+            None => Err(format!(
                 "handle {index} refers to a descriptor that did not arrive with the message \
                  (forged or foreign bytes)"
-            ))),
+            )),
         }
-    })
+    });
+    match taken {
+        Ok(fd) => Ok(fd),
+        Err(msg) => custom(msg, <D::Error as serde::de::Error>::custom),
+    }
 }
 
 /// Helper so `Vec<u8>` payloads travel as one byte string rather than element by element.

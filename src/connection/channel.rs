@@ -81,7 +81,8 @@ impl Channel {
 
     /// A connected pair.
     pub(crate) fn pair() -> Result<(Channel, Channel), Error> {
-        let (a, b) = socket::socketpair().map_err(|e| Error::io(e).context("creating a socket pair"))?;
+        let (a, b) =
+            socket::socketpair().map_err(|e| Error::io(e).context("creating a socket pair"))?;
         Ok((Channel::new(a), Channel::new(b)))
     }
 
@@ -116,7 +117,8 @@ impl Channel {
         let header = frame::encode_header(len, fds.len())?;
         scratch[..frame::HEADER_LEN].copy_from_slice(&header);
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        let res = socket::send_frame(self.fd.as_fd(), scratch, &[], &borrowed, false).map_err(Error::io);
+        let res =
+            socket::send_frame(self.fd.as_fd(), scratch, &[], &borrowed, false).map_err(Error::io);
         drop(borrowed);
         fds.clear();
         if scratch.capacity() > 1 << 20 {
@@ -139,13 +141,21 @@ impl Channel {
     }
 
     /// Receives one frame into `dest` (payload only) if it fits; otherwise leaves it queued.
-    pub(crate) fn recv_into(&self, dest: &mut [u8], deadline: Option<Instant>) -> Result<usize, Error> {
+    pub(crate) fn recv_into(
+        &self,
+        dest: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> Result<usize, Error> {
         let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let header = r.peek_header(self.fd.as_fd(), self.max_message(), deadline)?;
         if header.len > dest.len() {
             return Err(Error::msg(
                 ErrorKind::BufferTooShort,
-                format!("the message has {} bytes, the buffer {}", header.len, dest.len()),
+                format!(
+                    "the message has {} bytes, the buffer {}",
+                    header.len,
+                    dest.len()
+                ),
             ));
         }
         let f = r.recv(self.fd.as_fd(), self.max_message(), deadline)?;
@@ -190,7 +200,8 @@ impl Reader {
         if deadline.is_some() && !socket::wait_fd(fd, false, deadline).map_err(Error::io)? {
             return Err(Error::new(ErrorKind::Timeout));
         }
-        let n = socket::recv_some(fd, &mut self.buf[self.end..], &mut self.fds).map_err(Error::io)?;
+        let n =
+            socket::recv_some(fd, &mut self.buf[self.end..], &mut self.fds).map_err(Error::io)?;
         self.end += n;
         Ok(n > 0)
     }
@@ -202,7 +213,10 @@ impl Reader {
         deadline: Option<Instant>,
     ) -> Result<frame::Header, Error> {
         if let Some(kind) = self.broken {
-            return Err(Error::msg(kind, "the stream was abandoned after an earlier protocol error"));
+            return Err(Error::msg(
+                kind,
+                "the stream was abandoned after an earlier protocol error",
+            ));
         }
         if let Some((h, _)) = &self.partial {
             return Ok(*h);
@@ -213,7 +227,10 @@ impl Reader {
                     Error::new(ErrorKind::Disconnected)
                 } else {
                     self.broken = Some(ErrorKind::Disconnected);
-                    Error::msg(ErrorKind::Disconnected, "the peer closed the stream in the middle of a frame")
+                    Error::msg(
+                        ErrorKind::Disconnected,
+                        "the peer closed the stream in the middle of a frame",
+                    )
                 });
             }
         }
@@ -228,7 +245,12 @@ impl Reader {
         }
     }
 
-    fn recv(&mut self, fd: BorrowedFd<'_>, max: usize, deadline: Option<Instant>) -> Result<Frame, Error> {
+    fn recv(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Frame, Error> {
         let (header, mut payload) = match self.partial.take() {
             Some(p) => p,
             None => {
@@ -280,7 +302,11 @@ impl Reader {
             self.broken = Some(ErrorKind::Protocol);
             return Err(Error::msg(
                 ErrorKind::Protocol,
-                format!("frame announced {} descriptors but {} arrived", header.nfds, self.fds.len()),
+                format!(
+                    "frame announced {} descriptors but {} arrived",
+                    header.nfds,
+                    self.fds.len()
+                ),
             ));
         }
         let fds = self.fds.drain(..header.nfds).collect();

@@ -57,9 +57,13 @@ impl Pipe {
     ///
     /// # Errors
     /// [`ErrorKind::Io`] if the process is out of descriptors.
+    #[allow(clippy::new_ret_no_self)] // Python's `Pipe()` returns the pair
     pub fn new<T>() -> Result<(Connection<T>, Connection<T>)> {
         let (a, b) = Channel::pair()?;
-        Ok((Connection::from_channel(a, true, true), Connection::from_channel(b, true, true)))
+        Ok((
+            Connection::from_channel(a, true, true),
+            Connection::from_channel(b, true, true),
+        ))
     }
 
     /// A one-way pair `(reader, writer)` (`Pipe(duplex=False)` in Python).
@@ -78,24 +82,37 @@ impl Pipe {
         let (r, w) = Channel::pair()?;
         socket::shutdown(r.fd(), socket::Half::Write).map_err(Error::io)?;
         socket::shutdown(w.fd(), socket::Half::Read).map_err(Error::io)?;
-        Ok((Connection::from_channel(r, true, false), Connection::from_channel(w, false, true)))
+        Ok((
+            Connection::from_channel(r, true, false),
+            Connection::from_channel(w, false, true),
+        ))
     }
 }
 
 fn deadline_after(timeout: Duration) -> Instant {
-    Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365))
+    Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365))
 }
 
 impl<T> Connection<T> {
     fn from_channel(chan: Channel, readable: bool, writable: bool) -> Self {
-        Connection { chan, readable, writable, _type: PhantomData }
+        Connection {
+            chan,
+            readable,
+            writable,
+            _type: PhantomData,
+        }
     }
 
     fn check_read(&self) -> Result<()> {
         if self.readable {
             Ok(())
         } else {
-            Err(Error::msg(ErrorKind::Unsupported, "this end of a one-way pipe is write-only"))
+            Err(Error::msg(
+                ErrorKind::Unsupported,
+                "this end of a one-way pipe is write-only",
+            ))
         }
     }
 
@@ -103,7 +120,10 @@ impl<T> Connection<T> {
         if self.writable {
             Ok(())
         } else {
-            Err(Error::msg(ErrorKind::Unsupported, "this end of a one-way pipe is read-only"))
+            Err(Error::msg(
+                ErrorKind::Unsupported,
+                "this end of a one-way pipe is read-only",
+            ))
         }
     }
 
@@ -268,9 +288,15 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
         }
         let (Fd(fd), flags) = <(Fd, u8)>::deserialize(d)?;
         if !crate::sys::socket::is_stream_socket(fd.as_fd()) {
-            return Err(serde::de::Error::custom("the descriptor sent as a Connection is not a stream socket"));
+            return Err(serde::de::Error::custom(
+                "the descriptor sent as a Connection is not a stream socket",
+            ));
         }
-        Ok(Connection::from_channel(Channel::new(fd), flags & 1 != 0, flags & 2 != 0))
+        Ok(Connection::from_channel(
+            Channel::new(fd),
+            flags & 1 != 0,
+            flags & 2 != 0,
+        ))
     }
 }
 
@@ -308,13 +334,22 @@ impl<T> Waitable for Connection<T> {
 /// [`ErrorKind::Io`] on operating-system failures.
 pub fn wait<W: Waitable + ?Sized>(objects: &[&W], timeout: Option<Duration>) -> Result<Vec<usize>> {
     let handles: Vec<(BorrowedFd<'_>, bool)> = objects.iter().map(|o| o.wait_handle()).collect();
-    let already: Vec<usize> = handles.iter().enumerate().filter(|(_, h)| h.1).map(|(i, _)| i).collect();
+    let already: Vec<usize> = handles
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.1)
+        .map(|(i, _)| i)
+        .collect();
     if !already.is_empty() {
         return Ok(already);
     }
     let fds: Vec<BorrowedFd<'_>> = handles.iter().map(|h| h.0).collect();
-    socket::poll_many(&fds, socket::Events::IN | socket::Events::RDHUP, timeout.map(deadline_after))
-        .map_err(Error::io)
+    socket::poll_many(
+        &fds,
+        socket::Events::IN | socket::Events::RDHUP,
+        timeout.map(deadline_after),
+    )
+    .map_err(Error::io)
 }
 
 #[cfg(test)]

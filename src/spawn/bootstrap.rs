@@ -29,7 +29,9 @@ const EXIT_BOOT_FAILED: i32 = 70;
 
 #[ctor::ctor(unsafe)]
 fn boot() {
-    let Some(value) = std::env::var_os(BOOT_ENV) else { return };
+    let Some(value) = std::env::var_os(BOOT_ENV) else {
+        return;
+    };
     // SAFETY-free in edition 2021, and sound here: no other thread exists before `main`.
     std::env::remove_var(BOOT_ENV);
     let value = value.to_string_lossy().into_owned();
@@ -55,7 +57,9 @@ fn adopt(fd: RawFd) -> OwnedFd {
     match sys::process::adopt_inherited_fd(fd) {
         Ok(fd) => fd,
         Err(e) => {
-            eprintln!("multiproc: inherited descriptor {fd} is not usable ({e}); refusing to start");
+            eprintln!(
+                "multiproc: inherited descriptor {fd} is not usable ({e}); refusing to start"
+            );
             child_exit(EXIT_BOOT_FAILED)
         }
     }
@@ -75,7 +79,10 @@ pub(crate) fn child_main(ctrl: OwnedFd, hello: bool, close: Option<RawFd>) -> ! 
     let pid = sys::process::getpid();
     if hello {
         let pidfd = sys::process::pidfd_open(pid).ok().flatten();
-        let msg = FromChild::Hello { pid, has_pidfd: pidfd.is_some() };
+        let msg = FromChild::Hello {
+            pid,
+            has_pidfd: pidfd.is_some(),
+        };
         let mut payload = Vec::new();
         let sent = crate::codec::encode(&msg, &mut payload, &mut Vec::new()).and_then(|()| {
             let fds: Vec<_> = pidfd.iter().map(|p| p.as_fd()).collect();
@@ -98,7 +105,10 @@ pub(crate) fn child_main(ctrl: OwnedFd, hello: bool, close: Option<RawFd>) -> ! 
     }
     {
         let mut g = global();
-        g.me = Ident { pid, name: spec.name };
+        g.me = Ident {
+            pid,
+            name: spec.name,
+        };
         g.parent = Some(spec.parent);
     }
     let args = match chan.recv_frame(None) {

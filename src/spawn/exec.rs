@@ -27,9 +27,16 @@ pub(super) fn launch(lifeline_read: RawFd) -> Result<Launched> {
     let (parent_end, child_end) = sys::socket::socketpair().map_err(Error::io)?;
     let c = child_end.as_raw_fd();
     let mut cmd = self_command(format!("child:{c}:{lifeline_read}"), vec![c, lifeline_read]);
-    let child = cmd.spawn().map_err(|e| Error::io(e).context("re-executing this program"))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io(e).context("re-executing this program"))?;
     let pid = child.id() as i32;
     drop(child_end);
     let pidfd = sys::process::pidfd_open(pid).map_err(Error::io)?;
-    Ok(Launched { pid, pidfd, chan: Channel::new(parent_end), via_server: false })
+    Ok(Launched {
+        pid,
+        pidfd,
+        chan: Channel::new(parent_end),
+        via_server: false,
+    })
 }

@@ -49,7 +49,10 @@ where
             for fd in internal {
                 sys::process::close_raw(fd);
             }
-            let me = Ident { pid: sys::process::getpid(), name: name.to_string() };
+            let me = Ident {
+                pid: sys::process::getpid(),
+                name: name.to_string(),
+            };
             let parent = g.me.clone();
             let mut old = std::mem::replace(&mut *g, Global::fresh(me, Some(parent)));
             // The write end was closed above; the read end is ours to watch.
@@ -78,7 +81,15 @@ where
         Ok(sys::process::Forked::Parent(pid)) => {
             drop(child_end);
             let pidfd = sys::process::pidfd_open(pid).map_err(Error::io)?;
-            Ok((g, Launched { pid, pidfd, chan: parent_end, via_server: false }))
+            Ok((
+                g,
+                Launched {
+                    pid,
+                    pidfd,
+                    chan: parent_end,
+                    via_server: false,
+                },
+            ))
         }
     }
 }

@@ -49,14 +49,26 @@ fn start() -> Result<Client> {
     let s = server_end.as_raw_fd();
     let mut cmd = super::exec::self_command(format!("server:{s}"), vec![s]);
     cmd.stdin(std::process::Stdio::null());
-    let child = cmd.spawn().map_err(|e| Error::io(e).context("starting the fork server"))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io(e).context("starting the fork server"))?;
     let pid = child.id() as i32;
     drop(server_end);
-    let client = Client { chan: Channel::new(parent_end), pid };
-    client.chan.send(&ToServer::Hello { fingerprint: fingerprint()?.to_vec() })?;
-    match client.chan.recv::<FromServer>(Some(Instant::now() + Duration::from_secs(30))) {
+    let client = Client {
+        chan: Channel::new(parent_end),
+        pid,
+    };
+    client.chan.send(&ToServer::Hello {
+        fingerprint: fingerprint()?.to_vec(),
+    })?;
+    match client
+        .chan
+        .recv::<FromServer>(Some(Instant::now() + Duration::from_secs(30)))
+    {
         Ok(FromServer::Ready { .. }) => Ok(client),
-        Ok(FromServer::Mismatch) => Err(Error::new(ErrorKind::ExecutableMismatch).context("starting the fork server")),
+        Ok(FromServer::Mismatch) => {
+            Err(Error::new(ErrorKind::ExecutableMismatch).context("starting the fork server"))
+        }
         Err(e) => Err(e.context("waiting for the fork server to start")),
     }
 }
@@ -75,7 +87,12 @@ pub(super) fn launch(g: &mut Global) -> Result<Launched> {
         match server.chan.send_raw(&payload, &[child_end.as_fd()]) {
             Ok(()) => {
                 drop(child_end);
-                return Ok(Launched { pid: 0, pidfd: None, chan: Channel::new(parent_end), via_server: true });
+                return Ok(Launched {
+                    pid: 0,
+                    pidfd: None,
+                    chan: Channel::new(parent_end),
+                    via_server: true,
+                });
             }
             Err(e) if e.is_disconnected() => {
                 // The server died (someone killed it): start a new one once.
@@ -85,7 +102,9 @@ pub(super) fn launch(g: &mut Global) -> Result<Launched> {
             Err(e) => return Err(e.context("asking the fork server for a child")),
         }
     }
-    Err(last.unwrap_or_else(|| Error::new(ErrorKind::Disconnected)).context("asking the fork server for a child"))
+    Err(last
+        .unwrap_or_else(|| Error::new(ErrorKind::Disconnected))
+        .context("asking the fork server for a child"))
 }
 
 struct Kid {
@@ -103,8 +122,14 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
     let me = sys::process::getpid();
     match chan.recv::<ToServer>(None) {
         Ok(ToServer::Hello { fingerprint: fp }) => {
-            let ok = fingerprint().map(|mine| mine == fp.as_slice()).unwrap_or(false);
-            let reply = if ok { FromServer::Ready { pid: me } } else { FromServer::Mismatch };
+            let ok = fingerprint()
+                .map(|mine| mine == fp.as_slice())
+                .unwrap_or(false);
+            let reply = if ok {
+                FromServer::Ready { pid: me }
+            } else {
+                FromServer::Mismatch
+            };
             if chan.send(&reply).is_err() || !ok {
                 sys::process::exit_now(0);
             }
@@ -114,7 +139,10 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
     let mut kids: Vec<Kid> = Vec::new();
     loop {
         if !chan.has_buffered() {
-            let mut set = vec![(chan.fd(), sys::socket::Events::IN | sys::socket::Events::RDHUP)];
+            let mut set = vec![(
+                chan.fd(),
+                sys::socket::Events::IN | sys::socket::Events::RDHUP,
+            )];
             for k in &kids {
                 match (&k.exit, &k.pidfd) {
                     (Some(_), _) => set.push((k.ctrl.fd(), sys::socket::Events::OUT)),
@@ -162,7 +190,7 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
     }
 }
 
-fn shutdown(kids: &mut Vec<Kid>) -> ! {
+fn shutdown(kids: &mut [Kid]) -> ! {
     for k in kids.iter() {
         if k.exit.is_none() {
             match &k.pidfd {
@@ -188,7 +216,11 @@ fn fork_child(chan: &Channel, kids: &mut Vec<Kid>, ctrl: OwnedFd, server_pid: i3
     match super::fork::fork_single_threaded() {
         Err(e) => {
             let mut payload = Vec::new();
-            let _ = crate::codec::encode(&FromChild::SpawnFailed(e.to_string()), &mut payload, &mut Vec::new());
+            let _ = crate::codec::encode(
+                &FromChild::SpawnFailed(e.to_string()),
+                &mut payload,
+                &mut Vec::new(),
+            );
             let _ = Channel::new(ctrl).try_send_raw(&payload);
             None
         }
@@ -196,7 +228,8 @@ fn fork_child(chan: &Channel, kids: &mut Vec<Kid>, ctrl: OwnedFd, server_pid: i3
             // Child: drop everything of the server's (single-threaded, so plain drops are fine).
             kids.clear();
             let _ = chan;
-            if sys::process::kill_me_with_parent().is_err() || sys::process::getppid() != server_pid {
+            if sys::process::kill_me_with_parent().is_err() || sys::process::getppid() != server_pid
+            {
                 sys::process::exit_now(71);
             }
             sys::process::default_sigint();
@@ -204,7 +237,12 @@ fn fork_child(chan: &Channel, kids: &mut Vec<Kid>, ctrl: OwnedFd, server_pid: i3
         }
         Ok(Some(pid)) => {
             let pidfd = sys::process::pidfd_open(pid).ok().flatten();
-            Some(Kid { pid, pidfd, ctrl: Channel::new(ctrl), exit: None })
+            Some(Kid {
+                pid,
+                pidfd,
+                ctrl: Channel::new(ctrl),
+                exit: None,
+            })
         }
     }
 }

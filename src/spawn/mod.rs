@@ -69,7 +69,14 @@ pub(crate) struct Global {
 
 impl Global {
     fn fresh(me: Ident, parent: Option<Ident>) -> Self {
-        Global { me, parent, lifeline: None, server: None, children: Vec::new(), counter: 0 }
+        Global {
+            me,
+            parent,
+            lifeline: None,
+            server: None,
+            children: Vec::new(),
+            counter: 0,
+        }
     }
 
     /// Every descriptor of ours a forked child must not keep.
@@ -94,7 +101,11 @@ impl Global {
                 .map_err(|e| Error::io(e.into()).context("creating the lifeline pipe"))?;
             self.lifeline = Some((r, w));
         }
-        Ok(self.lifeline.as_ref().map(|(r, _)| r.as_raw_fd()).unwrap_or(-1))
+        Ok(self
+            .lifeline
+            .as_ref()
+            .map(|(r, _)| r.as_raw_fd())
+            .unwrap_or(-1))
     }
 
     /// Next default name.
@@ -111,7 +122,13 @@ pub(crate) fn global() -> MutexGuard<'static, Global> {
     GLOBAL
         .get_or_init(|| {
             sys::process::at_exit(crate::process::at_exit);
-            Mutex::new(Global::fresh(Ident { pid: sys::process::getpid(), name: "MainProcess".into() }, None))
+            Mutex::new(Global::fresh(
+                Ident {
+                    pid: sys::process::getpid(),
+                    name: "MainProcess".into(),
+                },
+                None,
+            ))
         })
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -122,7 +139,10 @@ pub(crate) fn fingerprint() -> Result<&'static [u8]> {
     static FP: OnceLock<std::result::Result<Vec<u8>, String>> = OnceLock::new();
     match FP.get_or_init(|| sys::exe::fingerprint().map_err(|e| e.to_string())) {
         Ok(v) => Ok(v),
-        Err(e) => Err(Error::msg(ErrorKind::Io, format!("reading /proc/self/exe for its fingerprint: {e}"))),
+        Err(e) => Err(Error::msg(
+            ErrorKind::Io,
+            format!("reading /proc/self/exe for its fingerprint: {e}"),
+        )),
     }
 }
 
@@ -243,16 +263,19 @@ pub(crate) fn child_exit(code: i32) -> ! {
 
 /// Starts a thread that kills this process when `lifeline` reports hang-up (the parent died).
 pub(crate) fn watch_lifeline(lifeline: OwnedFd) {
-    let res = std::thread::Builder::new().name("multiproc-lifeline".into()).stack_size(64 * 1024).spawn(move || {
-        loop {
-            match sys::socket::wait_fd(lifeline.as_fd(), false, None) {
-                Ok(true) => break,
-                Ok(false) => continue,
-                Err(_) => break,
+    let res = std::thread::Builder::new()
+        .name("multiproc-lifeline".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            loop {
+                match sys::socket::wait_fd(lifeline.as_fd(), false, None) {
+                    Ok(true) => break,
+                    Ok(false) => continue,
+                    Err(_) => break,
+                }
             }
-        }
-        let _ = sys::process::signal_pid(sys::process::getpid(), sys::process::SIGKILL);
-    });
+            let _ = sys::process::signal_pid(sys::process::getpid(), sys::process::SIGKILL);
+        });
     if res.is_err() {
         // Without a watcher we cannot promise to die with the parent; refuse to run.
         eprintln!("multiproc: could not start the lifeline thread in the child; exiting");

@@ -68,7 +68,9 @@ pub(crate) fn getpid() -> i32 {
 
 /// The parent's id (0 when the parent is outside our pid namespace).
 pub(crate) fn getppid() -> i32 {
-    rustix::process::getppid().map(|p| p.as_raw_nonzero().get()).unwrap_or(0)
+    rustix::process::getppid()
+        .map(|p| p.as_raw_nonzero().get())
+        .unwrap_or(0)
 }
 
 fn pid(raw: i32) -> io::Result<Pid> {
@@ -76,7 +78,8 @@ fn pid(raw: i32) -> io::Result<Pid> {
 }
 
 fn signal(sig: i32) -> io::Result<Signal> {
-    Signal::from_named_raw(sig).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unknown signal"))
+    Signal::from_named_raw(sig)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unknown signal"))
 }
 
 /// A race-free handle on process `raw` (a pidfd). `Ok(None)` where the kernel has none.
@@ -106,7 +109,11 @@ pub(crate) fn signal_pid(raw: i32, sig: i32) -> io::Result<()> {
 
 /// Reaps child `raw`. With `block == false` returns `Ok(None)` while it still runs.
 pub(crate) fn wait_child(raw: i32, block: bool) -> io::Result<Option<Exit>> {
-    let opts = if block { WaitOptions::empty() } else { WaitOptions::NOHANG };
+    let opts = if block {
+        WaitOptions::empty()
+    } else {
+        WaitOptions::NOHANG
+    };
     loop {
         match rustix::process::waitpid(Some(pid(raw)?), opts) {
             Ok(None) => return Ok(None),
@@ -133,7 +140,9 @@ pub(crate) fn wait_child(raw: i32, block: bool) -> io::Result<Option<Exit>> {
 /// Only reliable when the parent is single-threaded (the fork server), since Linux ties the
 /// signal to the parent *thread*.
 pub(crate) fn kill_me_with_parent() -> io::Result<()> {
-    Ok(rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?)
+    Ok(rustix::process::set_parent_process_death_signal(Some(
+        Signal::KILL,
+    ))?)
 }
 
 /// Resets SIGPIPE to "ignore" (as Rust's `main` does) so writes to closed peers give EPIPE.
@@ -199,7 +208,10 @@ pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 pub(crate) fn adopt_inherited_fd(raw: i32) -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
     if raw < 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative descriptor"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "negative descriptor",
+        ));
     }
     // SAFETY: F_GETFD only inspects the descriptor table; an invalid fd gives EBADF.
     let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };

@@ -58,7 +58,8 @@ pub(crate) fn send_frame(
     debug_assert!(fds.len() <= MAX_FDS_PER_FRAME);
     let total = header.len() + payload.len();
     let mut sent = 0usize;
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
     let mut flags = SendFlags::NOSIGNAL;
     if dontwait {
         flags |= SendFlags::DONTWAIT;
@@ -72,7 +73,10 @@ pub(crate) fn send_frame(
         let iov = [io::IoSlice::new(h), io::IoSlice::new(p)];
         let mut cmsg = SendAncillaryBuffer::new(&mut space);
         if sent == 0 && !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many file descriptors"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many file descriptors",
+            ));
         }
         match rustix::net::sendmsg(fd, &iov, &mut cmsg, flags) {
             Ok(n) => {
@@ -96,7 +100,8 @@ pub(crate) fn recv_some(
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
 ) -> io::Result<usize> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
     loop {
         let mut cmsg = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [io::IoSliceMut::new(buf)];
@@ -124,7 +129,11 @@ pub(crate) fn recv_some(
 /// Reads at most `max` bytes straight into the spare capacity of `vec` (no zeroing).
 ///
 /// Returns the number of bytes appended; 0 means end of stream.
-pub(crate) fn read_into_vec(fd: BorrowedFd<'_>, vec: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+pub(crate) fn read_into_vec(
+    fd: BorrowedFd<'_>,
+    vec: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
     if vec.capacity() - vec.len() < max {
         vec.reserve_exact(max);
     }
@@ -152,8 +161,16 @@ pub(crate) fn read_into_vec(fd: BorrowedFd<'_>, vec: &mut Vec<u8>, max: usize) -
 ///
 /// Returns `Ok(false)` on timeout. A hang-up or error condition counts as ready: the next
 /// read or write reports it.
-pub(crate) fn wait_fd(fd: BorrowedFd<'_>, write: bool, deadline: Option<Instant>) -> io::Result<bool> {
-    let events = if write { PollFlags::OUT } else { PollFlags::IN | PollFlags::RDHUP };
+pub(crate) fn wait_fd(
+    fd: BorrowedFd<'_>,
+    write: bool,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    let events = if write {
+        PollFlags::OUT
+    } else {
+        PollFlags::IN | PollFlags::RDHUP
+    };
     Ok(wait_any(&[fd], events, deadline)?.is_some())
 }
 
@@ -180,8 +197,14 @@ pub(crate) fn poll_many(
 }
 
 /// Polls each descriptor for its own events; returns the ready indices (empty on timeout).
-pub(crate) fn poll_each(set: &[(BorrowedFd<'_>, PollFlags)], deadline: Option<Instant>) -> io::Result<Vec<usize>> {
-    let mut pfds: Vec<PollFd<'_>> = set.iter().map(|(fd, ev)| PollFd::from_borrowed_fd(fd.as_fd(), *ev)).collect();
+pub(crate) fn poll_each(
+    set: &[(BorrowedFd<'_>, PollFlags)],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<usize>> {
+    let mut pfds: Vec<PollFd<'_>> = set
+        .iter()
+        .map(|(fd, ev)| PollFd::from_borrowed_fd(fd.as_fd(), *ev))
+        .collect();
     loop {
         let timeout = match deadline {
             None => None,
@@ -218,5 +241,8 @@ pub(crate) use rustix::event::PollFlags as Events;
 
 /// Whether `fd` is a stream socket (used to reject foreign descriptors posing as handles).
 pub(crate) fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
-    matches!(rustix::net::sockopt::socket_type(fd), Ok(SocketType::STREAM))
+    matches!(
+        rustix::net::sockopt::socket_type(fd),
+        Ok(SocketType::STREAM)
+    )
 }
