@@ -2,7 +2,7 @@
 //! internal control stream (process bootstrap, fork server, pool workers).
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -64,6 +64,7 @@ pub(crate) struct Channel {
 
 impl Channel {
     pub(crate) fn new(fd: OwnedFd) -> Self {
+        crate::spawn::register_channel_fd(fd.as_raw_fd());
         Channel {
             fd,
             reader: Mutex::new(Reader {
@@ -183,6 +184,12 @@ impl Channel {
     pub(crate) fn has_buffered(&self) -> bool {
         let r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         r.end > r.start
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        crate::spawn::unregister_channel_fd(self.fd.as_raw_fd());
     }
 }
 

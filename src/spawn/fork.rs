@@ -9,58 +9,64 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::MutexGuard;
 
-use serde::Serialize;
-
 use super::protocol::Ident;
-use super::{child_exit, exit_code_for, report, watch_lifeline, Global, Launched};
+use super::{channel_fds, child_exit, exit_code_for, report, watch_lifeline, Global, Launched};
 use crate::connection::channel::Channel;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::task;
+use crate::task::{self, EntryFn};
 
-/// Forks; the child runs `f(make_args())` and exits. Returns the guard back to the parent.
-pub(super) fn launch<F, A, R>(
+/// Forks; the child runs `entry(payload, fds)` and exits. Returns the guard back to the parent.
+///
+/// `fds` are fresh duplicates of the handles inside the arguments: the child keeps exactly
+/// those and neutralises every other multiproc descriptor it inherited.
+pub(super) fn launch(
     mut g: MutexGuard<'static, Global>,
     name: &str,
-    make_args: impl FnOnce() -> A,
-    f: F,
-) -> Result<(MutexGuard<'static, Global>, Launched)>
-where
-    F: FnOnce(A) -> R,
-    R: Serialize,
-{
-    let (parent_end, child_end) = Channel::pair()?;
+    entry: EntryFn,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<(MutexGuard<'static, Global>, Launched)> {
+    let (parent_end, child_end) = sys::socket::socketpair().map_err(Error::io)?;
     let from_main = sys::process::is_main_thread();
     if !from_main {
         // PR_SET_PDEATHSIG would fire when *this thread* ends: use the lifeline instead.
         g.lifeline_read()?;
     }
-    let internal = g.internal_fds();
-    // SAFETY: see the module docs: until the task runs, the child only closes descriptors,
-    // replaces state it exclusively owns (the global lock is held by this very thread) and
-    // starts the lifeline thread; the task itself runs under `StartMethod::Fork`'s contract.
+    let mut inherited = g.internal_fds();
+    // Held across fork: no channel can be created or closed meanwhile, so the list is exact.
+    let channels = channel_fds();
+    inherited.extend(channels.iter().copied());
+    // SAFETY: see the module docs: until the task runs, the child only replaces descriptors
+    // (`dup3`), swaps out state it exclusively owns (both locks are held by this very thread)
+    // and starts the lifeline thread; the task itself runs under `StartMethod::Fork`'s contract.
     match unsafe { sys::process::fork() } {
         Err(e) => Err(Error::io(e).context("fork")),
         Ok(sys::process::Forked::Child) => {
             drop(parent_end);
-            for fd in internal {
-                sys::process::close_raw(fd);
+            let mut channels = channels;
+            if sys::process::neutralize(&inherited).is_err() {
+                child_exit(71);
             }
+            // The numbers in the list now name dead sockets owned by values we never use.
+            channels.clear();
+            drop(channels);
             let me = Ident {
                 pid: sys::process::getpid(),
                 name: name.to_string(),
             };
             let parent = g.me.clone();
             let mut old = std::mem::replace(&mut *g, Global::fresh(me, Some(parent)));
-            // The write end was closed above; the read end is ours to watch.
             let lifeline: Option<OwnedFd> = old.lifeline.take().map(|(r, w)| {
+                debug_assert!(inherited.contains(&w.as_raw_fd()));
                 std::mem::forget(w);
                 r
             });
-            // Every descriptor in `old` was closed above: forget it rather than close twice.
+            // The old state's descriptors were neutralised; never run its destructors here
+            // (they would wait for the fork server, which is not our child).
             std::mem::forget(old);
             drop(g);
             if from_main {
@@ -72,21 +78,24 @@ where
                 watch_lifeline(l);
             }
             task::install_panic_hook();
+            let chan = Channel::new(child_end);
             let mut out = Vec::new();
             let mut out_fds = Vec::new();
-            let outcome = task::call(f, make_args(), &mut out, &mut out_fds);
-            report(&child_end, &outcome, &out, &out_fds);
+            let outcome = entry(payload, fds, &mut out, &mut out_fds);
+            report(&chan, &outcome, &out, &out_fds);
             child_exit(exit_code_for(&outcome))
         }
         Ok(sys::process::Forked::Parent(pid)) => {
+            drop(channels);
             drop(child_end);
+            drop(fds);
             let pidfd = sys::process::pidfd_open(pid).map_err(Error::io)?;
             Ok((
                 g,
                 Launched {
                     pid,
                     pidfd,
-                    chan: parent_end,
+                    chan: Channel::new(parent_end),
                     via_server: false,
                 },
             ))

@@ -13,7 +13,7 @@
 //! When the parent's stream reaches end of file (the parent exited or was killed) the server
 //! SIGKILLs every child it has and exits.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::bootstrap;
@@ -28,12 +28,6 @@ use crate::sys;
 pub(super) struct Client {
     chan: Channel,
     pid: i32,
-}
-
-impl Client {
-    pub(super) fn raw_fd(&self) -> RawFd {
-        self.chan.fd().as_raw_fd()
-    }
 }
 
 impl Drop for Client {

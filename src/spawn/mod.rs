@@ -79,14 +79,12 @@ impl Global {
         }
     }
 
-    /// Every descriptor of ours a forked child must not keep.
+    /// Descriptors of ours that are not channels (those are in [`CHANNEL_FDS`]) and that a
+    /// forked child must not keep: the lifeline's write end and the children's pidfds.
     fn internal_fds(&self) -> Vec<RawFd> {
         let mut v = Vec::new();
         if let Some((_, w)) = &self.lifeline {
             v.push(w.as_raw_fd());
-        }
-        if let Some(s) = &self.server {
-            v.push(s.raw_fd());
         }
         for c in &self.children {
             c.internal_fds(&mut v);
@@ -116,6 +114,28 @@ impl Global {
 }
 
 static GLOBAL: OnceLock<Mutex<Global>> = OnceLock::new();
+
+/// Every descriptor owned by a live [`Channel`] in this process (connections, control
+/// streams). Lock order: [`GLOBAL`] before this. A `Fork` launch holds both across `fork()`.
+static CHANNEL_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+pub(crate) fn register_channel_fd(fd: RawFd) {
+    CHANNEL_FDS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(fd);
+}
+
+pub(crate) fn unregister_channel_fd(fd: RawFd) {
+    let mut v = CHANNEL_FDS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = v.iter().rposition(|&x| x == fd) {
+        v.swap_remove(i);
+    }
+}
+
+fn channel_fds() -> MutexGuard<'static, Vec<RawFd>> {
+    CHANNEL_FDS.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Locks the global state (poisoning is ignored: the state stays consistent between calls).
 pub(crate) fn global() -> MutexGuard<'static, Global> {
@@ -171,55 +191,51 @@ pub(crate) struct LaunchOpts {
 pub(crate) fn launch<F, A, R>(
     opts: &LaunchOpts,
     args: A,
-    f: F,
+    _f: F, // only its type matters: the child conjures the zero-sized value
     register: impl FnOnce(&mut Global, Launched, String) -> Arc<ChildShared>,
 ) -> Result<Arc<ChildShared>>
 where
-    F: FnOnce(A) -> R + Copy + Send + 'static,
+    F: FnOnce(A) -> R + Copy + 'static,
     A: Serialize + DeserializeOwned,
     R: Serialize,
 {
     let entry = task::entry_of::<F, A, R>();
     crate::process::reap_detached();
-    match opts.method {
-        StartMethod::Fork => {
-            let mut g = global();
-            let name = opts.name.clone().unwrap_or_else(|| g.next_name());
-            let (mut g, launched) = fork::launch(g, &name, move || args, f)?;
-            Ok(register(&mut g, launched, name))
-        }
-        StartMethod::Spawn | StartMethod::ForkServer => {
-            // Encode outside the lock: it may be large.
-            let mut payload = Vec::new();
-            let mut fds = Vec::new();
-            codec::encode(&args, &mut payload, &mut fds)?;
-            drop(args);
-            let fp = fingerprint()?.to_vec();
-            let mut g = global();
-            let name = opts.name.clone().unwrap_or_else(|| g.next_name());
-            let spec = TaskSpec {
-                fingerprint: fp,
-                entry: task::to_offset(entry),
-                name: name.clone(),
-                daemon: opts.daemon,
-                parent: g.me.clone(),
-            };
-            let launched = if opts.method == StartMethod::Spawn {
-                let lifeline = g.lifeline_read()?;
-                exec::launch(lifeline)?
-            } else {
-                forkserver::launch(&mut g)?
-            };
-            let shared = register(&mut g, launched, name);
-            drop(g);
-            // Talk to the child outside the lock (the arguments may be large).
-            send_task(shared.chan(), &spec, &payload, &fds)?;
-            if shared.via_server() {
-                shared.await_hello()?;
-            }
-            Ok(shared)
-        }
+    // Every method sends the arguments encoded, even `Fork`: that way a forked child gets
+    // fresh descriptors for exactly the handles among its arguments, and multiproc closes all
+    // the other ones it inherited.
+    let mut payload = Vec::new();
+    let mut fds = Vec::new();
+    codec::encode(&args, &mut payload, &mut fds)?;
+    drop(args);
+    let fp = fingerprint()?.to_vec();
+    let mut g = global();
+    let name = opts.name.clone().unwrap_or_else(|| g.next_name());
+    if opts.method == StartMethod::Fork {
+        let (mut g, launched) = fork::launch(g, &name, entry, &payload, fds)?;
+        return Ok(register(&mut g, launched, name));
     }
+    let spec = TaskSpec {
+        fingerprint: fp,
+        entry: task::to_offset(entry),
+        name: name.clone(),
+        daemon: opts.daemon,
+        parent: g.me.clone(),
+    };
+    let launched = if opts.method == StartMethod::Spawn {
+        let lifeline = g.lifeline_read()?;
+        exec::launch(lifeline)?
+    } else {
+        forkserver::launch(&mut g)?
+    };
+    let shared = register(&mut g, launched, name);
+    drop(g);
+    // Talk to the child outside the lock (the arguments may be large).
+    send_task(shared.chan(), &spec, &payload, &fds)?;
+    if shared.via_server() {
+        shared.await_hello()?;
+    }
+    Ok(shared)
 }
 
 fn send_task(chan: &Channel, spec: &TaskSpec, payload: &[u8], fds: &[OwnedFd]) -> Result<()> {

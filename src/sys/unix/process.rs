@@ -186,11 +186,33 @@ pub(crate) fn at_exit(f: extern "C" fn()) {
     unsafe { libc::atexit(f) };
 }
 
-/// Closes a raw descriptor that this process owns but no Rust value does (fork children).
+/// Closes a raw descriptor inherited from the fork server whose owning value is never used
+/// again in this process (fork-server children).
 pub(crate) fn close_raw(fd: i32) {
-    // SAFETY: used in freshly forked children on descriptors whose owning values belong to the
-    // parent's other threads and will never be touched in this process.
+    // SAFETY: called once, right after fork in a fork-server child, on the server's socket
+    // whose owning `Channel` lives on the server's stack frame and is never touched again.
     unsafe { libc::close(fd) };
+}
+
+/// Makes each descriptor in `fds` refer to a dead socket (reads: end of file; writes: EPIPE)
+/// while keeping its number taken, so values that still hold the number never touch a reused
+/// descriptor. Used in forked children on inherited multiproc descriptors.
+pub(crate) fn neutralize(fds: &[i32]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if fds.is_empty() {
+        return Ok(());
+    }
+    let (dead, peer) = super::socket::socketpair()?;
+    drop(peer);
+    for &fd in fds {
+        // SAFETY: `dup3` atomically replaces `fd` (which this process inherited and which no
+        // live value will use for anything but a failing read/write or a close) with a
+        // close-on-exec duplicate of `dead`; it touches no memory.
+        if unsafe { libc::dup3(dead.as_raw_fd(), fd, libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Whether the calling thread is the process's main thread.

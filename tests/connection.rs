@@ -1,0 +1,156 @@
+//! Connections between real processes: passing ends to children, big messages, peers dying.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{join, METHODS, WAIT};
+use multiproc::{Connection, ErrorKind, Pipe, Process, StartMethod};
+
+fn echo_upper(conn: Connection<String>) -> usize {
+    let mut n = 0;
+    while let Ok(s) = conn.recv() {
+        conn.send(&s.to_uppercase()).unwrap();
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn connection_passed_to_child_under_every_method() {
+    for m in METHODS {
+        let (here, there) = Pipe::new::<String>().unwrap();
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(there, echo_upper)
+            .unwrap();
+        for word in ["alpha", "beta", "gamma"] {
+            here.send(&word.to_string()).unwrap();
+            assert_eq!(
+                here.recv_timeout(WAIT).unwrap(),
+                word.to_uppercase(),
+                "{m:?}"
+            );
+        }
+        drop(here); // end of stream lets the child leave its loop
+        assert_eq!(join(&p).unwrap(), 3, "{m:?}");
+    }
+}
+
+#[test]
+fn connection_inside_a_message_to_a_child() {
+    for m in METHODS {
+        let (ctl_here, ctl_there) = Pipe::new::<Connection<String>>().unwrap();
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(ctl_there, |ctl: Connection<Connection<String>>| {
+                let data = ctl.recv().unwrap();
+                data.send(&"through a handle sent in a message".to_string())
+                    .unwrap();
+            })
+            .unwrap();
+        let (a, b) = Pipe::new::<String>().unwrap();
+        ctl_here.send(&b).unwrap();
+        drop(b);
+        assert_eq!(
+            a.recv_timeout(WAIT).unwrap(),
+            "through a handle sent in a message"
+        );
+        join(&p).unwrap();
+    }
+}
+
+const BIG: usize = 64 << 20;
+
+#[test]
+fn sixty_four_mib_both_ways() {
+    for m in [StartMethod::ForkServer, StartMethod::Fork] {
+        let (here, there) = Pipe::new::<()>().unwrap();
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(there, |c: Connection<()>| {
+                let v = c.recv_bytes().unwrap();
+                let sum: u64 = v.iter().map(|&b| b as u64).sum();
+                // Send it back reversed so the parent checks real content.
+                let back: Vec<u8> = v.iter().rev().copied().collect();
+                c.send_bytes(&back).unwrap();
+                (v.len(), sum)
+            })
+            .unwrap();
+        let data: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
+        here.send_bytes(&data).unwrap();
+        let back = here.recv_bytes().unwrap();
+        assert_eq!(back.len(), BIG);
+        assert!(back.iter().rev().eq(data.iter()));
+        let want: u64 = data.iter().map(|&b| b as u64).sum();
+        assert_eq!(join(&p).unwrap(), (BIG, want));
+    }
+}
+
+#[test]
+fn typed_big_message_and_big_args() {
+    // A 16 MiB argument and a 16 MiB typed return value under the default method.
+    let arg = vec![7u64; 2 << 20];
+    let p = Process::spawn(arg, |v: Vec<u64>| {
+        v.iter().map(|x| x + 1).collect::<Vec<u64>>()
+    })
+    .unwrap();
+    let r = join(&p).unwrap();
+    assert_eq!(r.len(), 2 << 20);
+    assert!(r.iter().all(|&x| x == 8));
+}
+
+#[test]
+fn child_killed_in_the_middle_of_sending() {
+    for m in METHODS {
+        let (here, there) = Pipe::new::<()>().unwrap();
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(there, |c: Connection<()>| {
+                // A 256 MiB message: the parent reads slowly, so we die mid-frame.
+                let v = vec![1u8; 256 << 20];
+                c.send_bytes(&v).unwrap();
+            })
+            .unwrap();
+        // Wait until the frame has started arriving, then kill the sender.
+        assert!(here.poll(WAIT).unwrap());
+        p.kill().unwrap();
+        let _ = join(&p);
+        let e = here.recv_bytes().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Disconnected, "{m:?}: {e}");
+        // And the end stays usable for error reporting: no hang, same answer.
+        assert!(here.recv_bytes().is_err());
+    }
+}
+
+#[test]
+fn peer_exit_gives_disconnected_not_a_hang() {
+    for m in METHODS {
+        let (here, there) = Pipe::new::<u32>().unwrap();
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(there, |c: Connection<u32>| drop(c))
+            .unwrap();
+        join(&p).unwrap();
+        let e = here.recv_timeout(WAIT).unwrap_err();
+        assert!(e.is_disconnected(), "{m:?}: {e}");
+    }
+}
+
+#[test]
+fn wait_on_processes_and_connections() {
+    let (a, b) = Pipe::new::<u8>().unwrap();
+    let p = Process::spawn(30u64, |ms| std::thread::sleep(Duration::from_millis(ms))).unwrap();
+    let ready = multiproc::connection::wait(
+        &[&p as &dyn multiproc::connection::Waitable, &a],
+        Some(WAIT),
+    )
+    .unwrap();
+    assert_eq!(ready, vec![0], "the process exits first");
+    b.send(&1).unwrap();
+    let ready =
+        multiproc::connection::wait(&[&a as &dyn multiproc::connection::Waitable], Some(WAIT))
+            .unwrap();
+    assert_eq!(ready, vec![0]);
+    join(&p).unwrap();
+}
