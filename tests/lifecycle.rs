@@ -1,0 +1,298 @@
+//! Whole-program lifecycle checks, each in a separate helper process (this file has its own
+//! `main`, so it can be a child subreaper and reap orphans without disturbing other tests):
+//!
+//! * the parent is SIGKILLed → every child (all start methods, from main and other threads)
+//!   and the fork server are gone within a second;
+//! * a program that used every start method and pipes exits normally → no descendant is left,
+//!   its descriptor count returned to the baseline, and nothing appeared in /dev/shm or /tmp.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::{Pipe, Process, StartMethod};
+
+const ROLE: &str = "MULTIPROC_TEST_ROLE";
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Helper role: start children every way, print their pids, then wait to be killed.
+fn role_victim() {
+    let mut pids = Vec::new();
+    let mut keep = Vec::new();
+    for m in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(120_000u64, sleep_ms)
+            .unwrap();
+        pids.push(p.pid());
+        keep.push(p);
+    }
+    // From a thread that ends right away: Linux ties PDEATHSIG to threads, the lifeline not.
+    for m in [StartMethod::Spawn, StartMethod::Fork] {
+        let p = std::thread::spawn(move || {
+            Process::builder()
+                .start_method(m)
+                .spawn(120_000u64, sleep_ms)
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        pids.push(p.pid());
+        keep.push(p);
+    }
+    sleep_ms(300); // the thread-spawned children must survive their thread
+    assert!(
+        keep.iter().all(|p| p.is_alive()),
+        "a child died with the thread that spawned it"
+    );
+    println!(
+        "READY {}",
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    sleep_ms(60_000);
+}
+
+/// Helper role: use everything, then check our own descriptors and exit normally.
+fn role_clean() {
+    let before = fd_count();
+    for m in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let (a, b) = Pipe::new::<u32>().unwrap();
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(b, |c: multiproc::Connection<u32>| {
+                c.send(&(c.recv().unwrap() + 1)).unwrap()
+            })
+            .unwrap();
+        a.send(&1).unwrap();
+        assert_eq!(a.recv_timeout(Duration::from_secs(30)).unwrap(), 2);
+        p.join_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        let q = Process::builder()
+            .start_method(m)
+            .spawn(1u8, |x| -> u8 { panic!("{x}") })
+            .unwrap();
+        assert!(q.join_timeout(Duration::from_secs(30)).is_err());
+        let d = Process::builder()
+            .start_method(m)
+            .spawn(1u64, sleep_ms)
+            .unwrap();
+        drop(d); // dropped unjoined: must still be reaped
+    }
+    sleep_ms(200);
+    let _ = multiproc::active_children();
+    // The fork server (1 socket + nothing else) and the lifeline pipe (2 ends) stay open by
+    // design until exit; nothing else may remain.
+    let after = fd_count();
+    assert!(
+        after <= before + 3,
+        "descriptors leaked: {before} before, {after} after"
+    );
+    println!("CLEAN fds {before} -> {after}");
+}
+
+fn descendants(root: u32) -> Vec<u32> {
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        all.extend(
+            children
+                .split_whitespace()
+                .filter_map(|s| s.parse::<u32>().ok()),
+        );
+        i += 1;
+    }
+    all.remove(0);
+    all
+}
+
+fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 2..].chars().next())
+            .is_some_and(|c| c == 'Z' || c == 'X'),
+    }
+}
+
+fn reap_zombies() {
+    while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
+}
+
+fn spawn_role(role: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .env(ROLE, role)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn read_line_with_timeout(child: &mut std::process::Child, timeout: Duration) -> String {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(timeout).unwrap_or_default()
+}
+
+fn wait_gone(pids: &[u32], limit: Duration) -> Result<Duration, Vec<u32>> {
+    let t0 = Instant::now();
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|&p| !is_gone(p)).collect();
+        if alive.is_empty() {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            return Err(alive);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn parent_killed_takes_children_along() -> Result<(), String> {
+    let mut victim = spawn_role("victim");
+    let line = read_line_with_timeout(&mut victim, Duration::from_secs(60));
+    let named: Vec<u32> = line
+        .strip_prefix("READY ")
+        .ok_or(format!("victim said {line:?}"))?
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let tree = descendants(victim.id());
+    for p in &named {
+        if !tree.contains(p) {
+            return Err(format!(
+                "child {p} is not a descendant of the victim: {tree:?}"
+            ));
+        }
+    }
+    if tree.len() < named.len() + 1 {
+        return Err(format!("expected the fork server among {tree:?}"));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let res = wait_gone(&tree, Duration::from_secs(1));
+    // Kill and reap anything left so a failure leaves no process behind.
+    for p in &tree {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(*p as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    sleep_ms(50);
+    reap_zombies();
+    match res {
+        Ok(t) => {
+            println!(
+                "  {} descendants gone {:.1} ms after the parent was SIGKILLed",
+                tree.len(),
+                t.as_secs_f64() * 1e3
+            );
+            Ok(())
+        }
+        Err(alive) => Err(format!(
+            "still alive 1 s after the parent was killed: {alive:?}"
+        )),
+    }
+}
+
+fn normal_exit_leaves_nothing() -> Result<(), String> {
+    let shm_before: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let tmp_before: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let mut clean = spawn_role("clean");
+    let pid = clean.id();
+    let line = read_line_with_timeout(&mut clean, Duration::from_secs(120));
+    // Everything it started, while it is still finishing.
+    let tree = descendants(pid);
+    let status = clean.wait().unwrap();
+    if !status.success() || !line.starts_with("CLEAN") {
+        return Err(format!("helper failed: {status}, said {line:?}"));
+    }
+    println!("  {}", line.trim());
+    let res = wait_gone(&tree, Duration::from_secs(1));
+    reap_zombies();
+    if let Err(alive) = res {
+        return Err(format!("left behind after a normal exit: {alive:?}"));
+    }
+    let shm_after: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let tmp_after: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let new_shm: Vec<_> = shm_after
+        .iter()
+        .filter(|f| !shm_before.contains(f))
+        .collect();
+    let new_tmp: Vec<_> = tmp_after
+        .iter()
+        .filter(|f| !tmp_before.contains(f) && f.to_string_lossy().contains("multiproc"))
+        .collect();
+    if !new_shm.is_empty() || !new_tmp.is_empty() {
+        return Err(format!(
+            "files left behind: /dev/shm {new_shm:?}, tmp {new_tmp:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn main() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("victim") => return role_victim(),
+        Ok("clean") => return role_clean(),
+        _ => {}
+    }
+    // Orphans of our helpers are re-parented to us, so we can see and reap them.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    let tests: [(&str, fn() -> Result<(), String>); 2] = [
+        (
+            "parent_killed_takes_children_along",
+            parent_killed_takes_children_along,
+        ),
+        ("normal_exit_leaves_nothing", normal_exit_leaves_nothing),
+    ];
+    let mut failed = 0;
+    for (name, t) in tests {
+        match t() {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED\n  {e}");
+            }
+        }
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!("\ntest result: {verdict}. {} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out", tests.len() - failed);
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
