@@ -273,7 +273,8 @@ fn main() {
     }
     // Orphans of our helpers are re-parented to us, so we can see and reap them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
-    let tests: [(&str, fn() -> Result<(), String>); 2] = [
+    type Check = fn() -> Result<(), String>;
+    let tests: [(&str, Check); 2] = [
         (
             "parent_killed_takes_children_along",
             parent_killed_takes_children_along,
