@@ -1,6 +1,97 @@
 //! # multiproc
 //!
-//! Python's `multiprocessing`, in Rust: functions run in real child processes.
+//! Python's `multiprocessing`, in Rust: ordinary functions run in real child processes, with
+//! typed arguments and return values, and no setup code in `main` or in tests.
+//!
+//! ## Processes
+//!
+//! A task is a function item (or a closure that captures nothing) and its arguments, which can
+//! be anything serde can serialise. The return value comes back from [`Process::join`]; a panic
+//! comes back as an [`Error`] carrying its message.
+//!
+//! ```
+//! use multiproc::Process;
+//!
+//! fn count_words(text: String) -> usize {
+//!     text.split_whitespace().count()
+//! }
+//!
+//! let p = Process::spawn("to be or not to be".to_string(), count_words)?;
+//! assert_eq!(p.join()?, 6);
+//! assert_eq!(p.exitcode(), Some(0));
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! Everything a task needs comes through its arguments, so a closure that captures its
+//! environment does not compile:
+//!
+//! ```compile_fail
+//! let base = 10u32;
+//! let p = multiproc::Process::spawn(5u32, move |x| x + base); // captures `base`
+//! ```
+//!
+//! ## Start methods
+//!
+//! [`StartMethod::ForkServer`] (the default) forks children from a small single-threaded server
+//! started on first use, so it is safe in programs with threads (test harnesses, tokio, rayon);
+//! [`StartMethod::Spawn`] re-executes the program; [`StartMethod::Fork`] forks the caller (read
+//! its contract). A program becomes the child *before `main` runs*, through a constructor that
+//! multiproc installs: nothing is needed in `main` or in tests.
+//!
+//! ```
+//! use multiproc::{Process, StartMethod};
+//! for m in multiproc::all_start_methods() {
+//!     let p = Process::builder().start_method(*m).spawn((), |()| std::process::id())?;
+//!     assert_eq!(p.join()?, p.pid());
+//! }
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! ## Pipes
+//!
+//! [`Pipe::new`] makes a duplex pair of typed [`Connection`]s. Connections are ordinary
+//! arguments: pass one to a child and its descriptor goes along.
+//!
+//! ```
+//! use multiproc::{Connection, Pipe, Process};
+//!
+//! let (here, there) = Pipe::new::<u64>()?;
+//! let p = Process::spawn(there, |c: Connection<u64>| {
+//!     let mut sum = 0;
+//!     while let Ok(x) = c.recv() { sum += x; }
+//!     sum
+//! })?;
+//! for x in 1..=10 { here.send(&x)?; }
+//! drop(here); // end of stream: the child's loop ends
+//! assert_eq!(p.join()?, 55);
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! ## Errors
+//!
+//! Every failure is an [`Error`] with an [`ErrorKind`]: a child's panic (with message and
+//! location), the signal that killed it, its exit code, a timeout, a disconnected peer, a
+//! malformed or oversized frame. Nothing a peer sends can make the receiver panic, hang without
+//! a deadline, or allocate beyond its maximum message size.
+//!
+//! ## Resources
+//!
+//! Children never outlive their parent: if the parent dies, even by `SIGKILL`, they are killed
+//! within milliseconds. Dropped, unjoined children are reaped in the background. At normal exit,
+//! daemon children are terminated and the others waited for, as in Python. Pipes are anonymous
+//! socket pairs: nothing is created in the file system.
+//!
+//! ## Python → Rust
+//!
+//! | Python | multiproc |
+//! |---|---|
+//! | `Process(target=f, args=(a,))`, `start()` | [`Process::spawn`]`(a, f)` |
+//! | `join()`, `exitcode`, `is_alive()` | [`Process::join`], [`Process::exitcode`], [`Process::is_alive`] |
+//! | `terminate()`, `kill()` | [`Process::terminate`], [`Process::kill`] |
+//! | `Pipe()`, `Pipe(duplex=False)` | [`Pipe::new`], [`Pipe::simplex`] |
+//! | `connection.wait(objs, timeout)` | [`connection::wait`] |
+//! | `set_start_method(m)` | [`set_start_method`] |
+//! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | same names |
 #![deny(unsafe_code)]
 
 mod codec;

@@ -1,0 +1,80 @@
+//! A tour of multiproc: the README's demo. Each section mirrors a Python idiom.
+
+use std::time::{Duration, Instant};
+
+use multiproc::{Connection, ErrorKind, Pipe, Process, StartMethod};
+
+fn fib(n: u64) -> u64 {
+    if n < 2 {
+        n
+    } else {
+        fib(n - 1) + fib(n - 2)
+    }
+}
+
+fn main() -> multiproc::Result<()> {
+    println!("== Process: a function in a child, its return value back");
+    for m in multiproc::all_start_methods() {
+        let t = Instant::now();
+        let p = Process::builder().start_method(*m).spawn(25u64, fib)?;
+        let v = p.join()?;
+        println!(
+            "  {:<10} fib(25) = {v} in pid {} ({:.2} ms incl. start)",
+            m.name(),
+            p.pid(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+
+    println!("== Panics come back with their message");
+    let p = Process::spawn(-1i64, |x| -> i64 {
+        if x < 0 {
+            panic!("negative input {x}");
+        }
+        x
+    })?;
+    let e = p.join().unwrap_err();
+    println!("  {e}\n  exit code {:?}", p.exitcode());
+
+    println!("== terminate / kill give Python's negative exit codes");
+    let p = Process::spawn(60u64, |s| std::thread::sleep(Duration::from_secs(s)))?;
+    p.terminate()?;
+    let e = p.join().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Killed);
+    println!("  {e}; exitcode {:?}", p.exitcode());
+
+    println!("== Pipe: typed messages, handles are ordinary arguments");
+    let (here, there) = Pipe::new::<String>()?;
+    let p = Process::builder()
+        .name("echo")
+        .start_method(StartMethod::ForkServer)
+        .spawn(there, |c: Connection<String>| {
+            while let Ok(s) = c.recv() {
+                c.send(&format!(
+                    "{} (from {})",
+                    s.to_uppercase(),
+                    multiproc::current_process().name
+                ))
+                .unwrap();
+            }
+        })?;
+    here.send(&"hello".to_string())?;
+    println!("  {}", here.recv()?);
+    drop(here);
+    p.join()?;
+
+    println!(
+        "== Many children at once: {} CPUs here",
+        multiproc::cpu_count()
+    );
+    let t = Instant::now();
+    let ps: Vec<_> = (0..8u64)
+        .map(|i| Process::spawn(30 + i % 2, fib))
+        .collect::<Result<_, _>>()?;
+    let total: u64 = ps.iter().map(|p| p.join()).sum::<Result<u64, _>>()?;
+    println!(
+        "  8 x fib(30/31) in parallel: sum {total}, {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
