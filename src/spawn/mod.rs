@@ -307,3 +307,6 @@ pub(crate) fn try_global() -> Option<MutexGuard<'static, Global>> {
         Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+use std::time::{Duration, Instant};
+
+use super::protocol::{FromChild, Ident, TaskSpec};
+use super::*;
+
+fn entry_for<F: FnOnce(()) + Copy + 'static>(_: F) -> task::EntryFn {
+    task::entry_of::<F, (), ()>()
+}
+
+fn spec(fingerprint: Vec<u8>) -> TaskSpec {
+    fn noop(_: ()) {}
+    TaskSpec {
+        fingerprint,
+        entry: task::to_offset(entry_for(noop)),
+        name: "probe".into(),
+        daemon: false,
+        parent: Ident {
+            pid: sys::process::getpid(),
+            name: "test".into(),
+        },
+    }
+}
+
+fn exec_child() -> Launched {
+    let lifeline = global().lifeline_read().unwrap();
+    exec::launch(lifeline).unwrap()
+}
+
+fn wait_exit(pid: i32) -> sys::process::Exit {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(e) = sys::process::wait_child(pid, false).unwrap() {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "child {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn child_refuses_a_foreign_fingerprint() {
+    let child = exec_child();
+    child
+        .chan
+        .send(&spec(b"build-id:not-this-program".to_vec()))
+        .unwrap();
+    let reply: FromChild = child
+        .chan
+        .recv(Some(Instant::now() + Duration::from_secs(30)))
+        .unwrap();
+    assert!(matches!(reply, FromChild::Mismatch), "{reply:?}");
+    assert_eq!(wait_exit(child.pid), sys::process::Exit::Code(70));
+}
+
+#[test]
+fn child_survives_garbage_on_its_control_socket() {
+    let child = exec_child();
+    let fd = child.chan.fd();
+    sys::socket::send_frame(fd, b"garbage!", b"more garbage", &[], false).unwrap();
+    // The child refuses to start: a clean exit code, no crash, no hang.
+    assert_eq!(wait_exit(child.pid), sys::process::Exit::Code(70));
+}
+
+#[test]
+fn child_with_matching_fingerprint_runs() {
+    let child = exec_child();
+    child
+        .chan
+        .send(&spec(fingerprint().unwrap().to_vec()))
+        .unwrap();
+    let mut payload = Vec::new();
+    codec::encode(&(), &mut payload, &mut Vec::new()).unwrap();
+    child.chan.send_raw(&payload, &[]).unwrap();
+    let reply: FromChild = child
+        .chan
+        .recv(Some(Instant::now() + Duration::from_secs(30)))
+        .unwrap();
+    assert!(
+        matches!(reply, FromChild::Done(task::Outcome::Ok)),
+        "{reply:?}"
+    );
+    assert_eq!(wait_exit(child.pid), sys::process::Exit::Code(0));
+}
+
+#[test]
+fn fingerprint_is_the_build_id() {
+    let fp = fingerprint().unwrap();
+    assert!(fp.starts_with(b"build-id:") || fp.starts_with(b"hash:"));
+    assert!(fp.len() > 12);
+}
