@@ -142,26 +142,62 @@ impl Channel {
     }
 
     /// Receives one frame into `dest` (payload only) if it fits; otherwise leaves it queued.
+    ///
+    /// Bytes go straight from the socket into `dest`: no intermediate buffer for large payloads.
+    /// Descriptors attached to the frame are closed.
     pub(crate) fn recv_into(
         &self,
         dest: &mut [u8],
         deadline: Option<Instant>,
     ) -> Result<usize, Error> {
         let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        if r.partial.is_some() {
+            // A timed-out typed receive left a frame half read: finish it the ordinary way.
+            let header = r.peek_header(self.fd.as_fd(), self.max_message(), deadline)?;
+            if header.len > dest.len() {
+                return Err(too_short(header.len, dest.len()));
+            }
+            let f = r.recv(self.fd.as_fd(), self.max_message(), deadline)?;
+            dest[..f.payload.len()].copy_from_slice(&f.payload);
+            return Ok(f.payload.len());
+        }
         let header = r.peek_header(self.fd.as_fd(), self.max_message(), deadline)?;
         if header.len > dest.len() {
+            return Err(too_short(header.len, dest.len()));
+        }
+        r.start += frame::HEADER_LEN;
+        let mut filled = 0;
+        while filled < header.len {
+            let avail = r.end - r.start;
+            if avail > 0 {
+                let n = avail.min(header.len - filled);
+                dest[filled..filled + n].copy_from_slice(&r.buf[r.start..r.start + n]);
+                r.start += n;
+                filled += n;
+                continue;
+            }
+            // Into the caller's buffer directly; a timeout here would lose the frame's
+            // position, so the rest of a started frame is read without a deadline.
+            let n = socket::read_into(self.fd.as_fd(), &mut dest[filled..header.len])
+                .map_err(Error::io)?;
+            if n == 0 {
+                r.broken = Some(ErrorKind::Disconnected);
+                return Err(Error::msg(
+                    ErrorKind::Disconnected,
+                    "the peer closed the stream in the middle of a frame",
+                ));
+            }
+            filled += n;
+        }
+        if r.fds.len() < header.nfds {
+            r.broken = Some(ErrorKind::Protocol);
             return Err(Error::msg(
-                ErrorKind::BufferTooShort,
-                format!(
-                    "the message has {} bytes, the buffer {}",
-                    header.len,
-                    dest.len()
-                ),
+                ErrorKind::Protocol,
+                "frame announced descriptors that did not arrive",
             ));
         }
-        let f = r.recv(self.fd.as_fd(), self.max_message(), deadline)?;
-        dest[..f.payload.len()].copy_from_slice(&f.payload);
-        Ok(f.payload.len())
+        r.fds.drain(..header.nfds);
+        Ok(header.len)
     }
 
     /// Receives and decodes one value.
@@ -185,6 +221,13 @@ impl Channel {
         let r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         r.end > r.start
     }
+}
+
+fn too_short(len: usize, have: usize) -> Error {
+    Error::msg(
+        ErrorKind::BufferTooShort,
+        format!("the message has {len} bytes, the buffer {have}"),
+    )
 }
 
 impl Drop for Channel {
@@ -265,7 +308,11 @@ impl Reader {
                 self.start += frame::HEADER_LEN;
                 // Capacity is reserved up to the announced length, which is within the limit;
                 // pages are only touched as bytes arrive.
-                (h, Vec::with_capacity(h.len))
+                let mut v = Vec::with_capacity(h.len);
+                if h.len >= 4 << 20 {
+                    socket::advise_huge_pages(&mut v);
+                }
+                (h, v)
             }
         };
         loop {

@@ -157,6 +157,17 @@ pub(crate) fn read_into_vec(
     }
 }
 
+/// Reads what is available (at least one byte, blocking) into `buf`; 0 at end of stream.
+pub(crate) fn read_into(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Waits until `fd` is readable (`write == false`) or writable, or `deadline` passes.
 ///
 /// Returns `Ok(false)` on timeout. A hang-up or error condition counts as ready: the next
@@ -245,4 +256,27 @@ pub(crate) fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
         rustix::net::sockopt::socket_type(fd),
         Ok(SocketType::STREAM)
     )
+}
+
+/// Asks the kernel to back a large receive buffer with transparent huge pages, so filling it
+/// costs one page fault per 2 MiB instead of per 4 KiB. Advisory: errors are ignored.
+pub(crate) fn advise_huge_pages(buf: &mut Vec<u8>) {
+    const HUGE: usize = 2 << 20;
+    let start = buf.as_mut_ptr() as usize;
+    let end = start + buf.capacity();
+    let aligned = (start + HUGE - 1) & !(HUGE - 1);
+    if end <= aligned + HUGE {
+        return;
+    }
+    let len = (end - aligned) & !(HUGE - 1);
+    // SAFETY: [aligned, aligned + len) lies inside the Vec's allocation (which we borrow
+    // mutably, so nothing else uses it meanwhile); MADV_HUGEPAGE changes only how the kernel
+    // backs those pages, never their contents or validity.
+    let _ = unsafe {
+        rustix::mm::madvise(
+            aligned as *mut std::ffi::c_void,
+            len,
+            rustix::mm::Advice::LinuxHugepage,
+        )
+    };
 }
