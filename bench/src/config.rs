@@ -10,7 +10,7 @@ usage: cargo run --release -p multiproc-bench -- [options]
 
   --quick            smoke run: few rounds, small sizes (well under a minute)
   --out FILE         also write the header and table to FILE
-  --rounds N         interleaved rounds per metric group (default 3, quick 2)
+  --rounds N         interleaved rounds per metric group (default 5, quick 2)
   --only G1,G2       run only these groups: start,pipe,bandwidth,queue,pool,cpu,memory
   --no-python        skip the Python peers
   --python-dir DIR   where bench_a..bench_f live (default: ../shared/anchors/python
@@ -30,6 +30,9 @@ pub struct Config {
     pub python: Option<String>,
     pub python_dir: Option<PathBuf>,
 
+    /// Internal `--runs` of each Python script per round (their min and
+    /// median are then combined over rounds).
+    pub py_runs: usize,
     /// Process spawn+join samples per round (Rust jobs).
     pub spawn_reps: usize,
     /// Python `bench_a --runs` per round.
@@ -75,14 +78,15 @@ impl Config {
     pub fn full() -> Config {
         Config {
             quick: false,
-            rounds: 3,
+            rounds: 5,
             out: None,
             only: None,
             python: None,
             python_dir: None,
-            spawn_reps: 30,
-            py_spawn_runs: 30,
-            rtt_msgs: 20_000,
+            py_runs: 1,
+            spawn_reps: 20,
+            py_spawn_runs: 20,
+            rtt_msgs: 10_000,
             batches: 5,
             bulk_bytes: 64 << 20,
             queue_msgs: 200_000,

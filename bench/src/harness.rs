@@ -280,7 +280,7 @@ impl Results {
 
 /// Runs every group's jobs for `rounds` rounds (the group may ask for
 /// fewer), interleaved, rotating the starting job each round. A job that
-/// fails is dropped from the following rounds of this run.
+/// fails or panics is dropped from the following rounds of this run.
 pub fn run_all(jobs: Vec<Job>, rounds: usize, results: &mut Results) {
     let mut by_group: BTreeMap<Group, Vec<Job>> = BTreeMap::new();
     for j in jobs {
@@ -304,7 +304,11 @@ pub fn run_all(jobs: Vec<Job>, rounds: usize, results: &mut Results) {
                     continue;
                 }
                 let job = &mut gjobs[i];
-                let (dt, r) = time(&mut job.run);
+                // A panicking job (e.g. a peer's assertion) becomes a note.
+                let (dt, r) = time(|| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut job.run))
+                        .unwrap_or_else(|_| Err("panicked".into()))
+                });
                 match r {
                     Ok(obs) => {
                         eprintln!("  round {} {:<40} {:6.2} s", round + 1, job.label, dt);

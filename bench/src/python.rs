@@ -203,8 +203,7 @@ fn s(v: impl ToString) -> String {
 /// Registers the Python jobs (none, with a note, if Python is missing).
 pub fn jobs(cfg: &Config, py: &Python) -> Vec<Job> {
     let mut jobs = Vec::new();
-    // Internal repetitions of each script per round.
-    let runs = if cfg.quick { 1 } else { 2 };
+    let runs = cfg.py_runs;
 
     // (a) Process start+join per start method.
     let (p, c) = (py.clone(), cfg.clone());
@@ -292,7 +291,7 @@ pub fn jobs(cfg: &Config, py: &Python) -> Vec<Job> {
                 s("--n"),
                 s(c.ppe_items),
                 s("--runs"),
-                s(1),
+                s(runs),
                 s("--lat-runs"),
                 s(c.apply_reps),
                 s("--chunksizes"),
