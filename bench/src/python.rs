@@ -34,12 +34,19 @@ impl Python {
             None => std::env::var("PYTHON3").unwrap_or_else(|_| "python3".into()),
         };
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        candidates.extend(cfg.python_dir.clone());
-        candidates.extend(std::env::var_os("MULTIPROC_BENCH_PYTHON_DIR").map(PathBuf::from));
-        // <repo>/bench -> <repo>/../shared/anchors/python
-        candidates.push(manifest.join("../../shared/anchors/python"));
-        candidates.push(PathBuf::from("../shared/anchors/python"));
+        let explicit = cfg
+            .python_dir
+            .clone()
+            .or_else(|| std::env::var_os("MULTIPROC_BENCH_PYTHON_DIR").map(PathBuf::from));
+        let candidates: Vec<PathBuf> = match explicit {
+            Some(dir) => vec![dir],
+            // <repo>/bench -> <repo>/../shared/anchors/python, or relative
+            // to the current directory (the repository root).
+            None => vec![
+                manifest.join("../../shared/anchors/python"),
+                PathBuf::from("../shared/anchors/python"),
+            ],
+        };
         let anchors = candidates
             .iter()
             .find(|d| d.join("bench_a_process_start.py").is_file())

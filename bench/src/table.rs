@@ -96,6 +96,21 @@ pub fn met(spec: &Spec, mp: Option<Stats>, peers: &[(Who, Stats)]) -> String {
     }
 }
 
+const LEGEND: &str = "
+- Cells: `best / median` over all interleaved rounds (best = min time or max rate); \
+`p50 / p99` for the latency row. \"not built\" = multiproc has no job for the row yet.
+- Ratios use the best values; > 1× means multiproc is better. `met?` is judged on the best \
+values; \"best only\" = the medians miss the goal.
+- python mp = multiprocessing, python cf = concurrent.futures.ProcessPoolExecutor (its \
+\"auto chunks\" cell uses chunksize = items / 8, Pool's default for 2 workers). \
+rayon = a 2-thread rayon pool on the same work.
+- Floors: fork + `_exit` + waitpid (fork, forkserver, default rows); fork + exec of this \
+binary + wait (spawn row); fork + 8 bytes over a pipe (u64 row); 8-byte ping-pong over two \
+pipes / one socketpair (round-trip rows, apply_async); one 8-byte write per message over a \
+pipe (Queue 1→1); one-way pipe latency (Queue latency); the whole buffer through a \
+default-size pipe / socketpair (bulk rows); memcpy (shared memory row).
+";
+
 /// Renders the whole table plus its legend and notes.
 pub fn render(cfg: &Config, results: &Results) -> String {
     let mut out = String::new();
@@ -152,19 +167,7 @@ pub fn render(cfg: &Config, results: &Results) -> String {
         let _ = writeln!(out, "| {} |", row.join(" | "));
     }
 
-    let _ = writeln!(
-        out,
-        "\nCells: `best / median` over all interleaved rounds (best = min time or max rate), \
-         `p50 / p99` for latency rows. Ratios use the best values; > 1× means multiproc is \
-         better. `met?` is judged on best values (\"best only\" = the medians miss it). \
-         python mp = multiprocessing, python cf = concurrent.futures.ProcessPoolExecutor \
-         (its map rows use an explicit chunksize = items / 8, Pool's default for 2 workers). \
-         Floors: fork+_exit+waitpid (spawn rows; fork+exec of this binary for spawn; \
-         fork + 8 bytes over a pipe for the u64 row), ping-pong over two pipes / a socketpair, \
-         one 8-byte write per message over a pipe (Queue 1→1), one-way pipe latency \
-         (Queue latency), one write of the whole buffer into a default-size pipe / socketpair, \
-         memcpy (shared memory row). rayon = its own thread pool on the same work."
-    );
+    out.push_str(LEGEND);
     if !results.notes.is_empty() {
         let _ = writeln!(out, "\nNotes:");
         for n in &results.notes {
