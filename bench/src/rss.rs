@@ -5,6 +5,9 @@
 //! highest `VmHWM` (kernel-tracked peak RSS) seen for each pid, so workers
 //! that exit before the end are still counted.
 
+// Most of this serves the multiproc imap job, which does not exist yet.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -38,7 +41,13 @@ pub fn read(pid: u32) -> io::Result<Mem> {
     })
 }
 
-#[allow(dead_code)]
+/// Resets the kernel's peak-RSS counter (`VmHWM`) of `pid` to its current
+/// RSS (`echo 5 > /proc/<pid>/clear_refs`, Linux ≥ 4.0), so that a peak
+/// measured afterwards is not the peak of something earlier in the run.
+pub fn reset_peak(pid: u32) -> io::Result<()> {
+    fs::write(format!("/proc/{pid}/clear_refs"), "5")
+}
+
 /// Direct children of `pid` (all threads' `children` lists; falls back to
 /// scanning `/proc/*/stat` when the kernel lacks that file).
 pub fn children(pid: u32) -> Vec<u32> {
@@ -62,7 +71,6 @@ pub fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-#[allow(dead_code)]
 fn scan_children(pid: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -87,7 +95,6 @@ fn scan_children(pid: u32) -> Vec<u32> {
 }
 
 /// `pid` and all its descendants.
-#[allow(dead_code)]
 pub fn tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
     let mut i = 0;
@@ -100,7 +107,6 @@ pub fn tree(pid: u32) -> Vec<u32> {
 }
 
 /// Peak RSS of a parent and of its descendants, in KiB.
-#[allow(dead_code)] // for the multiproc imap job, which does not exist yet
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Peak {
     pub parent_kib: u64,
@@ -110,7 +116,6 @@ pub struct Peak {
     pub workers: usize,
 }
 
-#[allow(dead_code)]
 impl Peak {
     pub fn parent_mib(&self) -> f64 {
         self.parent_kib as f64 / 1024.0
@@ -122,18 +127,17 @@ impl Peak {
 }
 
 /// Polls a process tree in a background thread; see the module docs.
-#[allow(dead_code)]
 pub struct PeakSampler {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<BTreeMap<u32, u64>>,
     root: u32,
 }
 
-#[allow(dead_code)]
 impl PeakSampler {
-    /// Starts polling `root` (e.g. `std::process::id()`) and its
-    /// descendants every `every`.
+    /// Resets the peak of `root` (e.g. `std::process::id()`), then polls
+    /// it and its descendants every `every`.
     pub fn start(root: u32, every: Duration) -> PeakSampler {
+        let _ = reset_peak(root);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -181,6 +185,11 @@ mod tests {
     fn reads_own_status_and_children() {
         let me = read(std::process::id()).unwrap();
         assert!(me.rss_kib > 0 && me.hwm_kib >= me.rss_kib);
+        let big = vec![1u8; 64 << 20];
+        drop(std::hint::black_box(big));
+        assert!(read(std::process::id()).unwrap().hwm_kib >= 64 << 10);
+        reset_peak(std::process::id()).unwrap();
+        assert!(read(std::process::id()).unwrap().hwm_kib < 64 << 10);
         let mut child = std::process::Command::new("sleep")
             .arg("0.3")
             .spawn()
