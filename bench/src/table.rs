@@ -22,11 +22,13 @@ fn stats(spec: &Spec, cell: &Cell) -> Option<Stats> {
     }
 }
 
-/// A number with 3 significant digits, k/M suffixes for big ones.
+/// A number with about 3 significant digits, k/M/G suffixes for big ones.
 pub fn fmt_num(x: f64) -> String {
     let a = x.abs();
     if !x.is_finite() {
         "n/a".into()
+    } else if a >= 1e9 {
+        format!("{:.2}G", x / 1e9)
     } else if a >= 1e7 {
         format!("{:.1}M", x / 1e6)
     } else if a >= 1e6 {
