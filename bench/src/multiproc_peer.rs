@@ -72,15 +72,176 @@
 //! - The imap RSS rows: wrap the imap in `rss::PeakSampler::start(std::process::id(), ..)`
 //!   and report `peak.parent_mib()` / `peak.workers_mib()` as `Obs::Raw(vec![x])`.
 
+use std::time::Instant;
+
+use multiproc::{Connection, Pipe, Process, StartMethod};
+
 use crate::config::Config;
-#[allow(unused_imports)] // used as soon as the first job is registered
 use crate::harness::{BenchResult, Job, Obs, Who};
-#[allow(unused_imports)]
 use crate::metrics::Metric;
 
-/// multiproc's jobs; none yet (the library API does not exist yet).
+/// multiproc's jobs.
 pub fn jobs(cfg: &Config) -> Vec<Job> {
-    let jobs: Vec<Job> = Vec::new();
-    let _ = cfg;
+    let mut jobs: Vec<Job> = Vec::new();
+    let default = multiproc::get_start_method();
+    for (m, metric) in [
+        (StartMethod::Fork, Metric::SpawnFork),
+        (StartMethod::Spawn, Metric::SpawnSpawn),
+        (StartMethod::ForkServer, Metric::SpawnForkserver),
+    ] {
+        let c = cfg.clone();
+        let rows: Vec<Metric> = if m == default {
+            vec![metric, Metric::SpawnDefault]
+        } else {
+            vec![metric]
+        };
+        jobs.push(Job::same_for(Who::Multiproc, &rows, move || {
+            spawn_join(&c, m)
+        }));
+    }
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::SpawnResult, move || {
+        spawn_join_result(&c)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::PipeRtt, move || {
+        round_trip(&c, false)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::SocketRtt, move || {
+        round_trip(&c, true)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::BulkPipe, move || {
+        bulk(&c, false)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::BulkSocket, move || {
+        bulk(&c, true)
+    }));
     jobs
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Spawn + join of a trivial function, each timed on its own (ms).
+fn spawn_join(cfg: &Config, m: StartMethod) -> BenchResult<Obs> {
+    // Warm-up (starts the fork server once, outside the timed samples).
+    Process::builder()
+        .start_method(m)
+        .spawn((), |()| ())?
+        .join()?;
+    let reps = if m == StartMethod::Spawn {
+        cfg.spawn_reps.min(20)
+    } else {
+        cfg.spawn_reps * 5
+    };
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        let p = Process::builder().start_method(m).spawn((), |()| ())?;
+        p.join()?;
+        v.push(ms(t));
+    }
+    Ok(Obs::Raw(v))
+}
+
+/// Spawn + join with the default method, returning a u64 (ms).
+fn spawn_join_result(cfg: &Config) -> BenchResult<Obs> {
+    let mut v = Vec::with_capacity(cfg.spawn_reps * 5);
+    for i in 0..cfg.spawn_reps as u64 * 5 {
+        let t = Instant::now();
+        let p = Process::spawn(i, |x: u64| x * 2)?;
+        if p.join()? != i * 2 {
+            return Err("spawn-result: wrong value".into());
+        }
+        v.push(ms(t));
+    }
+    Ok(Obs::Raw(v))
+}
+
+fn echo(c: Connection<u64>) {
+    while let Ok(x) = c.recv() {
+        if c.send(&x).is_err() {
+            break;
+        }
+    }
+}
+
+fn echo_split((rx, tx): (Connection<u64>, Connection<u64>)) {
+    while let Ok(x) = rx.recv() {
+        if tx.send(&x).is_err() {
+            break;
+        }
+    }
+}
+
+/// u64 ping-pong with a child: one duplex connection, or two one-way pipes (µs per trip).
+fn round_trip(cfg: &Config, duplex: bool) -> BenchResult<Obs> {
+    let (send, recv, child) = if duplex {
+        let (a, b) = Pipe::new::<u64>()?;
+        let p = Process::spawn(b, echo)?;
+        let a = std::sync::Arc::new(a);
+        (a.clone(), a, p)
+    } else {
+        let (down_r, down_w) = Pipe::simplex::<u64>()?;
+        let (up_r, up_w) = Pipe::simplex::<u64>()?;
+        let p = Process::spawn((down_r, up_w), echo_split)?;
+        (std::sync::Arc::new(down_w), std::sync::Arc::new(up_r), p)
+    };
+    let n = 200 + cfg.rtt_msgs * cfg.batches;
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let t = Instant::now();
+        send.send(&i)?;
+        if recv.recv()? != i {
+            return Err("round trip: wrong value".into());
+        }
+        if i >= 200 {
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    drop(send);
+    drop(recv);
+    child.join()?;
+    Ok(Obs::Raw(v))
+}
+
+fn bulk_child((go, data, size): (Connection<()>, Connection<()>, usize)) {
+    let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    while go.recv_bytes().is_ok() {
+        if data.send_bytes(&src).is_err() {
+            break;
+        }
+    }
+}
+
+/// `bulk_bytes` from a child into a preallocated buffer, as the raw floor does (GB/s).
+fn bulk(cfg: &Config, duplex: bool) -> BenchResult<Obs> {
+    let size = cfg.bulk_bytes;
+    let (go_r, go_w) = Pipe::simplex::<()>()?;
+    let (data_here, data_there) = if duplex {
+        Pipe::new::<()>()?
+    } else {
+        Pipe::simplex::<()>()?
+    };
+    let child = Process::spawn((go_r, data_there, size), bulk_child)?;
+    let mut dst = vec![1u8; size];
+    let mut v = Vec::with_capacity(cfg.batches);
+    for b in 0..=cfg.batches {
+        let t = Instant::now();
+        go_w.send_bytes(&[1])?;
+        let n = data_here.recv_bytes_into(&mut dst)?;
+        if b > 0 {
+            v.push(n as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+    }
+    drop(go_w);
+    child.join()?;
+    if dst[size - 1] != (size - 1) as u8 {
+        return Err("bulk: wrong data".into());
+    }
+    Ok(Obs::Raw(v))
 }
