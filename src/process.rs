@@ -90,10 +90,6 @@ impl ChildShared {
         &self.chan
     }
 
-    pub(crate) fn via_server(&self) -> bool {
-        self.via_server
-    }
-
     pub(crate) fn pid(&self) -> i32 {
         self.pid.load(Ordering::Relaxed)
     }
@@ -106,33 +102,28 @@ impl ChildShared {
         }
     }
 
-    /// Reads the fork-server child's `Hello` (its pid and pidfd).
-    pub(crate) fn await_hello(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let frame = self
-            .chan
-            .recv_frame(Some(deadline))
-            .map_err(|e| e.context("waiting for the child to start"))?;
-        let mut fds = frame.fds;
-        match crate::codec::decode::<FromChild>(&frame.payload, Vec::new())? {
-            FromChild::Hello { pid, has_pidfd } => {
-                self.pid.store(pid, Ordering::Relaxed);
-                if has_pidfd {
-                    if let Some(fd) = fds.pop() {
-                        let _ = self.pidfd.set(fd);
-                    }
-                }
-                Ok(())
-            }
-            FromChild::SpawnFailed(m) => Err(Error::msg(
-                ErrorKind::Io,
-                format!("the fork server could not fork: {m}"),
-            )),
-            other => Err(Error::msg(
-                ErrorKind::Protocol,
-                format!("expected Hello from the child, got {other:?}"),
-            )),
+    /// For a fork-server child: waits for its `Hello` (pid and pidfd), which `spawn` does not
+    /// wait for. A no-op for other children and once the pid is known.
+    fn ensure_started(&self) -> Result<()> {
+        if !self.via_server || self.pid() != 0 {
+            return Ok(());
         }
+        let deadline = Some(Instant::now() + Duration::from_secs(60));
+        let mut io = lock(&self.io);
+        while self.pid() == 0 {
+            if io.eof {
+                return Err(Error::msg(
+                    ErrorKind::Disconnected,
+                    "the child ended before it started",
+                ));
+            }
+            if !self.pump(&mut io, deadline)? {
+                return Err(
+                    Error::new(ErrorKind::Timeout).context("waiting for the child to start")
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Reads one frame from the child's stream into `io`. `Ok(false)` on timeout.
@@ -151,11 +142,19 @@ impl ChildShared {
             io.result = Some(frame);
             return Ok(true);
         }
+        let mut fds = frame.fds;
         match crate::codec::decode::<FromChild>(&frame.payload, Vec::new())? {
+            FromChild::Hello { pid, has_pidfd } => {
+                if has_pidfd {
+                    if let Some(fd) = fds.pop() {
+                        let _ = self.pidfd.set(fd);
+                    }
+                }
+                self.pid.store(pid, Ordering::Relaxed);
+            }
             FromChild::Done(o) => io.done = Some(o),
             FromChild::Mismatch => io.mismatch = true,
             FromChild::Exit { code } => *lock(&self.exit) = Some(code),
-            FromChild::Hello { .. } => {}
             FromChild::SpawnFailed(m) => {
                 io.eof = true;
                 return Err(Error::msg(
@@ -277,6 +276,7 @@ impl ChildShared {
     }
 
     fn is_alive(&self) -> bool {
+        let _ = self.ensure_started();
         if self.exit_known().is_some() {
             return false;
         }
@@ -286,23 +286,33 @@ impl ChildShared {
         if let Some(p) = self.pidfd.get() {
             return !sys::socket::wait_fd(p.as_fd(), false, Some(Instant::now())).unwrap_or(false);
         }
-        self.drain_nonblocking();
-        self.exit_known().is_none()
+        !self.drain_nonblocking() && self.exit_known().is_none()
     }
 
-    /// Reads whatever frames are ready (fork-server children), without blocking.
-    fn drain_nonblocking(&self) {
-        if let Ok(mut io) = self.io.try_lock() {
-            while !io.eof && self.exit_known().is_none() {
-                match self.pump(&mut io, Some(Instant::now())) {
-                    Ok(true) => {}
-                    _ => break,
+    /// Reads whatever frames are ready (fork-server children), without blocking. Returns true
+    /// once the stream has ended: the server keeps its copy of the child's end until it has
+    /// reported the exit, so end of stream means the child is gone.
+    fn drain_nonblocking(&self) -> bool {
+        match self.io.try_lock() {
+            Ok(mut io) => {
+                while !io.eof && self.exit_known().is_none() {
+                    match self.pump(&mut io, Some(Instant::now())) {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(_) => {
+                            io.eof = true;
+                            break;
+                        }
+                    }
                 }
+                io.eof
             }
+            Err(_) => false,
         }
     }
 
     fn exitcode(&self) -> Option<i32> {
+        let _ = self.ensure_started();
         if self.via_server {
             if self.exit_known().is_none() && !self.is_alive() {
                 // Exited: the server's report may still be in flight; wait for it briefly.
@@ -316,6 +326,7 @@ impl ChildShared {
     }
 
     fn signal(&self, sig: i32) -> Result<()> {
+        self.ensure_started()?;
         let exit = lock(&self.exit);
         if exit.is_some() {
             return Ok(());
@@ -506,7 +517,11 @@ impl<R: DeserializeOwned> Process<R> {
 
 impl<R> Process<R> {
     /// The child's process id.
+    ///
+    /// For a fork-server child this may wait (briefly) for the child to announce itself; it
+    /// is 0 if the child could not be started.
     pub fn pid(&self) -> u32 {
+        let _ = self.shared.ensure_started();
         self.shared.pid() as u32
     }
 

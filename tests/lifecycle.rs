@@ -102,6 +102,15 @@ fn role_clean() {
     // The fork server (1 socket + nothing else) and the lifeline pipe (2 ends) stay open by
     // design until exit; nothing else may remain.
     let after = fd_count();
+    if after > before + 3 {
+        for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            eprintln!(
+                "fd {:?} -> {:?}",
+                e.file_name(),
+                std::fs::read_link(e.path())
+            );
+        }
+    }
     assert!(
         after <= before + 3,
         "descriptors leaked: {before} before, {after} after"

@@ -84,13 +84,12 @@ pub(crate) fn child_main(ctrl: OwnedFd, hello: bool, close: Option<RawFd>) -> ! 
             has_pidfd: pidfd.is_some(),
         };
         let mut payload = Vec::new();
-        let sent = crate::codec::encode(&msg, &mut payload, &mut Vec::new()).and_then(|()| {
+        // A parent that dropped its handle no longer reads: the task still runs (its spec is
+        // already in our socket), so a failed announcement is not fatal.
+        let _ = crate::codec::encode(&msg, &mut payload, &mut Vec::new()).and_then(|()| {
             let fds: Vec<_> = pidfd.iter().map(|p| p.as_fd()).collect();
             chan.send_raw(&payload, &fds)
         });
-        if sent.is_err() {
-            child_exit(EXIT_BOOT_FAILED);
-        }
     }
     let spec: TaskSpec = match chan.recv(None) {
         Ok(s) => s,

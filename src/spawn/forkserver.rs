@@ -132,22 +132,30 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
     }
     let mut kids: Vec<Kid> = Vec::new();
     loop {
+        // Which kids to reap: those whose pidfd reported their exit (or all, without pidfds).
+        let mut exited: Vec<usize> = Vec::new();
         if !chan.has_buffered() {
             let mut set = vec![(
                 chan.fd(),
                 sys::socket::Events::IN | sys::socket::Events::RDHUP,
             )];
-            for k in &kids {
+            let mut owner = vec![usize::MAX];
+            for (i, k) in kids.iter().enumerate() {
                 match (&k.exit, &k.pidfd) {
                     (Some(_), _) => set.push((k.ctrl.fd(), sys::socket::Events::OUT)),
                     (None, Some(p)) => set.push((p.as_fd(), sys::socket::Events::IN)),
-                    (None, None) => {}
+                    (None, None) => continue,
                 }
+                owner.push(i);
             }
             // Children without a pidfd (old kernels) are polled for exit every 20 ms.
             let slow = kids.iter().any(|k| k.exit.is_none() && k.pidfd.is_none());
             let deadline = slow.then(|| Instant::now() + Duration::from_millis(20));
-            let _ = sys::socket::poll_each(&set, deadline);
+            let ready = sys::socket::poll_each(&set, deadline).unwrap_or_default();
+            exited.extend(ready.into_iter().filter(|&j| j > 0).map(|j| owner[j]));
+            if slow {
+                exited.extend((0..kids.len()).filter(|&i| kids[i].pidfd.is_none()));
+            }
         }
         // 1. A request from the parent, or its end of file.
         if chan.poll(Some(Instant::now())).unwrap_or(true) {
@@ -163,8 +171,9 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
                 Err(_) => shutdown(&mut kids),
             }
         }
-        // 2. Reap exited children and report their status (never blocking).
-        for k in kids.iter_mut() {
+        // 2. Reap the children that exited and report their status (never blocking).
+        for i in exited {
+            let k = &mut kids[i];
             if k.exit.is_none() {
                 if let Ok(Some(exit)) = sys::process::wait_child(k.pid, false) {
                     k.exit = Some(exit.python_code());

@@ -232,9 +232,6 @@ where
     drop(g);
     // Talk to the child outside the lock (the arguments may be large).
     send_task(shared.chan(), &spec, &payload, &fds)?;
-    if shared.via_server() {
-        shared.await_hello()?;
-    }
     Ok(shared)
 }
 
