@@ -79,9 +79,7 @@ impl Pipe {
     /// # Errors
     /// [`ErrorKind::Io`] if the process is out of descriptors.
     pub fn simplex<T>() -> Result<(Connection<T>, Connection<T>)> {
-        let (r, w) = Channel::pair()?;
-        socket::shutdown(r.fd(), socket::Half::Write).map_err(Error::io)?;
-        socket::shutdown(w.fd(), socket::Half::Read).map_err(Error::io)?;
+        let (r, w) = Channel::pipe_pair()?;
         Ok((
             Connection::from_channel(r, true, false),
             Connection::from_channel(w, false, true),
@@ -256,6 +254,23 @@ impl<T> fmt::Debug for Connection<T> {
     }
 }
 
+struct FdRef<'a>(BorrowedFd<'a>);
+
+impl Serialize for FdRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        crate::codec::serialize_fd(self.0, s)
+    }
+}
+
+struct FdOwned(OwnedFd);
+
+impl<'de> Deserialize<'de> for FdOwned {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        crate::codec::deserialize_fd(d).map(FdOwned)
+    }
+}
+
+/// On the wire a connection is `(descriptor, flags, side descriptor of a pipe)`.
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
@@ -265,35 +280,32 @@ impl<T> Serialize for Connection<T> {
                  sending the connection to another process",
             ));
         }
-        struct Fd<'a>(BorrowedFd<'a>);
-        impl Serialize for Fd<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                crate::codec::serialize_fd(self.0, s)
-            }
-        }
-        let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&Fd(self.chan.fd()))?;
+        let mut t = s.serialize_tuple(3)?;
+        t.serialize_element(&FdRef(self.chan.fd()))?;
         t.serialize_element(&(u8::from(self.readable) | (u8::from(self.writable) << 1)))?;
+        t.serialize_element(&self.chan.side().map(FdRef))?;
         t.end()
     }
 }
 
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Fd(OwnedFd);
-        impl<'de> Deserialize<'de> for Fd {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                crate::codec::deserialize_fd(d).map(Fd)
+        let (FdOwned(fd), flags, side) = <(FdOwned, u8, Option<FdOwned>)>::deserialize(d)?;
+        let chan = match side {
+            None if socket::is_stream_socket(fd.as_fd()) => Channel::new(fd),
+            Some(FdOwned(side))
+                if socket::is_fifo(fd.as_fd()) && socket::is_stream_socket(side.as_fd()) =>
+            {
+                Channel::with_side(fd, Some(side))
             }
-        }
-        let (Fd(fd), flags) = <(Fd, u8)>::deserialize(d)?;
-        if !crate::sys::socket::is_stream_socket(fd.as_fd()) {
-            return Err(serde::de::Error::custom(
-                "the descriptor sent as a Connection is not a stream socket",
-            ));
-        }
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "the descriptors sent as a Connection are not a multiproc pipe or socket",
+                ))
+            }
+        };
         Ok(Connection::from_channel(
-            Channel::new(fd),
+            chan,
             flags & 1 != 0,
             flags & 2 != 0,
         ))
