@@ -87,6 +87,15 @@ pub(super) enum Why {
 }
 
 impl Why {
+    /// An encoding failure in the parent (kept as text: `Error` is not `Clone`).
+    pub(super) fn encode(e: &Error) -> Why {
+        let text = e.to_string();
+        let detail = text
+            .strip_prefix("could not serialise the value: ")
+            .unwrap_or(&text);
+        Why::Encode(format!("the task's arguments: {detail}"))
+    }
+
     pub(super) fn to_error(&self) -> Error {
         match self {
             Why::Lost(Some(c)) if *c < 0 => Error::killed(ErrorKind::WorkerLost, -c),

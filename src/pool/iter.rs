@@ -228,7 +228,7 @@ where
                                 fds,
                                 suspect: false,
                             }),
-                            Err(e) => failed.push((base + k as u64, Why::Encode(e.to_string()))),
+                            Err(e) => failed.push((base + k as u64, Why::encode(&e))),
                         }
                     }
                 }

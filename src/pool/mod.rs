@@ -360,7 +360,7 @@ impl Pool {
                 Delivery::Failed {
                     index: 0,
                     count: 1,
-                    why: Why::Encode(e.to_string()),
+                    why: Why::encode(&e),
                 },
                 &mut wake,
             ),
