@@ -17,8 +17,17 @@ fn main() -> multiproc::Result<()> {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     let mut files = Vec::new();
     walk(&root, &mut files);
-    let bytes: u64 = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
-    println!("{} files, {:.1} MB under {}", files.len(), bytes as f64 / 1e6, root.display());
+    let bytes: u64 = files
+        .iter()
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "{} files, {:.1} MB under {}",
+        files.len(),
+        bytes as f64 / 1e6,
+        root.display()
+    );
 
     let pool = Pool::new(0)?; // one worker per CPU
     let t = Instant::now();
@@ -29,8 +38,10 @@ fn main() -> multiproc::Result<()> {
     let t_pool = t.elapsed();
 
     let t = Instant::now();
-    let mut serial: Vec<(String, String)> =
-        files.iter().map(|p| hash_file(p.display().to_string())).collect();
+    let mut serial: Vec<(String, String)> = files
+        .iter()
+        .map(|p| hash_file(p.display().to_string()))
+        .collect();
     let t_serial = t.elapsed();
 
     parallel.sort();
@@ -50,9 +61,13 @@ fn main() -> multiproc::Result<()> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
-        let (path, Ok(kind)) = (e.path(), e.file_type()) else { continue };
+        let (path, Ok(kind)) = (e.path(), e.file_type()) else {
+            continue;
+        };
         let name = e.file_name();
         if kind.is_dir() && name != "target" && name != ".git" {
             walk(&path, out);
@@ -102,17 +117,33 @@ fn sha256(data: &[u8]) -> [u8; 32] {
         for i in 16..64 {
             let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
             let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
         }
         let mut v = h;
         for i in 0..64 {
             let [a, b, c, d, e, f, g, hh] = v;
             let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
             let ch = (e & f) ^ (!e & g);
-            let t1 = hh.wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K[i])
+                .wrapping_add(w[i]);
             let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
             let maj = (a & b) ^ (a & c) ^ (b & c);
-            v = [t1.wrapping_add(s0.wrapping_add(maj)), a, b, c, d.wrapping_add(t1), e, f, g];
+            v = [
+                t1.wrapping_add(s0.wrapping_add(maj)),
+                a,
+                b,
+                c,
+                d.wrapping_add(t1),
+                e,
+                f,
+                g,
+            ];
         }
         for (x, y) in h.iter_mut().zip(v) {
             *x = x.wrapping_add(y);

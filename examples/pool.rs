@@ -20,7 +20,9 @@ fn long_time_task(name: u32) -> f64 {
 fn main() -> multiproc::Result<()> {
     println!("Parent process {}.", std::process::id());
     let pool = Pool::new(4)?;
-    let results: Vec<_> = (0..5).map(|i| pool.apply_async(long_time_task, i)).collect();
+    let results: Vec<_> = (0..5)
+        .map(|i| pool.apply_async(long_time_task, i))
+        .collect();
     println!("Waiting for all subprocesses done...");
     pool.close();
     pool.join()?;

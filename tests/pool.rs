@@ -49,11 +49,13 @@ fn long_time_task(ms: u64) -> (u32, u64, u64) {
 fn seed_program_four_at_once_fifth_waits() {
     bounded(60, || {
         let pool = Pool::new(4).unwrap();
-        let results: Vec<AsyncResult<(u32, u64, u64)>> =
-            (0..5).map(|_| pool.apply_async(long_time_task, 300)).collect();
+        let results: Vec<AsyncResult<(u32, u64, u64)>> = (0..5)
+            .map(|_| pool.apply_async(long_time_task, 300))
+            .collect();
         pool.close();
         pool.join().unwrap();
-        let mut runs: Vec<(u32, u64, u64)> = results.into_iter().map(|r| r.get().unwrap()).collect();
+        let mut runs: Vec<(u32, u64, u64)> =
+            results.into_iter().map(|r| r.get().unwrap()).collect();
         runs.sort_by_key(|r| r.1);
         let (first4, fifth) = (&runs[..4], runs[4]);
         // The first four ran at the same time, in four different workers...
@@ -61,10 +63,19 @@ fn seed_program_four_at_once_fifth_waits() {
         assert_eq!(pids.len(), 4, "{runs:?}");
         let latest_start = first4.iter().map(|r| r.1).max().unwrap();
         let earliest_end = first4.iter().map(|r| r.2).min().unwrap();
-        assert!(latest_start < earliest_end, "the first four overlap: {runs:?}");
+        assert!(
+            latest_start < earliest_end,
+            "the first four overlap: {runs:?}"
+        );
         // ...and the fifth waited for a free worker.
-        assert!(fifth.1 >= earliest_end, "the fifth started after one ended: {runs:?}");
-        assert!(pids.contains(&fifth.0), "it ran in one of the same workers: {runs:?}");
+        assert!(
+            fifth.1 >= earliest_end,
+            "the fifth started after one ended: {runs:?}"
+        );
+        assert!(
+            pids.contains(&fifth.0),
+            "it ran in one of the same workers: {runs:?}"
+        );
     });
 }
 
@@ -76,7 +87,9 @@ fn map_200k_ordered_and_complete() {
         assert_eq!(v.len(), 200_000);
         assert!(v.iter().enumerate().all(|(i, &x)| x == 2 * i as u64));
         // An input of unknown length is collected first.
-        let odd = pool.map(double, (0..1000u64).filter(|x| x % 2 == 1)).unwrap();
+        let odd = pool
+            .map(double, (0..1000u64).filter(|x| x % 2 == 1))
+            .unwrap();
         assert_eq!(odd.len(), 500);
         assert_eq!(odd[0], 2);
         assert!(pool.map(double, Vec::<u64>::new()).unwrap().is_empty());
@@ -87,12 +100,22 @@ fn map_200k_ordered_and_complete() {
 fn map_under_every_start_method() {
     bounded(120, || {
         for m in METHODS {
-            let pool = Pool::builder().processes(2).start_method(m).build().unwrap();
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .build()
+                .unwrap();
             assert_eq!(pool.start_method(), m);
             let v = pool.map_chunked(double, 0..20_000u64, 100).unwrap();
-            assert!(v.iter().enumerate().all(|(i, &x)| x == 2 * i as u64), "{m:?}");
+            assert!(
+                v.iter().enumerate().all(|(i, &x)| x == 2 * i as u64),
+                "{m:?}"
+            );
             let s: Vec<String> = pool
-                .map(|(s, n): (String, usize)| s.repeat(n), vec![("ab".to_string(), 2); 10])
+                .map(
+                    |(s, n): (String, usize)| s.repeat(n),
+                    vec![("ab".to_string(), 2); 10],
+                )
                 .unwrap();
             assert_eq!(s[9], "abab", "{m:?}");
             let pids = pool.pids();
@@ -149,7 +172,10 @@ fn starmap_and_apply() {
         let pairs: Vec<(u32, u32)> = (0..100).map(|i| (i, i + 1)).collect();
         let sums = pool.starmap(|(a, b): (u32, u32)| a + b, pairs).unwrap();
         assert_eq!(sums[10], 21);
-        assert_eq!(pool.apply(|s: String| s.len(), "four".to_string()).unwrap(), 4);
+        assert_eq!(
+            pool.apply(|s: String| s.len(), "four".to_string()).unwrap(),
+            4
+        );
     });
 }
 
@@ -161,7 +187,10 @@ fn abort_on_7_mod_20(x: u64) -> u64 {
 }
 
 fn check_aborts(pool: &Pool, chunk: usize, n: u64) {
-    let results: Vec<_> = pool.imap(abort_on_7_mod_20, 0..n).chunksize(chunk).collect();
+    let results: Vec<_> = pool
+        .imap(abort_on_7_mod_20, 0..n)
+        .chunksize(chunk)
+        .collect();
     assert_eq!(results.len() as u64, n);
     for (i, r) in results.iter().enumerate() {
         if i % 20 == 7 {
@@ -268,7 +297,10 @@ fn task_timeout_kills_the_worker_and_the_pool_goes_on() {
         assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         // Per item inside a chunk: only the slow one fails.
-        let r: Vec<_> = pool.imap(sleep_ms, vec![1, 2, 20_000, 3]).chunksize(4).collect();
+        let r: Vec<_> = pool
+            .imap(sleep_ms, vec![1, 2, 20_000, 3])
+            .chunksize(4)
+            .collect();
         assert_eq!(*r[0].as_ref().unwrap(), 1);
         assert_eq!(*r[1].as_ref().unwrap(), 2);
         assert_eq!(r[2].as_ref().unwrap_err().kind(), ErrorKind::Timeout);
@@ -292,7 +324,12 @@ fn max_tasks_per_child_recycles_workers() {
         for _ in 0..10 {
             let (pid, init_pid) = pool
                 .apply(
-                    |()| (std::process::id(), with_worker_state(|p: &mut u32| *p).unwrap()),
+                    |()| {
+                        (
+                            std::process::id(),
+                            with_worker_state(|p: &mut u32| *p).unwrap(),
+                        )
+                    },
                     (),
                 )
                 .unwrap();
@@ -319,7 +356,10 @@ fn initializer_state_is_visible_to_tasks() {
     bounded(60, || {
         let pool = Pool::builder()
             .processes(2)
-            .initializer(|(name, start): (String, u64)| (name, start), ("db".to_string(), 1000))
+            .initializer(
+                |(name, start): (String, u64)| (name, start),
+                ("db".to_string(), 1000),
+            )
             .build()
             .unwrap();
         let seen: Vec<(u32, String, u64)> = pool
@@ -346,7 +386,11 @@ fn initializer_state_is_visible_to_tasks() {
             assert_eq!(c, (1001..=1000 + c.len() as u64).collect::<Vec<_>>());
         }
         // Wrong type, or no pool: None.
-        assert_eq!(pool.apply(|()| with_worker_state(|_: &mut u8| ()), ()).unwrap(), None);
+        assert_eq!(
+            pool.apply(|()| with_worker_state(|_: &mut u8| ()), ())
+                .unwrap(),
+            None
+        );
         assert_eq!(with_worker_state(|_: &mut (String, u64)| ()), None);
     });
 }
@@ -425,7 +469,10 @@ fn serialisation_failures_are_per_item() {
     bounded(60, || {
         let pool = Pool::new(2).unwrap();
         // Arguments that cannot be encoded (in the parent).
-        let r: Vec<_> = pool.imap(|p: Picky| p.0, (10..16).map(Picky)).chunksize(3).collect();
+        let r: Vec<_> = pool
+            .imap(|p: Picky| p.0, (10..16).map(Picky))
+            .chunksize(3)
+            .collect();
         for (i, r) in r.iter().enumerate() {
             match r {
                 Ok(v) => assert_eq!(*v, 10 + i as u32),
@@ -508,11 +555,18 @@ fn closed_pool_refuses_work_and_join_waits() {
         let r = pool.apply_async(sleep_ms, 200);
         pool.close();
         assert_eq!(pool.apply(double, 1).unwrap_err().kind(), ErrorKind::Closed);
-        assert_eq!(pool.map(double, 0..3u64).unwrap_err().kind(), ErrorKind::Closed);
+        assert_eq!(
+            pool.map(double, 0..3u64).unwrap_err().kind(),
+            ErrorKind::Closed
+        );
         let first = pool.imap(double, 0..3u64).next().unwrap();
         assert_eq!(first.unwrap_err().kind(), ErrorKind::Closed);
         pool.join().unwrap();
-        assert_eq!(r.get().unwrap(), 200, "queued work finished before join returned");
+        assert_eq!(
+            r.get().unwrap(),
+            200,
+            "queued work finished before join returned"
+        );
         assert!(pool.pids().is_empty());
     });
 }
@@ -562,7 +616,9 @@ fn fork_start_method_survives_crashes() {
 fn worker_names_and_threads() {
     bounded(60, || {
         let pool = Pool::builder().processes(2).name("hasher").build().unwrap();
-        let name = pool.apply(|()| multiproc::current_process().name, ()).unwrap();
+        let name = pool
+            .apply(|()| multiproc::current_process().name, ())
+            .unwrap();
         assert!(name.starts_with("hasher-"), "{name}");
         let counts = pool.map(|x: u64| x, 0..10u64).unwrap();
         assert_eq!(counts.len(), 10);
@@ -582,7 +638,10 @@ fn handles_cross_as_task_arguments() {
             b,
         );
         assert_eq!(r.get().unwrap(), 1);
-        assert_eq!(a.recv_timeout(Duration::from_secs(10)).unwrap(), "from a worker");
+        assert_eq!(
+            a.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "from a worker"
+        );
     });
 }
 

@@ -395,7 +395,11 @@ impl State {
             return;
         }
         j.inbox.push_back(d);
-        if !wake.signals.last().is_some_and(|s| Arc::ptr_eq(s, &j.signal)) {
+        if !wake
+            .signals
+            .last()
+            .is_some_and(|s| Arc::ptr_eq(s, &j.signal))
+        {
             wake.signals.push(j.signal.clone());
         }
         if let Some(w) = j.waker.take() {
@@ -477,9 +481,7 @@ impl State {
         let candidates = self
             .workers
             .iter()
-            .filter(|w| {
-                w.status == Status::Ready && !w.writing && !w.isolating && w.quota > 0
-            })
+            .filter(|w| w.status == Status::Ready && !w.writing && !w.isolating && w.quota > 0)
             .count();
         if candidates == 0 {
             return out;
@@ -661,7 +663,13 @@ impl State {
     }
 
     /// Worker `id` has exited with `code`: settle the tasks it held.
-    fn on_death(&mut self, id: u64, code: Option<i32>, limit: Option<Duration>, wake: &mut Wakeups) {
+    fn on_death(
+        &mut self,
+        id: u64,
+        code: Option<i32>,
+        limit: Option<Duration>,
+        wake: &mut Wakeups,
+    ) {
         let Some(wi) = self.workers.iter().position(|w| w.id == id) else {
             return;
         };
@@ -680,12 +688,14 @@ impl State {
         let Some(front) = held.front() else {
             return;
         };
-        let (front_seq, single) = (front.seq, held.len() == 1 && front.task.hi - front.task.lo == 1);
+        let (front_seq, single) = (
+            front.seq,
+            held.len() == 1 && front.task.hi - front.task.lo == 1,
+        );
         let culprit = match (w.timed_out, w.running) {
-            (Some((seq, elem)), _) if seq == front_seq => Some((
-                elem,
-                Why::Timeout(limit.unwrap_or_default()),
-            )),
+            (Some((seq, elem)), _) if seq == front_seq => {
+                Some((elem, Why::Timeout(limit.unwrap_or_default())))
+            }
             (_, Some((seq, elem, _))) if seq == front_seq => Some((elem, Why::Lost(code))),
             _ if single => Some((front.task.lo, Why::Lost(code))),
             _ => None,
@@ -775,7 +785,7 @@ impl State {
                 if w.timed_out.is_some() {
                     continue;
                 }
-                if !w.inflight.front().is_some_and(|f| f.seq == seq) {
+                if w.inflight.front().is_none_or(|f| f.seq != seq) {
                     w.running = None;
                     continue;
                 }
@@ -900,7 +910,8 @@ impl Shared {
 /// Starts one worker process (outside the lock).
 fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
     let cfg = &shared.cfg;
-    let (ours, theirs) = sys::socket::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
+    let (ours, theirs) =
+        sys::socket::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
     let chan = Channel::new(ours);
     let close_fds = if cfg.method == StartMethod::Fork {
         let mut v = others;
@@ -942,7 +953,11 @@ fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
         inflight: VecDeque::new(),
         bytes: 0,
         seq: 0,
-        quota: if cfg.max_tasks == 0 { u64::MAX } else { cfg.max_tasks },
+        quota: if cfg.max_tasks == 0 {
+            u64::MAX
+        } else {
+            cfg.max_tasks
+        },
         isolating: false,
         writing: false,
         running: None,
@@ -957,7 +972,11 @@ fn start_workers(shared: &Shared, n: usize) -> Result<()> {
             let mut st = shared.lock();
             let id = st.next_worker;
             st.next_worker += 1;
-            let others = st.workers.iter().map(|w| w.conn.chan.fd().as_raw_fd()).collect();
+            let others = st
+                .workers
+                .iter()
+                .map(|w| w.conn.chan.fd().as_raw_fd())
+                .collect();
             (id, others)
         };
         let w = spawn_worker(shared, id, others)?;
@@ -1009,14 +1028,23 @@ pub(super) fn start(cfg: Config) -> Result<(Arc<Shared>, std::thread::JoinHandle
             shutdown_now(&shared, thread);
             return Err(e);
         }
-        if st.workers.iter().filter(|w| w.status == Status::Ready).count() >= n {
+        if st
+            .workers
+            .iter()
+            .filter(|w| w.status == Status::Ready)
+            .count()
+            >= n
+        {
             break;
         }
         let now = Instant::now();
         if now >= deadline {
             drop(st);
             shutdown_now(&shared, thread);
-            return Err(Error::msg(ErrorKind::Timeout, "pool workers did not start within 60 s"));
+            return Err(Error::msg(
+                ErrorKind::Timeout,
+                "pool workers did not start within 60 s",
+            ));
         }
         st = shared
             .changed
@@ -1110,7 +1138,8 @@ fn run(shared: &Arc<Shared>) {
             (conns, deadline)
         };
         // 2. Wait for results, deaths or a wake-up.
-        let mut set: Vec<(BorrowedFd<'_>, sys::socket::Events)> = Vec::with_capacity(1 + conns.len() * 2);
+        let mut set: Vec<(BorrowedFd<'_>, sys::socket::Events)> =
+            Vec::with_capacity(1 + conns.len() * 2);
         let ev = sys::socket::Events::IN | sys::socket::Events::RDHUP;
         set.push((shared.wake_rx.fd(), ev));
         let mut already_dead = Vec::with_capacity(conns.len());
@@ -1173,7 +1202,13 @@ fn run(shared: &Arc<Shared>) {
         // Exit codes of dead workers (may wait briefly for the fork server's report).
         let codes: Vec<Option<i32>> = inputs
             .iter()
-            .map(|i| if i.dead { i.conn.process.exitcode() } else { None })
+            .map(|i| {
+                if i.dead {
+                    i.conn.process.exitcode()
+                } else {
+                    None
+                }
+            })
             .collect();
         // 4. Under the lock: route results, settle deaths, dispatch.
         let mut wake = Wakeups::default();

@@ -242,7 +242,15 @@ where
         let mut st = job.shared.lock();
         st.submit(tasks, &mut wake);
         for (index, why) in failed {
-            st.deliver_now(job.id, Delivery::Failed { index, count: 1, why }, &mut wake);
+            st.deliver_now(
+                job.id,
+                Delivery::Failed {
+                    index,
+                    count: 1,
+                    why,
+                },
+                &mut wake,
+            );
         }
         job.shared.pump(st, wake);
     }
@@ -404,7 +412,11 @@ where
         }
         if self.yielded == 0 && self.progress_on {
             self.progress_on = false;
-            let (lo, hi) = self.feeder.input.as_ref().map_or((0, None), |i| i.size_hint());
+            let (lo, hi) = self
+                .feeder
+                .input
+                .as_ref()
+                .map_or((0, None), |i| i.size_hint());
             self.progress = Progress::new(true, (Some(lo) == hi).then_some(lo as u64));
         }
         loop {

@@ -63,6 +63,14 @@ const AUTO_CHUNK_MAX: usize = 16 * 1024;
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 ///
+/// A task that captures its environment does not compile; pass the data as arguments:
+///
+/// ```compile_fail
+/// let pool = multiproc::Pool::new(1).unwrap();
+/// let k = 3u64;
+/// pool.map(move |x: u64| x * k, 0..10u64).unwrap(); // captures `k`
+/// ```
+///
 /// # Failures
 ///
 /// Each task fails on its own, with an [`Error`] saying why, and the pool keeps serving:
@@ -406,12 +414,15 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: Iterator<Item = A>,
     {
-        let chunk = n
-            .div_ceil(4 * self.processes())
-            .clamp(1, AUTO_CHUNK_MAX);
+        let chunk = n.div_ceil(4 * self.processes()).clamp(1, AUTO_CHUNK_MAX);
         let mut feeder = self.feeder(f, it, chunk);
         feeder.auto = true;
-        iter::collect_map(&self.shared, feeder, Some(n as u64), self.shared.cfg.progress)
+        iter::collect_map(
+            &self.shared,
+            feeder,
+            Some(n as u64),
+            self.shared.cfg.progress,
+        )
     }
 
     /// [`map`](Self::map) with an explicit number of items per task.

@@ -92,7 +92,9 @@ impl Failure {
     pub(super) fn from_outcome(o: Outcome) -> Option<Failure> {
         match o {
             Outcome::Ok => None,
-            Outcome::Panicked { message, location } => Some(Failure::Panicked { message, location }),
+            Outcome::Panicked { message, location } => {
+                Some(Failure::Panicked { message, location })
+            }
             Outcome::BadArgs(m) => Some(Failure::BadArgs(m)),
             Outcome::BadResult(m) => Some(Failure::BadResult(m)),
         }

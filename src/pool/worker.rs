@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::task::{
-    Cursor, Failure, ALL_OK, FAILED, FLAG_ENTRY, MAX_RECORD, RESULT_HEADER, SOME_FAILED,
-    TAG_INIT, TAG_INIT_FAILED, TAG_READY, TAG_RESULT, TAG_RUNNING, TAG_TASK,
+    Cursor, Failure, ALL_OK, FAILED, FLAG_ENTRY, MAX_RECORD, RESULT_HEADER, SOME_FAILED, TAG_INIT,
+    TAG_INIT_FAILED, TAG_READY, TAG_RESULT, TAG_RUNNING, TAG_TASK,
 };
 use crate::codec;
 use crate::connection::channel::Channel;
@@ -131,9 +131,12 @@ fn put_result(o: &mut Outbox, outcome: Outcome, out: &[u8], out_fds: &mut Vec<Ow
     let failed_elem = ANY_FAILED.swap(false, Ordering::Relaxed);
     let failure = match Failure::from_outcome(outcome) {
         Some(f) => Some(f),
-        None if out.len() > MAX_RECORD || out_fds.len() > FLUSH_FDS => Some(Failure::BadResult(
-            format!("the results of this task take {} bytes, more than one message may carry", out.len()),
-        )),
+        None if out.len() > MAX_RECORD || out_fds.len() > FLUSH_FDS => {
+            Some(Failure::BadResult(format!(
+                "the results of this task take {} bytes, more than one message may carry",
+                out.len()
+            )))
+        }
         None => None,
     };
     match failure {
@@ -310,7 +313,10 @@ fn start_watchdog(link: Arc<Link>, tick: Duration) {
             loop {
                 let busy = SEQ.load(Ordering::Acquire) != 0;
                 std::thread::sleep(if busy { tick } else { idle });
-                let now = (SEQ.load(Ordering::Acquire), PROGRESS.load(Ordering::Relaxed));
+                let now = (
+                    SEQ.load(Ordering::Acquire),
+                    PROGRESS.load(Ordering::Relaxed),
+                );
                 if now.0 == 0 || now != last {
                     last = now;
                     since = Instant::now();
@@ -322,7 +328,11 @@ fn start_watchdog(link: Arc<Link>, tick: Duration) {
                 }
                 let mut o = link.lock();
                 // Re-check under the lock: the main thread appends results holding it.
-                if (SEQ.load(Ordering::Acquire), PROGRESS.load(Ordering::Relaxed)) != last {
+                if (
+                    SEQ.load(Ordering::Acquire),
+                    PROGRESS.load(Ordering::Relaxed),
+                ) != last
+                {
                     continue;
                 }
                 let running_us = since.elapsed().as_micros().min(u64::MAX as u128) as u64;
