@@ -653,3 +653,14 @@ fn pool_and_results_are_send_and_sync() {
     fn assert_send<T: Send>() {}
     assert_send::<multiproc::IMap<'static, std::ops::Range<u64>, u64>>();
 }
+
+#[cfg(feature = "progress")]
+#[test]
+fn progress_bar_does_not_disturb_results() {
+    bounded(60, || {
+        let pool = Pool::builder().processes(2).progress(true).build().unwrap();
+        assert_eq!(pool.map(double, 0..1000u64).unwrap()[999], 1998);
+        let n = pool.imap(double, (0..100u64).filter(|_| true)).count();
+        assert_eq!(n, 100);
+    });
+}

@@ -397,6 +397,34 @@ where
     }
 }
 
+impl<I, R> IMap<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    R: DeserializeOwned,
+{
+    /// The next result, waiting at most `timeout` for it (Python's
+    /// `IMapIterator.next(timeout)`); `None` at the end.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let mut it = pool.imap(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), [300u64]);
+    /// let e = it.next_timeout(Duration::from_millis(1)).unwrap().unwrap_err();
+    /// assert!(e.is_timeout());
+    /// assert!(it.next_timeout(Duration::from_secs(30)).unwrap().is_ok());
+    /// assert!(it.next().is_none());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The item `Some(Err(_))` is [`ErrorKind::Timeout`] if no result arrived in time (the
+    /// iterator stays usable), or that item's own failure.
+    pub fn next_timeout(&mut self, timeout: std::time::Duration) -> Option<Result<R>> {
+        self.next_until(Instant::now().checked_add(timeout))
+    }
+}
+
 impl<I, R> Iterator for IMap<'_, I, R>
 where
     I: Iterator,
@@ -406,6 +434,31 @@ where
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
+        self.next_until(None)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.feeder.pulled - self.yielded;
+        match self.feeder.input.as_ref() {
+            None => (left as usize, Some(left as usize)),
+            Some(i) => {
+                let (lo, hi) = i.size_hint();
+                (
+                    lo.saturating_add(left as usize),
+                    hi.and_then(|h| h.checked_add(left as usize)),
+                )
+            }
+        }
+    }
+}
+
+impl<I, R> IMap<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    R: DeserializeOwned,
+{
+    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R>> {
         if let Some(e) = self.refused.take() {
             self.job = None;
             return Some(Err(e));
@@ -429,7 +482,10 @@ where
                 self.job = None;
                 return None;
             }
-            let got = self.job.as_ref()?.take(None);
+            let got = self.job.as_ref()?.take(deadline);
+            if got.is_empty() && deadline.is_some_and(|d| Instant::now() >= d) {
+                return Some(Err(Error::new(ErrorKind::Timeout)));
+            }
             if got.is_empty() {
                 // Nothing pending and nothing delivered: the pool lost track (it cannot
                 // happen while the accounting holds); end rather than hang.
@@ -439,20 +495,6 @@ where
             }
             for d in got {
                 self.store(d);
-            }
-        }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.feeder.pulled - self.yielded;
-        match self.feeder.input.as_ref() {
-            None => (left as usize, Some(left as usize)),
-            Some(i) => {
-                let (lo, hi) = i.size_hint();
-                (
-                    lo.saturating_add(left as usize),
-                    hi.and_then(|h| h.checked_add(left as usize)),
-                )
             }
         }
     }

@@ -202,7 +202,8 @@ impl PoolBuilder {
 
     /// Kill the worker running an item for longer than `timeout`; that item fails with
     /// [`ErrorKind::Timeout`] and the worker is replaced. The limit applies to each item of a
-    /// chunk on its own. It is enforced within a few milliseconds of the limit.
+    /// chunk on its own. It is enforced within about 25 ms of the limit (the worker's watchdog
+    /// notices a long element after one tick, or after its 20 ms idle sleep).
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
