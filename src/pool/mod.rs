@@ -3,7 +3,8 @@
 //!
 //! * `mod.rs`: the public types ([`Pool`], [`PoolBuilder`], [`AsyncResult`]).
 //! * `iter.rs`: feeding a job from an iterator, [`IMap`], `map`'s collector.
-//! * `dispatch.rs`: the parent's state, dispatch and the pool thread.
+//! * `dispatch.rs`: the parent's state and dispatch.
+//! * `supervisor.rs`: the pool thread and worker start-up.
 //! * `worker.rs`: the worker process.
 //! * `task.rs`: the wire format and the trampolines workers run.
 //! * `state.rs`: per-worker state ([`with_worker_state`]).
@@ -15,6 +16,7 @@ mod dispatch;
 mod iter;
 mod progress;
 mod state;
+mod supervisor;
 mod task;
 mod worker;
 
@@ -270,7 +272,7 @@ impl PoolBuilder {
             tick,
             progress: self.progress,
         };
-        let (shared, thread) = dispatch::start(cfg)?;
+        let (shared, thread) = supervisor::start(cfg)?;
         Ok(Pool {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -540,7 +542,7 @@ impl Pool {
     /// be started); task failures are reported by the tasks themselves.
     pub fn join(&self) -> Result<()> {
         self.close();
-        dispatch::wait_finished(&self.shared, None);
+        supervisor::wait_finished(&self.shared, None);
         self.reap_thread();
         self.broken()
     }
@@ -552,7 +554,7 @@ impl Pool {
     pub fn join_timeout(&self, timeout: Duration) -> Result<bool> {
         self.close();
         let deadline = Instant::now().checked_add(timeout);
-        if !dispatch::wait_finished(&self.shared, deadline) {
+        if !supervisor::wait_finished(&self.shared, deadline) {
             return Ok(false);
         }
         self.reap_thread();
@@ -580,7 +582,7 @@ impl Pool {
         self.shared.lock().terminate(&mut wake);
         wake.fire();
         self.shared.wake();
-        if dispatch::wait_finished(&self.shared, Some(Instant::now() + Duration::from_secs(5))) {
+        if supervisor::wait_finished(&self.shared, Some(Instant::now() + Duration::from_secs(5))) {
             self.reap_thread();
         }
     }
