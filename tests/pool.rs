@@ -664,3 +664,57 @@ fn progress_bar_does_not_disturb_results() {
         assert_eq!(n, 100);
     });
 }
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Blob(#[serde(with = "serde_bytes_like")] Vec<u8>);
+
+/// Bytes as one byte string (not element by element).
+mod serde_bytes_like {
+    pub(crate) fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+#[test]
+fn big_arguments_and_results_flow_both_ways() {
+    bounded(60, || {
+        let pool = Pool::new(2).unwrap();
+        // 1 MiB each way per task: far above the per-worker byte budget and socket buffers.
+        let blobs = (0..24u8).map(|i| Blob(vec![i; 1 << 20]));
+        let out: Vec<Blob> = pool
+            .imap(
+                |Blob(mut v): Blob| {
+                    v.reverse();
+                    v.push(7);
+                    Blob(v)
+                },
+                blobs,
+            )
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (i, Blob(v)) in out.iter().enumerate() {
+            assert_eq!(v.len(), (1 << 20) + 1);
+            assert_eq!(v[0], i as u8);
+        }
+        let lens = pool
+            .map(
+                |Blob(v): Blob| v.len(),
+                (0..8u8).map(|i| Blob(vec![i; 300_000])),
+            )
+            .unwrap();
+        assert_eq!(lens, vec![300_000; 8]);
+    });
+}
