@@ -78,7 +78,7 @@ where
 }
 
 /// Produces the one value of a zero-sized callable type.
-fn conjure<F: Copy + 'static>() -> F {
+pub(crate) fn conjure<F: Copy + 'static>() -> F {
     assert_eq!(std::mem::size_of::<F>(), 0);
     // SAFETY: `F` is zero-sized (checked at compile time in `entry_of` and again above), so it
     // has exactly one value and no bytes to initialise. It is a closure or function item type
@@ -114,11 +114,20 @@ where
     F: FnOnce(A) -> R,
     R: Serialize,
 {
-    match catch_unwind(AssertUnwindSafe(move || f(a))) {
+    match catch_panic(move || f(a)) {
         Ok(r) => match codec::encode(&r, out, out_fds) {
             Ok(()) => Outcome::Ok,
             Err(e) => Outcome::BadResult(e.to_string()),
         },
+        Err((message, location)) => Outcome::Panicked { message, location },
+    }
+}
+
+/// Runs `f`, turning a panic into its message and location (`file:line:column`, when the
+/// hook of [`install_panic_hook`] recorded one).
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => Ok(v),
         Err(payload) => {
             let message = if let Some(s) = payload.downcast_ref::<&str>() {
                 (*s).to_string()
@@ -130,7 +139,7 @@ where
             // The payload's own destructor could panic; leak it instead.
             std::mem::forget(payload);
             let location = PANIC_LOCATION.with(|c| c.borrow_mut().take());
-            Outcome::Panicked { message, location }
+            Err((message, location))
         }
     }
 }

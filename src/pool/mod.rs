@@ -1,0 +1,756 @@
+//! [`Pool`]: a fixed set of worker processes that run tasks, like Python's
+//! `multiprocessing.Pool`, but a pool that never hangs when a worker dies.
+//!
+//! * `mod.rs`: the public types ([`Pool`], [`PoolBuilder`], [`AsyncResult`]).
+//! * `iter.rs`: feeding a job from an iterator, [`IMap`], `map`'s collector.
+//! * `dispatch.rs`: the parent's state and dispatch.
+//! * `supervisor.rs`: the pool thread and worker start-up.
+//! * `worker.rs`: the worker process.
+//! * `task.rs`: the wire format and the trampolines workers run.
+//! * `state.rs`: per-worker state ([`with_worker_state`]).
+//! * `progress.rs`: the optional progress bar.
+//!
+//! `README.md` next to this file describes the protocol and the failure handling.
+
+mod dispatch;
+mod iter;
+mod progress;
+mod state;
+mod supervisor;
+mod task;
+mod worker;
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+use crate::context::{cpu_count, get_start_method, StartMethod};
+use crate::error::{Error, ErrorKind, Result};
+use dispatch::{Config, Delivery, Init, Shared, Task, Wakeups, Why};
+use iter::{Feeder, JobGuard};
+
+pub use iter::IMap;
+pub use state::with_worker_state;
+
+/// Items per automatic chunk at most (`map`), whatever the input length.
+const AUTO_CHUNK_MAX: usize = 16 * 1024;
+
+/// A pool of worker processes (`multiprocessing.Pool`).
+///
+/// Tasks are function items or closures that capture nothing, with serde arguments and
+/// results, as for [`Process`](crate::Process). Every method takes `&self`; a `Pool` is
+/// `Send + Sync` and may be shared between threads.
+///
+/// ```
+/// use multiproc::Pool;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = Pool::new(2)?;
+/// assert_eq!(pool.apply(square, 7)?, 49);
+/// let r = pool.apply_async(square, 8);
+/// assert_eq!(pool.map(square, 0..5u64)?, vec![0, 1, 4, 9, 16]);
+/// assert_eq!(r.get()?, 64);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// A task that captures its environment does not compile; pass the data as arguments:
+///
+/// ```compile_fail
+/// let pool = multiproc::Pool::new(1).unwrap();
+/// let k = 3u64;
+/// pool.map(move |x: u64| x * k, 0..10u64).unwrap(); // captures `k`
+/// ```
+///
+/// # Failures
+///
+/// Each task fails on its own, with an [`Error`] saying why, and the pool keeps serving:
+///
+/// | what happened | error kind |
+/// |---|---|
+/// | the function panicked | [`ErrorKind::Panicked`] (with the message and location) |
+/// | the worker died while running it (abort, segfault, SIGKILL, OOM kill, `exit`) | [`ErrorKind::WorkerLost`] (with the signal or exit code) |
+/// | it ran longer than [`PoolBuilder::task_timeout`] (the worker is killed) | [`ErrorKind::Timeout`] |
+/// | its arguments or result could not be (de)serialised | [`ErrorKind::Encode`] / [`ErrorKind::Decode`] |
+/// | the pool was terminated before it ran | [`ErrorKind::Cancelled`] |
+/// | it was submitted after `close`/`terminate` | [`ErrorKind::Closed`] |
+///
+/// A dead worker is replaced at once. Only the item it was running fails: the tasks queued
+/// behind it never started and are sent to other workers. When the pool cannot tell which
+/// item was running (the worker died within about a millisecond of starting one of several
+/// small tasks whose results it had not sent yet), it runs each of those items again on its
+/// own, so the item that kills a worker again is the one reported. Consequences, stated
+/// plainly: a task can run twice (its first result died with the worker), and a task whose
+/// worker was killed from outside may simply succeed on its second run.
+///
+/// # Dropping
+///
+/// Dropping a `Pool` terminates it, like leaving Python's `with Pool() as p:` block: tasks
+/// that have not finished fail with [`ErrorKind::Cancelled`] and the workers are killed.
+/// Call [`close`](Self::close) and [`join`](Self::join) first to let queued work finish.
+/// Dropping never hangs: it waits at most a few seconds for the workers to be reaped.
+pub struct Pool {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.shared.cfg.processes)
+            .field("start_method", &self.shared.cfg.method)
+            .field("pids", &self.pids())
+            .finish()
+    }
+}
+
+/// Configures a [`Pool`]: size, initializer, recycling, start method, task timeout.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Pool, StartMethod};
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .name("hasher")
+///     .max_tasks_per_child(1000)
+///     .task_timeout(Duration::from_secs(30))
+///     .start_method(StartMethod::ForkServer)
+///     .build()?;
+/// assert_eq!(pool.processes(), 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct PoolBuilder {
+    processes: usize,
+    method: Option<StartMethod>,
+    name: Option<String>,
+    max_tasks: u64,
+    task_timeout: Option<Duration>,
+    init: Option<Result<Init>>,
+    progress: bool,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("start_method", &self.method)
+            .field("name", &self.name)
+            .field("max_tasks_per_child", &self.max_tasks)
+            .field("task_timeout", &self.task_timeout)
+            .field("initializer", &self.init.is_some())
+            .finish()
+    }
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolBuilder {
+    /// A builder with the defaults: [`cpu_count`] workers, the default start method, no
+    /// initializer, no recycling, no timeout.
+    pub fn new() -> Self {
+        PoolBuilder {
+            processes: 0,
+            method: None,
+            name: None,
+            max_tasks: 0,
+            task_timeout: None,
+            init: None,
+            progress: false,
+        }
+    }
+
+    /// The number of worker processes (0, the default, means [`cpu_count`]).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = n;
+        self
+    }
+
+    /// How workers are started (default: [`get_start_method`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Workers are named `"{prefix}-{n}"` (default prefix `"PoolWorker"`); the name is what
+    /// [`current_process`](crate::current_process) reports inside a worker.
+    pub fn name(mut self, prefix: impl Into<String>) -> Self {
+        self.name = Some(prefix.into());
+        self
+    }
+
+    /// Replace a worker after it has run `n` tasks (Python's `maxtasksperchild`; 0, the
+    /// default, never). A task is one call of `apply_async`, or one chunk of `map`/`imap`.
+    /// The replacement runs the initializer again.
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks = n;
+        self
+    }
+
+    /// Kill the worker running an item for longer than `timeout`; that item fails with
+    /// [`ErrorKind::Timeout`] and the worker is replaced. The limit applies to each item of a
+    /// chunk on its own. It is enforced within about 25 ms of the limit (the worker's watchdog
+    /// notices a long element after one tick, or after its 20 ms idle sleep).
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Run `f(args)` once in every worker before it takes tasks (Python's `initializer`,
+    /// `initargs`), including replacement workers.
+    ///
+    /// `f` returns the worker's state, which stays in that worker process; tasks borrow it
+    /// with [`with_worker_state`]. Return `()` if there is none. If `f` panics, the pool is
+    /// broken: [`build`](Self::build) returns the error (or, for a replacement worker, every
+    /// unfinished task fails with it).
+    ///
+    /// `f` must be a function item or a closure that captures nothing.
+    pub fn initializer<F, A, S>(mut self, f: F, args: A) -> Self
+    where
+        F: Fn(A) -> S + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        S: 'static,
+    {
+        let _ = f;
+        let entry = crate::task::to_offset(task::init_entry::<F, A, S>());
+        let mut bytes = Vec::new();
+        let mut fds = Vec::new();
+        self.init = Some(
+            codec::encode(&args, &mut bytes, &mut fds)
+                .map(|()| Init { entry, bytes, fds })
+                .map_err(|e| e.context("encoding the initializer's arguments")),
+        );
+        self
+    }
+
+    /// Show a progress bar on standard error during `map`, `starmap` and `imap` calls
+    /// (feature `progress`).
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// Starts the workers and waits until every one has run its initializer.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Encode`] if the initializer's arguments cannot be serialised; the
+    /// initializer's error if it panicked; [`ErrorKind::Io`] if processes cannot be started.
+    pub fn build(self) -> Result<Pool> {
+        let init = self.init.transpose()?;
+        let processes = if self.processes == 0 {
+            cpu_count()
+        } else {
+            self.processes
+        };
+        let tick = match self.task_timeout {
+            Some(t) => (t / 8).clamp(Duration::from_micros(200), Duration::from_millis(1)),
+            None => Duration::from_millis(1),
+        };
+        let cfg = Config {
+            processes,
+            method: self.method.unwrap_or_else(get_start_method),
+            name: self.name.unwrap_or_else(|| "PoolWorker".into()),
+            max_tasks: self.max_tasks,
+            task_timeout: self.task_timeout,
+            init,
+            tick,
+            progress: self.progress,
+        };
+        let (shared, thread) = supervisor::start(cfg)?;
+        Ok(Pool {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers (0: [`cpu_count`]) with the default settings.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] if the processes cannot be started.
+    pub fn new(processes: usize) -> Result<Pool> {
+        PoolBuilder::new().processes(processes).build()
+    }
+
+    /// A builder for a pool with an initializer, recycling, a timeout or a start method.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.shared.cfg.processes
+    }
+
+    /// The start method of the workers.
+    pub fn start_method(&self) -> StartMethod {
+        self.shared.cfg.method
+    }
+
+    /// The process ids of the current workers (they change when workers are replaced).
+    pub fn pids(&self) -> Vec<u32> {
+        self.shared.lock().pids()
+    }
+
+    /// Runs `f(args)` in a worker and waits for the result (`apply`).
+    ///
+    /// # Errors
+    /// As [`AsyncResult::get`].
+    pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.apply_async(f, args).get()
+    }
+
+    /// Submits `f(args)` and returns at once (`apply_async`); the [`AsyncResult`] gives the
+    /// result later, blocking or as a `Future`.
+    ///
+    /// Submission does not fail: a pool that no longer accepts work, or arguments that cannot
+    /// be serialised, give an `AsyncResult` that holds the error.
+    ///
+    /// ```
+    /// use multiproc::Pool;
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let results: Vec<_> = (0..4u32).map(|i| pool.apply_async(|x: u32| x + 1, i)).collect();
+    /// let sum: u32 = results.into_iter().map(|r| r.get().unwrap()).sum();
+    /// assert_eq!(sum, 10);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn apply_async<F, A, R>(&self, f: F, args: A) -> AsyncResult<R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        let entry = crate::task::to_offset(task::chunk_entry::<F, A, R>());
+        let mut bytes = Vec::with_capacity(16);
+        let mut fds = Vec::new();
+        let enc = codec::encode(std::slice::from_ref(&args), &mut bytes, &mut fds);
+        drop(args);
+        let job = JobGuard::new(&self.shared);
+        let mut wake = Wakeups::default();
+        let mut st = self.shared.lock();
+        match enc {
+            Ok(()) => st.submit(
+                vec![Task {
+                    job: job.id,
+                    base: 0,
+                    lo: 0,
+                    hi: 1,
+                    entry,
+                    args: bytes,
+                    fds,
+                    suspect: false,
+                }],
+                &mut wake,
+            ),
+            Err(e) => st.deliver_now(
+                job.id,
+                Delivery::Failed {
+                    index: 0,
+                    count: 1,
+                    why: Why::encode(&e),
+                },
+                &mut wake,
+            ),
+        }
+        self.shared.pump(st, wake);
+        AsyncResult {
+            job,
+            _r: PhantomData,
+        }
+    }
+
+    /// Applies `f` to every item and returns the results in input order (`map`).
+    ///
+    /// Items travel in chunks of `ceil(n / (4 × processes))` (Python's rule, at most 16 Ki
+    /// items per chunk); an input of unknown length is collected first to learn `n`.
+    ///
+    /// # Errors
+    /// The first error that arrives from any item (see [`Pool`]'s failure table); the
+    /// remaining queued chunks are cancelled. Use [`imap`](Self::imap) for one `Result` per
+    /// item.
+    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let it = items.into_iter();
+        match it.size_hint() {
+            (lo, Some(hi)) if lo == hi => self.map_auto(f, it, lo),
+            _ => {
+                let v: Vec<A> = it.collect();
+                let n = v.len();
+                self.map_auto(f, v.into_iter(), n)
+            }
+        }
+    }
+
+    fn map_auto<F, A, R, I>(&self, f: F, it: I, n: usize) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: Iterator<Item = A>,
+    {
+        let chunk = n.div_ceil(4 * self.processes()).clamp(1, AUTO_CHUNK_MAX);
+        let mut feeder = self.feeder(f, it, chunk);
+        feeder.auto = true;
+        iter::collect_map(
+            &self.shared,
+            feeder,
+            Some(n as u64),
+            self.shared.cfg.progress,
+        )
+    }
+
+    /// [`map`](Self::map) with an explicit number of items per task.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    pub fn map_chunked<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let it = items.into_iter();
+        let (lo, hi) = it.size_hint();
+        let total = (Some(lo) == hi).then_some(lo as u64);
+        let feeder = self.feeder(f, it, chunksize);
+        iter::collect_map(&self.shared, feeder, total, self.shared.cfg.progress)
+    }
+
+    /// `starmap`: [`map`](Self::map) over argument tuples. In Rust a task already takes its
+    /// arguments as one value, so this is `map` with a tuple-taking closure; it exists so
+    /// Python code reads the same.
+    ///
+    /// ```
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let sums = pool.starmap(|(a, b): (u32, u32)| a + b, vec![(1, 2), (3, 4)])?;
+    /// assert_eq!(sums, vec![3, 7]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    pub fn starmap<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.map(f, items)
+    }
+
+    /// Lazily applies `f` to every item; results come in input order, one `Result` per item
+    /// (`imap`). See [`IMap`] for chunking, the buffer bound and endless inputs.
+    ///
+    /// A pool that no longer accepts work yields one [`ErrorKind::Closed`] error.
+    pub fn imap<F, A, R, I>(&self, f: F, items: I) -> IMap<'_, I::IntoIter, R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let feeder = self.feeder(f, items.into_iter(), 1);
+        IMap::new(&self.shared, feeder, true, self.shared.cfg.progress)
+    }
+
+    /// Like [`imap`](Self::imap), but results come in completion order
+    /// (`imap_unordered`).
+    ///
+    /// ```
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let mut v: Vec<u32> = pool
+    ///     .imap_unordered(|x: u32| x * 10, 0..100u32)
+    ///     .collect::<Result<_, _>>()?;
+    /// v.sort();
+    /// assert_eq!(v[99], 990);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I) -> IMap<'_, I::IntoIter, R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let feeder = self.feeder(f, items.into_iter(), 1);
+        IMap::new(&self.shared, feeder, false, self.shared.cfg.progress)
+    }
+
+    fn feeder<F, A, R, I>(&self, f: F, it: I, chunksize: usize) -> Feeder<I>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: Iterator<Item = A>,
+    {
+        let _ = f;
+        let entry = crate::task::to_offset(task::chunk_entry::<F, A, R>());
+        let chunksize = chunksize.max(1);
+        let workers = self.processes() as u64;
+        let max = (1024 * workers).max(chunksize as u64 * workers * 4);
+        Feeder::new(it, entry, chunksize, max)
+    }
+
+    /// Stops accepting work (`close`); queued tasks still run, and the workers exit once
+    /// they are done. Later submissions fail with [`ErrorKind::Closed`]; an `imap` that is
+    /// still pulling its input ends with that error too.
+    pub fn close(&self) {
+        let mut st = self.shared.lock();
+        if st.phase == dispatch::Phase::Open {
+            st.phase = dispatch::Phase::Closed;
+        }
+        drop(st);
+        self.shared.wake();
+    }
+
+    /// Waits for every queued task to finish and every worker to exit (`join`). Closes the
+    /// pool first if [`close`](Self::close) was not called.
+    ///
+    /// # Errors
+    /// The reason the pool broke, if it did (its initializer panicked, or workers could not
+    /// be started); task failures are reported by the tasks themselves.
+    pub fn join(&self) -> Result<()> {
+        self.close();
+        supervisor::wait_finished(&self.shared, None);
+        self.reap_thread();
+        self.broken()
+    }
+
+    /// [`join`](Self::join), waiting at most `timeout`; `Ok(false)` if work is still running.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.close();
+        let deadline = Instant::now().checked_add(timeout);
+        if !supervisor::wait_finished(&self.shared, deadline) {
+            return Ok(false);
+        }
+        self.reap_thread();
+        self.broken().map(|()| true)
+    }
+
+    fn broken(&self) -> Result<()> {
+        match &self.shared.lock().broken {
+            Some(why) => Err(why.to_error()),
+            None => Ok(()),
+        }
+    }
+
+    fn reap_thread(&self) {
+        if let Some(t) = dispatch::lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops at once (`terminate`): unfinished tasks fail with [`ErrorKind::Cancelled`] and
+    /// the workers are killed (SIGKILL). Returns once the workers are reaped, or after a few
+    /// seconds at most.
+    pub fn terminate(&self) {
+        let mut wake = Wakeups::default();
+        self.shared.lock().terminate(&mut wake);
+        wake.fire();
+        self.shared.wake();
+        if supervisor::wait_finished(&self.shared, Some(Instant::now() + Duration::from_secs(5))) {
+            self.reap_thread();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The pending result of [`Pool::apply_async`] (`AsyncResult`).
+///
+/// Block on it with [`get`](Self::get) / [`get_timeout`](Self::get_timeout), poll it with
+/// [`ready`](Self::ready), or `.await` it: it implements `Future<Output = Result<R>>` (any
+/// executor; the pool's own thread wakes the task).
+///
+/// ```
+/// use std::time::Duration;
+/// let pool = multiproc::Pool::new(1)?;
+/// let r = pool.apply_async(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 50);
+/// r.wait_timeout(Duration::from_secs(10));
+/// assert_eq!(r.successful(), Some(true));
+/// r.get()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// # Dropping
+///
+/// Dropping it does not cancel the task: it still runs, and its result is discarded. It
+/// stays usable after its [`Pool`] is dropped (it then reports [`ErrorKind::Cancelled`] if
+/// the task had not finished).
+pub struct AsyncResult<R> {
+    job: JobGuard,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("job", &self.job.id)
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl<R> AsyncResult<R> {
+    /// Whether the task has finished (`ready`).
+    pub fn ready(&self) -> bool {
+        let st = self.job.shared.lock();
+        st.jobs
+            .get(&self.job.id)
+            .is_some_and(|j| !j.inbox.is_empty() || j.taken)
+    }
+
+    /// `Some(true)` if the task finished and returned normally, `Some(false)` if it failed,
+    /// `None` while it runs (or once the result was taken).
+    pub fn successful(&self) -> Option<bool> {
+        let st = self.job.shared.lock();
+        match st.jobs.get(&self.job.id)?.inbox.front()? {
+            Delivery::Data { status, .. } => Some(*status == task::ALL_OK),
+            Delivery::Failed { .. } => Some(false),
+        }
+    }
+
+    /// Waits until the task has finished (`wait`).
+    pub fn wait(&self) {
+        self.wait_until(None);
+    }
+
+    /// Waits at most `timeout`; returns whether the task has finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let mut st = self.job.shared.lock();
+        loop {
+            let Some(j) = st.jobs.get(&self.job.id) else {
+                return true;
+            };
+            if !j.inbox.is_empty() || j.taken || j.pending == 0 {
+                return true;
+            }
+            st = match deadline {
+                None => self.job.signal.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    self.job
+                        .signal
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    /// Waits for the task and returns its result (`get`).
+    ///
+    /// # Errors
+    /// The task's failure (see [`Pool`]'s failure table); [`ErrorKind::AlreadyJoined`] if
+    /// [`get_timeout`](Self::get_timeout) already returned the result.
+    pub fn get(self) -> Result<R> {
+        self.wait();
+        self.take()
+            .unwrap_or_else(|| Err(Error::new(ErrorKind::Cancelled)))
+    }
+
+    /// Waits at most `timeout` for the result.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if the task is still running (the `AsyncResult` stays usable);
+    /// otherwise as [`get`](Self::get).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R> {
+        if !self.wait_timeout(timeout) {
+            return Err(Error::new(ErrorKind::Timeout));
+        }
+        self.take()
+            .unwrap_or_else(|| Err(Error::new(ErrorKind::Cancelled)))
+    }
+
+    /// Takes the result if it is there.
+    fn take(&self) -> Option<Result<R>> {
+        let d = {
+            let mut st = self.job.shared.lock();
+            let j = st.jobs.get_mut(&self.job.id)?;
+            if j.taken {
+                return Some(Err(Error::msg(
+                    ErrorKind::AlreadyJoined,
+                    "get_timeout already returned this task's result",
+                )));
+            }
+            let d = j.inbox.pop_front()?;
+            j.taken = true;
+            d
+        };
+        let mut out = None;
+        iter::decode::<R>(d, |_, r| out = Some(r));
+        out
+    }
+}
+
+impl<R: DeserializeOwned> Future for AsyncResult<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        {
+            let mut st = self.job.shared.lock();
+            match st.jobs.get_mut(&self.job.id) {
+                Some(j) if j.inbox.is_empty() && !j.taken && j.pending > 0 => {
+                    match &j.waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => j.waker = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+                _ => {}
+            }
+        }
+        Poll::Ready(
+            self.take()
+                .unwrap_or_else(|| Err(Error::new(ErrorKind::Cancelled))),
+        )
+    }
+}

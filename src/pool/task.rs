@@ -1,0 +1,305 @@
+//! The pool's wire format and the functions a worker runs.
+//!
+//! One frame (see `codec/frame.rs`) carries several messages back to back; descriptors
+//! attached to the frame are handed out to the messages in order (each says how many it owns).
+//!
+//! ```text
+//! parent → worker
+//!   INIT    tag=2 | entry u64 (0: no initializer) | len u32 | encoded initializer args
+//!           (the first frame a worker receives; every descriptor of the frame belongs to it)
+//!   TASK    tag=1 [| 0x40: entry u64 follows] | nfds u8 | len u32 | lo u32 | hi u32 | args
+//!           args = postcard `Vec<A>`; the worker runs elements lo..hi of it. The entry
+//!           offset is sent with the first task of a frame and whenever it changes.
+//! worker → parent
+//!   RESULT  tag=1 | status u8 | nfds u8 | busy_ns u64 | len u32 | bytes
+//!           status ALL_OK / SOME_FAILED: bytes = postcard `Vec<Result<R, Failure>>`, one per
+//!           element lo..hi; status FAILED: bytes = postcard `Failure` for the whole task.
+//!           Results come back in the order the tasks were sent (one FIFO per worker).
+//!   RUNNING tag=2 | seq u64 | elem u32 | running_for_us u64
+//!           "task number `seq` (counted from 0 on this worker) has been running element
+//!           `elem` for at least this long"; sent by the worker's watchdog after flushing
+//!           every result it held, so every earlier task has been reported.
+//!   READY   tag=3                       (after the initializer succeeded)
+//!   INIT_FAILED tag=4 | len u32 | postcard `Failure`
+//! ```
+//!
+//! The element range lets the parent re-send part of a chunk after a crash without
+//! understanding the (typed) argument bytes.
+
+use std::os::fd::OwnedFd;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Error, ErrorKind};
+use crate::task::{self, EntryFn, Outcome};
+
+pub(super) const TAG_TASK: u8 = 1;
+pub(super) const FLAG_ENTRY: u8 = 0x40;
+pub(super) const TAG_INIT: u8 = 2;
+
+pub(super) const TAG_RESULT: u8 = 1;
+pub(super) const TAG_RUNNING: u8 = 2;
+pub(super) const TAG_READY: u8 = 3;
+pub(super) const TAG_INIT_FAILED: u8 = 4;
+
+/// Every element returned normally.
+pub(super) const ALL_OK: u8 = 0;
+/// Some element failed (its slot holds a [`Failure`]).
+pub(super) const SOME_FAILED: u8 = 1;
+/// The whole task failed (the bytes are one [`Failure`]).
+pub(super) const FAILED: u8 = 2;
+
+/// Bytes of a TASK header before the args (with the entry offset).
+pub(super) const TASK_HEADER_MAX: usize = 1 + 8 + 1 + 4 + 8;
+/// Bytes of a RESULT header.
+pub(super) const RESULT_HEADER: usize = 1 + 1 + 1 + 8 + 4;
+/// The largest result record a worker sends (the frame limit minus headroom).
+pub(super) const MAX_RECORD: usize = crate::codec::frame::DEFAULT_MAX_MESSAGE - 4096;
+
+/// Why one element (or a whole task) failed inside the worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) enum Failure {
+    /// The function panicked.
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
+    /// The arguments could not be decoded.
+    BadArgs(String),
+    /// The result could not be encoded.
+    BadResult(String),
+}
+
+impl Failure {
+    pub(super) fn to_error(&self) -> Error {
+        match self {
+            Failure::Panicked { message, location } => {
+                Error::panicked(message.clone(), location.clone())
+            }
+            Failure::BadArgs(m) => Error::msg(
+                ErrorKind::Decode,
+                format!("the worker could not decode the task's arguments: {m}"),
+            ),
+            Failure::BadResult(m) => Error::msg(
+                ErrorKind::Encode,
+                format!("the worker could not encode the task's result: {m}"),
+            ),
+        }
+    }
+
+    pub(super) fn from_outcome(o: Outcome) -> Option<Failure> {
+        match o {
+            Outcome::Ok => None,
+            Outcome::Panicked { message, location } => {
+                Some(Failure::Panicked { message, location })
+            }
+            Outcome::BadArgs(m) => Some(Failure::BadArgs(m)),
+            Outcome::BadResult(m) => Some(Failure::BadResult(m)),
+        }
+    }
+}
+
+/// A bounds-checked little-endian reader over one frame.
+pub(super) struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+pub(super) fn protocol(what: &str) -> Error {
+    Error::msg(ErrorKind::Protocol, format!("pool channel: {what}"))
+}
+
+impl<'a> Cursor<'a> {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+    pub(super) fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+    pub(super) fn pos(&self) -> usize {
+        self.pos
+    }
+    pub(super) fn bytes(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| protocol("truncated message"))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    pub(super) fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.bytes(1)?[0])
+    }
+    pub(super) fn u32(&mut self) -> Result<u32, Error> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub(super) fn u64(&mut self) -> Result<u64, Error> {
+        let b = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+/// Appends a postcard varint (the encoding of a sequence length).
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The entry point that runs chunks of `F: A -> R`.
+///
+/// A capturing closure (or a `fn` pointer, which is not zero-sized) is rejected at compile
+/// time, as in [`task::entry_of`].
+pub(super) fn chunk_entry<F, A, R>() -> EntryFn
+where
+    F: Fn(A) -> R + Copy + Send + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "multiproc: a pool task must be a function item or a closure that captures nothing \
+             (pass the data it needs as arguments)"
+        )
+    };
+    run_chunk::<F, A, R>
+}
+
+/// Runs elements `lo..hi` of a chunk. `args` = `lo u32 | hi u32 | postcard Vec<A>`.
+///
+/// `out` receives `Vec<Result<R, Failure>>`; the outcome is `BadArgs` when the chunk cannot
+/// be decoded, `BadResult` (with `out` left empty) never: an element whose result cannot be
+/// encoded becomes a `Failure` in its own slot. The worker reads [`take_any_failed`] after
+/// the call to learn whether some element failed.
+fn run_chunk<F, A, R>(
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+    out: &mut Vec<u8>,
+    out_fds: &mut Vec<OwnedFd>,
+) -> Outcome
+where
+    F: Fn(A) -> R + Copy + Send + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    if args.len() < 8 {
+        return Outcome::BadArgs("truncated task".into());
+    }
+    let lo = u32::from_le_bytes([args[0], args[1], args[2], args[3]]) as usize;
+    let hi = u32::from_le_bytes([args[4], args[5], args[6], args[7]]) as usize;
+    let items: Vec<A> = match codec::decode(&args[8..], fds) {
+        Ok(v) => v,
+        Err(e) => return Outcome::BadArgs(e.to_string()),
+    };
+    if lo > hi || hi > items.len() {
+        return Outcome::BadArgs(format!(
+            "element range {lo}..{hi} of a chunk of {}",
+            items.len()
+        ));
+    }
+    let f = task::conjure::<F>();
+    let mut results: Vec<Result<R, Failure>> = Vec::with_capacity(hi - lo);
+    let mut failed = false;
+    for (j, a) in items.into_iter().enumerate().skip(lo).take(hi - lo) {
+        super::worker::element_started(j as u32);
+        let r = task::catch_panic(move || f(a))
+            .map_err(|(message, location)| Failure::Panicked { message, location });
+        failed |= r.is_err();
+        results.push(r);
+    }
+    if encode_results(&results, out, out_fds) {
+        failed = true;
+    }
+    if failed {
+        super::worker::mark_failed();
+    }
+    Outcome::Ok
+}
+
+/// Encodes `results` as a postcard `Vec<Result<R, Failure>>`; an element whose result cannot
+/// be encoded (or would push the chunk over the descriptor limit) becomes a
+/// `Failure::BadResult`. Returns whether that happened.
+fn encode_results<R: Serialize>(
+    results: &[Result<R, Failure>],
+    out: &mut Vec<u8>,
+    out_fds: &mut Vec<OwnedFd>,
+) -> bool {
+    let start = out.len();
+    let fstart = out_fds.len();
+    if codec::encode(results, out, out_fds).is_ok() {
+        return false;
+    }
+    // Slow path: element by element, so that one bad value fails only its own slot. The
+    // bytes are the same as the one-shot encoding (a length, then the elements); the handle
+    // table is shared, so indices stay global to the task.
+    out.truncate(start);
+    out_fds.truncate(fstart);
+    put_varint(out, results.len() as u64);
+    for r in results {
+        let s = out.len();
+        let fs = out_fds.len();
+        let res = match r {
+            Ok(v) => codec::encode(&Ok::<&R, ()>(v), out, out_fds),
+            Err(f) => codec::encode(&Err::<(), &Failure>(f), out, out_fds),
+        };
+        if let Err(e) = res {
+            out.truncate(s);
+            out_fds.truncate(fs);
+            let bad = Err::<(), Failure>(Failure::BadResult(e.to_string()));
+            let _ = codec::encode(&bad, out, &mut Vec::new());
+        }
+    }
+    true
+}
+
+/// The entry point that runs an initializer `F: A -> S` and keeps `S` as the worker's state.
+pub(super) fn init_entry<F, A, S>() -> EntryFn
+where
+    F: Fn(A) -> S + Copy + Send + 'static,
+    A: DeserializeOwned,
+    S: 'static,
+{
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "multiproc: an initializer must be a function item or a closure that captures \
+             nothing (pass the data it needs as arguments)"
+        )
+    };
+    run_init::<F, A, S>
+}
+
+fn run_init<F, A, S>(
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+    _out: &mut Vec<u8>,
+    _out_fds: &mut Vec<OwnedFd>,
+) -> Outcome
+where
+    F: Fn(A) -> S + Copy + Send + 'static,
+    A: DeserializeOwned,
+    S: 'static,
+{
+    let a: A = match codec::decode(args, fds) {
+        Ok(a) => a,
+        Err(e) => return Outcome::BadArgs(e.to_string()),
+    };
+    let f = task::conjure::<F>();
+    match task::catch_panic(move || f(a)) {
+        Ok(state) => {
+            super::state::set(Box::new(state));
+            Outcome::Ok
+        }
+        Err((message, location)) => Outcome::Panicked { message, location },
+    }
+}
