@@ -570,6 +570,8 @@ impl<R> Process<R> {
 
 impl<R> Waitable for Process<R> {
     fn wait_handle(&self) -> (BorrowedFd<'_>, bool) {
+        // A fork-server child's pidfd arrives with its `Hello`.
+        let _ = self.shared.ensure_started();
         let done = self.shared.exit_known().is_some();
         match self.shared.pidfd.get() {
             Some(p) => (p.as_fd(), done),
