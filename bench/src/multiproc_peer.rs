@@ -74,11 +74,12 @@
 
 use std::time::Instant;
 
-use multiproc::{Connection, Pipe, Process, StartMethod};
+use multiproc::{Connection, Pipe, Pool, Process, StartMethod};
 
 use crate::config::Config;
 use crate::harness::{BenchResult, Job, Obs, Who};
 use crate::metrics::Metric;
+use crate::work::{double, heavy};
 
 /// multiproc's jobs.
 pub fn jobs(cfg: &Config) -> Vec<Job> {
@@ -119,6 +120,39 @@ pub fn jobs(cfg: &Config) -> Vec<Job> {
     jobs.push(Job::one(Who::Multiproc, Metric::BulkSocket, move || {
         bulk(&c, true)
     }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::PoolCreate, move || {
+        pool_create(&c)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::PoolChunk1, move || {
+        pool_chunk1(&c, false)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(
+        Who::Multiproc,
+        Metric::PoolImapChunk1,
+        move || pool_chunk1(&c, true),
+    ));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::PoolMapAuto, move || {
+        pool_map_auto(&c)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::ApplyAsyncRtt, move || {
+        apply_async_rtt(&c)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::CpuScaling, move || {
+        cpu_scaling(&c)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::many(
+        Who::Multiproc,
+        Metric::ImapRssParent.group(),
+        "imap-rss",
+        move || imap_rss(&c),
+    ));
     jobs
 }
 
@@ -244,4 +278,128 @@ fn bulk(cfg: &Config, duplex: bool) -> BenchResult<Obs> {
         return Err("bulk: wrong data".into());
     }
     Ok(Obs::Raw(v))
+}
+
+/// `Pool::new(2)` + one task + close + join (ms).
+fn pool_create(cfg: &Config) -> BenchResult<Obs> {
+    let mut v = Vec::new();
+    for _ in 0..cfg.spawn_reps {
+        let t = Instant::now();
+        let pool = Pool::new(2)?;
+        if pool.apply(double, 21)? != 42 {
+            return Err("pool: wrong value".into());
+        }
+        pool.close();
+        pool.join()?;
+        v.push(ms(t));
+    }
+    Ok(Obs::Raw(v))
+}
+
+/// One task per message: `map_chunked(double, .., 1)` or `imap_unordered` with chunksize 1
+/// (tasks/s, one sample per run).
+fn pool_chunk1(cfg: &Config, imap: bool) -> BenchResult<Obs> {
+    let pool = Pool::new(2)?;
+    pool.map_chunked(double, 0..1000u64, 1)?; // warm-up
+    let n = cfg.map_items as u64;
+    let mut v = Vec::new();
+    for _ in 0..cfg.batches.min(3) {
+        let t = Instant::now();
+        let sum: u64 = if imap {
+            pool.imap_unordered(double, 0..n)
+                .chunksize(1)
+                .map(|r| r.unwrap_or(0))
+                .sum()
+        } else {
+            pool.map_chunked(double, 0..n, 1)?.iter().sum()
+        };
+        v.push(n as f64 / t.elapsed().as_secs_f64());
+        if sum != n * (n - 1) {
+            return Err("pool chunk1: wrong sum".into());
+        }
+    }
+    Ok(Obs::Raw(v))
+}
+
+/// `map` with the automatic chunk size (tasks/s).
+fn pool_map_auto(cfg: &Config) -> BenchResult<Obs> {
+    let pool = Pool::new(2)?;
+    pool.map(double, 0..1000u64)?;
+    let n = cfg.map_items as u64;
+    let mut v = Vec::new();
+    for _ in 0..cfg.batches {
+        let t = Instant::now();
+        let r = pool.map(double, 0..n)?;
+        v.push(n as f64 / t.elapsed().as_secs_f64());
+        if r.len() != n as usize || r[r.len() - 1] != 2 * (n - 1) {
+            return Err("pool map: wrong result".into());
+        }
+    }
+    Ok(Obs::Raw(v))
+}
+
+/// `apply_async(double, i).get()` on a warm pool (µs each).
+fn apply_async_rtt(cfg: &Config) -> BenchResult<Obs> {
+    let pool = Pool::new(2)?;
+    for _ in 0..200 {
+        pool.apply_async(double, 1).get()?;
+    }
+    let mut v = Vec::with_capacity(cfg.apply_reps);
+    for i in 0..cfg.apply_reps as u64 {
+        let t = Instant::now();
+        let r = pool.apply_async(double, i).get()?;
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+        if r != 2 * i {
+            return Err("apply_async: wrong value".into());
+        }
+    }
+    Ok(Obs::Raw(v))
+}
+
+fn heavy_item((iters, seed): (u64, u64)) -> u64 {
+    heavy(iters, seed)
+}
+
+/// Serial vs `Pool(2).map` (one item per task) over the heavy items, interleaved (speedup).
+fn cpu_scaling(cfg: &Config) -> BenchResult<Obs> {
+    let pool = Pool::new(2)?;
+    let items: Vec<(u64, u64)> = (0..cfg.cpu_items as u64)
+        .map(|s| (cfg.cpu_iters, s))
+        .collect();
+    pool.map(heavy_item, vec![(10u64, 1u64); 4])?;
+    let (mut serial, mut parallel) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let t = Instant::now();
+        let a: Vec<u64> = items.iter().map(|&x| heavy_item(x)).collect();
+        serial.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let b = pool.map_chunked(heavy_item, items.clone(), 1)?;
+        parallel.push(t.elapsed().as_secs_f64());
+        if a != b {
+            return Err("cpu scaling: results differ".into());
+        }
+    }
+    Ok(crate::harness::speedup(&serial, &parallel))
+}
+
+/// Peak RSS of the parent and of the workers during a long `imap` (MiB).
+fn imap_rss(cfg: &Config) -> BenchResult<Vec<(Metric, Obs)>> {
+    let pool = Pool::new(2)?;
+    let n = cfg.imap_items as u64;
+    let sampler =
+        crate::rss::PeakSampler::start(std::process::id(), std::time::Duration::from_millis(5));
+    let mut count = 0u64;
+    for r in pool.imap(double, 0..n).chunksize(cfg.imap_chunksize) {
+        r?;
+        count += 1;
+    }
+    let peak = sampler.stop();
+    drop(pool);
+    if count != n {
+        return Err("imap: wrong count".into());
+    }
+    Ok(vec![
+        (Metric::ImapRssParent, Obs::Raw(vec![peak.parent_mib()])),
+        (Metric::ImapRssWorkers, Obs::Raw(vec![peak.workers_mib()])),
+    ])
 }
