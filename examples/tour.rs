@@ -63,6 +63,31 @@ fn main() -> multiproc::Result<()> {
     drop(here);
     p.join()?;
 
+    println!("== Pool: map, imap, apply_async; a crashing task fails alone");
+    let pool = multiproc::Pool::new(multiproc::cpu_count())?;
+    let t = Instant::now();
+    let squares = pool.map(|x: u64| x * x, 0..1_000_000u64)?;
+    println!(
+        "  map of 1,000,000 items: sum {} in {:.0} ms",
+        squares.iter().sum::<u64>(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let first: Vec<u64> = pool
+        .imap(|x: u64| x + 1, 0..)
+        .take(5)
+        .collect::<Result<_, _>>()?;
+    println!("  imap over an endless input, first five: {first:?}");
+    let crash = pool.apply_async(|()| -> u32 { std::process::abort() }, ());
+    let fine = pool.apply_async(|x: u32| x * 10, 4);
+    println!("  aborting task: {}", crash.get().unwrap_err());
+    println!("  its neighbour: {}", fine.get()?);
+    println!(
+        "  and the pool goes on: {:?}",
+        pool.map(|x: u8| x + 1, [1u8, 2, 3])?
+    );
+    pool.close();
+    pool.join()?;
+
     println!(
         "== Many children at once: {} CPUs here",
         multiproc::cpu_count()
