@@ -49,6 +49,13 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
+    reject_captures::<F>();
+    run::<F, A, R>
+}
+
+/// Fails to compile (when instantiated) for a callable that is not zero-sized: a closure that
+/// captures something, or a `fn` pointer. Every entry point calls it.
+pub(crate) fn reject_captures<F>() {
     const {
         assert!(
             std::mem::size_of::<F>() == 0,
@@ -56,7 +63,6 @@ where
              (pass the data it needs as arguments)"
         )
     };
-    run::<F, A, R>
 }
 
 fn run<F, A, R>(

@@ -165,13 +165,7 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "multiproc: a pool task must be a function item or a closure that captures nothing \
-             (pass the data it needs as arguments)"
-        )
-    };
+    crate::task::reject_captures::<F>();
     run_chunk::<F, A, R>
 }
 
@@ -269,13 +263,7 @@ where
     A: DeserializeOwned,
     S: 'static,
 {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "multiproc: an initializer must be a function item or a closure that captures \
-             nothing (pass the data it needs as arguments)"
-        )
-    };
+    crate::task::reject_captures::<F>();
     run_init::<F, A, S>
 }
 
