@@ -47,6 +47,12 @@
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
+//! What runs twice: a re-executed child (`Spawn`, and the fork server) runs the program's
+//! static constructors again (`#[ctor]` functions and the like, including multiproc's own,
+//! which costs one environment lookup in an ordinary start). It never runs `main`, the test
+//! harness, or anything only `main` initialises. A `Fork` child runs nothing twice: it
+//! continues from the fork with a copy of the parent's memory.
+//!
 //! ## Pipes
 //!
 //! [`Pipe::new`] makes a duplex pair of typed [`Connection`]s. Connections are ordinary
