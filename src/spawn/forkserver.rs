@@ -184,10 +184,14 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
             None => true,
             Some(code) => {
                 let mut payload = Vec::new();
-                if crate::codec::encode(&FromChild::Exit { code }, &mut payload, &mut Vec::new()).is_err() {
+                if crate::codec::encode(&FromChild::Exit { code }, &mut payload, &mut Vec::new())
+                    .is_err()
+                {
                     return false;
                 }
-                !matches!(k.ctrl.try_send_raw(&payload), Err(e) if e.kind() == ErrorKind::WouldBlock)
+                // Keep the child only while its report could not be sent yet (socket full);
+                // sent, or the parent's end gone: done with it.
+                matches!(k.ctrl.try_send_raw(&payload), Err(e) if e.kind() == ErrorKind::WouldBlock)
             }
         });
     }
