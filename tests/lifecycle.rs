@@ -99,6 +99,35 @@ fn role_clean() {
     }
     sleep_ms(200);
     let _ = multiproc::active_children();
+    // An idle fork server sleeps: its CPU time must not grow while nothing happens.
+    let me = std::process::id();
+    let kids =
+        std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
+    let kids: Vec<u32> = kids
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let cpu = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<&str> = s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let before_cpu: Vec<u64> = kids.iter().map(|&p| cpu(p)).collect();
+    sleep_ms(500);
+    for (p, b) in kids.iter().zip(before_cpu) {
+        let used = cpu(*p) - b;
+        assert!(
+            used <= 5,
+            "idle child {p} used {used} clock ticks in 0.5 s: it is spinning"
+        );
+    }
+    assert!(!kids.is_empty(), "the fork server should be running");
     // The fork server (1 socket + nothing else) and the lifeline pipe (2 ends) stay open by
     // design until exit; nothing else may remain.
     let after = fd_count();
