@@ -14,7 +14,7 @@ use crate::connection::channel::{Channel, Frame};
 use crate::connection::Waitable;
 use crate::context::{get_start_method, StartMethod};
 use crate::error::{Error, ErrorKind, Result};
-use crate::spawn::protocol::FromChild;
+use crate::spawn::protocol::{self, FromChild};
 use crate::spawn::{self, LaunchOpts, Launched};
 use crate::sys;
 use crate::task::Outcome;
@@ -128,8 +128,7 @@ impl ChildShared {
 
     /// Reads one frame from the child's stream into `io`. `Ok(false)` on timeout.
     fn pump(&self, io: &mut Io, deadline: Option<Instant>) -> Result<bool> {
-        let expecting_result = io.done == Some(Outcome::Ok) && io.result.is_none() && !io.taken;
-        let frame = match self.chan.recv_frame(deadline) {
+        let mut frame = match self.chan.recv_frame(deadline) {
             Ok(f) => f,
             Err(e) if e.is_timeout() => return Ok(false),
             Err(e) if e.is_disconnected() => {
@@ -138,21 +137,21 @@ impl ChildShared {
             }
             Err(e) => return Err(e),
         };
-        if expecting_result {
-            io.result = Some(frame);
-            return Ok(true);
-        }
-        let mut fds = frame.fds;
-        match crate::codec::decode::<FromChild>(&frame.payload, Vec::new())? {
+        match protocol::split_control(&mut frame)? {
             FromChild::Hello { pid, has_pidfd } => {
                 if has_pidfd {
-                    if let Some(fd) = fds.pop() {
+                    if let Some(fd) = frame.fds.pop() {
                         let _ = self.pidfd.set(fd);
                     }
                 }
                 self.pid.store(pid, Ordering::Relaxed);
             }
-            FromChild::Done(o) => io.done = Some(o),
+            FromChild::Done(o) => {
+                if o == Outcome::Ok {
+                    io.result = Some(frame);
+                }
+                io.done = Some(o);
+            }
             FromChild::Mismatch => io.mismatch = true,
             FromChild::Exit { code } => *lock(&self.exit) = Some(code),
             FromChild::SpawnFailed(m) => {
@@ -231,16 +230,20 @@ impl ChildShared {
                 return Ok(None);
             }
         }
-        if io.done == Some(Outcome::Ok)
-            && io.result.is_none()
-            && !io.taken
-            && !io.eof
-            && !self.pump(&mut io, deadline)?
-        {
-            return Ok(None);
-        }
-        let Some(code) = self.wait_exit(&mut io, deadline)? else {
-            return Ok(None);
+        let returned = io.done == Some(Outcome::Ok) && io.result.is_some();
+        let code = match (self.via_server, self.pidfd.get()) {
+            // The function returned: joining only has to see the child gone, which its pidfd
+            // says directly; the fork server's exit report is read later, if ever asked for.
+            (true, Some(p)) if returned && self.exit_known().is_none() => {
+                if !sys::socket::wait_fd(p.as_fd(), false, deadline).map_err(Error::io)? {
+                    return Ok(None);
+                }
+                0
+            }
+            _ => match self.wait_exit(&mut io, deadline)? {
+                Some(code) => code,
+                None => return Ok(None),
+            },
         };
         unregister(self);
         match &io.done {

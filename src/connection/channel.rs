@@ -131,21 +131,31 @@ impl Channel {
     /// first through the side socket and the frame's header says how many to collect.
     fn write_frame(
         &self,
-        header: &[u8],
-        payload: &[u8],
+        parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
         dontwait: bool,
     ) -> Result<(), Error> {
         match &self.side {
-            None => socket::send_frame(self.fd.as_fd(), header, payload, fds, dontwait),
+            None => socket::send_frame(self.fd.as_fd(), parts, fds, dontwait),
             Some(side) => {
                 if !fds.is_empty() {
-                    socket::send_frame(side.as_fd(), &[0], &[], fds, false).map_err(Error::io)?;
+                    socket::send_frame(side.as_fd(), &[&[0]], fds, false).map_err(Error::io)?;
                 }
-                socket::write_all2(self.fd.as_fd(), header, payload)
+                socket::write_all(self.fd.as_fd(), parts)
             }
         }
         .map_err(Error::io)
+    }
+
+    /// Sends one frame whose payload is `parts` concatenated (no copy), with `fds` attached.
+    pub(crate) fn send_parts(&self, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let header = frame::encode_header(len, fds.len())?;
+        let mut all = Vec::with_capacity(parts.len() + 1);
+        all.push(&header[..]);
+        all.extend_from_slice(parts);
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_frame(&all, fds, false)
     }
 
     pub(crate) fn set_max_message(&self, n: usize) {
@@ -160,7 +170,7 @@ impl Channel {
     pub(crate) fn send_raw(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
         let header = frame::encode_header(payload.len(), fds.len())?;
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_frame(&header, payload, fds, false)
+        self.write_frame(&[&header, payload], fds, false)
     }
 
     /// Serialises `value` and sends it as one frame (handles inside travel as descriptors).
@@ -175,7 +185,7 @@ impl Channel {
         let header = frame::encode_header(len, fds.len())?;
         scratch[..frame::HEADER_LEN].copy_from_slice(&header);
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        let res = self.write_frame(scratch, &[], &borrowed, false);
+        let res = self.write_frame(&[scratch], &borrowed, false);
         drop(borrowed);
         fds.clear();
         if scratch.capacity() > 1 << 20 {
@@ -188,7 +198,7 @@ impl Channel {
     pub(crate) fn try_send_raw(&self, payload: &[u8]) -> Result<(), Error> {
         let header = frame::encode_header(payload.len(), 0)?;
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_frame(&header, payload, &[], true)
+        self.write_frame(&[&header, payload], &[], true)
     }
 
     /// Receives one frame, waiting until `deadline` (forever with `None`).

@@ -15,7 +15,7 @@
 
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 
-use super::protocol::{FromChild, Ident, TaskSpec};
+use super::protocol::{control_tail, FromChild, Ident, TaskSpec};
 use super::{child_exit, exit_code_for, fingerprint, global, report, watch_lifeline};
 use crate::connection::channel::Channel;
 use crate::sys;
@@ -65,6 +65,30 @@ fn adopt(fd: RawFd) -> OwnedFd {
     }
 }
 
+/// What a child sets up before it has a task. A fork-server *spare* does this ahead of time,
+/// so a request only has to hand it its control socket.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// Our own pidfd, announced to the parent with `Hello` (fork-server children).
+    pidfd: Option<OwnedFd>,
+    hello: bool,
+}
+
+/// Sets up signals, the panic hook and our state; opens our pidfd if we will say `Hello`.
+pub(crate) fn child_prepare(hello: bool) -> Prepared {
+    sys::process::ignore_sigpipe();
+    task::install_panic_hook();
+    drop(global());
+    let pidfd = if hello {
+        sys::process::pidfd_open(sys::process::getpid())
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    Prepared { pidfd, hello }
+}
+
 /// Runs the task that arrives on `ctrl`, reports it, and exits.
 ///
 /// `hello`: announce our pid (and pidfd) first (fork-server children, whose pid the parent
@@ -73,23 +97,23 @@ pub(crate) fn child_main(ctrl: OwnedFd, hello: bool, close: Option<RawFd>) -> ! 
     if let Some(fd) = close {
         sys::process::close_raw(fd);
     }
-    sys::process::ignore_sigpipe();
-    task::install_panic_hook();
+    child_run(ctrl, child_prepare(hello))
+}
+
+/// The second half of [`child_main`], for a prepared child.
+pub(crate) fn child_run(ctrl: OwnedFd, prepared: Prepared) -> ! {
     let chan = Channel::new(ctrl);
     let pid = sys::process::getpid();
-    if hello {
-        let pidfd = sys::process::pidfd_open(pid).ok().flatten();
+    if prepared.hello {
         let msg = FromChild::Hello {
             pid,
-            has_pidfd: pidfd.is_some(),
+            has_pidfd: prepared.pidfd.is_some(),
         };
-        let mut payload = Vec::new();
         // A parent that dropped its handle no longer reads: the task still runs (its spec is
         // already in our socket), so a failed announcement is not fatal.
-        let _ = crate::codec::encode(&msg, &mut payload, &mut Vec::new()).and_then(|()| {
-            let fds: Vec<_> = pidfd.iter().map(|p| p.as_fd()).collect();
-            chan.send_raw(&payload, &fds)
-        });
+        let fds: Vec<_> = prepared.pidfd.iter().map(|p| p.as_fd()).collect();
+        let _ = chan.send_parts(&[&control_tail(&msg)], &fds);
+        drop(prepared);
     }
     let spec: TaskSpec = match chan.recv(None) {
         Ok(s) => s,
@@ -98,7 +122,7 @@ pub(crate) fn child_main(ctrl: OwnedFd, hello: bool, close: Option<RawFd>) -> ! 
     match fingerprint() {
         Ok(mine) if mine == spec.fingerprint.as_slice() => {}
         _ => {
-            let _ = chan.send(&FromChild::Mismatch);
+            let _ = chan.send_parts(&[&control_tail(&FromChild::Mismatch)], &[]);
             child_exit(EXIT_BOOT_FAILED)
         }
     }

@@ -246,16 +246,13 @@ fn send_task(chan: &Channel, spec: &TaskSpec, payload: &[u8], fds: &[OwnedFd]) -
 ///
 /// A parent that stopped listening is not an error worth more than a quiet exit.
 pub(crate) fn report(chan: &Channel, outcome: &task::Outcome, out: &[u8], out_fds: &[OwnedFd]) {
-    let ok = *outcome == task::Outcome::Ok;
-    let res = chan.send(&FromChild::Done(outcome.clone())).and_then(|()| {
-        if ok {
-            let borrowed: Vec<_> = out_fds.iter().map(|f| f.as_fd()).collect();
-            chan.send_raw(out, &borrowed)
-        } else {
-            Ok(())
-        }
-    });
-    let _ = res;
+    let tail = protocol::control_tail(&FromChild::Done(outcome.clone()));
+    let _ = if *outcome == task::Outcome::Ok {
+        let borrowed: Vec<_> = out_fds.iter().map(|f| f.as_fd()).collect();
+        chan.send_parts(&[out, &tail], &borrowed)
+    } else {
+        chan.send_parts(&[&tail], &[])
+    };
 }
 
 /// Exit code a child uses for each outcome (Python uses 1 for an exception).

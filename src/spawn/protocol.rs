@@ -68,3 +68,35 @@ pub(crate) enum FromServer {
     /// The server runs a different executable.
     Mismatch,
 }
+
+/// Child→parent frames are `body ‖ control ‖ control length (u32 LE)`: the control message
+/// goes last so that a body (the encoded return value) is handed on without a copy, and a
+/// return value travels in the same frame (one wake-up) as the `Done` that announces it.
+pub(crate) fn control_tail(msg: &FromChild) -> Vec<u8> {
+    let mut v = postcard::to_allocvec(msg).unwrap_or_default();
+    let n = v.len() as u32;
+    v.extend_from_slice(&n.to_le_bytes());
+    v
+}
+
+/// Splits a child→parent frame: returns the control message, leaves the body in `frame`.
+pub(crate) fn split_control(
+    frame: &mut crate::connection::channel::Frame,
+) -> crate::error::Result<FromChild> {
+    let bad = || {
+        crate::error::Error::msg(
+            crate::error::ErrorKind::Protocol,
+            "malformed control frame from the child",
+        )
+    };
+    let len = frame.payload.len();
+    let n = frame
+        .payload
+        .get(len.checked_sub(4).ok_or_else(bad)?..)
+        .ok_or_else(bad)?;
+    let n = u32::from_le_bytes(n.try_into().map_err(|_| bad())?) as usize;
+    let start = len.checked_sub(4 + n).ok_or_else(bad)?;
+    let msg = crate::codec::decode::<FromChild>(&frame.payload[start..len - 4], Vec::new())?;
+    frame.payload.truncate(start);
+    Ok(msg)
+}

@@ -44,10 +44,11 @@ fn child_refuses_a_foreign_fingerprint() {
         .chan
         .send(&spec(b"build-id:not-this-program".to_vec()))
         .unwrap();
-    let reply: FromChild = child
+    let mut frame = child
         .chan
-        .recv(Some(Instant::now() + Duration::from_secs(30)))
+        .recv_frame(Some(Instant::now() + Duration::from_secs(30)))
         .unwrap();
+    let reply = protocol::split_control(&mut frame).unwrap();
     assert!(matches!(reply, FromChild::Mismatch), "{reply:?}");
     assert_eq!(wait_exit(child.pid), sys::process::Exit::Code(70));
 }
@@ -56,7 +57,7 @@ fn child_refuses_a_foreign_fingerprint() {
 fn child_survives_garbage_on_its_control_socket() {
     let child = exec_child();
     let fd = child.chan.fd();
-    sys::socket::send_frame(fd, b"garbage!", b"more garbage", &[], false).unwrap();
+    sys::socket::send_frame(fd, &[b"garbage!", b"more garbage"], &[], false).unwrap();
     // The child refuses to start: a clean exit code, no crash, no hang.
     assert_eq!(wait_exit(child.pid), sys::process::Exit::Code(70));
 }
@@ -71,10 +72,11 @@ fn child_with_matching_fingerprint_runs() {
     let mut payload = Vec::new();
     codec::encode(&(), &mut payload, &mut Vec::new()).unwrap();
     child.chan.send_raw(&payload, &[]).unwrap();
-    let reply: FromChild = child
+    let mut frame = child
         .chan
-        .recv(Some(Instant::now() + Duration::from_secs(30)))
+        .recv_frame(Some(Instant::now() + Duration::from_secs(30)))
         .unwrap();
+    let reply = protocol::split_control(&mut frame).unwrap();
     assert!(
         matches!(reply, FromChild::Done(task::Outcome::Ok)),
         "{reply:?}"

@@ -33,17 +33,12 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-/// Writes `a` then `b` completely to a pipe (or any stream), retrying short writes.
-pub(crate) fn write_all2(fd: BorrowedFd<'_>, a: &[u8], b: &[u8]) -> io::Result<()> {
-    let total = a.len() + b.len();
+/// Writes `parts` completely to a pipe (or any stream), retrying short writes.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut done = 0;
     while done < total {
-        let (x, y) = if done < a.len() {
-            (&a[done..], b)
-        } else {
-            (&a[..0], &b[done - a.len()..])
-        };
-        match rustix::io::writev(fd, &[io::IoSlice::new(x), io::IoSlice::new(y)]) {
+        match rustix::io::writev(fd, &remaining(parts, done)) {
             Ok(n) => done += n,
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -77,19 +72,33 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, half: Half) -> io::Result<()> {
     Ok(rustix::net::shutdown(fd, how)?)
 }
 
-/// Writes `header` then `payload` completely, attaching `fds` to the first byte.
+/// The unsent tail of `parts` after `done` bytes, as I/O slices.
+fn remaining<'a>(parts: &[&'a [u8]], mut done: usize) -> Vec<io::IoSlice<'a>> {
+    let mut v = Vec::with_capacity(parts.len());
+    for p in parts {
+        if done >= p.len() {
+            done -= p.len();
+        } else {
+            v.push(io::IoSlice::new(&p[done..]));
+            done = 0;
+        }
+    }
+    v
+}
+
+/// Writes `parts` (a frame: header, payload pieces) completely, attaching `fds` to the first
+/// byte.
 ///
-/// Never raises SIGPIPE: a closed peer gives `EPIPE`/`ECONNRESET`. `flags_dontwait` makes the
-/// call fail with `WouldBlock` instead of blocking when nothing at all could be written.
+/// Never raises SIGPIPE: a closed peer gives `EPIPE`/`ECONNRESET`. `dontwait` makes the call
+/// fail with `WouldBlock` instead of blocking when nothing at all could be written.
 pub(crate) fn send_frame(
     fd: BorrowedFd<'_>,
-    header: &[u8],
-    payload: &[u8],
+    parts: &[&[u8]],
     fds: &[BorrowedFd<'_>],
     dontwait: bool,
 ) -> io::Result<()> {
     debug_assert!(fds.len() <= MAX_FDS_PER_FRAME);
-    let total = header.len() + payload.len();
+    let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut sent = 0usize;
     let mut space =
         [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
@@ -98,12 +107,7 @@ pub(crate) fn send_frame(
         flags |= SendFlags::DONTWAIT;
     }
     while sent < total {
-        let (h, p) = if sent < header.len() {
-            (&header[sent..], payload)
-        } else {
-            (&header[..0], &payload[sent - header.len()..])
-        };
-        let iov = [io::IoSlice::new(h), io::IoSlice::new(p)];
+        let iov = remaining(parts, sent);
         let mut cmsg = SendAncillaryBuffer::new(&mut space);
         if sent == 0 && !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
             return Err(io::Error::new(
