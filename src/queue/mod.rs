@@ -181,9 +181,10 @@ impl Handle {
         kind: Kind,
     ) -> std::result::Result<Handle, D::Error> {
         let fd: OwnedFd = crate::codec::deserialize_fd(d)?;
-        Ring::open(fd, kind, type_hash::<T>())
-            .map(Handle::from_ring)
-            .map_err(serde::de::Error::custom)
+        match Ring::open(fd, kind, type_hash::<T>()) {
+            Ok(ring) => Ok(Handle::from_ring(ring)),
+            Err(msg) => crate::codec::custom(msg, <D::Error as serde::de::Error>::custom),
+        }
     }
 }
 

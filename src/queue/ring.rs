@@ -202,19 +202,56 @@ enum Waited {
     Tick,
 }
 
-/// Spin, then yield, then park (crossbeam-utils `Backoff`).
-struct Backoff(u32);
+/// Spin, then yield, then park: how long a waiter stays on the CPU before it sleeps in the
+/// kernel. Spinning covers the gap between two puts of a busy producer (~100 ns) without
+/// making that producer pay a futex wake (several microseconds in a VM); giving up the CPU
+/// soon matters when processes outnumber cores.
+struct Backoff {
+    start: Option<Instant>,
+    yields: u32,
+}
+
+fn knobs() -> (u64, u32) {
+    static K: std::sync::OnceLock<(u64, u32)> = std::sync::OnceLock::new();
+    *K.get_or_init(|| {
+        let g = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        (g("MPQ_SPIN_NS", 5000), g("MPQ_YIELDS", 0) as u32)
+    })
+}
 
 impl Backoff {
-    /// Waits a little longer each call; `false` when it is time to sleep in the kernel.
-    fn snooze(&mut self) -> bool {
-        match self.0 {
-            0..=6 => (0..1u32 << self.0).for_each(|_| std::hint::spin_loop()),
-            7..=12 => std::thread::yield_now(),
-            _ => return false,
+    fn new() -> Self {
+        Backoff {
+            start: None,
+            yields: 0,
         }
-        self.0 += 1;
-        true
+    }
+
+    /// Waits a little; `false` when it is time to sleep in the kernel.
+    fn snooze(&mut self) -> bool {
+        let (spin_ns, max_yields) = knobs();
+        let start = *self.start.get_or_insert_with(Instant::now);
+        if start.elapsed() < Duration::from_nanos(spin_ns) {
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
+            return true;
+        }
+        if self.yields < max_yields {
+            self.yields += 1;
+            std::thread::yield_now();
+            return true;
+        }
+        false
+    }
+
+    /// A short spin for lock acquisition (holders keep a lock for one copy).
+    fn spin_lock(&mut self) -> bool {
+        let start = *self.start.get_or_insert_with(Instant::now);
+        for _ in 0..16 {
+            std::hint::spin_loop();
+        }
+        start.elapsed() < Duration::from_nanos(knobs().0)
     }
 }
 
@@ -270,14 +307,11 @@ pub(crate) struct Ring {
     seen_tail: AtomicU64,
 }
 
-fn type_error(kind: Kind, why: impl std::fmt::Display) -> Error {
-    Error::msg(
-        ErrorKind::Decode,
-        format!(
-            "the descriptor received as a {} handle is not one ({why}); a handle from another \
-             program, or a different item type?",
-            kind.name()
-        ),
+fn type_error(kind: Kind, why: impl std::fmt::Display) -> String {
+    format!(
+        "the descriptor received as a {} handle is not one ({why}); a handle from another \
+         program, or a different item type?",
+        kind.name()
     )
 }
 
@@ -331,9 +365,9 @@ impl Ring {
 
     /// Opens a segment received from another process, checking that it is a queue of the
     /// expected flavour and item type before touching anything in it.
-    pub(crate) fn open(fd: OwnedFd, kind: Kind, type_hash: u64) -> Result<Ring> {
+    pub(crate) fn open(fd: OwnedFd, kind: Kind, type_hash: u64) -> std::result::Result<Ring, String> {
         let len = shm::sealed_len(fd.as_fd())
-            .map_err(Error::io)?
+            .map_err(|e| format!("inspecting a received queue handle: {e}"))?
             .ok_or_else(|| type_error(kind, "not a sealed shared-memory segment"))?;
         let cap = len.wrapping_sub(HEADER_LEN as u64);
         if len < HEADER_LEN as u64 + MIN_CAPACITY
@@ -343,7 +377,7 @@ impl Ring {
             return Err(type_error(kind, format_args!("a segment of {len} bytes")));
         }
         let map = shm::Mapping::map(fd.as_fd(), len as usize, HEADER_LEN)
-            .map_err(|e| Error::io(e).context("mapping the queue's shared memory"))?;
+            .map_err(|e| format!("mapping a received queue: {e}"))?;
         let probe = Ring::new(fd, map, cap, cap, 1);
         if probe.u64(at!(config.magic)).load(Acquire) != MAGIC {
             return Err(type_error(kind, "no queue header"));
@@ -422,11 +456,11 @@ impl Ring {
     // -----------------------------------------------------------------------------------------
 
     fn lock(&self, off: usize, deadline: Option<Instant>) -> Result<(Guard<'_>, bool)> {
-        let mut backoff = Backoff(0);
+        let mut backoff = Backoff::new();
         let got = loop {
             match robust::try_lock(&self.map, off).map_err(|e| lock_error(e, "queue lock"))? {
                 Some(a) => break a,
-                None if backoff.0 < 7 && backoff.snooze() => {}
+                None if backoff.spin_lock() => {}
                 None => {
                     break robust::lock(&self.map, off, deadline)
                         .map_err(|e| lock_error(e, "waiting for the queue lock"))?
@@ -548,7 +582,7 @@ impl Ring {
         if expired(deadline) {
             return Ok(Waited::TimedOut);
         }
-        let mut backoff = Backoff(0);
+        let mut backoff = Backoff::new();
         while backoff.snooze() {
             if ready() {
                 return Ok(Waited::Ready);
