@@ -83,7 +83,10 @@ fn bounded_queue_blocks_and_times_out() {
     .unwrap();
     let t = Instant::now();
     q.put("e".into()).unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(100), "put did not block");
+    assert!(
+        t.elapsed() >= Duration::from_millis(100),
+        "put did not block"
+    );
     assert_eq!(join(&p).unwrap(), "a");
     assert_eq!(q.get().unwrap(), "b");
     assert_eq!(q.get().unwrap(), "e");
@@ -254,10 +257,7 @@ fn pattern(len: usize, salt: u8) -> String {
 
 #[test]
 fn item_of_64_mib_through_a_1_mib_ring() {
-    let q: Queue<String> = Queue::builder()
-        .capacity_bytes(1 << 20)
-        .build()
-        .unwrap();
+    let q: Queue<String> = Queue::builder().capacity_bytes(1 << 20).build().unwrap();
     let p = Process::spawn(q.clone(), |q| {
         q.put(pattern(64 << 20, 3)).unwrap();
         q.put("after".to_string()).unwrap();
@@ -275,10 +275,7 @@ fn item_of_64_mib_through_a_1_mib_ring() {
 #[test]
 fn random_sizes_wrap_chunk_and_skip_correctly() {
     for capacity in [64 << 10, 1 << 20, 8 << 20] {
-        let q: Queue<(u32, String)> = Queue::builder()
-            .capacity_bytes(capacity)
-            .build()
-            .unwrap();
+        let q: Queue<(u32, String)> = Queue::builder().capacity_bytes(capacity).build().unwrap();
         let seed = Rng::new().next();
         let q2 = q.clone();
         let producer = std::thread::spawn(move || {
@@ -317,7 +314,12 @@ fn smaps_rss_kib(name: &str) -> u64 {
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             inside = line.contains(name); // a new mapping starts
         } else if let Some(v) = line.strip_prefix("Rss:").filter(|_| inside) {
-            total += v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap();
+            total += v
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap();
         }
     }
     total
@@ -345,7 +347,10 @@ fn memory_used_by_a_burst_is_given_back() {
     .unwrap();
     let (peak, after) = join(&p).unwrap();
     assert!(peak >= 40 << 10, "peak {peak} KiB");
-    assert!(after <= 4 << 10, "still {after} KiB resident after the burst");
+    assert!(
+        after <= 4 << 10,
+        "still {after} KiB resident after the burst"
+    );
 }
 
 #[test]
@@ -470,17 +475,27 @@ fn killing_a_producer_and_a_consumer_mid_stream() {
         let mut received: Vec<HashSet<u64>> = vec![HashSet::new(); 3];
         for (i, (p, reports)) in consumers.into_iter().enumerate() {
             let r = p.join_timeout(WAIT);
-            assert!(i == 0 || matches!(r, Ok(Some(()))), "surviving consumer {i}: {r:?}");
+            assert!(
+                i == 0 || matches!(r, Ok(Some(()))),
+                "surviving consumer {i}: {r:?}"
+            );
             for v in reports.join().unwrap() {
                 let (id, seq) = ((v >> 32) as usize, v & 0xffff_ffff);
                 assert!(received[id].insert(seq), "round {round}: {id}/{seq} twice");
             }
         }
         assert!(q.is_empty(), "round {round}: {} items left", q.len());
-        let missing: usize = (0..3).map(|id| put_ok[id].difference(&received[id]).count()).sum();
-        let unreported: usize = (0..3).map(|id| received[id].difference(&put_ok[id]).count()).sum();
+        let missing: usize = (0..3)
+            .map(|id| put_ok[id].difference(&received[id]).count())
+            .sum();
+        let unreported: usize = (0..3)
+            .map(|id| received[id].difference(&put_ok[id]).count())
+            .sum();
         assert!(missing <= 1, "round {round}: {missing} items lost");
-        assert!(unreported <= 1, "round {round}: {unreported} items nobody put");
+        assert!(
+            unreported <= 1,
+            "round {round}: {unreported} items nobody put"
+        );
         for id in 1..3 {
             assert_eq!(put_ok[id].len() as u64, N);
         }
@@ -491,10 +506,7 @@ fn killing_a_producer_and_a_consumer_mid_stream() {
 #[test]
 fn killing_lock_holders_never_blocks_the_others() {
     // A producer stuck in the middle of a large item (ring full, nobody reading).
-    let q: Queue<String> = Queue::builder()
-        .capacity_bytes(64 << 10)
-        .build()
-        .unwrap();
+    let q: Queue<String> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
     let p = Process::spawn(q.clone(), |q| {
         q.put(pattern(1 << 20, 1)).unwrap();
     })
@@ -504,7 +516,11 @@ fn killing_lock_holders_never_blocks_the_others() {
     p.kill().unwrap();
     let _ = p.join_timeout(WAIT);
     q.put_timeout("next".into(), WAIT).unwrap();
-    assert_eq!(q.get_timeout(WAIT).unwrap(), "next", "partial item not dropped");
+    assert_eq!(
+        q.get_timeout(WAIT).unwrap(),
+        "next",
+        "partial item not dropped"
+    );
     assert!(q.is_empty());
 
     // A consumer asleep in get on an empty queue.
@@ -535,10 +551,7 @@ fn killing_lock_holders_never_blocks_the_others() {
 fn consumer_killed_in_the_middle_of_a_large_item() {
     let mut rng = Rng::new();
     for _ in 0..3 {
-        let q: Queue<String> = Queue::builder()
-            .capacity_bytes(64 << 10)
-            .build()
-            .unwrap();
+        let q: Queue<String> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
         let producer = Process::spawn(q.clone(), |q| {
             q.put(pattern(16 << 20, 2)).unwrap();
             q.put("after".to_string()).unwrap();
@@ -613,4 +626,72 @@ fn handles_are_send_and_sync() {
     assert_send_sync::<SimpleQueue<u8>>();
     assert_send_sync::<JoinableQueue<u8>>();
     assert_send_sync::<multiproc::PutError<u8>>();
+}
+
+/// A producer killed at random moments of a tight put loop (so mostly inside `put`): the
+/// items delivered are exactly 0..k in order, and the counts agree with what is there.
+#[test]
+fn producer_killed_inside_put_loses_at_most_its_item() {
+    let mut rng = Rng::new();
+    for round in 0..8 {
+        let q: JoinableQueue<u64> = JoinableQueue::new().unwrap();
+        let p = Process::spawn(q.clone(), |q| -> () {
+            for i in 0.. {
+                q.put(i).unwrap();
+            }
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(2 + rng.below(40)));
+        p.kill().unwrap();
+        let _ = p.join_timeout(WAIT);
+        let (len, unfinished) = (q.len(), q.unfinished_tasks());
+        assert_eq!(len, unfinished, "round {round}");
+        for i in 0..len as u64 {
+            assert_eq!(q.try_get().unwrap(), Some(i), "round {round}");
+        }
+        assert_eq!(
+            q.try_get().unwrap(),
+            None,
+            "round {round}: more than counted"
+        );
+        q.put(u64::MAX).unwrap();
+        assert_eq!(q.get().unwrap(), u64::MAX);
+        for _ in 0..=len {
+            q.task_done().unwrap();
+        }
+        q.join_timeout(WAIT).unwrap();
+    }
+}
+
+/// A consumer killed at random moments of a tight get loop: what is left is exactly the
+/// tail of the sequence (the item it was taking is either still there or gone), and `len`
+/// agrees.
+#[test]
+fn consumer_killed_inside_get_loses_at_most_its_item() {
+    const N: u64 = 200_000;
+    let mut rng = Rng::new();
+    for round in 0..8 {
+        let q: Queue<u64> = Queue::new().unwrap();
+        for i in 0..N {
+            q.put(i).unwrap();
+        }
+        let c = Process::spawn(q.clone(), |q| -> () {
+            loop {
+                q.get().unwrap();
+            }
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(2 + rng.below(30)));
+        c.kill().unwrap();
+        let _ = c.join_timeout(WAIT);
+        let len = q.len() as u64;
+        assert!(
+            len > 0 && len < N,
+            "round {round}: kill too early/late ({len})"
+        );
+        for i in N - len..N {
+            assert_eq!(q.try_get().unwrap(), Some(i), "round {round}");
+        }
+        assert_eq!(q.try_get().unwrap(), None, "round {round}");
+    }
 }

@@ -214,7 +214,12 @@ struct Backoff {
 fn knobs() -> (u64, u32) {
     static K: std::sync::OnceLock<(u64, u32)> = std::sync::OnceLock::new();
     *K.get_or_init(|| {
-        let g = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let g = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
         (g("MPQ_SPIN_NS", 5000), g("MPQ_YIELDS", 0) as u32)
     })
 }
@@ -365,7 +370,11 @@ impl Ring {
 
     /// Opens a segment received from another process, checking that it is a queue of the
     /// expected flavour and item type before touching anything in it.
-    pub(crate) fn open(fd: OwnedFd, kind: Kind, type_hash: u64) -> std::result::Result<Ring, String> {
+    pub(crate) fn open(
+        fd: OwnedFd,
+        kind: Kind,
+        type_hash: u64,
+    ) -> std::result::Result<Ring, String> {
         let len = shm::sealed_len(fd.as_fd())
             .map_err(|e| format!("inspecting a received queue handle: {e}"))?
             .ok_or_else(|| type_error(kind, "not a sealed shared-memory segment"))?;
@@ -446,6 +455,10 @@ impl Ring {
 
     /// Items queued now: approximate while others put and get.
     pub(crate) fn len(&self) -> u64 {
+        // A process killed between publishing and counting leaves a count one off until
+        // somebody repairs: do it here if the locks are free.
+        let _ = self.check_producer();
+        let _ = self.check_consumer();
         let gets = self.u64(at!(cons.gets)).load(Acquire);
         let puts = self.u64(at!(prod.puts)).load(Acquire);
         puts.saturating_sub(gets)
@@ -524,23 +537,43 @@ impl Ring {
     fn lock_get(&self, deadline: Option<Instant>) -> Result<Guard<'_>> {
         let (g, died) = self.lock(at!(get_lock), deadline)?;
         if died {
-            self.u32(CONSUMERS.sleeping).store(0, Relaxed);
-            if self.u64(at!(cons.jr_active)).load(Acquire) != 0 {
-                // `gets` is raised after `head` moves: if the head moved, finish the job.
-                if self.u64(at!(cons.head)).load(Acquire)
-                    == self.u64(at!(cons.jr_head)).load(Relaxed)
-                {
-                    let gets = self.u64(at!(cons.jr_gets)).load(Relaxed);
-                    self.u64(at!(cons.gets)).store(gets, Release);
-                }
-                self.u64(at!(cons.jr_active)).store(0, Release);
-            }
-            // Chunks of an item the dead consumer had started are recognised by their flags
-            // (no FIRST) and dropped by the normal get path: nothing else to repair.
-            robust::mark_consistent(&self.map, at!(get_lock))
-                .map_err(|e| lock_error(e, "repairing the queue"))?;
+            self.repair_consumer()?;
         }
         Ok(g)
+    }
+
+    /// Completes what a dead consumer left half done (idempotent, like `repair_producer`).
+    fn repair_consumer(&self) -> Result<()> {
+        self.u32(CONSUMERS.sleeping).store(0, Relaxed);
+        if self.u64(at!(cons.jr_active)).load(Acquire) != 0 {
+            // `gets` is raised after `head` moves: if the head moved, finish the job.
+            if self.u64(at!(cons.head)).load(Acquire) == self.u64(at!(cons.jr_head)).load(Relaxed) {
+                let gets = self.u64(at!(cons.jr_gets)).load(Relaxed);
+                self.u64(at!(cons.gets)).store(gets, Release);
+            }
+            self.u64(at!(cons.jr_active)).store(0, Release);
+        }
+        // Chunks of an item the dead consumer had started are recognised by their flags
+        // (no FIRST) and dropped by the normal get path: nothing else to repair.
+        robust::mark_consistent(&self.map, at!(get_lock))
+            .map_err(|e| lock_error(e, "repairing the queue"))
+    }
+
+    /// As `check_producer`, for the consumers' lock (so counts are right after a crash even
+    /// before the next get).
+    fn check_consumer(&self) -> Result<()> {
+        let got =
+            robust::try_lock(&self.map, at!(get_lock)).map_err(|e| lock_error(e, "queue lock"))?;
+        if let Some(a) = got {
+            let _g = Guard {
+                ring: self,
+                off: at!(get_lock),
+            };
+            if a == robust::Acquired::OwnerDied {
+                self.repair_consumer()?;
+            }
+        }
+        Ok(())
     }
 
     /// Called by waiters that depend on producers (a consumer in the middle of an item, a
@@ -1006,6 +1039,7 @@ impl Ring {
 
     /// Unfinished tasks: items put and not yet marked done.
     pub(crate) fn unfinished(&self) -> u64 {
+        let _ = self.check_producer();
         let d = self.u64(at!(join.done)).load(Acquire);
         self.u64(at!(prod.puts)).load(Acquire).saturating_sub(d)
     }

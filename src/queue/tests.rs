@@ -59,11 +59,14 @@ fn a_sealed_segment_of_the_wrong_size_or_content_is_refused() {
     drop(ring);
     // Mapping the same segment again lets us scribble on its header.
     let map = crate::sys::shm::Mapping::map(fd.as_fd(), 4096 + (1 << 16), 4096).unwrap();
-    map.atomic_u32(8).store(99, std::sync::atomic::Ordering::Relaxed);
+    map.atomic_u32(8)
+        .store(99, std::sync::atomic::Ordering::Relaxed);
     let m = message(decode_as_queue(fd.try_clone().unwrap()));
     assert!(m.contains("version 99"), "{m}");
-    map.atomic_u32(8).store(1, std::sync::atomic::Ordering::Relaxed);
-    map.atomic_u64(16).store(1 << 20, std::sync::atomic::Ordering::Relaxed); // capacity
+    map.atomic_u32(8)
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    map.atomic_u64(16)
+        .store(1 << 20, std::sync::atomic::Ordering::Relaxed); // capacity
     let m = message(decode_as_queue(fd));
     assert!(m.contains("inconsistent"), "{m}");
 }
@@ -71,10 +74,14 @@ fn a_sealed_segment_of_the_wrong_size_or_content_is_refused() {
 #[test]
 fn another_flavour_or_item_type_is_refused() {
     let jq: JoinableQueue<u64> = JoinableQueue::new().unwrap();
-    let m = message(decode_as_queue(jq.h.ring().fd().try_clone_to_owned().unwrap()));
+    let m = message(decode_as_queue(
+        jq.h.ring().fd().try_clone_to_owned().unwrap(),
+    ));
     assert!(m.contains("it is a JoinableQueue"), "{m}");
     let q: Queue<u32> = Queue::new().unwrap();
-    let m = message(decode_as_queue(q.h.ring().fd().try_clone_to_owned().unwrap()));
+    let m = message(decode_as_queue(
+        q.h.ring().fd().try_clone_to_owned().unwrap(),
+    ));
     assert!(m.contains("another type"), "{m}");
     let q: Queue<u64> = Queue::new().unwrap();
     let q2 = decode_as_queue(q.h.ring().fd().try_clone_to_owned().unwrap()).unwrap();
