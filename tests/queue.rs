@@ -695,3 +695,41 @@ fn consumer_killed_inside_get_loses_at_most_its_item() {
         assert_eq!(q.try_get().unwrap(), None, "round {round}");
     }
 }
+
+/// A producer killed while a consumer is receiving its large item: the consumer notices (its
+/// wait checks the producer's liveness), drops the partial item and goes on.
+#[test]
+fn producer_killed_while_its_large_item_is_being_read() {
+    let mut rng = Rng::new();
+    for _ in 0..4 {
+        let q: Queue<String> = Queue::builder()
+            .capacity_bytes(64 << 10)
+            .build()
+            .unwrap();
+        let p = Process::spawn(q.clone(), |q| {
+            for i in 0..4u8 {
+                q.put(char::from(b'a' + i).to_string().repeat(8 << 20)).unwrap();
+            }
+        })
+        .unwrap();
+        let delay = Duration::from_millis(1 + rng.below(40));
+        let (_got, elapsed) = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(delay);
+                p.kill().unwrap();
+            });
+            let mut got = 0;
+            let t = Instant::now();
+            while let Ok(item) = q.get_timeout(Duration::from_millis(500)) {
+                let c = b'a' + got as u8;
+                assert!(item.len() == 8 << 20 && item.bytes().all(|b| b == c), "item {got}");
+                got += 1;
+            }
+            (got, t.elapsed())
+        });
+        assert!(elapsed < WAIT);
+        let _ = p.join_timeout(WAIT);
+        q.put("next".into()).unwrap();
+        assert_eq!(q.get_timeout(WAIT).unwrap(), "next");
+    }
+}
