@@ -14,6 +14,7 @@
 //! `README.md` in this folder.
 
 mod joinable;
+#[allow(clippy::module_inception)] // `queue/queue.rs`: the flavour the folder is named after
 mod queue;
 pub(crate) mod ring;
 mod simple;
