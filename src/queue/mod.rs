@@ -208,8 +208,23 @@ fn would_block(e: Error, nonblocking: bool, what: &str) -> Error {
     }
 }
 
+thread_local! {
+    /// The size of the last item this thread encoded, if it was large (see `encode`).
+    static LAST_LARGE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Items from this size on are encoded into a buffer reserved in advance and backed by huge
+/// pages: growing a 64 MiB buffer one 4 KiB page fault at a time costs more than the copy.
+const LARGE_ITEM: usize = 4 << 20;
+
 /// Encodes an item for the ring. Handles cannot travel through shared memory.
 fn encode<T: Serialize>(item: &T, buf: &mut Vec<u8>) -> Result<()> {
+    let hint = LAST_LARGE.get();
+    if hint >= LARGE_ITEM && buf.try_reserve_exact(hint).is_ok() {
+        // Large items come in runs: expect one like the last. Only address space is
+        // reserved; pages are allocated as they are written.
+        crate::sys::socket::advise_huge_pages(buf);
+    }
     let mut fds = Vec::new();
     crate::codec::encode(item, buf, &mut fds)?;
     if !fds.is_empty() {
@@ -220,6 +235,11 @@ fn encode<T: Serialize>(item: &T, buf: &mut Vec<u8>) -> Result<()> {
              Connection or as process arguments",
         ));
     }
+    LAST_LARGE.set(if buf.len() >= LARGE_ITEM {
+        buf.len()
+    } else {
+        0
+    });
     Ok(())
 }
 
