@@ -25,7 +25,7 @@ pub use simple::SimpleQueue;
 
 use std::cell::Cell;
 use std::fmt;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,17 +78,13 @@ pub(crate) struct Handle {
 
 impl Handle {
     fn create<T>(kind: Kind, capacity: u64, max_items: u64) -> Result<Handle> {
-        Ok(Handle::from_ring(Ring::create(
-            kind,
-            type_hash::<T>(),
-            capacity,
-            max_items,
-        )?))
+        let ring = Ring::create(kind, type_hash::<T>(), capacity, max_items)?;
+        Ok(Handle::from_ring(mapped::register(ring)))
     }
 
-    fn from_ring(ring: Ring) -> Handle {
+    fn from_ring(ring: Arc<Ring>) -> Handle {
         Handle {
-            ring: Arc::new(ring),
+            ring,
             closed: AtomicBool::new(false),
         }
     }
@@ -182,7 +178,12 @@ impl Handle {
         kind: Kind,
     ) -> std::result::Result<Handle, D::Error> {
         let fd: OwnedFd = crate::codec::deserialize_fd(d)?;
-        match Ring::open(fd, kind, type_hash::<T>()) {
+        let opened = match mapped::find(fd.as_fd()) {
+            // Already mapped here (sent to ourselves, or received again): share it.
+            Some(ring) => ring.check(kind, type_hash::<T>()).map(|()| ring),
+            None => Ring::open(fd, kind, type_hash::<T>()).map(mapped::register),
+        };
+        match opened {
             Ok(ring) => Ok(Handle::from_ring(ring)),
             Err(msg) => crate::codec::custom(msg, <D::Error as serde::de::Error>::custom),
         }
@@ -196,6 +197,40 @@ impl Clone for Handle {
             ring: Arc::clone(&self.ring),
             closed: AtomicBool::new(false),
         }
+    }
+}
+
+/// The segments this process maps, so that a handle received again (each task of a pool
+/// carrying the same queue, say) reuses the mapping instead of mapping and faulting it in
+/// anew.
+mod mapped {
+    use std::os::fd::BorrowedFd;
+    use std::sync::{Arc, Mutex, Weak};
+
+    use super::ring::{Key, Ring};
+
+    static MAPPED: Mutex<Vec<(Key, Weak<Ring>)>> = Mutex::new(Vec::new());
+
+    /// The live ring for the segment behind `fd`, if this process maps it already.
+    pub(super) fn find(fd: BorrowedFd<'_>) -> Option<Arc<Ring>> {
+        let key = Ring::peek_key(fd)?;
+        // `try_lock`: in a child forked while another thread held the lock, skip the cache
+        // rather than deadlock.
+        let list = MAPPED.try_lock().ok()?;
+        list.iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, w)| w.upgrade())
+    }
+
+    /// Shares `ring` and remembers it.
+    pub(super) fn register(ring: Ring) -> Arc<Ring> {
+        let key = ring.key();
+        let ring = Arc::new(ring);
+        if let Ok(mut list) = MAPPED.try_lock() {
+            list.retain(|(_, w)| w.strong_count() > 0);
+            list.push((key, Arc::downgrade(&ring)));
+        }
+        ring
     }
 }
 

@@ -105,6 +105,8 @@ struct Config {
     mutex_size: u32,
     /// Hash of the item type's name, so a handle is not reopened with another item type.
     type_hash: u64,
+    /// Random at creation: with the file's identity, recognises a segment already mapped.
+    nonce: u64,
 }
 
 /// A robust process-shared mutex (`sys::robust`).
@@ -295,6 +297,10 @@ pub(crate) struct Ring {
     max_items: u64,
     /// Largest record (header included); larger items are split into chunks of this size.
     max_record: u64,
+    kind: Kind,
+    type_hash: u64,
+    /// Identifies the segment among those this process maps (see `Ring::key`).
+    key: Key,
     /// Process-local lower bounds of the other side's counters, so that the common case
     /// does not touch (and bounce) the other side's cache line. `seen_head` and `seen_gets`
     /// are only accessed under `put_lock`, `seen_tail` only under `get_lock`: the lock orders
@@ -302,6 +308,27 @@ pub(crate) struct Ring {
     seen_head: AtomicU64,
     seen_gets: AtomicU64,
     seen_tail: AtomicU64,
+}
+
+/// What identifies a segment: its file (device, inode) and the creator's nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Key {
+    dev: u64,
+    ino: u64,
+    nonce: u64,
+}
+
+fn fresh_nonce(seed: usize) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(seed);
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 fn type_error(kind: Kind, why: impl std::fmt::Display) -> String {
@@ -331,7 +358,14 @@ impl Ring {
             .map_err(|e| Error::io(e).context("mapping the queue's shared memory"))?;
         robust::init(&map, at!(put_lock)).map_err(|e| lock_error(e, "creating a queue lock"))?;
         robust::init(&map, at!(get_lock)).map_err(|e| lock_error(e, "creating a queue lock"))?;
-        let ring = Ring::new(fd, map, cap, resident, max_items);
+        let (dev, ino) = shm::identity(fd.as_fd()).map_err(Error::io)?;
+        let key = Key {
+            dev,
+            ino,
+            nonce: fresh_nonce(&map as *const _ as usize),
+        };
+        let ring = Ring::new(fd, map, cap, resident, max_items, kind, type_hash, key);
+        ring.u64(at!(config.nonce)).store(key.nonce, Relaxed);
         ring.u32(at!(config.version)).store(VERSION, Relaxed);
         ring.u32(at!(config.header_len))
             .store(HEADER_LEN as u32, Relaxed);
@@ -346,7 +380,17 @@ impl Ring {
         Ok(ring)
     }
 
-    fn new(fd: OwnedFd, map: shm::Mapping, cap: u64, resident: u64, max_items: u64) -> Ring {
+    #[allow(clippy::too_many_arguments)] // a private constructor, called twice
+    fn new(
+        fd: OwnedFd,
+        map: shm::Mapping,
+        cap: u64,
+        resident: u64,
+        max_items: u64,
+        kind: Kind,
+        type_hash: u64,
+        key: Key,
+    ) -> Ring {
         Ring {
             fd,
             map,
@@ -354,6 +398,9 @@ impl Ring {
             resident,
             max_items,
             max_record: resident.min(cap) / 4,
+            kind,
+            type_hash,
+            key,
             seen_head: AtomicU64::new(0),
             seen_gets: AtomicU64::new(0),
             seen_tail: AtomicU64::new(0),
@@ -379,7 +426,10 @@ impl Ring {
         }
         let map = shm::Mapping::map(fd.as_fd(), len as usize, HEADER_LEN)
             .map_err(|e| format!("mapping a received queue: {e}"))?;
-        let probe = Ring::new(fd, map, cap, cap, 1);
+        let (dev, ino) =
+            shm::identity(fd.as_fd()).map_err(|e| format!("inspecting a queue handle: {e}"))?;
+        let key = Key { dev, ino, nonce: 0 };
+        let probe = Ring::new(fd, map, cap, cap, 1, kind, type_hash, key);
         if probe.u64(at!(config.magic)).load(Acquire) != MAGIC {
             return Err(type_error(kind, "no queue header"));
         }
@@ -403,18 +453,53 @@ impl Ring {
             return Err(type_error(kind, "inconsistent queue header"));
         }
         let found = probe.u32(at!(config.kind)).load(Relaxed);
-        if found != kind as u32 {
-            let name = [Kind::Queue, Kind::Simple, Kind::Joinable]
-                .into_iter()
-                .find(|k| *k as u32 == found)
-                .map_or("unknown kind of queue", Kind::name);
-            return Err(type_error(kind, format_args!("it is a {name}")));
+        let found_hash = probe.u64(at!(config.type_hash)).load(Relaxed);
+        let key = Key {
+            nonce: probe.u64(at!(config.nonce)).load(Relaxed),
+            ..key
+        };
+        let Ring { fd, map, .. } = probe;
+        let Some(found) = [Kind::Queue, Kind::Simple, Kind::Joinable]
+            .into_iter()
+            .find(|k| *k as u32 == found)
+        else {
+            return Err(type_error(kind, "unknown kind of queue"));
+        };
+        let ring = Ring::new(fd, map, cap, resident, max_items, found, found_hash, key);
+        ring.check(kind, type_hash)?;
+        Ok(ring)
+    }
+
+    /// Whether this segment is a `kind` queue of items of the type hashed `type_hash`.
+    pub(crate) fn check(&self, kind: Kind, type_hash: u64) -> std::result::Result<(), String> {
+        if self.kind != kind {
+            return Err(type_error(
+                kind,
+                format_args!("it is a {}", self.kind.name()),
+            ));
         }
-        if probe.u64(at!(config.type_hash)).load(Relaxed) != type_hash {
+        if self.type_hash != type_hash {
             return Err(type_error(kind, "its items are of another type"));
         }
-        let Ring { fd, map, .. } = probe;
-        Ok(Ring::new(fd, map, cap, resident, max_items))
+        Ok(())
+    }
+
+    /// This segment's identity.
+    pub(crate) fn key(&self) -> Key {
+        self.key
+    }
+
+    /// The identity of the segment behind a received descriptor, read without mapping it;
+    /// `None` if it cannot be a queue (the full checks of `open` then report why).
+    pub(crate) fn peek_key(fd: BorrowedFd<'_>) -> Option<Key> {
+        let (dev, ino) = shm::identity(fd).ok()?;
+        let mut nonce = [0u8; 8];
+        shm::read_at(fd, at!(config.nonce) as u64, &mut nonce).ok()?;
+        Some(Key {
+            dev,
+            ino,
+            nonce: u64::from_le_bytes(nonce),
+        })
     }
 
     /// The segment's descriptor (to send the handle to another process).

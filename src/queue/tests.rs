@@ -95,3 +95,15 @@ fn serialising_outside_multiproc_is_an_error() {
     let mut out = Vec::new();
     assert!(postcard::to_io(&q, &mut out).is_err());
 }
+
+#[test]
+fn a_handle_received_again_shares_the_mapping() {
+    let q: Queue<u64> = Queue::new().unwrap();
+    let again = decode_as_queue(q.h.ring().fd().try_clone_to_owned().unwrap()).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&q.h.ring, &again.h.ring));
+    drop(q);
+    drop(again);
+    // Once every handle is gone, a new queue gets a new segment.
+    let fresh: Queue<u64> = Queue::new().unwrap();
+    assert_eq!(fresh.len(), 0);
+}

@@ -64,6 +64,22 @@ pub(crate) fn sealed_len(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
     }
 }
 
+/// The identity of a segment's file: (device, inode).
+pub(crate) fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Reads `buf.len()` bytes at `offset` of a segment without mapping it.
+pub(crate) fn read_at(fd: BorrowedFd<'_>, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let n = rustix::io::pread(fd, &mut *buf, offset)?;
+    if n == buf.len() {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
 /// Gives the memory of `[offset, offset + len)` of the segment back to the system; later
 /// reads see zeros. `offset` and `len` must be multiples of the page size.
 pub(crate) fn discard(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
