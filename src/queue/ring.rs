@@ -533,9 +533,8 @@ impl Ring {
     /// Items queued now: approximate while others put and get.
     pub(crate) fn len(&self) -> u64 {
         // A process killed between publishing and counting leaves a count one off until
-        // somebody repairs: do it here if the locks are free.
-        let _ = self.check_producer();
-        let _ = self.check_consumer();
+        // somebody repairs: do it now if that is what happened.
+        self.repair_early();
         let gets = self.u64(at!(cons.gets)).load(Acquire);
         let puts = self.u64(at!(prod.puts)).load(Acquire);
         puts.saturating_sub(gets)
@@ -634,6 +633,16 @@ impl Ring {
         // (no FIRST) and dropped by the normal get path: nothing else to repair.
         robust::mark_consistent(&self.map, at!(get_lock))
             .map_err(|e| lock_error(e, "repairing the queue"))
+    }
+
+    /// Repairs now if a lock's owner died (cheap when none did: a read of each lock word).
+    fn repair_early(&self) {
+        if robust::maybe_owner_died(&self.map, at!(put_lock)) {
+            let _ = self.check_producer();
+        }
+        if robust::maybe_owner_died(&self.map, at!(get_lock)) {
+            let _ = self.check_consumer();
+        }
     }
 
     /// As `check_producer`, for the consumers' lock (so counts are right after a crash even
@@ -1120,7 +1129,7 @@ impl Ring {
 
     /// Unfinished tasks: items put and not yet marked done.
     pub(crate) fn unfinished(&self) -> u64 {
-        let _ = self.check_producer();
+        self.repair_early();
         let d = self.u64(at!(join.done)).load(Acquire);
         self.u64(at!(prod.puts)).load(Acquire).saturating_sub(d)
     }

@@ -149,6 +149,23 @@ pub(crate) fn try_lock(map: &Mapping, off: usize) -> io::Result<Option<Acquired>
     }
 }
 
+/// Whether the owner of the mutex may have died without anybody repairing yet: a plain read
+/// of the lock word, for callers that want to repair early without contending for the lock.
+/// May err towards `true`, never towards `false` while the mark is set.
+pub(crate) fn maybe_owner_died(map: &Mapping, off: usize) -> bool {
+    if cfg!(target_env = "gnu") {
+        // glibc: `__lock`, the first `int` of every pthread_mutex_t, is the futex word in
+        // which the kernel sets FUTEX_OWNER_DIED when the owner dies.
+        let word = map.control_ptr(off, 4, 4);
+        // SAFETY: in bounds and aligned (checked); glibc and the kernel only change this word
+        // atomically, and we only load it.
+        let word = unsafe { std::sync::atomic::AtomicU32::from_ptr(word.cast()) };
+        word.load(std::sync::atomic::Ordering::Relaxed) & libc::FUTEX_OWNER_DIED != 0
+    } else {
+        true
+    }
+}
+
 /// Declares the state the mutex protects repaired after [`Acquired::OwnerDied`].
 pub(crate) fn mark_consistent(map: &Mapping, off: usize) -> io::Result<()> {
     let m = slot(map, off);
