@@ -82,7 +82,7 @@ fn bounded_queue_blocks_and_times_out() {
     })
     .unwrap();
     let t = Instant::now();
-    q.put("e".into()).unwrap();
+    q.put_timeout("e".into(), WAIT).unwrap();
     assert!(
         t.elapsed() >= Duration::from_millis(100),
         "put did not block"
@@ -274,13 +274,13 @@ fn item_of_64_mib_through_a_1_mib_ring() {
 /// 256 KiB), through a ring that wraps many times: content and order must survive.
 #[test]
 fn random_sizes_wrap_chunk_and_skip_correctly() {
-    for capacity in [64 << 10, 1 << 20, 8 << 20] {
+    for (capacity, items) in [(64 << 10, 300), (1 << 20, 300), (8 << 20, 1500)] {
         let q: Queue<(u32, String)> = Queue::builder().capacity_bytes(capacity).build().unwrap();
         let seed = Rng::new().next();
         let q2 = q.clone();
         let producer = std::thread::spawn(move || {
             let mut rng = Rng(seed);
-            for i in 0..400u32 {
+            for i in 0..items {
                 let len = match rng.below(10) {
                     0 => rng.below(600 << 10),
                     1..=3 => rng.below(4096),
@@ -290,7 +290,7 @@ fn random_sizes_wrap_chunk_and_skip_correctly() {
             }
         });
         let mut rng = Rng(seed);
-        for i in 0..400u32 {
+        for i in 0..items {
             let len = match rng.below(10) {
                 0 => rng.below(600 << 10),
                 1..=3 => rng.below(4096),
