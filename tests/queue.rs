@@ -271,7 +271,8 @@ fn item_of_64_mib_through_a_1_mib_ring() {
 }
 
 /// One producer thread and one consumer thread, random sizes from 0 to 600 KiB (chunked past
-/// 256 KiB), through a ring that wraps many times: content and order must survive.
+/// a quarter of the ring or of its first MiB), through rings that wrap many times, with a
+/// backlog past the first MiB in the largest: content and order must survive.
 #[test]
 fn random_sizes_wrap_chunk_and_skip_correctly() {
     for (capacity, items) in [(64 << 10, 300), (1 << 20, 300), (8 << 20, 1500)] {
