@@ -424,7 +424,9 @@ impl Ring {
         {
             return Err(type_error(kind, format_args!("a segment of {len} bytes")));
         }
-        let map = shm::Mapping::map(fd.as_fd(), len as usize, HEADER_LEN)
+        // Map the header page alone first: the ring is only mapped once the header proves
+        // this is one of our queues.
+        let map = shm::Mapping::map(fd.as_fd(), HEADER_LEN, HEADER_LEN)
             .map_err(|e| format!("mapping a received queue: {e}"))?;
         let (dev, ino) =
             shm::identity(fd.as_fd()).map_err(|e| format!("inspecting a queue handle: {e}"))?;
@@ -458,13 +460,18 @@ impl Ring {
             nonce: probe.u64(at!(config.nonce)).load(Relaxed),
             ..key
         };
-        let Ring { fd, map, .. } = probe;
+        let Ring {
+            fd, map: header, ..
+        } = probe;
+        drop(header);
         let Some(found) = [Kind::Queue, Kind::Simple, Kind::Joinable]
             .into_iter()
             .find(|k| *k as u32 == found)
         else {
             return Err(type_error(kind, "unknown kind of queue"));
         };
+        let map = shm::Mapping::map(fd.as_fd(), len as usize, HEADER_LEN)
+            .map_err(|e| format!("mapping a received queue: {e}"))?;
         let ring = Ring::new(fd, map, cap, resident, max_items, found, found_hash, key);
         ring.check(kind, type_hash)?;
         Ok(ring)
