@@ -642,7 +642,8 @@ fn producer_killed_inside_put_loses_at_most_its_item() {
             }
         })
         .unwrap();
-        std::thread::sleep(Duration::from_millis(2 + rng.below(40)));
+        wait_until(|| !q.is_empty()); // it is putting
+        std::thread::sleep(Duration::from_millis(rng.below(40)));
         p.kill().unwrap();
         let _ = p.join_timeout(WAIT);
         let (len, unfinished) = (q.len(), q.unfinished_tasks());
@@ -682,7 +683,8 @@ fn consumer_killed_inside_get_loses_at_most_its_item() {
             }
         })
         .unwrap();
-        std::thread::sleep(Duration::from_millis(2 + rng.below(30)));
+        wait_until(|| q.len() < N as usize); // it is getting
+        std::thread::sleep(Duration::from_millis(rng.below(30)));
         c.kill().unwrap();
         let _ = c.join_timeout(WAIT);
         let len = q.len() as u64;
@@ -733,5 +735,14 @@ fn producer_killed_while_its_large_item_is_being_read() {
         let _ = p.join_timeout(WAIT);
         q.put("next".into()).unwrap();
         assert_eq!(q.get_timeout(WAIT).unwrap(), "next");
+    }
+}
+
+/// Polls `cond` until it holds (at most [`WAIT`]).
+fn wait_until(mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < WAIT, "condition not reached within {WAIT:?}");
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
