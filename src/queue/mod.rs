@@ -11,7 +11,7 @@
 //! Each is a thin typed wrapper over [`Handle`], which encodes items (serde, postcard), moves
 //! the bytes through the ring and carries the handle to other processes (the segment's memfd
 //! travels as a descriptor). The ring's protocol, including crash repair, is described in
-//! `README.md` in this folder.
+//! `ring/README.md`.
 
 mod joinable;
 #[allow(clippy::module_inception)] // `queue/queue.rs`: the flavour the folder is named after
