@@ -293,3 +293,92 @@ impl From<io::Error> for Error {
         Error::io(e)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Queue errors
+// ---------------------------------------------------------------------------------------------
+
+/// A value that could not be put on a queue, given back with the reason.
+///
+/// Nothing of the item reached the queue. Match on [`kind`](PutError::kind):
+/// [`ErrorKind::WouldBlock`] (full, from `try_put`), [`ErrorKind::Timeout`] (still full at the
+/// deadline), [`ErrorKind::Closed`] (this handle was closed), [`ErrorKind::Encode`] (serde
+/// failed, or the item holds a handle). `?` turns it into an [`Error`], dropping the item.
+///
+/// ```
+/// use multiproc::{ErrorKind, Queue};
+/// let q = Queue::bounded(1)?;
+/// q.put(1u32)?;
+/// let err = q.try_put(2).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::WouldBlock);
+/// assert_eq!(err.into_inner(), 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct PutError<T> {
+    item: T,
+    error: Error,
+}
+
+impl<T> PutError<T> {
+    pub(crate) fn new(item: T, error: Error) -> Self {
+        PutError { item, error }
+    }
+    /// The item that was not put.
+    pub fn into_inner(self) -> T {
+        self.item
+    }
+    /// The item and the reason.
+    pub fn into_parts(self) -> (T, Error) {
+        (self.item, self.error)
+    }
+    /// The item that was not put, by reference.
+    pub fn item(&self) -> &T {
+        &self.item
+    }
+    /// Why it was not put.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+    /// The category of [`error`](PutError::error).
+    pub fn kind(&self) -> ErrorKind {
+        self.error.kind
+    }
+    /// `true` when the queue was full (`try_put`) or stayed full until the deadline.
+    pub fn is_full(&self) -> bool {
+        matches!(self.error.kind, ErrorKind::WouldBlock | ErrorKind::Timeout)
+    }
+    /// `true` for [`ErrorKind::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        self.error.kind == ErrorKind::Timeout
+    }
+    /// `true` for [`ErrorKind::Closed`].
+    pub fn is_closed(&self) -> bool {
+        self.error.kind == ErrorKind::Closed
+    }
+}
+
+impl<T> fmt::Debug for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<T> std::error::Error for PutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl<T> From<PutError<T>> for Error {
+    fn from(e: PutError<T>) -> Self {
+        e.error
+    }
+}

@@ -106,6 +106,7 @@ mod context;
 mod error;
 mod pool;
 mod process;
+mod queue;
 mod spawn;
 #[allow(unsafe_code)] // the platform layer: every unsafe block there has a SAFETY comment
 mod sys;
@@ -113,8 +114,9 @@ mod task;
 
 pub use connection::{Connection, Pipe};
 pub use context::{all_start_methods, cpu_count, get_start_method, set_start_method, StartMethod};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, PutError, Result};
 pub use pool::{with_worker_state, AsyncResult, IMap, Pool, PoolBuilder};
 pub use process::{
     active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo,
 };
+pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};

@@ -89,7 +89,12 @@ fn explain(e: postcard::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-fn custom<E: std::fmt::Display, T>(msg: String, make: impl FnOnce(String) -> E) -> Result<T, E> {
+/// Fails a (de)serialisation with `msg`, keeping the message for the caller (postcard would
+/// drop it). Handle types use it for their validation errors.
+pub(crate) fn custom<E: std::fmt::Display, T>(
+    msg: String,
+    make: impl FnOnce(String) -> E,
+) -> Result<T, E> {
     LAST_CUSTOM.with(|c| *c.borrow_mut() = Some(msg.clone()));
     Err(make(msg))
 }

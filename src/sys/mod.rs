@@ -12,6 +12,14 @@
 //!   and polled for exit, `waitpid`, the parent-death signal, and `atexit`.
 //! * **fingerprint** ([`exe`]): a stable identity of the running executable (the ELF build-id
 //!   on Linux) so a child can check it runs the very same program as its parent.
+//! * **shared memory** ([`shm`]): anonymous segments whose size cannot change after creation
+//!   (a sealed memfd on Linux), passable as descriptors and checkable on receipt; shared
+//!   mappings with a control region (atomics, mutexes) and a data region (copies); giving
+//!   pages back (`PUNCH_HOLE`).
+//! * **robust locks** ([`robust`]): process-shared mutexes in shared memory that tell the next
+//!   locker when the previous owner died holding one (glibc robust mutexes on Linux).
+//! * **futexes** ([`futex`]): sleep while a 32-bit word in shared memory holds a value, and
+//!   wake sleepers, across processes (shared futexes on Linux).
 //!
 //! Linux is the first backend. macOS would use the same Unix shape with a kqueue
 //! `EVFILT_PROC` in place of pidfds; Windows would need a handle-based backend. One `cfg`

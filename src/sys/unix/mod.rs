@@ -1,5 +1,8 @@
 //! The Linux backend (see `sys/mod.rs` for the contract).
 
 pub(crate) mod exe;
+pub(crate) mod futex;
 pub(crate) mod process;
+pub(crate) mod robust;
+pub(crate) mod shm;
 pub(crate) mod socket;

@@ -1,0 +1,347 @@
+//! [`Queue`]: many producers, many consumers, in any processes.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::ring::{Kind, DEFAULT_CAPACITY, MAX_CAPACITY, MIN_CAPACITY};
+use super::{deadline_after, handle_serde, Handle, JoinableQueue};
+use crate::error::{Error, ErrorKind, PutError, Result};
+
+/// A first-in, first-out queue shared by processes, like Python's `multiprocessing.Queue`.
+///
+/// Any number of processes put and get; each item goes to exactly one getter. Items are any
+/// serde type `T`; a `Queue` is a handle that you clone, pass to a child as an argument (any
+/// start method) or send inside a [`Connection`](crate::Connection) message.
+///
+/// ```
+/// use multiproc::{Process, Queue};
+///
+/// let q: Queue<String> = Queue::new()?;
+/// let p = Process::spawn(q.clone(), |q| {
+///     q.put("hello from the child".to_string()).unwrap();
+/// })?;
+/// assert_eq!(q.get()?, "hello from the child");
+/// p.join()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// # How it works, and how it differs from Python
+///
+/// The items live in a shared-memory ring (an anonymous memfd mapped by every process holding
+/// the queue). [`put`](Queue::put) encodes the item and copies it into the ring: when it
+/// returns, the item *is* in the queue. There is no feeder thread, so:
+///
+/// * a process that put items can exit, and be joined, before anyone reads them (Python's
+///   "joining processes that use queues" deadlock does not exist here);
+/// * nothing is lost or flushed at exit, and `join_thread`/`cancel_join_thread` are not
+///   needed.
+///
+/// Producers take turns through one process-shared lock, consumers through another, so a
+/// put and a get proceed in parallel. An item bigger than the ring travels in chunks while
+/// the consumer reads, so its size is limited by memory, not by the ring.
+///
+/// # Capacity and memory
+///
+/// * `maxsize` ([`Queue::bounded`], [`QueueBuilder::maxsize`]) limits the number of items, as
+///   in Python: `put` blocks while that many are queued. [`Queue::new`] has no item limit.
+/// * Every queue also has a byte ring, 1 GiB by default ([`QueueBuilder::capacity_bytes`]):
+///   `put` blocks while the queued items fill it. An item takes its encoded size rounded up
+///   to 8, plus 8 bytes. The ring is address space, not memory: pages are allocated when
+///   first written. Steady traffic cycles through the first 1 MiB only; memory that a burst
+///   used beyond that is given back once consumers have caught up.
+///
+/// # Crash safety
+///
+/// A process killed at any instant (`SIGKILL` included) inside `put` or `get` cannot corrupt
+/// the queue or block the others: the locks are robust (the kernel releases them when their
+/// owner dies) and the next process to take one repairs the state. **What can be lost is the
+/// one item the dead process was handling**:
+///
+/// * a producer killed inside `put`: its item is either delivered whole or not at all; a
+///   large item whose first chunks were already read is dropped by its reader;
+/// * a consumer killed inside `get`: if it had not finished taking the item, the item stays
+///   in the queue for the next getter (small items), or its remaining chunks are dropped (a
+///   large item it had started reading); if it had, the item is gone with it.
+///
+/// Items of other processes are never lost, duplicated or reordered by a crash.
+///
+/// # Approximate answers
+///
+/// [`len`](Queue::len), [`is_empty`](Queue::is_empty) and [`is_full`](Queue::is_full) are
+/// exact when nobody else is using the queue and snapshots otherwise: by the time you look
+/// at the answer another process may have changed it.
+///
+/// # Dropping
+///
+/// Dropping a handle unmaps the queue in this process. The shared memory, with any items
+/// still queued, is freed by the kernel when the last handle in any process is gone, also when
+/// processes are killed; nothing is left in `/dev/shm` or elsewhere.
+pub struct Queue<T> {
+    pub(super) h: Handle,
+    pub(super) _item: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Queue<T> {
+    /// An unbounded queue (`multiprocessing.Queue()`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] if the shared memory cannot be created or mapped.
+    pub fn new() -> Result<Self> {
+        QueueBuilder::new().build()
+    }
+
+    /// A queue holding at most `maxsize` items (`multiprocessing.Queue(maxsize)`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`] for `maxsize == 0`; [`ErrorKind::Io`] as for
+    /// [`new`](Queue::new).
+    pub fn bounded(maxsize: usize) -> Result<Self> {
+        QueueBuilder::new().maxsize(maxsize).build()
+    }
+
+    /// A builder for the less common settings (byte capacity).
+    pub fn builder() -> QueueBuilder<T> {
+        QueueBuilder::new()
+    }
+
+    /// The number of items queued (`qsize()`); approximate while others use the queue.
+    pub fn len(&self) -> usize {
+        self.h.len()
+    }
+
+    /// Whether no item is queued (`empty()`); approximate while others use the queue.
+    pub fn is_empty(&self) -> bool {
+        self.h.len() == 0
+    }
+
+    /// Whether `maxsize` items are queued (`full()`); always `false` for an unbounded queue.
+    /// Approximate while others use the queue.
+    pub fn is_full(&self) -> bool {
+        self.h.is_full()
+    }
+
+    /// The item limit, `None` when unbounded.
+    pub fn maxsize(&self) -> Option<usize> {
+        self.h.maxsize()
+    }
+
+    /// Closes this handle (Python's `close()`): its `put` and `get` then fail with
+    /// [`ErrorKind::Closed`] (the item is given back). Other handles, clones included, and
+    /// other processes are not affected; the items stay queued.
+    pub fn close(&self) {
+        self.h.close()
+    }
+
+    /// Whether [`close`](Queue::close) was called on this handle.
+    pub fn is_closed(&self) -> bool {
+        self.h.is_closed()
+    }
+}
+
+impl<T: Serialize> Queue<T> {
+    /// Puts an item, blocking while the queue is full.
+    ///
+    /// Returns once the item is in shared memory: from then on it does not depend on this
+    /// process staying alive.
+    ///
+    /// # Errors
+    /// The item comes back in the [`PutError`]: [`ErrorKind::Closed`] if this handle was
+    /// closed, [`ErrorKind::Encode`] if serde fails or the item holds a handle (send those
+    /// through a [`Connection`](crate::Connection) instead).
+    pub fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        self.h.put(item, None, false)
+    }
+
+    /// Puts an item if there is room right now (`put_nowait()`).
+    ///
+    /// "Right now" includes a brief wait for the producers' lock, which is only ever held
+    /// for the time of one copy.
+    ///
+    /// # Errors
+    /// [`ErrorKind::WouldBlock`] when full; otherwise as [`put`](Queue::put).
+    pub fn try_put(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        self.h.put(item, Some(Instant::now()), true)
+    }
+
+    /// Puts an item, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if the queue stayed full; otherwise as [`put`](Queue::put).
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> std::result::Result<(), PutError<T>> {
+        self.h.put(item, Some(deadline_after(timeout)), false)
+    }
+
+    /// Puts an item, waiting until `deadline` for room.
+    ///
+    /// If a large item times out after some of its chunks went in, those are withdrawn (the
+    /// consumer reading them drops them) and the item comes back whole in the error.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if the queue stayed full; otherwise as [`put`](Queue::put).
+    pub fn put_deadline(&self, item: T, deadline: Instant) -> std::result::Result<(), PutError<T>> {
+        self.h.put(item, Some(deadline), false)
+    }
+}
+
+impl<T: DeserializeOwned> Queue<T> {
+    /// Takes the next item, blocking until there is one.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`] if this handle was closed; [`ErrorKind::Decode`] if the bytes
+    /// are not a `T` (the item is consumed); [`ErrorKind::TooLarge`] if an item does not fit
+    /// in this process's memory (it is dropped).
+    pub fn get(&self) -> Result<T> {
+        self.h.get(None, false)
+    }
+
+    /// Takes the next item if there is one now (`get_nowait()`): `Ok(None)` if not.
+    ///
+    /// Also `Ok(None)` while another consumer is inside `get` on an empty queue (it holds the
+    /// consumers' lock while it waits), as with Python.
+    ///
+    /// # Errors
+    /// As [`get`](Queue::get).
+    pub fn try_get(&self) -> Result<Option<T>> {
+        self.h.try_get()
+    }
+
+    /// Takes the next item, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if nothing came; otherwise as [`get`](Queue::get).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.h.get(Some(deadline_after(timeout)), false)
+    }
+
+    /// Takes the next item, waiting until `deadline`.
+    ///
+    /// The deadline bounds the wait for an item to *start*: once the first chunk of a large
+    /// item has been taken, the call finishes receiving it (the producer is already writing
+    /// it), so that the item is not lost.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if nothing came; otherwise as [`get`](Queue::get).
+    pub fn get_deadline(&self, deadline: Instant) -> Result<T> {
+        self.h.get(Some(deadline), false)
+    }
+}
+
+impl<T> Clone for Queue<T> {
+    /// Another handle on the same queue (open even if this one was closed).
+    fn clone(&self) -> Self {
+        Queue {
+            h: self.h.clone(),
+            _item: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.h.debug("Queue", f)
+    }
+}
+
+handle_serde!(Queue, super::ring::Kind::Queue);
+
+/// Settings for a [`Queue`] or [`JoinableQueue`].
+///
+/// ```
+/// use multiproc::Queue;
+/// let q: Queue<Vec<u8>> = Queue::builder().maxsize(100).capacity_bytes(16 << 20).build()?;
+/// assert_eq!(q.maxsize(), Some(100));
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct QueueBuilder<T> {
+    maxsize: Option<usize>,
+    capacity_bytes: u64,
+    _item: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Default for QueueBuilder<T> {
+    fn default() -> Self {
+        QueueBuilder::new()
+    }
+}
+
+impl<T> Clone for QueueBuilder<T> {
+    fn clone(&self) -> Self {
+        QueueBuilder {
+            maxsize: self.maxsize,
+            capacity_bytes: self.capacity_bytes,
+            _item: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBuilder")
+            .field("maxsize", &self.maxsize)
+            .field("capacity_bytes", &self.capacity_bytes)
+            .finish()
+    }
+}
+
+impl<T> QueueBuilder<T> {
+    /// Unbounded, with the default byte ring (1 GiB of address space).
+    pub fn new() -> Self {
+        QueueBuilder {
+            maxsize: None,
+            capacity_bytes: DEFAULT_CAPACITY,
+            _item: PhantomData,
+        }
+    }
+
+    /// At most `n` items queued at once (`0` is rejected by `build`).
+    pub fn maxsize(mut self, n: usize) -> Self {
+        self.maxsize = Some(n);
+        self
+    }
+
+    /// The byte ring: how many bytes of encoded items may be queued at once. Rounded up to
+    /// a power of two between 64 KiB and 1 TiB. Items larger than the ring still go through,
+    /// in chunks.
+    pub fn capacity_bytes(mut self, bytes: usize) -> Self {
+        self.capacity_bytes = (bytes as u64).clamp(MIN_CAPACITY, MAX_CAPACITY);
+        self
+    }
+
+    fn max_items(&self) -> Result<u64> {
+        match self.maxsize {
+            None => Ok(u64::MAX),
+            Some(0) => Err(Error::msg(
+                ErrorKind::Unsupported,
+                "a bounded queue needs room for at least one item (maxsize 0)",
+            )),
+            Some(n) => Ok((n as u64).min(u64::MAX - 1)),
+        }
+    }
+
+    /// Creates the [`Queue`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`] for `maxsize(0)`; [`ErrorKind::Io`] if the shared memory
+    /// cannot be created or mapped.
+    pub fn build(&self) -> Result<Queue<T>> {
+        Ok(Queue {
+            h: Handle::create::<T>(Kind::Queue, self.capacity_bytes, self.max_items()?)?,
+            _item: PhantomData,
+        })
+    }
+
+    /// Creates a [`JoinableQueue`].
+    ///
+    /// # Errors
+    /// As [`build`](QueueBuilder::build).
+    pub fn build_joinable(&self) -> Result<JoinableQueue<T>> {
+        Ok(JoinableQueue {
+            h: Handle::create::<T>(Kind::Joinable, self.capacity_bytes, self.max_items()?)?,
+            _item: PhantomData,
+        })
+    }
+}
