@@ -74,7 +74,7 @@
 
 use std::time::Instant;
 
-use multiproc::{Connection, Pipe, Pool, Process, StartMethod};
+use multiproc::{Connection, Pipe, Pool, Process, Queue, StartMethod};
 
 use crate::config::Config;
 use crate::harness::{BenchResult, Job, Obs, Who};
@@ -119,6 +119,18 @@ pub fn jobs(cfg: &Config) -> Vec<Job> {
     let c = cfg.clone();
     jobs.push(Job::one(Who::Multiproc, Metric::BulkSocket, move || {
         bulk(&c, true)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::Queue11, move || {
+        queue_throughput(&c, 1)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::Queue22, move || {
+        queue_throughput(&c, 2)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::QueueLatency, move || {
+        queue_latency(&c)
     }));
     let c = cfg.clone();
     jobs.push(Job::one(Who::Multiproc, Metric::PoolCreate, move || {
@@ -402,4 +414,98 @@ fn imap_rss(cfg: &Config) -> BenchResult<Vec<(Metric, Obs)>> {
         (Metric::ImapRssParent, Obs::Raw(vec![peak.parent_mib()])),
         (Metric::ImapRssWorkers, Obs::Raw(vec![peak.workers_mib()])),
     ])
+}
+
+/// CLOCK_MONOTONIC in seconds: comparable across processes (unlike `Instant`'s values).
+fn mono() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+const STOP: u64 = u64::MAX;
+
+/// Producer: waits for "go", puts `n` items then one STOP; returns when it started.
+fn q_producer((q, go, n): (Queue<u64>, Connection<()>, u64)) -> f64 {
+    let _ = go.recv_bytes();
+    let t0 = mono();
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+    q.put(STOP).unwrap();
+    t0
+}
+
+/// Consumer: gets until one STOP; returns (when it finished, items seen).
+fn q_consumer(q: Queue<u64>) -> (f64, u64) {
+    let mut seen = 0;
+    while q.get().unwrap() != STOP {
+        seen += 1;
+    }
+    (mono(), seen)
+}
+
+/// `k` producer processes → `k` consumer processes through one queue (msgs/s).
+fn queue_throughput(cfg: &Config, k: usize) -> BenchResult<Obs> {
+    let n = cfg.queue_msgs as u64;
+    let q: Queue<u64> = Queue::new()?;
+    let consumers: Vec<_> = (0..k)
+        .map(|_| Process::spawn(q.clone(), q_consumer))
+        .collect::<Result<_, _>>()?;
+    let mut gos = Vec::new();
+    let mut producers = Vec::new();
+    for _ in 0..k {
+        let (go_r, go_w) = Pipe::simplex::<()>()?;
+        gos.push(go_w);
+        producers.push(Process::spawn((q.clone(), go_r, n / k as u64), q_producer)?);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20)); // everyone started
+    for g in &gos {
+        g.send_bytes(&[1])?;
+    }
+    let t0 = producers
+        .iter()
+        .map(|p| p.join())
+        .collect::<Result<Vec<f64>, _>>()?;
+    let ends = consumers
+        .iter()
+        .map(|c| c.join())
+        .collect::<Result<Vec<(f64, u64)>, _>>()?;
+    let total: u64 = ends.iter().map(|e| e.1).sum();
+    if total != (n / k as u64) * k as u64 {
+        return Err(format!("queue: {total} items arrived of {n}").into());
+    }
+    let start = t0.iter().cloned().fold(f64::INFINITY, f64::min);
+    let end = ends.iter().map(|e| e.0).fold(0.0, f64::max);
+    Ok(Obs::Raw(vec![total as f64 / (end - start)]))
+}
+
+fn q_echo_latency((q, ack, n): (Queue<f64>, Queue<f64>, usize)) -> Vec<f64> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sent = q.get().unwrap();
+        lat.push((mono() - sent) * 1e6);
+        ack.put(0.0).unwrap();
+    }
+    lat
+}
+
+/// Paced one-way latency: the producer puts its send time, the consumer records the delay
+/// and acknowledges through a second queue before the next item (µs each).
+fn queue_latency(cfg: &Config) -> BenchResult<Obs> {
+    let q: Queue<f64> = Queue::new()?;
+    let ack: Queue<f64> = Queue::new()?;
+    let n = cfg.latency_msgs;
+    let consumer = Process::spawn((q.clone(), ack.clone(), n), q_echo_latency)?;
+    for _ in 0..n {
+        q.put(mono()).map_err(multiproc::Error::from)?;
+        ack.get()?;
+    }
+    let mut lat = consumer.join()?;
+    lat.drain(..lat.len().min(100)); // warm-up
+    Ok(Obs::Raw(lat))
 }
