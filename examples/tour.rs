@@ -63,6 +63,30 @@ fn main() -> multiproc::Result<()> {
     drop(here);
     p.join()?;
 
+    println!("== Queue: many producers, many consumers, in shared memory");
+    let q: multiproc::Queue<u64> = multiproc::Queue::bounded(1000)?;
+    let producers: Vec<_> = (0..2u64)
+        .map(|p| {
+            Process::spawn((q.clone(), p), |(q, p): (multiproc::Queue<u64>, u64)| {
+                for i in 0..50_000u64 {
+                    q.put(p * 1_000_000 + i).unwrap();
+                }
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for _ in 0..100_000 {
+        sum += q.get()?;
+    }
+    for p in producers {
+        p.join()?;
+    }
+    println!(
+        "  100,000 items from 2 producer processes in {:.0} ms (sum {sum})",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
     println!("== Pool: map, imap, apply_async; a crashing task fails alone");
     let pool = multiproc::Pool::new(multiproc::cpu_count())?;
     let t = Instant::now();
