@@ -14,7 +14,10 @@ use crate::codec::{self, frame};
 use crate::error::{Error, ErrorKind};
 use crate::sys::socket;
 
-/// Bytes read per `recvmsg` when the buffer is refilled.
+/// The read buffer starts this small (most channels carry a few small frames: a child's
+/// task and report) and is allocated on the first read, not at creation.
+const READ_FIRST: usize = 4 * 1024;
+/// It doubles up to this size while reads keep filling it (streams of small messages).
 const READ_CHUNK: usize = 64 * 1024;
 /// Payloads at least this large are read straight into their destination.
 const DIRECT_READ: usize = 16 * 1024;
@@ -79,7 +82,7 @@ impl Channel {
             fd,
             side,
             reader: Mutex::new(Reader {
-                buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+                buf: Box::default(),
                 start: 0,
                 end: 0,
                 fds: VecDeque::new(),
@@ -310,6 +313,9 @@ impl Reader {
     /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
     fn fill(&mut self, link: Link<'_>, deadline: Option<Instant>) -> Result<bool, Error> {
         let fd = link.fd;
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; READ_FIRST].into_boxed_slice();
+        }
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -326,7 +332,15 @@ impl Reader {
             Some(_) => socket::read_into(fd, &mut self.buf[self.end..]),
         }
         .map_err(Error::io)?;
+        let filled_it = self.end + n == self.buf.len();
         self.end += n;
+        if filled_it && self.buf.len() < READ_CHUNK {
+            let mut bigger = vec![0u8; self.buf.len() * 2].into_boxed_slice();
+            bigger[..self.end - self.start].copy_from_slice(&self.buf[self.start..self.end]);
+            self.end -= self.start;
+            self.start = 0;
+            self.buf = bigger;
+        }
         Ok(n > 0)
     }
 

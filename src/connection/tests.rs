@@ -212,3 +212,18 @@ fn random_bytes_never_panic_or_hang() {
         }
     }
 }
+
+#[test]
+fn a_stream_of_small_messages_arrives_in_order() {
+    // Enough queued messages to make the read buffer grow from its small first size.
+    let (a, b) = Pipe::new::<u64>().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..20_000u64 {
+            a.send(&i).unwrap();
+        }
+    });
+    for i in 0..20_000u64 {
+        assert_eq!(b.recv_timeout(Duration::from_secs(10)).unwrap(), i);
+    }
+    writer.join().unwrap();
+}
