@@ -73,6 +73,47 @@
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
+//! ## Pools
+//!
+//! A [`Pool`] of worker processes (one per CPU by default) runs `map`, `imap`, `starmap` and
+//! `apply_async` like Python's, but a worker that crashes fails only the task it was running,
+//! and is replaced.
+//!
+//! ```
+//! use multiproc::Pool;
+//!
+//! let pool = Pool::new(2)?;
+//! let squares = pool.map(|x: u64| x * x, 0..1000u64)?;
+//! assert_eq!(squares[999], 998_001);
+//! let first: Vec<u64> = pool.imap(|x: u64| x + 1, 0..).take(3).collect::<Result<_, _>>()?;
+//! assert_eq!(first, [1, 2, 3]);
+//! let crashed = pool.apply_async(|()| -> u8 { std::process::abort() }, ());
+//! assert_eq!(crashed.get().unwrap_err().kind(), multiproc::ErrorKind::WorkerLost);
+//! assert_eq!(pool.apply(|x: u32| x + 1, 41)?, 42); // the pool goes on
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! ## Queues
+//!
+//! [`Queue`], [`SimpleQueue`] and [`JoinableQueue`] live in shared memory: many producers and
+//! many consumers in any processes, no feeder thread, and a process killed in the middle of
+//! `put` or `get` loses at most the item it was handling.
+//!
+//! ```
+//! use multiproc::{Process, Queue};
+//!
+//! let q: Queue<String> = Queue::bounded(16)?;
+//! let writer = Process::spawn(q.clone(), |q: Queue<String>| {
+//!     for w in ["a", "b", "c"] {
+//!         q.put(w.to_string()).unwrap();
+//!     }
+//! })?;
+//! writer.join()?; // joins at once: the items are already in the queue
+//! assert_eq!(q.get()?, "a");
+//! assert_eq!(q.len(), 2);
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
 //! ## Errors
 //!
 //! Every failure is an [`Error`] with an [`ErrorKind`]: a child's panic (with message and
@@ -96,6 +137,9 @@
 //! | `terminate()`, `kill()` | [`Process::terminate`], [`Process::kill`] |
 //! | `Pipe()`, `Pipe(duplex=False)` | [`Pipe::new`], [`Pipe::simplex`] |
 //! | `connection.wait(objs, timeout)` | [`connection::wait`] |
+//! | `Pool(n)`, `map`, `imap`, `starmap`, `apply_async` | [`Pool::new`], [`Pool::map`], [`Pool::imap`], [`Pool::starmap`], [`Pool::apply_async`] |
+//! | `Queue(maxsize)`, `put`, `get(timeout=)` | [`Queue::bounded`], [`Queue::put`], [`Queue::get_timeout`] |
+//! | `SimpleQueue`, `JoinableQueue` | [`SimpleQueue`], [`JoinableQueue`] |
 //! | `set_start_method(m)` | [`set_start_method`] |
 //! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | same names |
 #![deny(unsafe_code)]
