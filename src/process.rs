@@ -102,14 +102,42 @@ impl ChildShared {
         }
     }
 
+    /// Gives up on a child whose task could not be sent: kill it, stop reading, reap later.
+    pub(crate) fn abandon(&self) {
+        let _ = self.ensure_started();
+        let _ = self.signal(sys::process::SIGKILL);
+        self.detached.store(true, Ordering::Relaxed);
+        let _ = sys::socket::shutdown(self.chan.fd(), sys::socket::Half::Read);
+        start_reaper();
+    }
+
     /// For a fork-server child: waits for its `Hello` (pid and pidfd), which `spawn` does not
     /// wait for. A no-op for other children and once the pid is known.
+    ///
+    /// Another thread may be inside `join` holding the stream (it reads the `Hello` itself
+    /// and publishes the pid): then wait for the pid to appear instead of for the lock.
     fn ensure_started(&self) -> Result<()> {
         if !self.via_server || self.pid() != 0 {
             return Ok(());
         }
-        let deadline = Some(Instant::now() + Duration::from_secs(60));
-        let mut io = lock(&self.io);
+        let limit = Instant::now() + Duration::from_secs(60);
+        let deadline = Some(limit);
+        let mut io = loop {
+            match self.io.try_lock() {
+                Ok(io) => break io,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            if self.pid() != 0 {
+                return Ok(());
+            }
+            if Instant::now() >= limit {
+                return Err(
+                    Error::new(ErrorKind::Timeout).context("waiting for the child to start")
+                );
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
         while self.pid() == 0 {
             if io.eof {
                 return Err(Error::msg(
@@ -718,7 +746,10 @@ pub(crate) extern "C" fn at_exit() {
             let _ = c.signal(sys::process::SIGKILL);
         }
         if !c.via_server {
-            let _ = sys::process::wait_child(c.pid(), true);
+            let exit = lock(&c.exit);
+            if exit.is_none() {
+                let _ = sys::process::wait_child(c.pid(), true);
+            }
         }
     }
 }

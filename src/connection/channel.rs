@@ -282,7 +282,7 @@ impl Channel {
     /// Whether buffered bytes are waiting (so `wait` must not block on the fd).
     pub(crate) fn has_buffered(&self) -> bool {
         let r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        r.end > r.start
+        r.end > r.start || r.partial.is_some()
     }
 }
 
@@ -331,7 +331,14 @@ impl Reader {
             None => socket::recv_some(fd, &mut self.buf[self.end..], &mut self.fds),
             Some(_) => socket::read_into(fd, &mut self.buf[self.end..]),
         }
-        .map_err(Error::io)?;
+        .map_err(|e| {
+            // Descriptors were lost with the bytes read (too many in one frame): the stream
+            // can no longer be trusted.
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                self.broken = Some(ErrorKind::Protocol);
+            }
+            Error::io(e)
+        })?;
         let filled_it = self.end + n == self.buf.len();
         self.end += n;
         if filled_it && self.buf.len() < READ_CHUNK {

@@ -77,6 +77,7 @@ pub(crate) struct Prepared {
 /// Sets up signals, the panic hook and our state; opens our pidfd if we will say `Hello`.
 pub(crate) fn child_prepare(hello: bool) -> Prepared {
     sys::process::ignore_sigpipe();
+    sys::process::default_sigchld();
     task::install_panic_hook();
     drop(global());
     let pidfd = if hello {

@@ -32,7 +32,8 @@ pub(super) fn launch(lifeline_read: RawFd) -> Result<Launched> {
         .map_err(|e| Error::io(e).context("re-executing this program"))?;
     let pid = child.id() as i32;
     drop(child_end);
-    let pidfd = sys::process::pidfd_open(pid).map_err(Error::io)?;
+    // Without a pidfd (out of descriptors) waitpid still works; never lose the child.
+    let pidfd = sys::process::pidfd_open(pid).ok().flatten();
     Ok(Launched {
         pid,
         pidfd,

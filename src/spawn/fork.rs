@@ -59,6 +59,7 @@ pub(super) fn launch(
                 name: name.to_string(),
             };
             let parent = g.me.clone();
+            let parent_pid = parent.pid;
             let mut old = std::mem::replace(&mut *g, Global::fresh(me, Some(parent)));
             let lifeline: Option<OwnedFd> = old.lifeline.take().map(|(r, w)| {
                 debug_assert!(inherited.contains(&w.as_raw_fd()));
@@ -70,7 +71,10 @@ pub(super) fn launch(
             std::mem::forget(old);
             drop(g);
             if from_main {
-                if sys::process::kill_me_with_parent().is_err() {
+                // The parent may have died before the request took effect.
+                if sys::process::kill_me_with_parent().is_err()
+                    || sys::process::getppid() != parent_pid
+                {
                     child_exit(71);
                 }
                 drop(lifeline);
@@ -89,7 +93,8 @@ pub(super) fn launch(
             drop(channels);
             drop(child_end);
             drop(fds);
-            let pidfd = sys::process::pidfd_open(pid).map_err(Error::io)?;
+            // Without a pidfd (out of descriptors) waitpid still works; never lose the child.
+            let pidfd = sys::process::pidfd_open(pid).ok().flatten();
             Ok((
                 g,
                 Launched {

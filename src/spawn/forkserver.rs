@@ -33,7 +33,17 @@ pub(super) struct Client {
 impl Drop for Client {
     fn drop(&mut self) {
         // Closing our end makes the server exit; reap it so it leaves no zombie.
+        // Closing our end makes a healthy server exit; one that never answered is killed, so
+        // this wait (under the global lock) is always short.
         let _ = sys::socket::shutdown(self.chan.fd(), sys::socket::Half::Write);
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if !matches!(sys::process::wait_child(self.pid, false), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = sys::process::signal_pid(self.pid, sys::process::SIGKILL);
         let _ = sys::process::wait_child(self.pid, true);
     }
 }
@@ -126,6 +136,7 @@ struct Kid {
 pub(crate) fn serve(fd: OwnedFd) -> ! {
     sys::process::ignore_sigint();
     sys::process::ignore_sigpipe();
+    sys::process::default_sigchld();
     let chan = Channel::new(fd);
     let me = sys::process::getpid();
     match chan.recv::<ToServer>(None) {
@@ -239,27 +250,9 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
     }
 }
 
-/// Gives `ctrl` to the spare; on failure (the spare died) gives `ctrl` back.
-///
-/// The server announces the spare to the parent itself (`Hello` with the spare's pidfd)
-/// *before* the spare gets the socket, so the announcement is first on the stream and is
-/// usually there before the parent starts waiting.
+/// Gives `ctrl` to the spare; on failure (the spare died) gives `ctrl` back untouched, so
+/// that a child forked on demand can announce itself on it instead.
 fn hand_to_spare(sp: Spare, ctrl: OwnedFd) -> std::result::Result<Option<Kid>, OwnedFd> {
-    let hello = control_tail(&FromChild::Hello {
-        pid: sp.pid,
-        has_pidfd: sp.pidfd.is_some(),
-    });
-    let fds: Vec<_> = sp.pidfd.iter().map(|p| p.as_fd()).collect();
-    let _ = sys::socket::send_frame(
-        ctrl.as_fd(),
-        &[
-            &crate::codec::frame::encode_header(hello.len(), fds.len()).unwrap_or_default(),
-            &hello,
-        ],
-        &fds,
-        true,
-    );
-    drop(fds);
     match sp.link.send_raw(&[], &[ctrl.as_fd()]) {
         Ok(()) => Ok(Some(Kid {
             pid: sp.pid,
@@ -290,7 +283,8 @@ fn make_spare(
             spares.clear();
             drop(here);
             become_server_child(chan, server_pid);
-            let prepared = bootstrap::child_prepare(false);
+            // Prepared ahead of time, including the pidfd it announces with `Hello`.
+            let prepared = bootstrap::child_prepare(true);
             let link = Channel::new(there);
             match link.recv_frame(None) {
                 Ok(mut f) => match f.fds.pop() {
@@ -318,6 +312,7 @@ fn become_server_child(chan: &Channel, server_pid: i32) {
         sys::process::exit_now(71);
     }
     sys::process::default_sigint();
+    super::unregister_channel_fd(chan.fd().as_raw_fd());
     sys::process::close_raw(chan.fd().as_raw_fd());
 }
 

@@ -231,7 +231,11 @@ where
     let shared = register(&mut g, launched, name);
     drop(g);
     // Talk to the child outside the lock (the arguments may be large).
-    send_task(shared.chan(), &spec, &payload, &fds)?;
+    if let Err(e) = send_task(shared.chan(), &spec, &payload, &fds) {
+        // The child would wait for its task forever: stop it and let the reaper collect it.
+        shared.abandon();
+        return Err(e);
+    }
     Ok(shared)
 }
 

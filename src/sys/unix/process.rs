@@ -130,10 +130,17 @@ pub(crate) fn wait_child(raw: i32, block: bool) -> io::Result<Option<Exit>> {
                 }
             }
             Err(Errno::INTR) => continue,
+            // Already reaped by someone else (SIGCHLD ignored, a foreign `waitpid(-1)`): it is
+            // gone and its status is lost. Report that as a final state rather than forever
+            // "still running".
+            Err(Errno::CHILD) => return Ok(Some(Exit::Code(STATUS_LOST))),
             Err(e) => return Err(e.into()),
         }
     }
 }
+
+/// The exit code reported for a child whose status someone else collected.
+pub(crate) const STATUS_LOST: i32 = 255;
 
 /// Asks the kernel to SIGKILL this process when the thread that created it exits.
 ///
@@ -155,6 +162,13 @@ pub(crate) fn ignore_sigpipe() {
 pub(crate) fn ignore_sigint() {
     // SAFETY: as above, SIG_IGN installs no handler.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+}
+
+/// Restores the default SIGCHLD disposition: an inherited `SIG_IGN` would make the kernel
+/// reap our children itself, and we could never learn how they ended.
+pub(crate) fn default_sigchld() {
+    // SAFETY: SIG_DFL installs no handler.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
 }
 
 /// Restores the default SIGINT disposition (in children of the fork server).
@@ -204,7 +218,7 @@ pub(crate) fn neutralize(fds: &[i32]) -> io::Result<()> {
     }
     let (dead, peer) = super::socket::socketpair()?;
     drop(peer);
-    for &fd in fds {
+    for &fd in fds.iter().filter(|&&fd| fd != dead.as_raw_fd()) {
         // SAFETY: `dup3` atomically replaces `fd` (which this process inherited and which no
         // live value will use for anything but a failing read/write or a close) with a
         // close-on-exec duplicate of `dead`; it touches no memory.
