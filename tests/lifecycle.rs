@@ -147,6 +147,33 @@ fn role_clean() {
     println!("CLEAN fds {before} -> {after}");
 }
 
+/// Helper role: started with SIGCHLD ignored (inherited across exec), every method must still
+/// join with the right result and exit code.
+fn role_sigchld_ignored() {
+    for m in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(20u32, |x| x + 1)
+            .unwrap();
+        assert_eq!(
+            p.join_timeout(Duration::from_secs(30)).unwrap(),
+            Some(21),
+            "{m:?}"
+        );
+        let q = Process::builder()
+            .start_method(m)
+            .spawn((), |()| -> u8 { panic!("x") })
+            .unwrap();
+        let e = q.join_timeout(Duration::from_secs(30)).unwrap_err();
+        assert_eq!(e.kind(), multiproc::ErrorKind::Panicked, "{m:?}: {e}");
+    }
+    println!("SIGCHLD OK");
+}
+
 fn descendants(root: u32) -> Vec<u32> {
     let mut all = vec![root];
     let mut i = 0;
@@ -303,21 +330,49 @@ fn normal_exit_leaves_nothing() -> Result<(), String> {
     Ok(())
 }
 
+#[allow(unsafe_code)] // pre_exec, to start the helper with SIGCHLD ignored
+fn sigchld_ignored_still_joins() -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(ROLE, "sigchld").stdout(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and only calls `signal`,
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    let line = read_line_with_timeout(&mut child, Duration::from_secs(120));
+    let status = child.wait().unwrap();
+    reap_zombies();
+    if status.success() && line.starts_with("SIGCHLD OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "helper with SIGCHLD ignored: {status}, said {line:?}"
+        ))
+    }
+}
+
 fn main() {
     match std::env::var(ROLE).as_deref() {
         Ok("victim") => return role_victim(),
         Ok("clean") => return role_clean(),
+        Ok("sigchld") => return role_sigchld_ignored(),
         _ => {}
     }
     // Orphans of our helpers are re-parented to us, so we can see and reap them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     type Check = fn() -> Result<(), String>;
-    let tests: [(&str, Check); 2] = [
+    let tests: [(&str, Check); 3] = [
         (
             "parent_killed_takes_children_along",
             parent_killed_takes_children_along,
         ),
         ("normal_exit_leaves_nothing", normal_exit_leaves_nothing),
+        ("sigchld_ignored_still_joins", sigchld_ignored_still_joins),
     ];
     let mut failed = 0;
     for (name, t) in tests {

@@ -224,3 +224,21 @@ fn returned_handle_crosses_back() {
         assert_eq!(conn.recv_timeout(WAIT).unwrap(), "from the child");
     }
 }
+
+#[test]
+fn nested_fork_launch_inside_a_fork_server_child() {
+    // A fork-server child that itself forks (regression: a stale descriptor registration made
+    // the grandchild's setup fail).
+    let p = Process::spawn(5u8, |x| {
+        let inner = Process::builder()
+            .start_method(StartMethod::Fork)
+            .spawn(x, |y: u8| y * 2)
+            .unwrap();
+        inner
+            .join_timeout(Duration::from_secs(30))
+            .unwrap()
+            .unwrap()
+    })
+    .unwrap();
+    assert_eq!(join(&p).unwrap(), 10);
+}
