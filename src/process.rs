@@ -40,6 +40,8 @@ pub(crate) struct ChildShared {
     pid: AtomicI32,
     pidfd: OnceLock<OwnedFd>,
     chan: Channel,
+    /// Fork-server children: the socket on which the server reports the exit.
+    status: OnceLock<Channel>,
     via_server: bool,
     name: String,
     daemon: bool,
@@ -76,6 +78,7 @@ impl ChildShared {
             pid: AtomicI32::new(l.pid),
             pidfd,
             chan: l.chan,
+            status: OnceLock::new(),
             via_server: l.via_server,
             name,
             daemon,
@@ -99,6 +102,9 @@ impl ChildShared {
         v.push(self.chan.fd().as_raw_fd());
         if let Some(p) = self.pidfd.get() {
             v.push(p.as_raw_fd());
+        }
+        if let Some(s) = self.status.get() {
+            v.push(s.fd().as_raw_fd());
         }
     }
 
@@ -181,6 +187,11 @@ impl ChildShared {
                 io.done = Some(o);
             }
             FromChild::Mismatch => io.mismatch = true,
+            FromChild::Status => {
+                if let Some(fd) = frame.fds.pop() {
+                    let _ = self.status.set(Channel::new(fd));
+                }
+            }
             FromChild::Exit { code } => *lock(&self.exit) = Some(code),
             FromChild::SpawnFailed(m) => {
                 io.eof = true;
@@ -191,6 +202,23 @@ impl ChildShared {
             }
         }
         Ok(true)
+    }
+
+    /// Reads the fork server's exit report. `Ok(false)` on timeout.
+    fn read_status(&self, status: &Channel, deadline: Option<Instant>) -> Result<bool> {
+        match status.recv_frame(deadline) {
+            Ok(mut f) => {
+                if let FromChild::Exit { code } = protocol::split_control(&mut f)? {
+                    *lock(&self.exit) = Some(code);
+                }
+                Ok(true)
+            }
+            Err(e) if e.is_timeout() => Ok(false),
+            Err(e) => Err(Error::msg(
+                ErrorKind::Disconnected,
+                format!("the fork server went away before reporting how the child ended ({e})"),
+            )),
+        }
     }
 
     fn exit_known(&self) -> Option<i32> {
@@ -215,14 +243,24 @@ impl ChildShared {
                 if let Some(c) = self.exit_known() {
                     return Ok(Some(c));
                 }
-                if io.eof {
-                    return Err(Error::msg(
-                        ErrorKind::Disconnected,
-                        "the fork server went away before reporting how the child ended",
-                    ));
-                }
-                if !self.pump(io, deadline)? {
-                    return Ok(None);
+                match self.status.get() {
+                    Some(status) => {
+                        if !self.read_status(status, deadline)? {
+                            return Ok(None);
+                        }
+                    }
+                    // The status socket arrives first on the stream: read up to it.
+                    None if io.eof => {
+                        return Err(Error::msg(
+                            ErrorKind::Disconnected,
+                            "the fork server went away before reporting how the child ended",
+                        ))
+                    }
+                    None => {
+                        if !self.pump(io, deadline)? {
+                            return Ok(None);
+                        }
+                    }
                 }
             }
         }
@@ -335,6 +373,9 @@ impl ChildShared {
                             break;
                         }
                     }
+                }
+                if let Some(status) = self.status.get() {
+                    let _ = self.read_status(status, Some(Instant::now()));
                 }
                 io.eof
             }

@@ -242,3 +242,28 @@ fn nested_fork_launch_inside_a_fork_server_child() {
     .unwrap();
     assert_eq!(join(&p).unwrap(), 10);
 }
+
+#[test]
+fn killed_while_sending_a_large_result_still_reports_the_signal() {
+    // The child blocks writing an 8 MiB result nobody reads yet; we kill it mid-frame. Its
+    // exit status must still arrive (it travels beside the torn stream, not on it).
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), |()| vec![7u8; 8 << 20])
+            .unwrap();
+        assert!(p.join_timeout(Duration::from_millis(50)).unwrap().is_none());
+        p.kill().unwrap();
+        let e = join(&p).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::Killed | ErrorKind::Disconnected),
+            "{m:?}: {e}"
+        );
+        let deadline = Instant::now() + WAIT;
+        while p.exitcode().is_none() {
+            assert!(Instant::now() < deadline, "{m:?}: exit code never known");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(p.exitcode(), Some(-9), "{m:?}");
+    }
+}

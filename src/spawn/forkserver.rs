@@ -128,7 +128,10 @@ const SPARES: usize = 1;
 struct Kid {
     pid: i32,
     pidfd: Option<OwnedFd>,
-    ctrl: Channel,
+    /// The server's end of this child's *status* socket, on which it reports the exit. The
+    /// child never holds it, so a child killed in the middle of a frame on its control stream
+    /// cannot garble the report.
+    status: Channel,
     exit: Option<i32>,
 }
 
@@ -175,7 +178,7 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
             }
             for (i, k) in kids.iter().enumerate() {
                 match (&k.exit, &k.pidfd) {
-                    (Some(_), _) => set.push((k.ctrl.fd(), sys::socket::Events::OUT)),
+                    (Some(_), _) => set.push((k.status.fd(), sys::socket::Events::OUT)),
                     (None, Some(p)) => set.push((p.as_fd(), sys::socket::Events::IN)),
                     (None, None) => continue,
                 }
@@ -207,12 +210,21 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
                 Ok(mut frame) => {
                     let req = crate::codec::decode::<ToServer>(&frame.payload, Vec::new());
                     if let (Ok(ToServer::Spawn), Some(ctrl)) = (req, frame.fds.pop()) {
+                        let Some(status) = open_status(&ctrl) else {
+                            continue;
+                        };
                         let kid = match spares.pop() {
                             Some(sp) => hand_to_spare(sp, ctrl).unwrap_or_else(|ctrl| {
                                 fork_child(&chan, &mut kids, &mut spares, ctrl, me)
                             }),
                             None => fork_child(&chan, &mut kids, &mut spares, ctrl, me),
                         };
+                        let kid = kid.map(|(pid, pidfd)| Kid {
+                            pid,
+                            pidfd,
+                            status,
+                            exit: None,
+                        });
                         kids.extend(kid);
                     }
                 }
@@ -244,7 +256,7 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
                 let payload = control_tail(&FromChild::Exit { code });
                 // Keep the child only while its report could not be sent yet (socket full);
                 // sent, or the parent's end gone: done with it.
-                matches!(k.ctrl.try_send_raw(&payload), Err(e) if e.kind() == ErrorKind::WouldBlock)
+                matches!(k.status.try_send_raw(&payload), Err(e) if e.kind() == ErrorKind::WouldBlock)
             }
         });
     }
@@ -252,14 +264,12 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
 
 /// Gives `ctrl` to the spare; on failure (the spare died) gives `ctrl` back untouched, so
 /// that a child forked on demand can announce itself on it instead.
-fn hand_to_spare(sp: Spare, ctrl: OwnedFd) -> std::result::Result<Option<Kid>, OwnedFd> {
+fn hand_to_spare(
+    sp: Spare,
+    ctrl: OwnedFd,
+) -> std::result::Result<Option<(i32, Option<OwnedFd>)>, OwnedFd> {
     match sp.link.send_raw(&[], &[ctrl.as_fd()]) {
-        Ok(()) => Ok(Some(Kid {
-            pid: sp.pid,
-            pidfd: sp.pidfd,
-            ctrl: Channel::new(ctrl),
-            exit: None,
-        })),
+        Ok(()) => Ok(Some((sp.pid, sp.pidfd))),
         Err(_) => {
             let _ = sys::process::signal_pid(sp.pid, sys::process::SIGKILL);
             let _ = sys::process::wait_child(sp.pid, true);
@@ -341,13 +351,23 @@ fn shutdown(kids: &mut [Kid], spares: Vec<Spare>) -> ! {
     sys::process::exit_now(0)
 }
 
+/// Creates the status socket of a new child and sends the parent its end, first on the
+/// control stream (before the child can write anything).
+fn open_status(ctrl: &OwnedFd) -> Option<Channel> {
+    let (here, there) = sys::socket::socketpair().ok()?;
+    let msg = control_tail(&FromChild::Status);
+    let header = crate::codec::frame::encode_header(msg.len(), 1).ok()?;
+    sys::socket::send_frame(ctrl.as_fd(), &[&header, &msg], &[there.as_fd()], true).ok()?;
+    Some(Channel::new(here))
+}
+
 fn fork_child(
     chan: &Channel,
     kids: &mut Vec<Kid>,
     spares: &mut Vec<Spare>,
     ctrl: OwnedFd,
     server_pid: i32,
-) -> Option<Kid> {
+) -> Option<(i32, Option<OwnedFd>)> {
     // The server is single-threaded: `fork` here has no lock hazards.
     match super::fork::fork_single_threaded() {
         Err(e) => {
@@ -363,13 +383,8 @@ fn fork_child(
             bootstrap::child_main(ctrl, true, None)
         }
         Ok(Some(pid)) => {
-            let pidfd = sys::process::pidfd_open(pid).ok().flatten();
-            Some(Kid {
-                pid,
-                pidfd,
-                ctrl: Channel::new(ctrl),
-                exit: None,
-            })
+            drop(ctrl);
+            Some((pid, sys::process::pidfd_open(pid).ok().flatten()))
         }
     }
 }

@@ -42,7 +42,10 @@ pub(crate) enum FromChild {
     Done(Outcome),
     /// The child refused to run: its executable differs from the parent's.
     Mismatch,
-    /// (From the fork server) the child exited: code >= 0, or -signal.
+    /// (From the fork server, first on the stream) the attached descriptor is the status
+    /// socket on which the server will report the exit.
+    Status,
+    /// (From the fork server, on the status socket) the child exited: code >= 0, or -signal.
     Exit { code: i32 },
     /// (From the fork server) the child could not be created.
     SpawnFailed(String),
