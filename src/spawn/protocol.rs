@@ -1,10 +1,12 @@
 //! Messages on a child's control stream and on the fork server's stream.
 //!
 //! Parent → child: [`TaskSpec`], then the encoded arguments as a raw frame (with descriptors).
-//! Child → parent: (fork-server children only) [`FromChild::Hello`] with the child's pidfd;
-//! then [`FromChild::Done`], followed by the encoded result as a raw frame when the outcome is
-//! `Ok`. Fork server → parent, on the same stream after the child has exited:
-//! [`FromChild::Exit`] (or [`FromChild::SpawnFailed`] instead of everything).
+//! Child → parent: (fork-server children only, after the server's [`FromChild::Status`])
+//! [`FromChild::Hello`] with the child's pidfd; then [`FromChild::Done`], with the encoded
+//! result in the same frame when the outcome is `Ok` (see [`control_tail`]). Fork server →
+//! parent: [`FromChild::Status`] first on the stream, carrying the status socket, on which
+//! [`FromChild::Exit`] follows once the child has exited ([`FromChild::SpawnFailed`] on the
+//! stream instead when no child could be made).
 
 use serde::{Deserialize, Serialize};
 
