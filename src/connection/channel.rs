@@ -59,7 +59,8 @@ struct Writer {
 /// Reading and writing are locked separately, so one thread may send while another receives.
 #[derive(Debug)]
 pub(crate) struct Channel {
-    fd: OwnedFd,
+    /// Always `Some` until `drop`, which closes it under the registry lock.
+    fd: Option<OwnedFd>,
     /// For a one-way pipe: the socket that carries descriptors beside it (pipes cannot).
     side: Option<OwnedFd>,
     reader: Mutex<Reader>,
@@ -78,8 +79,13 @@ impl Channel {
         if let Some(s) = &side {
             crate::spawn::register_channel_fd(s.as_raw_fd());
         }
+        Self::registered(fd, side)
+    }
+
+    /// A channel over descriptors that are already in the registry.
+    fn registered(fd: OwnedFd, side: Option<OwnedFd>) -> Self {
         Channel {
-            fd,
+            fd: Some(fd),
             side,
             reader: Mutex::new(Reader {
                 buf: Box::default(),
@@ -96,9 +102,13 @@ impl Channel {
 
     /// A connected pair.
     pub(crate) fn pair() -> Result<(Channel, Channel), Error> {
-        let (a, b) =
-            socket::socketpair().map_err(|e| Error::io(e).context("creating a socket pair"))?;
-        Ok((Channel::new(a), Channel::new(b)))
+        let (a, b) = crate::spawn::create_registered(|| {
+            let (a, b) = socket::socketpair()?;
+            let fds = vec![a.as_raw_fd(), b.as_raw_fd()];
+            Ok(((a, b), fds))
+        })
+        .map_err(|e| Error::io(e).context("creating a socket pair"))?;
+        Ok((Channel::registered(a, None), Channel::registered(b, None)))
     }
 
     /// A one-way pair `(reader, writer)` over a pipe, with a socket pair beside it for the
@@ -115,7 +125,10 @@ impl Channel {
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd
+            .as_ref()
+            .expect("a channel's descriptor lives until drop")
+            .as_fd()
     }
 
     /// The descriptor side channel of a pipe-based channel.
@@ -125,7 +138,7 @@ impl Channel {
 
     fn link(&self) -> Link<'_> {
         Link {
-            fd: self.fd.as_fd(),
+            fd: self.fd(),
             side: self.side(),
         }
     }
@@ -139,12 +152,12 @@ impl Channel {
         dontwait: bool,
     ) -> Result<(), Error> {
         match &self.side {
-            None => socket::send_frame(self.fd.as_fd(), parts, fds, dontwait),
+            None => socket::send_frame(self.fd(), parts, fds, dontwait),
             Some(side) => {
                 if !fds.is_empty() {
                     socket::send_frame(side.as_fd(), &[&[0]], fds, false).map_err(Error::io)?;
                 }
-                socket::write_all(self.fd.as_fd(), parts)
+                socket::write_all(self.fd(), parts)
             }
         }
         .map_err(Error::io)
@@ -247,8 +260,8 @@ impl Channel {
             }
             // Into the caller's buffer directly; a timeout here would lose the frame's
             // position, so the rest of a started frame is read without a deadline.
-            let n = socket::read_into(self.fd.as_fd(), &mut dest[filled..header.len])
-                .map_err(Error::io)?;
+            let n =
+                socket::read_into(self.fd(), &mut dest[filled..header.len]).map_err(Error::io)?;
             if n == 0 {
                 r.broken = Some(ErrorKind::Disconnected);
                 return Err(Error::msg(
@@ -276,7 +289,7 @@ impl Channel {
                 return Ok(true);
             }
         }
-        socket::wait_fd(self.fd.as_fd(), false, deadline).map_err(Error::io)
+        socket::wait_fd(self.fd(), false, deadline).map_err(Error::io)
     }
 
     /// Whether buffered bytes are waiting (so `wait` must not block on the fd).
@@ -295,10 +308,7 @@ fn too_short(len: usize, have: usize) -> Error {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        crate::spawn::unregister_channel_fd(self.fd.as_raw_fd());
-        if let Some(s) = &self.side {
-            crate::spawn::unregister_channel_fd(s.as_raw_fd());
-        }
+        crate::spawn::close_registered(self.fd.take().into_iter().chain(self.side.take()));
     }
 }
 

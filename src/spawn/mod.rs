@@ -133,6 +133,29 @@ pub(crate) fn unregister_channel_fd(fd: RawFd) {
     }
 }
 
+/// Creates descriptors and registers them in one step under the registry lock, so a
+/// concurrent `Fork` never copies them unregistered.
+pub(crate) fn create_registered<T>(
+    make: impl FnOnce() -> std::io::Result<(T, Vec<RawFd>)>,
+) -> std::io::Result<T> {
+    let mut v = channel_fds();
+    let (made, fds) = make()?;
+    v.extend(fds);
+    Ok(made)
+}
+
+/// Unregisters and closes descriptors in one step under the registry lock (the counterpart of
+/// [`create_registered`]: a concurrent `Fork` sees them either registered or closed).
+pub(crate) fn close_registered(fds: impl IntoIterator<Item = OwnedFd>) {
+    let mut v = channel_fds();
+    for fd in fds {
+        if let Some(i) = v.iter().rposition(|&x| x == fd.as_raw_fd()) {
+            v.swap_remove(i);
+        }
+        drop(fd);
+    }
+}
+
 fn channel_fds() -> MutexGuard<'static, Vec<RawFd>> {
     CHANNEL_FDS.lock().unwrap_or_else(|p| p.into_inner())
 }
