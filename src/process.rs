@@ -98,13 +98,12 @@ impl ChildShared {
     }
 
     /// The descriptors a forked sibling must close.
+    ///
+    /// Only the pidfd: the control and status streams are channels, which the channel
+    /// registry already lists.
     pub(crate) fn internal_fds(&self, v: &mut Vec<RawFd>) {
-        v.push(self.chan.fd().as_raw_fd());
         if let Some(p) = self.pidfd.get() {
             v.push(p.as_raw_fd());
-        }
-        if let Some(s) = self.status.get() {
-            v.push(s.fd().as_raw_fd());
         }
     }
 

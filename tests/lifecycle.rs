@@ -10,6 +10,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{is_gone, METHODS};
 use multiproc::{Pipe, Process, StartMethod};
 
 const ROLE: &str = "MULTIPROC_TEST_ROLE";
@@ -28,11 +31,7 @@ fn fd_count() -> usize {
 fn role_victim() {
     let mut pids = Vec::new();
     let mut keep = Vec::new();
-    for m in [
-        StartMethod::ForkServer,
-        StartMethod::Spawn,
-        StartMethod::Fork,
-    ] {
+    for m in METHODS {
         let p = Process::builder()
             .start_method(m)
             .spawn(120_000u64, sleep_ms)
@@ -71,11 +70,7 @@ fn role_victim() {
 /// Helper role: use everything, then check our own descriptors and exit normally.
 fn role_clean() {
     let before = fd_count();
-    for m in [
-        StartMethod::ForkServer,
-        StartMethod::Spawn,
-        StartMethod::Fork,
-    ] {
+    for m in METHODS {
         let (a, b) = Pipe::new::<u32>().unwrap();
         let p = Process::builder()
             .start_method(m)
@@ -150,11 +145,7 @@ fn role_clean() {
 /// Helper role: started with SIGCHLD ignored (inherited across exec), every method must still
 /// join with the right result and exit code.
 fn role_sigchld_ignored() {
-    for m in [
-        StartMethod::ForkServer,
-        StartMethod::Spawn,
-        StartMethod::Fork,
-    ] {
+    for m in METHODS {
         let p = Process::builder()
             .start_method(m)
             .spawn(20u32, |x| x + 1)
@@ -190,16 +181,6 @@ fn descendants(root: u32) -> Vec<u32> {
     }
     all.remove(0);
     all
-}
-
-fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(s) => s
-            .rfind(')')
-            .and_then(|i| s[i + 2..].chars().next())
-            .is_some_and(|c| c == 'Z' || c == 'X'),
-    }
 }
 
 fn reap_zombies() {
