@@ -197,6 +197,10 @@ impl Error {
     pub fn is_disconnected(&self) -> bool {
         self.kind == ErrorKind::Disconnected
     }
+    /// `true` for [`ErrorKind::WouldBlock`]: a `try_*` call found nothing to do right now.
+    pub fn is_would_block(&self) -> bool {
+        self.kind == ErrorKind::WouldBlock
+    }
 }
 
 /// A readable name for common signals.

@@ -114,6 +114,22 @@
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
+//! ## Blocking calls, `try_`, `_timeout` and `_deadline`
+//!
+//! Every blocking operation comes as one family with one result shape (crossbeam-channel's):
+//!
+//! | call | returns | when nothing happens in time |
+//! |---|---|---|
+//! | `op()` | what the operation gives (`recv` → `T`, `join` → `R`, `put` → `()`) | waits |
+//! | `try_op()` | the same type | an error with [`ErrorKind::WouldBlock`] ([`Error::is_would_block`]) |
+//! | `op_timeout(d)` / `op_deadline(t)` | the same type | an error with [`ErrorKind::Timeout`] ([`Error::is_timeout`]) |
+//!
+//! A `put` that cannot proceed gives the item back inside [`PutError`], with the same two kinds.
+//! Readiness questions that consume nothing (`poll`, `wait`, `ready`, `is_alive`) answer with a
+//! `bool`. A timeout too large to add to `Instant::now()` (such as `Duration::MAX`) means no
+//! deadline, so `join_timeout(Duration::MAX)` is `join()`. A `*_timeout` call returns within its
+//! timeout plus a small bound whatever the peer does.
+//!
 //! ## Errors
 //!
 //! Every failure is an [`Error`] with an [`ErrorKind`]: a child's panic (with message and
@@ -155,6 +171,8 @@ mod spawn;
 #[allow(unsafe_code)] // the platform layer: every unsafe block there has a SAFETY comment
 mod sys;
 mod task;
+#[allow(dead_code)] // adopted layer by layer
+mod wait;
 
 pub use connection::{Connection, Pipe};
 pub use context::{all_start_methods, cpu_count, get_start_method, set_start_method, StartMethod};
