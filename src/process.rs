@@ -4,7 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -18,6 +18,7 @@ use crate::spawn::protocol::{self, FromChild};
 use crate::spawn::{self, LaunchOpts, Launched};
 use crate::sys;
 use crate::task::Outcome;
+use crate::wait::lock;
 
 /// What the parent has read from a child's control stream so far.
 #[derive(Debug, Default)]
@@ -30,8 +31,6 @@ struct Io {
     mismatch: bool,
     /// The stream reached end of file.
     eof: bool,
-    /// The return value was handed out by `join`.
-    taken: bool,
 }
 
 /// Everything the parent knows about one child; shared by the [`Process`] handle and the
@@ -62,10 +61,6 @@ impl fmt::Debug for ChildShared {
             .field("method", &self.method)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ChildShared {
@@ -194,6 +189,8 @@ impl ChildShared {
             FromChild::Exit { code } => *lock(&self.exit) = Some(code),
             FromChild::SpawnFailed(m) => {
                 io.eof = true;
+                // There is no child: its state is final.
+                lock(&self.exit).get_or_insert(sys::process::STATUS_LOST);
                 return Err(Error::msg(
                     ErrorKind::Io,
                     format!("the fork server could not fork: {m}"),
@@ -213,11 +210,21 @@ impl ChildShared {
                 Ok(true)
             }
             Err(e) if e.is_timeout() => Ok(false),
-            Err(e) => Err(Error::msg(
-                ErrorKind::Disconnected,
-                format!("the fork server went away before reporting how the child ended ({e})"),
-            )),
+            Err(_) => self.server_gone(deadline),
         }
+    }
+
+    /// The fork server died before it reported the exit: nobody can learn the child's status
+    /// any more (Python reports 255 then). The child dies with the server (`PDEATHSIG`); once
+    /// it is gone, its exit code becomes [`sys::process::STATUS_LOST`]. `Ok(false)` on timeout.
+    fn server_gone(&self, deadline: Option<Instant>) -> Result<bool> {
+        if let Some(p) = self.pidfd.get() {
+            if !sys::socket::wait_fd(p.as_fd(), false, deadline).map_err(Error::io)? {
+                return Ok(false);
+            }
+        }
+        lock(&self.exit).get_or_insert(sys::process::STATUS_LOST);
+        Ok(true)
     }
 
     fn exit_known(&self) -> Option<i32> {
@@ -248,12 +255,12 @@ impl ChildShared {
                             return Ok(None);
                         }
                     }
-                    // The status socket arrives first on the stream: read up to it.
+                    // The status socket arrives first on the stream: read up to it. A stream
+                    // that ended without one: the server died first.
                     None if io.eof => {
-                        return Err(Error::msg(
-                            ErrorKind::Disconnected,
-                            "the fork server went away before reporting how the child ended",
-                        ))
+                        if !self.server_gone(deadline)? {
+                            return Ok(None);
+                        }
                     }
                     None => {
                         if !self.pump(io, deadline)? {
@@ -283,17 +290,25 @@ impl ChildShared {
         }
     }
 
-    /// Joins until `deadline`: reads the outcome and the exit status.
-    fn join_until<R: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<Option<R>> {
+    /// Joins until `deadline`: reads the outcome and the exit status, then hands out the
+    /// result (decoded afresh on every call, so a re-join returns it again).
+    ///
+    /// `still_running` is the kind of the error when the deadline passes first
+    /// ([`ErrorKind::Timeout`], or [`ErrorKind::WouldBlock`] for `try_join`).
+    fn join_until<R: DeserializeOwned>(
+        &self,
+        deadline: Option<Instant>,
+        still_running: ErrorKind,
+    ) -> Result<R> {
+        let running = || {
+            Error::msg(
+                still_running,
+                "the child is still running (join again later, or terminate it)",
+            )
+        };
         let mut io = lock(&self.io);
-        loop {
-            let server_reported_exit = self.via_server && self.exit_known().is_some();
-            if io.done.is_some() || io.mismatch || io.eof || server_reported_exit {
-                break;
-            }
-            if !self.pump(&mut io, deadline)? {
-                return Ok(None);
-            }
+        if !self.read_outcome(&mut io, deadline)? {
+            return Err(running());
         }
         let returned = io.done == Some(Outcome::Ok) && io.result.is_some();
         let code = match (self.via_server, self.pidfd.get()) {
@@ -301,46 +316,35 @@ impl ChildShared {
             // says directly; the fork server's exit report is read later, if ever asked for.
             (true, Some(p)) if returned && self.exit_known().is_none() => {
                 if !sys::socket::wait_fd(p.as_fd(), false, deadline).map_err(Error::io)? {
-                    return Ok(None);
+                    return Err(running());
                 }
                 0
             }
             _ => match self.wait_exit(&mut io, deadline)? {
                 Some(code) => code,
-                None => return Ok(None),
+                None => return Err(running()),
             },
         };
         unregister(self);
-        match &io.done {
-            Some(Outcome::Ok) => {
-                if io.taken {
-                    return Err(Error::new(ErrorKind::AlreadyJoined));
+        outcome_of(&io, code)
+    }
+
+    /// Reads the child's stream until its outcome is known (or the stream ended). `Ok(false)`
+    /// when `deadline` passed first.
+    ///
+    /// Once the exit is known, everything the child wrote is already buffered: the rest is
+    /// read without waiting (a descendant that kept a copy of the stream cannot stall us).
+    fn read_outcome(&self, io: &mut Io, deadline: Option<Instant>) -> Result<bool> {
+        while io.done.is_none() && !io.mismatch && !io.eof {
+            if self.exit_known().is_some() {
+                if !self.pump(io, Some(Instant::now()))? {
+                    break;
                 }
-                match io.result.take() {
-                    Some(frame) => {
-                        io.taken = true;
-                        frame
-                            .decode()
-                            .map(Some)
-                            .map_err(|e| e.context("decoding the child's return value"))
-                    }
-                    None => Err(exit_error(code)),
-                }
+            } else if !self.pump(io, deadline)? {
+                return Ok(false);
             }
-            Some(Outcome::Panicked { message, location }) => {
-                Err(Error::panicked(message.clone(), location.clone()))
-            }
-            Some(Outcome::BadArgs(m)) => Err(Error::msg(
-                ErrorKind::Decode,
-                format!("the child could not decode its arguments: {m}"),
-            )),
-            Some(Outcome::BadResult(m)) => Err(Error::msg(
-                ErrorKind::Encode,
-                format!("the child could not encode its return value: {m}"),
-            )),
-            None if io.mismatch => Err(Error::new(ErrorKind::ExecutableMismatch)),
-            None => Err(exit_error(code)),
         }
+        Ok(true)
     }
 
     fn is_alive(&self) -> bool {
@@ -409,6 +413,42 @@ impl ChildShared {
         }
         .map_err(Error::io)
     }
+}
+
+/// What `join` returns once the child's outcome and exit code are known.
+fn outcome_of<R: DeserializeOwned>(io: &Io, code: i32) -> Result<R> {
+    match &io.done {
+        Some(Outcome::Ok) => match &io.result {
+            Some(frame) => decode_copy(frame),
+            None => Err(exit_error(code)),
+        },
+        Some(Outcome::Panicked { message, location }) => {
+            Err(Error::panicked(message.clone(), location.clone()))
+        }
+        Some(Outcome::BadArgs(m)) => Err(Error::msg(
+            ErrorKind::Decode,
+            format!("the child could not decode its arguments: {m}"),
+        )),
+        Some(Outcome::BadResult(m)) => Err(Error::msg(
+            ErrorKind::Encode,
+            format!("the child could not encode its return value: {m}"),
+        )),
+        None if io.mismatch => Err(Error::new(ErrorKind::ExecutableMismatch)),
+        None => Err(exit_error(code)),
+    }
+}
+
+/// Decodes the return value from the kept frame, with duplicates of its descriptors, so the
+/// frame stays intact for a later join.
+fn decode_copy<R: DeserializeOwned>(frame: &Frame) -> Result<R> {
+    let fds = frame
+        .fds
+        .iter()
+        .map(|f| f.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| Error::io(e).context("duplicating the descriptors of the return value"))?;
+    crate::codec::decode(&frame.payload, fds)
+        .map_err(|e| e.context("decoding the child's return value"))
 }
 
 fn exit_error(code: i32) -> Error {
@@ -565,24 +605,69 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
 }
 
 impl<R: DeserializeOwned> Process<R> {
-    /// Waits for the child to finish and returns its return value.
+    /// Waits for the child to finish and returns its return value (Python's `join()`, which
+    /// also hands back what the function returned).
+    ///
+    /// Joining again is fine, as in Python: every `join` returns the same outcome, the value
+    /// decoded afresh (handles inside it are duplicated), or the same error. The encoded value
+    /// stays with the handle until it is dropped.
+    ///
+    /// ```
+    /// use multiproc::Process;
+    /// let p = Process::spawn(20u32, |x| x + 1)?;
+    /// assert_eq!(p.join()?, 21);
+    /// assert_eq!(p.join()?, 21); // a re-join returns again
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Panicked`] (with the message), [`ErrorKind::Killed`] (with the signal),
     /// [`ErrorKind::Exited`] (with the exit code) when the child did not return normally;
-    /// [`ErrorKind::AlreadyJoined`] if an earlier `join` took the value.
+    /// [`ErrorKind::Decode`] if the value does not decode as `R`.
     pub fn join(&self) -> Result<R> {
-        self.shared
-            .join_until(None)
-            .map(|r| r.expect("no deadline, so no timeout"))
+        self.shared.join_until(None, ErrorKind::Timeout)
     }
 
-    /// Waits at most `timeout`; `Ok(None)` if the child is still running.
+    /// Joins if the child has finished, without waiting.
     ///
     /// # Errors
-    /// As [`join`](Self::join).
-    pub fn join_timeout(&self, timeout: Duration) -> Result<Option<R>> {
-        self.shared.join_until(Some(Instant::now() + timeout))
+    /// [`ErrorKind::WouldBlock`] while the child is running; otherwise as [`join`](Self::join).
+    pub fn try_join(&self) -> Result<R> {
+        self.shared
+            .join_until(Some(Instant::now()), ErrorKind::WouldBlock)
+    }
+
+    /// Waits at most `timeout` (Python's `join(timeout)`); `Duration::MAX` waits for good.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{ErrorKind, Process};
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    /// let p = Process::spawn(60_000u64, nap)?;
+    /// let e = p.join_timeout(Duration::from_millis(10)).unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::Timeout); // still running
+    /// p.kill()?;
+    /// assert_eq!(p.join_timeout(Duration::MAX).unwrap_err().signal(), Some(9));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if the child is still running at the deadline (the handle stays
+    /// usable); otherwise as [`join`](Self::join).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<R> {
+        self.join_deadline_opt(crate::wait::deadline_after(timeout))
+    }
+
+    /// Waits until `deadline` at most.
+    ///
+    /// # Errors
+    /// As [`join_timeout`](Self::join_timeout).
+    pub fn join_deadline(&self, deadline: Instant) -> Result<R> {
+        self.join_deadline_opt(Some(deadline))
+    }
+
+    fn join_deadline_opt(&self, deadline: Option<Instant>) -> Result<R> {
+        self.shared.join_until(deadline, ErrorKind::Timeout)
     }
 }
 
@@ -792,4 +877,5 @@ pub(crate) extern "C" fn at_exit() {
             }
         }
     }
+    spawn::stop_server_at_exit();
 }

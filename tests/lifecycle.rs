@@ -80,7 +80,7 @@ fn role_clean() {
             .unwrap();
         a.send(&1).unwrap();
         assert_eq!(a.recv_timeout(Duration::from_secs(30)).unwrap(), 2);
-        p.join_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        p.join_timeout(Duration::from_secs(30)).unwrap();
         let q = Process::builder()
             .start_method(m)
             .spawn(1u8, |x| -> u8 { panic!("{x}") })
@@ -139,7 +139,76 @@ fn role_clean() {
         after <= before + 3,
         "descriptors leaked: {before} before, {after} after"
     );
-    println!("CLEAN fds {before} -> {after}");
+    println!("CLEAN fds {before} -> {after} server {}", fork_server_pid());
+}
+
+/// The parent pid of `pid`, from `/proc`.
+fn ppid(pid: u32) -> u32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The fork server's pid: the parent of a running fork-server child.
+fn fork_server_pid() -> u32 {
+    let p = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn(60_000u64, sleep_ms)
+        .unwrap();
+    let server = ppid(p.pid());
+    p.kill().unwrap();
+    let _ = p.join_timeout(Duration::from_secs(30));
+    assert!(server > 1 && server != std::process::id());
+    server
+}
+
+/// Helper role: the fork server is SIGKILLed under two of its children; both get a final
+/// state (Python's 255 for the one whose status died with the server), joins return, and the
+/// next spawn starts a new server.
+fn role_server_killed() {
+    let wait = Duration::from_secs(30);
+    let running = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn(120_000u64, sleep_ms)
+        .unwrap();
+    let finished = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn((), |()| 5u32)
+        .unwrap();
+    let server = ppid(running.pid());
+    assert!(
+        server > 1 && server != std::process::id(),
+        "server pid {server}"
+    );
+    let t0 = Instant::now();
+    while finished.is_alive() {
+        assert!(t0.elapsed() < wait, "the quick child never exited");
+        sleep_ms(2);
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    while running.exitcode().is_none() {
+        assert!(
+            t0.elapsed() < wait,
+            "exitcode() stayed None after the server died"
+        );
+        sleep_ms(5);
+    }
+    assert_eq!(running.exitcode(), Some(255), "status lost with the server");
+    let e = running.join_timeout(wait).unwrap_err();
+    assert_eq!(e.exit_code(), Some(255), "{e}");
+    assert_eq!(finished.join_timeout(wait).unwrap(), 5);
+    assert!(finished.exitcode().is_some());
+    let again = Process::spawn(1u8, |x| x + 1).unwrap();
+    assert_eq!(again.join_timeout(wait).unwrap(), 2);
+    println!("SERVER OK");
 }
 
 /// Helper role: started with SIGCHLD ignored (inherited across exec), every method must still
@@ -152,7 +221,7 @@ fn role_sigchld_ignored() {
             .unwrap();
         assert_eq!(
             p.join_timeout(Duration::from_secs(30)).unwrap(),
-            Some(21),
+            21,
             "{m:?}"
         );
         let q = Process::builder()
@@ -285,7 +354,21 @@ fn normal_exit_leaves_nothing() -> Result<(), String> {
     }
     println!("  {}", line.trim());
     let res = wait_gone(&tree, Duration::from_secs(1));
+    // The helper waited for its fork server at exit: it is not even a zombie (an orphan would
+    // have been re-parented to us, the subreaper, and linger until we reap it).
+    let server: Option<u32> = line
+        .split_whitespace()
+        .skip_while(|w| *w != "server")
+        .nth(1)
+        .and_then(|p| p.parse().ok());
+    let lingering = server.filter(|p| std::fs::metadata(format!("/proc/{p}")).is_ok());
     reap_zombies();
+    if server.is_none() {
+        return Err(format!("the helper did not name its fork server: {line:?}"));
+    }
+    if let Some(p) = lingering {
+        return Err(format!("the fork server {p} was not waited for at exit"));
+    }
     if let Err(alive) = res {
         return Err(format!("left behind after a normal exit: {alive:?}"));
     }
@@ -337,8 +420,23 @@ fn sigchld_ignored_still_joins() -> Result<(), String> {
     }
 }
 
+fn server_killed_gives_final_states() -> Result<(), String> {
+    let mut child = spawn_role("server_killed");
+    let line = read_line_with_timeout(&mut child, Duration::from_secs(120));
+    let status = child.wait().unwrap();
+    reap_zombies();
+    if status.success() && line.starts_with("SERVER OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "helper killing its fork server: {status}, said {line:?}"
+        ))
+    }
+}
+
 fn main() {
     match std::env::var(ROLE).as_deref() {
+        Ok("server_killed") => return role_server_killed(),
         Ok("victim") => return role_victim(),
         Ok("clean") => return role_clean(),
         Ok("sigchld") => return role_sigchld_ignored(),
@@ -347,7 +445,11 @@ fn main() {
     // Orphans of our helpers are re-parented to us, so we can see and reap them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     type Check = fn() -> Result<(), String>;
-    let tests: [(&str, Check); 3] = [
+    let tests: [(&str, Check); 4] = [
+        (
+            "server_killed_gives_final_states",
+            server_killed_gives_final_states,
+        ),
         (
             "parent_killed_takes_children_along",
             parent_killed_takes_children_along,

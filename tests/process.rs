@@ -110,19 +110,112 @@ fn join_timeout_on_running_child() {
             .spawn(400u64, sleep_ms)
             .unwrap();
         let t = Instant::now();
-        assert!(p.join_timeout(Duration::from_millis(50)).unwrap().is_none());
+        let e = p.join_timeout(Duration::from_millis(50)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{m:?}: {e}");
         assert!(t.elapsed() >= Duration::from_millis(50));
         assert!(p.is_alive());
-        assert_eq!(p.join_timeout(WAIT).unwrap(), Some(()));
+        assert_eq!(p.try_join().unwrap_err().kind(), ErrorKind::WouldBlock);
+        assert_eq!(p.join_timeout(WAIT).unwrap(), ());
         assert_eq!(p.exitcode(), Some(0));
     }
 }
 
 #[test]
-fn second_join_reports_already_joined() {
-    let p = Process::spawn(1u8, |x| x + 1).unwrap();
-    assert_eq!(join(&p).unwrap(), 2);
-    assert_eq!(p.join().unwrap_err().kind(), ErrorKind::AlreadyJoined);
+fn join_timeout_max_waits() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(30u64, sleep_ms)
+            .unwrap();
+        p.join_timeout(Duration::MAX).unwrap();
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(3u8, |x| x * 2)
+            .unwrap();
+        assert_eq!(p.join_deadline(Instant::now() + WAIT).unwrap(), 6, "{m:?}");
+    }
+}
+
+#[test]
+fn second_join_returns_again() {
+    // As in Python, a re-join returns again, with the same value (or the same error).
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(1u8, |x| x + 1)
+            .unwrap();
+        assert_eq!(join(&p).unwrap(), 2);
+        assert_eq!(p.join().unwrap(), 2, "{m:?}");
+        assert_eq!(p.try_join().unwrap(), 2, "{m:?}");
+        let q = Process::builder()
+            .start_method(m)
+            .spawn((), |()| -> u8 { panic!("once") })
+            .unwrap();
+        assert_eq!(join(&q).unwrap_err().panic_message(), Some("once"));
+        assert_eq!(q.join().unwrap_err().panic_message(), Some("once"), "{m:?}");
+    }
+    // A returned handle is duplicated for each join: both copies work.
+    let (mine, theirs) = multiproc::Pipe::new::<u8>().unwrap();
+    let p = Process::spawn(theirs, |c: multiproc::Connection<u8>| c).unwrap();
+    let first = join(&p).unwrap();
+    let second = p.join().unwrap();
+    mine.send(&7).unwrap();
+    assert_eq!(first.recv_timeout(WAIT).unwrap(), 7);
+    mine.send(&8).unwrap();
+    assert_eq!(second.recv_timeout(WAIT).unwrap(), 8);
+}
+
+/// Polls `p` the given way until the child has exited (bounded), without taking its value.
+fn poll_until_exited<R: serde::de::DeserializeOwned>(p: &Process<R>, how: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let exited = match how {
+            "exitcode" => p.exitcode().is_some(),
+            "is_alive" => !p.is_alive(),
+            "join_timeout(0)" => match p.join_timeout(Duration::ZERO) {
+                Err(e) if e.is_timeout() => false,
+                _ => {
+                    // The poll joined: the child is gone; leave the value for the real join.
+                    true
+                }
+            },
+            _ => unreachable!(),
+        };
+        if exited {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{how}: the child never exited");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn polling_a_child_never_loses_its_value() {
+    for m in METHODS {
+        for how in ["exitcode", "is_alive", "join_timeout(0)"] {
+            let p = Process::builder()
+                .start_method(m)
+                .spawn((), |()| 11u32)
+                .unwrap();
+            poll_until_exited(&p, how);
+            // Poll once more after the exit is known, then join.
+            let _ = p.exitcode();
+            let _ = p.is_alive();
+            assert_eq!(join(&p).unwrap(), 11, "{m:?} after {how}");
+            assert_eq!(p.exitcode(), Some(0), "{m:?} after {how}");
+
+            let q = Process::builder()
+                .start_method(m)
+                .spawn((), |()| -> u32 { panic!("kept message") })
+                .unwrap();
+            poll_until_exited(&q, how);
+            let _ = q.exitcode();
+            let e = join(&q).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Panicked, "{m:?} after {how}: {e}");
+            assert_eq!(e.panic_message(), Some("kept message"), "{m:?} after {how}");
+            assert_eq!(q.exitcode(), Some(1), "{m:?} after {how}");
+        }
+    }
 }
 
 #[test]
@@ -234,10 +327,7 @@ fn nested_fork_launch_inside_a_fork_server_child() {
             .start_method(StartMethod::Fork)
             .spawn(x, |y: u8| y * 2)
             .unwrap();
-        inner
-            .join_timeout(Duration::from_secs(30))
-            .unwrap()
-            .unwrap()
+        inner.join_timeout(Duration::from_secs(30)).unwrap()
     })
     .unwrap();
     assert_eq!(join(&p).unwrap(), 10);
@@ -252,7 +342,10 @@ fn killed_while_sending_a_large_result_still_reports_the_signal() {
             .start_method(m)
             .spawn((), |()| vec![7u8; 8 << 20])
             .unwrap();
-        assert!(p.join_timeout(Duration::from_millis(50)).unwrap().is_none());
+        assert!(p
+            .join_timeout(Duration::from_millis(50))
+            .unwrap_err()
+            .is_timeout());
         p.kill().unwrap();
         let e = join(&p).unwrap_err();
         assert!(

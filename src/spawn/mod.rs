@@ -320,6 +320,16 @@ pub(crate) fn watch_lifeline(lifeline: OwnedFd) {
     }
 }
 
+/// At exit: closes our stream to the fork server and waits for it (it kills what is left of
+/// its children and exits), so it never lingers as a zombie re-parented to init.
+pub(crate) fn stop_server_at_exit() {
+    let server = match try_global() {
+        Some(mut g) => g.server.take(),
+        None => None,
+    };
+    drop(server);
+}
+
 /// Locks the global state if it is free right now (used at exit).
 pub(crate) fn try_global() -> Option<MutexGuard<'static, Global>> {
     match GLOBAL.get()?.try_lock() {
