@@ -33,14 +33,14 @@ pub enum StartMethod {
 }
 
 impl StartMethod {
-    fn to_u8(self) -> u8 {
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             StartMethod::Fork => 1,
             StartMethod::Spawn => 2,
             StartMethod::ForkServer => 3,
         }
     }
-    fn from_u8(v: u8) -> Self {
+    pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             1 => StartMethod::Fork,
             2 => StartMethod::Spawn,

@@ -27,10 +27,21 @@ struct Io {
     done: Option<Outcome>,
     /// The encoded return value (after `Done(Ok)`).
     result: Option<Frame>,
-    /// The child refused to run (different executable).
-    mismatch: bool,
+    /// The child did not run the function, and why.
+    refused: Option<Refusal>,
+    /// A `panic = "abort"` child's panic, reported just before it aborted.
+    aborting: Option<(String, Option<String>)>,
     /// The stream reached end of file.
     eof: bool,
+}
+
+/// Why a child did not run its function (or could not send its result).
+#[derive(Debug)]
+enum Refusal {
+    Mismatch,
+    BadEntry,
+    Setup(String),
+    TooLarge { size: u64, limit: u64 },
 }
 
 /// Everything the parent knows about one child; shared by the [`Process`] handle and the
@@ -180,7 +191,13 @@ impl ChildShared {
                 }
                 io.done = Some(o);
             }
-            FromChild::Mismatch => io.mismatch = true,
+            FromChild::Mismatch => io.refused = Some(Refusal::Mismatch),
+            FromChild::BadEntry => io.refused = Some(Refusal::BadEntry),
+            FromChild::SetupFailed(m) => io.refused = Some(Refusal::Setup(m)),
+            FromChild::TooLarge { size, limit } => {
+                io.refused = Some(Refusal::TooLarge { size, limit })
+            }
+            FromChild::Aborting { message, location } => io.aborting = Some((message, location)),
             FromChild::Status => {
                 if let Some(fd) = frame.fds.pop() {
                     let _ = self.status.set(Channel::new(fd));
@@ -335,7 +352,7 @@ impl ChildShared {
     /// Once the exit is known, everything the child wrote is already buffered: the rest is
     /// read without waiting (a descendant that kept a copy of the stream cannot stall us).
     fn read_outcome(&self, io: &mut Io, deadline: Option<Instant>) -> Result<bool> {
-        while io.done.is_none() && !io.mismatch && !io.eof {
+        while io.done.is_none() && io.refused.is_none() && !io.eof {
             if self.exit_known().is_some() {
                 if !self.pump(io, Some(Instant::now()))? {
                     break;
@@ -433,8 +450,28 @@ fn outcome_of<R: DeserializeOwned>(io: &Io, code: i32) -> Result<R> {
             ErrorKind::Encode,
             format!("the child could not encode its return value: {m}"),
         )),
-        None if io.mismatch => Err(Error::new(ErrorKind::ExecutableMismatch)),
-        None => Err(exit_error(code)),
+        None => match &io.refused {
+            Some(Refusal::Mismatch) => Err(Error::new(ErrorKind::ExecutableMismatch)),
+            Some(Refusal::BadEntry) => Err(Error::msg(
+                ErrorKind::Protocol,
+                "the child refused its entry point (not sealed by this parent)",
+            )),
+            Some(Refusal::Setup(m)) => Err(Error::msg(
+                ErrorKind::Io,
+                format!("the child could not set itself up: {m}"),
+            )),
+            Some(Refusal::TooLarge { size, limit }) => {
+                Err(Error::too_large(*size, *limit).context("sending the child's return value"))
+            }
+            None => match &io.aborting {
+                Some((message, location)) if code < 0 => Err(Error::killed_after_panic(
+                    -code,
+                    message.clone(),
+                    location.clone(),
+                )),
+                _ => Err(exit_error(code)),
+            },
+        },
     }
 }
 
@@ -521,6 +558,8 @@ pub struct ProcessBuilder {
     name: Option<String>,
     daemon: bool,
     method: Option<StartMethod>,
+    ignore_sigint: bool,
+    max_message: Option<usize>,
 }
 
 impl ProcessBuilder {
@@ -547,6 +586,42 @@ impl ProcessBuilder {
         self
     }
 
+    /// Makes the child ignore SIGINT (default `false`: the child inherits the parent's
+    /// disposition, as in Python, so an ignored SIGINT stays ignored).
+    ///
+    /// Ctrl-C in a terminal sends SIGINT to the whole foreground process group, children
+    /// included; a child that ignores it keeps running while the parent decides what to do
+    /// (a pool's "finish the running tasks on Ctrl-C" pattern). SIGHUP is inherited the same
+    /// way (there is no option for it).
+    ///
+    /// ```
+    /// use multiproc::Process;
+    /// let p = Process::builder().ignore_sigint(true).spawn((), |()| 1u8)?;
+    /// assert_eq!(p.join()?, 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn ignore_sigint(mut self, ignore: bool) -> Self {
+        self.ignore_sigint = ignore;
+        self
+    }
+
+    /// The largest encoded argument and return value, in bytes (default 1 GiB, the default
+    /// of every stream). Over the limit, `spawn` (arguments) or `join` (return value) fails
+    /// with [`ErrorKind::TooLarge`]; raise it when a bigger value is expected.
+    ///
+    /// ```
+    /// use multiproc::{ErrorKind, Process};
+    /// let p = Process::builder()
+    ///     .max_message_size(1024)
+    ///     .spawn((), |()| vec![0u8; 4096])?;
+    /// assert_eq!(p.join().unwrap_err().kind(), ErrorKind::TooLarge);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message = Some(bytes);
+        self
+    }
+
     /// Starts `f(args)` in a child process.
     ///
     /// `f` must be a function item or a closure that captures nothing; everything it needs
@@ -567,6 +642,10 @@ impl ProcessBuilder {
             method,
             name: self.name,
             daemon: self.daemon,
+            ignore_sigint: self.ignore_sigint,
+            max_message: self
+                .max_message
+                .unwrap_or(crate::codec::frame::DEFAULT_MAX_MESSAGE),
         };
         let daemon = self.daemon;
         let shared = spawn::launch(&opts, args, f, |g, launched, name| {

@@ -14,9 +14,11 @@
 
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -96,22 +98,96 @@ pub(crate) fn conjure<F: Copy + 'static>() -> F {
 
 thread_local! {
     static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Set while this thread runs a task under [`catch_panic`]: its panic is reported to the
+    /// parent, so the hook stays quiet.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Installs (once) a panic hook that records where a panic happened, then runs the previous
-/// hook (which prints the usual message on stderr).
+/// The environment variable that makes a child print the panics it reports to its parent
+/// (message, and a backtrace as `RUST_BACKTRACE` asks). By default they are not printed: the
+/// parent gets them as an [`Error`](crate::Error), and a passing test run stays quiet.
+pub(crate) const PANIC_OUTPUT_ENV: &str = "MULTIPROC_CHILD_PANIC_OUTPUT";
+
+static PANIC_OUTPUT: AtomicBool = AtomicBool::new(false);
+
+/// This child's name, for the panic output (set by `spawn::child_setup`).
+static PROCESS_NAME: Mutex<String> = Mutex::new(String::new());
+
+/// Called from the panic hook in a `panic = "abort"` build, before the abort: sends the
+/// message and location to whoever reads this child's outcome (set per process).
+pub(crate) type AbortReporter = fn(&str, Option<&str>);
+
+static ABORT_REPORTER: Mutex<Option<AbortReporter>> = Mutex::new(None);
+
+/// Names this process in panic output.
+pub(crate) fn set_process_name(name: &str) {
+    let mut n = crate::wait::lock(&PROCESS_NAME);
+    n.clear();
+    n.push_str(name);
+}
+
+/// Sets who hears about a task's panic in a `panic = "abort"` build (the process control
+/// stream; a pool worker may put its own).
+pub(crate) fn set_abort_reporter(f: AbortReporter) {
+    *crate::wait::lock(&ABORT_REPORTER) = Some(f);
+}
+
+/// Reads `MULTIPROC_CHILD_PANIC_OUTPUT` (set to anything but `0`: print reported panics).
+pub(crate) fn set_panic_output_from_env() {
+    let on = std::env::var_os(PANIC_OUTPUT_ENV).is_some_and(|v| v != "0" && !v.is_empty());
+    PANIC_OUTPUT.store(on, Ordering::Relaxed);
+}
+
+/// Installs (once) the child's panic hook.
+///
+/// A panic in a task (inside [`catch_panic`]) is recorded (its location, for the report) and
+/// printed only when `MULTIPROC_CHILD_PANIC_OUTPUT` is set (to anything but `0`); in a
+/// `panic = "abort"` build it is also handed to the abort reporter first, since the process
+/// will not live to report it. Every other panic (another thread, a panic outside the task)
+/// goes to the previous hook, which prints it as usual.
 pub(crate) fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        set_panic_output_from_env();
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if let Some(l) = info.location() {
-                let s = format!("{}:{}:{}", l.file(), l.line(), l.column());
-                PANIC_LOCATION.with(|c| *c.borrow_mut() = Some(s));
+            if !IN_TASK.with(|t| t.get()) {
+                return prev(info);
             }
-            prev(info);
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            if cfg!(panic = "abort") {
+                let message = payload_message(info.payload());
+                let reporter = ABORT_REPORTER.try_lock().ok().and_then(|r| *r);
+                if let Some(report) = reporter {
+                    report(&message, location.as_deref());
+                }
+            }
+            PANIC_LOCATION.with(|c| *c.borrow_mut() = location);
+            if PANIC_OUTPUT.load(Ordering::Relaxed) {
+                if let Ok(name) = PROCESS_NAME.try_lock() {
+                    eprintln!(
+                        "multiproc: panic in process '{}' (pid {}):",
+                        name,
+                        std::process::id()
+                    );
+                }
+                prev(info);
+            }
         }));
     });
+}
+
+/// The text of a panic payload.
+fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(panic payload is not a string)".to_string()
+    }
 }
 
 /// Calls `f(a)`, catching a panic, and encodes the result into `out`.
@@ -132,22 +208,111 @@ where
 /// Runs `f`, turning a panic into its message and location (`file:line:column`, when the
 /// hook of [`install_panic_hook`] recorded one).
 pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let was = IN_TASK.with(|t| t.replace(true));
+    let caught = catch_unwind(AssertUnwindSafe(f));
+    IN_TASK.with(|t| t.set(was));
+    match caught {
         Ok(v) => Ok(v),
         Err(payload) => {
-            let message = if let Some(s) = payload.downcast_ref::<&str>() {
-                (*s).to_string()
-            } else if let Some(s) = payload.downcast_ref::<String>() {
-                s.clone()
-            } else {
-                "(panic payload is not a string)".to_string()
-            };
+            let message = payload_message(&*payload);
             // The payload's own destructor could panic; leak it instead.
             std::mem::forget(payload);
             let location = PANIC_LOCATION.with(|c| c.borrow_mut().take());
             Err((message, location))
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealed entries
+// ---------------------------------------------------------------------------------------------
+//
+// An offset is only meaningful as the start of a trampoline; any other value would make the
+// child jump into the middle of arbitrary code. The build-id check proves the executable is
+// the same, not that the offset came from `to_offset`. So every offset travels with a *seal*:
+// SipHash-2-4 (a keyed pseudo-random function, used here as a MAC) of the offset under a
+// 128-bit key drawn from the OS when the root parent first needs one and handed to each child
+// at boot (the boot variable for `Spawn`, the fork server's `Hello`, memory for forks). A
+// forged or corrupted offset fails the check and the child refuses to run it; nobody without
+// the key can make a seal.
+
+static KEY: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static KEY_SET: AtomicBool = AtomicBool::new(false);
+
+/// This process's entry key, drawn from `/dev/urandom` on first use unless one was adopted.
+pub(crate) fn key() -> [u64; 2] {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if KEY_SET.load(Ordering::Acquire) {
+            return;
+        }
+        let mut b = [0u8; 16];
+        let random = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+            .is_ok();
+        if !random {
+            // Still unpredictable to another process: std seeds `RandomState` from the OS.
+            use std::hash::{BuildHasher, Hasher};
+            for (i, chunk) in b.chunks_mut(8).enumerate() {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_usize(i);
+                h.write_u128(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0),
+                );
+                chunk.copy_from_slice(&h.finish().to_le_bytes());
+            }
+        }
+        adopt_key([
+            u64::from_le_bytes(b[..8].try_into().unwrap_or_default()),
+            u64::from_le_bytes(b[8..].try_into().unwrap_or_default()),
+        ]);
+    });
+    [
+        KEY[0].load(Ordering::Acquire),
+        KEY[1].load(Ordering::Acquire),
+    ]
+}
+
+/// Takes the key our parent handed us at boot (before any entry is checked).
+pub(crate) fn adopt_key(k: [u64; 2]) {
+    KEY[0].store(k[0], Ordering::Release);
+    KEY[1].store(k[1], Ordering::Release);
+    KEY_SET.store(true, Ordering::Release);
+}
+
+/// The seal of `offset` under this process's key.
+pub(crate) fn seal(offset: u64) -> u64 {
+    seal_with(key(), offset)
+}
+
+#[allow(deprecated)] // `SipHasher` is SipHash-2-4, exactly the keyed function wanted here
+fn seal_with(k: [u64; 2], offset: u64) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::SipHasher::new_with_keys(k[0], k[1]);
+    h.write(b"multiproc-entry-v1");
+    h.write(&offset.to_le_bytes());
+    h.finish()
+}
+
+/// Turns a sealed offset back into an entry, refusing one whose seal does not match.
+///
+/// # Errors
+/// [`ErrorKind::Protocol`](crate::ErrorKind::Protocol) for a forged or corrupted offset.
+pub(crate) fn from_sealed(offset: u64, seal: u64) -> Result<EntryFn, crate::Error> {
+    if !KEY_SET.load(Ordering::Acquire) || seal_with(key(), offset) != seal {
+        return Err(crate::Error::msg(
+            crate::ErrorKind::Protocol,
+            "refusing to run an entry point that was not sealed by this process's parent \
+             (forged or corrupted task)",
+        ));
+    }
+    // SAFETY: the seal proves that a holder of our key made it with `seal(to_offset(e))`:
+    // only our parent (or ourselves) holds the key, and both only seal offsets produced by
+    // `to_offset` in this executable (the fingerprint was checked by the caller).
+    Ok(unsafe { from_offset(offset) })
 }
 
 #[inline(never)]
@@ -169,4 +334,35 @@ pub(crate) unsafe fn from_offset(offset: u64) -> EntryFn {
     // SAFETY: per the contract, `addr` is the address of an `EntryFn` in this executable's
     // code, relocated by the same base as `anchor`.
     unsafe { std::mem::transmute::<usize, EntryFn>(addr) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noop(_: ()) {}
+
+    #[test]
+    fn a_forged_offset_is_refused() {
+        let good = to_offset(entry_of_noop());
+        let seal = seal(good);
+        assert!(from_sealed(good, seal).is_ok());
+        for (offset, s) in [
+            (good + 1, seal),
+            (good, seal ^ 1),
+            (0xdead_beef, 0),
+            (good, 0),
+        ] {
+            let e = from_sealed(offset, s).map(|_| ()).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Protocol);
+            assert!(e.to_string().contains("not sealed"), "{e}");
+        }
+    }
+
+    fn entry_of_noop() -> EntryFn {
+        fn pick<F: FnOnce(()) + Copy + 'static>(_: F) -> EntryFn {
+            entry_of::<F, (), ()>()
+        }
+        pick(noop)
+    }
 }

@@ -211,6 +211,113 @@ fn role_server_killed() {
     println!("SERVER OK");
 }
 
+/// Whether signal `sig` is ignored in this process (the `SigIgn` mask of /proc/self/status).
+fn ignores(sig: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or(0);
+    mask & (1 << (sig - 1)) != 0
+}
+
+/// What a child sees of its surroundings: cwd, one variable, SIGINT and SIGHUP ignored.
+type Surroundings = (String, Option<String>, bool, bool);
+
+fn surroundings(_: ()) -> Surroundings {
+    (
+        std::env::current_dir().unwrap().display().to_string(),
+        std::env::var("MULTIPROC_TEST_VAR").ok(),
+        ignores(2),
+        ignores(1),
+    )
+}
+
+#[allow(unsafe_code)] // signal(2), to set the dispositions the children must inherit
+fn set_ignored(sig: i32, ignored: bool) {
+    let h = if ignored {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: SIG_IGN and SIG_DFL install no handler code.
+    unsafe { libc::signal(sig, h) };
+}
+
+/// Helper role: every start method's child runs in the parent's *current* working directory
+/// and environment and inherits its SIGINT/SIGHUP dispositions, even when the fork server
+/// started before they changed; `ignore_sigint(true)` makes a child ignore SIGINT.
+fn role_inherit() {
+    let wait = Duration::from_secs(30);
+    // Start the fork server first, in the original surroundings.
+    let first = Process::spawn((), surroundings).unwrap();
+    let (start_dir, _, _, _) = first.join_timeout(wait).unwrap();
+    let dir = std::env::temp_dir().join(format!("multiproc-cwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    std::env::set_current_dir(&dir).unwrap();
+    std::env::set_var("MULTIPROC_TEST_VAR", "changed");
+    let check = |ignored: bool| {
+        set_ignored(libc::SIGINT, ignored);
+        set_ignored(libc::SIGHUP, ignored);
+        for m in METHODS {
+            let p = Process::builder()
+                .start_method(m)
+                .spawn((), surroundings)
+                .unwrap();
+            let got = p.join_timeout(wait).unwrap();
+            let want = (
+                dir.display().to_string(),
+                Some("changed".to_string()),
+                ignored,
+                ignored,
+            );
+            assert_eq!(got, want, "{m:?}, parent ignoring SIGINT/SIGHUP: {ignored}");
+            let p = Process::builder()
+                .start_method(m)
+                .ignore_sigint(true)
+                .spawn((), surroundings)
+                .unwrap();
+            let got = p.join_timeout(wait).unwrap();
+            assert!(got.2, "{m:?}: ignore_sigint(true) not applied");
+            assert_eq!(got.3, ignored, "{m:?}: SIGHUP");
+        }
+    };
+    check(true);
+    check(false);
+    std::env::remove_var("MULTIPROC_TEST_VAR");
+    let p = Process::spawn((), surroundings).unwrap();
+    assert_eq!(
+        p.join_timeout(wait).unwrap().1,
+        None,
+        "a removed variable stays removed"
+    );
+    std::env::set_current_dir(&start_dir).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+    println!("INHERIT OK");
+}
+
+/// Helper role: children that panic, under every start method; the panics are reported to
+/// us as errors. Whether they are also printed is up to MULTIPROC_CHILD_PANIC_OUTPUT.
+fn role_panics() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), |()| -> u8 { panic!("reported-panic-marker") })
+            .unwrap();
+        let e = p.join_timeout(Duration::from_secs(30)).unwrap_err();
+        assert_eq!(e.panic_message(), Some("reported-panic-marker"), "{m:?}");
+    }
+    // A panic the parent never hears of (another thread of the child) is still printed.
+    let p = Process::spawn((), |()| {
+        let _ = std::thread::spawn(|| panic!("other-thread-marker")).join();
+    })
+    .unwrap();
+    p.join_timeout(Duration::from_secs(30)).unwrap();
+    println!("PANICS OK");
+}
+
 /// Helper role: started with SIGCHLD ignored (inherited across exec), every method must still
 /// join with the right result and exit code.
 fn role_sigchld_ignored() {
@@ -434,8 +541,61 @@ fn server_killed_gives_final_states() -> Result<(), String> {
     }
 }
 
+fn children_inherit_cwd_env_and_signals() -> Result<(), String> {
+    let mut child = spawn_role("inherit");
+    let line = read_line_with_timeout(&mut child, Duration::from_secs(120));
+    let status = child.wait().unwrap();
+    reap_zombies();
+    if status.success() && line.starts_with("INHERIT OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "helper checking inheritance: {status}, said {line:?}"
+        ))
+    }
+}
+
+fn reported_panics_are_quiet_unless_asked() -> Result<(), String> {
+    for (output, want_printed) in [(None, false), (Some("1"), true)] {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(ROLE, "panics")
+            .env_remove("MULTIPROC_CHILD_PANIC_OUTPUT");
+        if let Some(v) = output {
+            cmd.env("MULTIPROC_CHILD_PANIC_OUTPUT", v);
+        }
+        let out = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        reap_zombies();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || !stdout.starts_with("PANICS OK") {
+            return Err(format!(
+                "helper: {}, said {stdout:?} {stderr:?}",
+                out.status
+            ));
+        }
+        let printed = stderr.matches("reported-panic-marker").count();
+        if want_printed != (printed == METHODS.len()) || (!want_printed && printed > 0) {
+            return Err(format!(
+                "MULTIPROC_CHILD_PANIC_OUTPUT={output:?}: reported panics printed {printed} times: {stderr}"
+            ));
+        }
+        if !stderr.contains("other-thread-marker") {
+            return Err(format!(
+                "a panic outside the task was not printed: {stderr:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     match std::env::var(ROLE).as_deref() {
+        Ok("inherit") => return role_inherit(),
+        Ok("panics") => return role_panics(),
         Ok("server_killed") => return role_server_killed(),
         Ok("victim") => return role_victim(),
         Ok("clean") => return role_clean(),
@@ -445,7 +605,15 @@ fn main() {
     // Orphans of our helpers are re-parented to us, so we can see and reap them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     type Check = fn() -> Result<(), String>;
-    let tests: [(&str, Check); 4] = [
+    let tests: [(&str, Check); 6] = [
+        (
+            "children_inherit_cwd_env_and_signals",
+            children_inherit_cwd_env_and_signals,
+        ),
+        (
+            "reported_panics_are_quiet_unless_asked",
+            reported_panics_are_quiet_unless_asked,
+        ),
         (
             "server_killed_gives_final_states",
             server_killed_gives_final_states,

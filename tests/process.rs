@@ -360,3 +360,79 @@ fn killed_while_sending_a_large_result_still_reports_the_signal() {
         assert_eq!(p.exitcode(), Some(-9), "{m:?}");
     }
 }
+
+#[test]
+fn child_reports_the_start_method_it_was_started_with() {
+    // As in Python, a child's default start method is the one that made it, so its own
+    // children (started with the default) use the same one.
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), |()| {
+                let grandchild =
+                    Process::spawn((), |()| multiproc::get_start_method().name().to_string())
+                        .unwrap();
+                let seen = grandchild.join_timeout(Duration::from_secs(30)).unwrap();
+                (
+                    multiproc::get_start_method().name().to_string(),
+                    grandchild.start_method().name().to_string(),
+                    seen,
+                )
+            })
+            .unwrap();
+        let n = m.name().to_string();
+        assert_eq!(join(&p).unwrap(), (n.clone(), n.clone(), n), "{m:?}");
+    }
+}
+
+#[test]
+fn child_main_thread_is_named_after_the_process() {
+    for m in METHODS {
+        for name in [None, Some("a-much-longer-process-name")] {
+            let mut b = Process::builder().start_method(m);
+            if let Some(n) = name {
+                b = b.name(n);
+            }
+            let p = b
+                .spawn((), |()| {
+                    std::fs::read_to_string("/proc/thread-self/comm")
+                        .unwrap()
+                        .trim_end()
+                        .to_string()
+                })
+                .unwrap();
+            let comm = join(&p).unwrap();
+            let want: String = p.name().chars().take(15).collect();
+            assert_eq!(comm, want, "{m:?}");
+        }
+    }
+}
+
+#[test]
+fn too_large_argument_or_result_is_one_error_kind() {
+    for m in METHODS {
+        // The result over the limit: TooLarge from join, with advice that names the setting.
+        let p = Process::builder()
+            .start_method(m)
+            .max_message_size(64 << 10)
+            .spawn(128usize << 10, |n| vec![1u8; n])
+            .unwrap();
+        let e = join(&p).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{m:?}: {e}");
+        assert!(e.to_string().contains("max_message_size"), "{e}");
+        // The argument over the limit: refused at spawn.
+        let e = Process::builder()
+            .start_method(m)
+            .max_message_size(64 << 10)
+            .spawn(vec![1u8; 128 << 10], |v: Vec<u8>| v.len())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{m:?}: {e}");
+        // Following the advice works.
+        let p = Process::builder()
+            .start_method(m)
+            .max_message_size(1 << 20)
+            .spawn(vec![1u8; 128 << 10], |v: Vec<u8>| v)
+            .unwrap();
+        assert_eq!(join(&p).unwrap().len(), 128 << 10, "{m:?}");
+    }
+}

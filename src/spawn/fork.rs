@@ -12,12 +12,13 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::MutexGuard;
 
-use super::protocol::Ident;
-use super::{channel_fds, child_exit, exit_code_for, report, watch_lifeline, Global, Launched};
+use super::protocol::{control_tail, FromChild};
+use super::protocol::{Ident, Setup};
+use super::{channel_fds, child_exit, child_setup, run_task, watch_lifeline, Global, Launched};
 use crate::connection::channel::Channel;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::task::{self, EntryFn};
+use crate::task::EntryFn;
 
 /// Forks; the child runs `entry(payload, fds)` and exits. Returns the guard back to the parent.
 ///
@@ -25,7 +26,7 @@ use crate::task::{self, EntryFn};
 /// those and neutralises every other multiproc descriptor it inherited.
 pub(super) fn launch(
     mut g: MutexGuard<'static, Global>,
-    name: &str,
+    setup: &Setup,
     entry: EntryFn,
     payload: &[u8],
     fds: Vec<OwnedFd>,
@@ -56,7 +57,7 @@ pub(super) fn launch(
             drop(channels);
             let me = Ident {
                 pid: sys::process::getpid(),
-                name: name.to_string(),
+                name: setup.name.clone(),
             };
             let parent = g.me.clone();
             let parent_pid = parent.pid;
@@ -81,13 +82,13 @@ pub(super) fn launch(
             } else if let Some(l) = lifeline {
                 watch_lifeline(l);
             }
-            task::install_panic_hook();
-            let chan = Channel::new(child_end);
-            let mut out = Vec::new();
-            let mut out_fds = Vec::new();
-            let outcome = entry(payload, fds, &mut out, &mut out_fds);
-            report(&chan, &outcome, &out, &out_fds);
-            child_exit(exit_code_for(&outcome))
+            // The stream lives until this child exits (the panic hook may report on it).
+            let chan: &'static Channel = Box::leak(Box::new(Channel::new(child_end)));
+            if let Err(m) = child_setup(setup, chan) {
+                let _ = chan.send_parts(&[&control_tail(&FromChild::SetupFailed(m))], &[]);
+                child_exit(70);
+            }
+            run_task(chan, entry, payload, fds)
         }
         Ok(sys::process::Forked::Parent(pid)) => {
             drop(channels);

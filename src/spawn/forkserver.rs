@@ -13,6 +13,8 @@
 //! When the parent's stream reaches end of file (the parent exited or was killed) the server
 //! SIGKILLs every child it has and exits.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,29 @@ use crate::sys;
 pub(super) struct Client {
     chan: Channel,
     pid: i32,
+    /// The environment the server started with (its children's, unless told otherwise).
+    env: HashMap<OsString, OsString>,
+}
+
+impl Client {
+    /// How our environment differs from the server's now: what each child must set or remove
+    /// to run in the parent's current environment (Python's forkserver keeps the server's;
+    /// we follow the parent, as `Spawn` and `Fork` children do).
+    pub(super) fn env_changes(&self) -> Vec<(OsString, Option<OsString>)> {
+        let now: HashMap<OsString, OsString> = std::env::vars_os().collect();
+        let mut changes: Vec<(OsString, Option<OsString>)> = now
+            .iter()
+            .filter(|(k, v)| self.env.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        changes.extend(
+            self.env
+                .keys()
+                .filter(|k| !now.contains_key(*k))
+                .map(|k| (k.clone(), None)),
+        );
+        changes
+    }
 }
 
 impl Drop for Client {
@@ -53,6 +78,7 @@ fn start() -> Result<Client> {
     let s = server_end.as_raw_fd();
     let mut cmd = super::exec::self_command(format!("server:{s}"), vec![s]);
     cmd.stdin(std::process::Stdio::null());
+    let env: HashMap<OsString, OsString> = std::env::vars_os().collect();
     let child = cmd
         .spawn()
         .map_err(|e| Error::io(e).context("starting the fork server"))?;
@@ -61,9 +87,11 @@ fn start() -> Result<Client> {
     let client = Client {
         chan: Channel::new(parent_end),
         pid,
+        env,
     };
     client.chan.send(&ToServer::Hello {
         fingerprint: fingerprint()?.to_vec(),
+        key: crate::task::key(),
     })?;
     match client
         .chan
@@ -143,7 +171,12 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
     let chan = Channel::new(fd);
     let me = sys::process::getpid();
     match chan.recv::<ToServer>(None) {
-        Ok(ToServer::Hello { fingerprint: fp }) => {
+        Ok(ToServer::Hello {
+            fingerprint: fp,
+            key,
+        }) => {
+            // Our children check the entries they are sent against the parent's key.
+            crate::task::adopt_key(key);
             let ok = fingerprint()
                 .map(|mine| mine == fp.as_slice())
                 .unwrap_or(false);
