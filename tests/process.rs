@@ -436,3 +436,45 @@ fn too_large_argument_or_result_is_one_error_kind() {
         assert_eq!(join(&p).unwrap().len(), 128 << 10, "{m:?}");
     }
 }
+
+#[test]
+fn abort_build_still_reports_the_panic() {
+    // tests/fixtures/abort_child is a program built with `panic = "abort"` (nothing unwinds,
+    // so the hook must send the message before the abort). Build it, run it, read its report.
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/abort_child");
+    let target = concat!(env!("CARGO_TARGET_TMPDIR"), "/abort-fixture");
+    let build = |offline: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--manifest-path"])
+            .arg(format!("{fixture}/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target)
+            .env_remove("RUSTFLAGS");
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.status().map(|s| s.success()).unwrap_or(false)
+    };
+    assert!(
+        build(true) || build(false),
+        "building the panic=abort fixture failed"
+    );
+    let out = std::process::Command::new(format!("{target}/debug/multiproc-abort-child"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in lines {
+        assert!(
+            line.contains("Killed Some(6) Some(\"abort-build panic 7\") Some(\"src/main.rs:"),
+            "{line}"
+        );
+    }
+}
