@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::connection::channel::{Channel, Frame};
 use crate::connection::Waitable;
@@ -17,7 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::spawn::protocol::{self, FromChild};
 use crate::spawn::{self, LaunchOpts, Launched};
 use crate::sys;
-use crate::task::Outcome;
+use crate::task::{Outcome, TaskArg, TaskResult};
 use crate::wait::lock;
 
 /// What the parent has read from a child's control stream so far.
@@ -625,7 +624,22 @@ impl ProcessBuilder {
     /// Starts `f(args)` in a child process.
     ///
     /// `f` must be a function item or a closure that captures nothing; everything it needs
-    /// comes through `args`. A capturing closure does not compile.
+    /// comes through `args` (owned, serialisable values: see [`TaskArg`]). A capturing
+    /// closure or a `fn` pointer does not build: the error says so and its "instantiating"
+    /// note names the call. The check runs when the code is compiled for real (after
+    /// monomorphisation), so `cargo check` does not report it; `cargo build` and `cargo test`
+    /// do.
+    ///
+    /// ```compile_fail,E0080
+    /// let base = 10u32;
+    /// let p = multiproc::Process::builder().spawn(5u32, move |x| x + base); // captures `base`
+    /// ```
+    ///
+    /// ```compile_fail,E0080
+    /// fn double(x: u32) -> u32 { x * 2 }
+    /// let f: fn(u32) -> u32 = double; // a pointer: name `double` directly instead
+    /// let p = multiproc::Process::builder().spawn(5u32, f);
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Encode`] if `args` cannot be serialised; [`ErrorKind::Io`] if the
@@ -634,9 +648,10 @@ impl ProcessBuilder {
     pub fn spawn<A, F, R>(self, args: A, f: F) -> Result<Process<R>>
     where
         F: FnOnce(A) -> R + Copy + Send + 'static,
-        A: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
+        A: TaskArg,
+        R: TaskResult,
     {
+        let () = crate::task::NoCaptures::<F>::OK;
         let method = self.method.unwrap_or_else(get_start_method);
         let opts = LaunchOpts {
             method,
@@ -667,7 +682,7 @@ impl Process<()> {
     }
 }
 
-impl<R: Serialize + DeserializeOwned> Process<R> {
+impl<R: TaskResult> Process<R> {
     /// Starts `f(args)` in a child process with the default settings.
     ///
     /// See [`ProcessBuilder::spawn`].
@@ -677,8 +692,9 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
     pub fn spawn<A, F>(args: A, f: F) -> Result<Process<R>>
     where
         F: FnOnce(A) -> R + Copy + Send + 'static,
-        A: Serialize + DeserializeOwned,
+        A: TaskArg,
     {
+        let () = crate::task::NoCaptures::<F>::OK;
         ProcessBuilder::new().spawn(args, f)
     }
 }

@@ -25,6 +25,59 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 
+/// A value that can be a task's argument: it is encoded in the parent and decoded, owned, in
+/// the child (`Serialize + DeserializeOwned`; implemented for every such type).
+///
+/// Borrowed data (`&str`, `&[T]`, a struct holding references) cannot cross into another
+/// process: pass owned values (`String`, `Vec<T>`). A resource that cannot be serialised at
+/// all (an HTTP client, a database connection, a thread pool) is created in the child: with a
+/// pool, in its `initializer`, kept per worker ([`with_worker_state`](crate::with_worker_state)).
+///
+/// A type without serde support is refused at the call, with a message that says what to do:
+///
+/// ```compile_fail,E0277
+/// struct HttpClient; // not serialisable
+/// fn fetch(_c: HttpClient) -> usize { 0 }
+/// // error: `HttpClient` cannot be sent to a child process as a task argument
+/// let p = multiproc::Process::spawn(HttpClient, fetch);
+/// ```
+///
+/// A borrowed argument (`&str`) is refused too, but the compiler reports it as a lifetime
+/// problem ("implementation of `Deserialize` is not general enough"), which it does not let
+/// a library reword: the fix is the same, an owned type.
+///
+/// ```compile_fail
+/// fn count(s: &str) -> usize { s.len() }
+/// let p = multiproc::Process::spawn("abc", count); // use `String`
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be sent to a child process as a task argument",
+    label = "this argument must be an owned, serialisable value",
+    note = "arguments are copied into the child process: use owned types (`String` instead of `&str`, `Vec<T>` instead of `&[T]`) that implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+    note = "a resource that cannot be serialised (an HTTP client, a database connection) is created in the child instead: with a pool, in its `initializer`, kept per worker with `multiproc::with_worker_state`"
+)]
+pub trait TaskArg: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> TaskArg for T {}
+
+/// A value that can be a task's return value: encoded in the child, decoded, owned, in the
+/// parent (`Serialize + DeserializeOwned`; implemented for every such type).
+///
+/// ```compile_fail,E0277
+/// struct Handle; // not serialisable
+/// fn open(_: ()) -> Handle { Handle }
+/// // error: `Handle` cannot be returned from a child process
+/// let p = multiproc::Process::spawn((), open);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be returned from a child process",
+    label = "the return value must be an owned, serialisable value",
+    note = "the return value is copied back from the child process: use owned types (`String` instead of `&str`, `Vec<T>` instead of `&[T]`) that implement `serde::Serialize` and `serde::de::DeserializeOwned`"
+)]
+pub trait TaskResult: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> TaskResult for T {}
+
 /// The monomorphised trampoline a child runs: `(args, arg fds, result out, result fds out)`.
 pub(crate) type EntryFn = fn(&[u8], Vec<OwnedFd>, &mut Vec<u8>, &mut Vec<OwnedFd>) -> Outcome;
 
@@ -56,15 +109,25 @@ where
 }
 
 /// Fails to compile (when instantiated) for a callable that is not zero-sized: a closure that
-/// captures something, or a `fn` pointer. Every entry point calls it.
+/// captures something, or a `fn` pointer. Every public generic entry point evaluates
+/// [`NoCaptures::OK`] itself (so the compiler's "instantiating" note names the user's call);
+/// the internal layers evaluate the same constant, which is reported once.
 pub(crate) fn reject_captures<F>() {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "multiproc: a task must be a function item or a closure that captures nothing \
-             (pass the data it needs as arguments)"
-        )
-    };
+    let () = NoCaptures::<F>::OK;
+}
+
+/// The compile-time check that a task type is zero-sized (see [`reject_captures`]).
+pub(crate) struct NoCaptures<F>(std::marker::PhantomData<F>);
+
+impl<F> NoCaptures<F> {
+    /// Evaluating this fails the build for a capturing closure or a `fn` pointer.
+    pub(crate) const OK: () = assert!(
+        std::mem::size_of::<F>() == 0,
+        "multiproc: a task must be a function item or a closure that captures nothing; \
+         pass the data it needs as arguments (`Process::spawn((a, b), |(a, b)| ...)`) \
+         instead of capturing it, and name a function directly instead of passing a `fn` \
+         pointer (see the `instantiating` note below for the call)"
+    );
 }
 
 fn run<F, A, R>(
