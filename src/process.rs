@@ -833,7 +833,11 @@ impl<R> Waitable for Process<R> {
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        if self.shared.exit_known().is_none() {
+        if self.shared.exit_known().is_some() {
+            // Already reaped (`exitcode()` or `is_alive()` saw the exit): nothing left to wait
+            // for, so let go of its streams and pidfd now.
+            unregister(&self.shared);
+        } else {
             self.shared.detached.store(true, Ordering::Relaxed);
             // Writes of a result nobody will read fail at once instead of blocking the child.
             let _ = sys::socket::shutdown(self.shared.chan.fd(), sys::socket::Half::Read);

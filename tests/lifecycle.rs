@@ -318,6 +318,82 @@ fn role_panics() {
     println!("PANICS OK");
 }
 
+/// Helper role: hundreds of processes per start method, each polled and dropped (after
+/// `exitcode()`, `is_alive()` or `join`): our descriptor count stays flat; and fork-server
+/// children hold the same descriptors whether forked in advance or on demand.
+fn role_fds_flat() {
+    let wait = Duration::from_secs(30);
+    let until_exited = |p: &Process<u8>, how: usize| {
+        let t0 = Instant::now();
+        loop {
+            let done = match how {
+                0 => p.exitcode().is_some(),
+                1 => !p.is_alive(),
+                _ => p.join_timeout(wait).is_ok(),
+            };
+            if done {
+                return;
+            }
+            assert!(t0.elapsed() < wait, "child never exited");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    };
+    for m in METHODS {
+        // Warm up: the fork server, the lifeline pipe, the reaper.
+        for how in 0..3 {
+            let p = Process::builder()
+                .start_method(m)
+                .spawn(1u8, |x| x)
+                .unwrap();
+            until_exited(&p, how);
+        }
+        let before = fd_count();
+        for i in 0..300 {
+            let p = Process::builder()
+                .start_method(m)
+                .spawn(1u8, |x| x)
+                .unwrap();
+            until_exited(&p, i % 3);
+        }
+        let after = fd_count();
+        assert_eq!(before, after, "{m:?}: descriptors grew over 300 processes");
+    }
+    // Many at once from several threads: the first takes the spare, most of the others are
+    // forked on demand (the server makes no spare while requests wait).
+    let fd_count_in_child = |()| {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..8)
+                    .map(|_| {
+                        Process::builder()
+                            .start_method(StartMethod::ForkServer)
+                            .spawn((), fd_count_in_child)
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let counts: Vec<usize> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .map(|p| p.join_timeout(wait).unwrap())
+        .collect();
+    assert!(
+        counts.iter().all(|&c| c == counts[0]),
+        "fork-server children hold different descriptors: {counts:?}"
+    );
+    println!("FDS OK {counts:?}");
+}
+
 /// Helper role: started with SIGCHLD ignored (inherited across exec), every method must still
 /// join with the right result and exit code.
 fn role_sigchld_ignored() {
@@ -592,8 +668,24 @@ fn reported_panics_are_quiet_unless_asked() -> Result<(), String> {
     Ok(())
 }
 
+fn descriptors_stay_flat() -> Result<(), String> {
+    let mut child = spawn_role("fds");
+    let line = read_line_with_timeout(&mut child, Duration::from_secs(300));
+    let status = child.wait().unwrap();
+    reap_zombies();
+    if status.success() && line.starts_with("FDS OK") {
+        println!("  {}", line.trim());
+        Ok(())
+    } else {
+        Err(format!(
+            "helper counting descriptors: {status}, said {line:?}"
+        ))
+    }
+}
+
 fn main() {
     match std::env::var(ROLE).as_deref() {
+        Ok("fds") => return role_fds_flat(),
         Ok("inherit") => return role_inherit(),
         Ok("panics") => return role_panics(),
         Ok("server_killed") => return role_server_killed(),
@@ -605,7 +697,8 @@ fn main() {
     // Orphans of our helpers are re-parented to us, so we can see and reap them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     type Check = fn() -> Result<(), String>;
-    let tests: [(&str, Check); 6] = [
+    let tests: [(&str, Check); 7] = [
+        ("descriptors_stay_flat", descriptors_stay_flat),
         (
             "children_inherit_cwd_env_and_signals",
             children_inherit_cwd_env_and_signals,

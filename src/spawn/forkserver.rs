@@ -247,17 +247,19 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
                             continue;
                         };
                         let kid = match spares.pop() {
-                            Some(sp) => hand_to_spare(sp, ctrl).unwrap_or_else(|ctrl| {
-                                fork_child(&chan, &mut kids, &mut spares, ctrl, me)
-                            }),
-                            None => fork_child(&chan, &mut kids, &mut spares, ctrl, me),
+                            Some(sp) => match hand_to_spare(sp, ctrl) {
+                                Ok((pid, pidfd)) => Some(Kid {
+                                    pid,
+                                    pidfd,
+                                    status,
+                                    exit: None,
+                                }),
+                                Err(ctrl) => {
+                                    fork_child(&chan, &mut kids, &mut spares, ctrl, status, me)
+                                }
+                            },
+                            None => fork_child(&chan, &mut kids, &mut spares, ctrl, status, me),
                         };
-                        let kid = kid.map(|(pid, pidfd)| Kid {
-                            pid,
-                            pidfd,
-                            status,
-                            exit: None,
-                        });
                         kids.extend(kid);
                     }
                 }
@@ -297,12 +299,9 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
 
 /// Gives `ctrl` to the spare; on failure (the spare died) gives `ctrl` back untouched, so
 /// that a child forked on demand can announce itself on it instead.
-fn hand_to_spare(
-    sp: Spare,
-    ctrl: OwnedFd,
-) -> std::result::Result<Option<(i32, Option<OwnedFd>)>, OwnedFd> {
+fn hand_to_spare(sp: Spare, ctrl: OwnedFd) -> std::result::Result<(i32, Option<OwnedFd>), OwnedFd> {
     match sp.link.send_raw(&[], &[ctrl.as_fd()]) {
-        Ok(()) => Ok(Some((sp.pid, sp.pidfd))),
+        Ok(()) => Ok((sp.pid, sp.pidfd)),
         Err(_) => {
             let _ = sys::process::signal_pid(sp.pid, sys::process::SIGKILL);
             let _ = sys::process::wait_child(sp.pid, true);
@@ -394,13 +393,16 @@ fn open_status(ctrl: &OwnedFd) -> Option<Channel> {
     Some(Channel::new(here))
 }
 
+/// Forks a child on demand for `ctrl` (no spare was ready). `status` is the server's end of
+/// the child's status socket: the child drops its copy at once (it must never hold it).
 fn fork_child(
     chan: &Channel,
     kids: &mut Vec<Kid>,
     spares: &mut Vec<Spare>,
     ctrl: OwnedFd,
+    status: Channel,
     server_pid: i32,
-) -> Option<(i32, Option<OwnedFd>)> {
+) -> Option<Kid> {
     // The server is single-threaded: `fork` here has no lock hazards.
     match super::fork::fork_single_threaded() {
         Err(e) => {
@@ -412,12 +414,18 @@ fn fork_child(
             // Child: drop everything of the server's (single-threaded, so plain drops are fine).
             kids.clear();
             spares.clear();
+            drop(status);
             become_server_child(chan, server_pid);
             bootstrap::child_main(ctrl, true, None)
         }
         Ok(Some(pid)) => {
             drop(ctrl);
-            Some((pid, sys::process::pidfd_open(pid).ok().flatten()))
+            Some(Kid {
+                pid,
+                pidfd: sys::process::pidfd_open(pid).ok().flatten(),
+                status,
+                exit: None,
+            })
         }
     }
 }
