@@ -517,6 +517,17 @@ fn unregister(child: &ChildShared) {
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 ///
+/// # Panics in the child
+///
+/// A panic in the function comes back from [`join`](Process::join) as an error with
+/// [`ErrorKind::Panicked`], its message and location. The child does not print it as well
+/// (so a passing test that checks a child's panic prints nothing); set
+/// `MULTIPROC_CHILD_PANIC_OUTPUT=1` to have children print the panics they report, with a
+/// backtrace as `RUST_BACKTRACE` asks. A panic the parent never hears about (in another thread
+/// of the child) is printed as usual. In a `panic = "abort"` build the message and location
+/// still arrive, on the [`ErrorKind::Killed`] error (signal 6). The child's main thread is
+/// named after the process (`Process-1`; the first 15 bytes, as `ps` shows it).
+///
 /// # Dropping
 ///
 /// Dropping a `Process` that was not joined does not kill the child: it runs on, its return
