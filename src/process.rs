@@ -61,6 +61,8 @@ pub(crate) struct ChildShared {
     exit: Mutex<Option<i32>>,
     /// The handle was dropped before the child was reaped.
     detached: AtomicBool,
+    /// Out of the registry (joined, or reaped): nothing is left to wait for.
+    unregistered: AtomicBool,
 }
 
 impl fmt::Debug for ChildShared {
@@ -91,6 +93,7 @@ impl ChildShared {
             io: Mutex::new(Io::default()),
             exit: Mutex::new(None),
             detached: AtomicBool::new(false),
+            unregistered: AtomicBool::new(false),
         }
     }
 
@@ -241,6 +244,20 @@ impl ChildShared {
         }
         lock(&self.exit).get_or_insert(sys::process::STATUS_LOST);
         Ok(true)
+    }
+
+    /// Whether the child is known to be gone, without blocking (reaps a direct child).
+    fn exited_now(&self) -> bool {
+        if self.exit_known().is_some() {
+            return true;
+        }
+        match (self.via_server, self.pidfd.get()) {
+            (false, _) => self.try_reap().is_some(),
+            (true, Some(p)) => {
+                sys::socket::wait_fd(p.as_fd(), false, Some(Instant::now())).unwrap_or(false)
+            }
+            (true, None) => false,
+        }
     }
 
     fn exit_known(&self) -> Option<i32> {
@@ -496,6 +513,7 @@ fn exit_error(code: i32) -> Error {
 }
 
 fn unregister(child: &ChildShared) {
+    child.unregistered.store(true, Ordering::Relaxed);
     spawn::global()
         .children
         .retain(|c| !std::ptr::eq(Arc::as_ptr(c), child));
@@ -844,9 +862,11 @@ impl<R> Waitable for Process<R> {
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        if self.shared.exit_known().is_some() {
-            // Already reaped (`exitcode()` or `is_alive()` saw the exit): nothing left to wait
-            // for, so let go of its streams and pidfd now.
+        if self.shared.unregistered.load(Ordering::Relaxed) {
+            // Joined: nothing left to do.
+        } else if self.shared.exited_now() {
+            // Already gone (`exitcode()` or `is_alive()` saw the exit, or it just ended): nothing
+            // left to wait for, so let go of its streams and pidfd now.
             unregister(&self.shared);
         } else {
             self.shared.detached.store(true, Ordering::Relaxed);
@@ -857,8 +877,9 @@ impl<R> Drop for Process<R> {
     }
 }
 
-/// Reaps detached children that have exited (called on every launch and by the reaper).
-pub(crate) fn reap_detached() -> usize {
+/// Reaps detached children that have exited (called on every launch and by the reaper);
+/// returns the detached children still running.
+pub(crate) fn reap_detached() -> Vec<Arc<ChildShared>> {
     let detached: Vec<Arc<ChildShared>> = {
         let g = spawn::global();
         g.children
@@ -867,10 +888,10 @@ pub(crate) fn reap_detached() -> usize {
             .cloned()
             .collect()
     };
-    let mut left = 0;
+    let mut left = Vec::new();
     for c in detached {
         if c.is_alive() {
-            left += 1;
+            left.push(c);
         } else {
             c.try_reap();
             unregister(&c);
@@ -879,25 +900,81 @@ pub(crate) fn reap_detached() -> usize {
     left
 }
 
+/// The reaper's state, part of the global state (so a `Fork` child starts with none).
+#[derive(Debug, Default)]
+pub(crate) struct ReaperState {
+    /// Whether the reaper thread runs.
+    running: bool,
+    /// Its wake-up socket pair (write end, read end), while it runs: a newly detached child
+    /// joins its poll.
+    wake: Option<Arc<(Channel, Channel)>>,
+}
+
+/// Makes sure the reaper thread runs, and wakes it so that it watches a newly detached child.
 fn start_reaper() {
-    static RUNNING: AtomicBool = AtomicBool::new(false);
-    if RUNNING.swap(true, Ordering::AcqRel) {
+    let mut g = spawn::global();
+    if g.reaper.wake.is_none() {
+        match sys::socket::socketpair() {
+            Ok((a, b)) => g.reaper.wake = Some(Arc::new((Channel::new(a), Channel::new(b)))),
+            // Out of descriptors: launches and `active_children` still reap.
+            Err(_) => return,
+        }
+    }
+    let Some(wake) = g.reaper.wake.clone() else {
+        return;
+    };
+    if g.reaper.running {
+        drop(g);
+        let _ = wake.0.try_send_raw(&[]);
         return;
     }
+    g.reaper.running = true;
+    drop(g);
     let spawned = std::thread::Builder::new()
         .name("multiproc-reaper".into())
-        .spawn(|| loop {
-            std::thread::sleep(Duration::from_millis(50));
-            if reap_detached() == 0 {
-                RUNNING.store(false, Ordering::Release);
-                // A child detached after the count: make sure someone reaps it.
-                if reap_detached() == 0 || RUNNING.swap(true, Ordering::AcqRel) {
-                    return;
-                }
-            }
-        });
+        .spawn(move || reaper_loop(&wake));
     if spawned.is_err() {
-        RUNNING.store(false, Ordering::Release);
+        spawn::global().reaper.running = false;
+    }
+}
+
+/// The reaper thread: while detached children exist, sleeps in `poll` on their pidfds (a
+/// fork-server child's stream until it announced its pidfd) and on the wake-up socket, and
+/// reaps whoever exited. No timer, except for children without a pidfd (old kernels, or out
+/// of descriptors), which are checked every 50 ms.
+fn reaper_loop(wake: &(Channel, Channel)) {
+    loop {
+        let left = reap_detached();
+        if left.is_empty() {
+            // A child detached after our scan is already marked: check under the lock that
+            // `start_reaper` takes, so either we see it or it sees us stopped.
+            let mut g = spawn::global();
+            if !g
+                .children
+                .iter()
+                .any(|c| c.detached.load(Ordering::Relaxed))
+            {
+                // Idle: keep no descriptor (the pair closes with the last `Arc`, ours).
+                g.reaper.running = false;
+                g.reaper.wake = None;
+                return;
+            }
+            continue;
+        }
+        let mut set = vec![(wake.1.fd(), sys::socket::Events::IN)];
+        let mut slow = false;
+        for c in &left {
+            match c.pidfd.get() {
+                Some(p) => set.push((p.as_fd(), sys::socket::Events::IN)),
+                None if c.via_server && c.pid() == 0 => {
+                    set.push((c.chan.fd(), sys::socket::Events::IN))
+                }
+                None => slow = true,
+            }
+        }
+        let deadline = slow.then(|| Instant::now() + Duration::from_millis(50));
+        let _ = sys::socket::poll_each(&set, deadline);
+        while wake.1.recv_frame(Some(Instant::now())).is_ok() {}
     }
 }
 

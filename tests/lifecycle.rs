@@ -394,6 +394,25 @@ fn role_fds_flat() {
     println!("FDS OK {counts:?}");
 }
 
+/// Helper role: a dropped child is reaped by the reaper thread alone (nothing else here
+/// launches or calls `active_children`), woken by the child's exit rather than by a timer.
+fn role_reaper() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(50u64, sleep_ms)
+            .unwrap();
+        let pid = p.pid();
+        drop(p);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+            assert!(Instant::now() < deadline, "{m:?}: child {pid} never reaped");
+            sleep_ms(5);
+        }
+    }
+    println!("REAPER OK");
+}
+
 /// Helper role: started with SIGCHLD ignored (inherited across exec), every method must still
 /// join with the right result and exit code.
 fn role_sigchld_ignored() {
@@ -683,8 +702,21 @@ fn descriptors_stay_flat() -> Result<(), String> {
     }
 }
 
+fn dropped_children_are_reaped_by_the_reaper() -> Result<(), String> {
+    let mut child = spawn_role("reaper");
+    let line = read_line_with_timeout(&mut child, Duration::from_secs(120));
+    let status = child.wait().unwrap();
+    reap_zombies();
+    if status.success() && line.starts_with("REAPER OK") {
+        Ok(())
+    } else {
+        Err(format!("helper dropping children: {status}, said {line:?}"))
+    }
+}
+
 fn main() {
     match std::env::var(ROLE).as_deref() {
+        Ok("reaper") => return role_reaper(),
         Ok("fds") => return role_fds_flat(),
         Ok("inherit") => return role_inherit(),
         Ok("panics") => return role_panics(),
@@ -697,7 +729,11 @@ fn main() {
     // Orphans of our helpers are re-parented to us, so we can see and reap them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     type Check = fn() -> Result<(), String>;
-    let tests: [(&str, Check); 7] = [
+    let tests: [(&str, Check); 8] = [
+        (
+            "dropped_children_are_reaped_by_the_reaper",
+            dropped_children_are_reaped_by_the_reaper,
+        ),
         ("descriptors_stay_flat", descriptors_stay_flat),
         (
             "children_inherit_cwd_env_and_signals",

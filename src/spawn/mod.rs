@@ -65,6 +65,8 @@ pub(crate) struct Global {
     pub(crate) children: Vec<Arc<ChildShared>>,
     /// For default names `Process-N`.
     counter: u64,
+    /// The reaper of detached children (`process.rs`).
+    pub(crate) reaper: crate::process::ReaperState,
 }
 
 impl Global {
@@ -76,6 +78,7 @@ impl Global {
             server: None,
             children: Vec::new(),
             counter: 0,
+            reaper: Default::default(),
         }
     }
 
