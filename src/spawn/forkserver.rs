@@ -163,13 +163,51 @@ struct Kid {
     exit: Option<i32>,
 }
 
-/// The server's main loop (runs in the re-executed program, never returns).
+/// The server's main loop (runs in the re-executed program, never returns). Each round has
+/// four phases: [`wait`] for a request, a child's exit or a dead spare; [`handle_request`];
+/// reap the exited children; keep a spare ready and send the exit reports ([`report_exits`]).
 pub(crate) fn serve(fd: OwnedFd) -> ! {
     sys::process::ignore_sigint();
     sys::process::ignore_sigpipe();
     sys::process::default_sigchld();
     let chan = Channel::new(fd);
     let me = sys::process::getpid();
+    handshake(&chan, me);
+    let mut kids: Vec<Kid> = Vec::new();
+    let mut spares: Vec<Spare> = Vec::new();
+    loop {
+        let exited = if chan.has_buffered() {
+            Vec::new()
+        } else {
+            wait(&chan, &kids, &mut spares)
+        };
+        if chan.poll(Some(Instant::now())).unwrap_or(true) {
+            handle_request(&chan, &mut kids, &mut spares, me);
+        }
+        for i in exited {
+            let k = &mut kids[i];
+            if k.exit.is_none() {
+                if let Ok(Some(exit)) = sys::process::wait_child(k.pid, false) {
+                    k.exit = Some(exit.python_code());
+                }
+            }
+        }
+        // Keep spares ready, forking them while no request waits.
+        while spares.len() < SPARES
+            && !chan.has_buffered()
+            && !chan.poll(Some(Instant::now())).unwrap_or(true)
+        {
+            match make_spare(&chan, &mut kids, &mut spares, me) {
+                Some(sp) => spares.push(sp),
+                None => break,
+            }
+        }
+        report_exits(&mut kids);
+    }
+}
+
+/// The parent's `Hello`: same executable? Adopts the parent's entry key. Exits on mismatch.
+fn handshake(chan: &Channel, me: i32) {
     match chan.recv::<ToServer>(None) {
         Ok(ToServer::Hello {
             fingerprint: fp,
@@ -191,110 +229,93 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
         }
         _ => sys::process::exit_now(0),
     }
-    let mut kids: Vec<Kid> = Vec::new();
-    let mut spares: Vec<Spare> = Vec::new();
-    loop {
-        // Which kids to reap: those whose pidfd reported their exit (or all, without pidfds).
-        let mut exited: Vec<usize> = Vec::new();
-        if !chan.has_buffered() {
-            let mut set = vec![(
-                chan.fd(),
-                sys::socket::Events::IN | sys::socket::Events::RDHUP,
-            )];
-            // (is a spare, index) of each entry after the first.
-            let mut owner = vec![(false, usize::MAX)];
-            for (i, sp) in spares.iter().enumerate() {
-                if let Some(p) = &sp.pidfd {
-                    set.push((p.as_fd(), sys::socket::Events::IN));
-                    owner.push((true, i));
-                }
-            }
-            for (i, k) in kids.iter().enumerate() {
-                match (&k.exit, &k.pidfd) {
-                    (Some(_), _) => set.push((k.status.fd(), sys::socket::Events::OUT)),
-                    (None, Some(p)) => set.push((p.as_fd(), sys::socket::Events::IN)),
-                    (None, None) => continue,
-                }
-                owner.push((false, i));
-            }
-            // Children without a pidfd (old kernels) are polled for exit every 20 ms.
-            let slow = kids.iter().any(|k| k.exit.is_none() && k.pidfd.is_none());
-            let deadline = slow.then(|| Instant::now() + Duration::from_millis(20));
-            let ready = sys::socket::poll_each(&set, deadline).unwrap_or_default();
-            let mut dead_spares = Vec::new();
-            for j in ready.into_iter().filter(|&j| j > 0) {
-                match owner[j] {
-                    (true, i) => dead_spares.push(i),
-                    (false, i) => exited.push(i),
-                }
-            }
-            // A spare died (killed from outside): reap it; another is made later.
-            for i in dead_spares.into_iter().rev() {
-                let sp = spares.swap_remove(i);
-                let _ = sys::process::wait_child(sp.pid, true);
-            }
-            if slow {
-                exited.extend((0..kids.len()).filter(|&i| kids[i].pidfd.is_none()));
-            }
+}
+
+/// Sleeps until the parent writes, a child exits (its pidfd), a report can be written, or a
+/// spare dies (reaped here). Returns the indices of the kids to reap (all kids without a
+/// pidfd, which are polled every 20 ms).
+fn wait(chan: &Channel, kids: &[Kid], spares: &mut Vec<Spare>) -> Vec<usize> {
+    let mut set = vec![(
+        chan.fd(),
+        sys::socket::Events::IN | sys::socket::Events::RDHUP,
+    )];
+    // (is a spare, index) of each entry after the first.
+    let mut owner = vec![(false, usize::MAX)];
+    for (i, sp) in spares.iter().enumerate() {
+        if let Some(p) = &sp.pidfd {
+            set.push((p.as_fd(), sys::socket::Events::IN));
+            owner.push((true, i));
         }
-        // 1. A request from the parent, or its end of file.
-        if chan.poll(Some(Instant::now())).unwrap_or(true) {
-            match chan.recv_frame(None) {
-                Ok(mut frame) => {
-                    let req = crate::codec::decode::<ToServer>(&frame.payload, Vec::new());
-                    if let (Ok(ToServer::Spawn), Some(ctrl)) = (req, frame.fds.pop()) {
-                        let Some(status) = open_status(&ctrl) else {
-                            continue;
-                        };
-                        let kid = match spares.pop() {
-                            Some(sp) => match hand_to_spare(sp, ctrl) {
-                                Ok((pid, pidfd)) => Some(Kid {
-                                    pid,
-                                    pidfd,
-                                    status,
-                                    exit: None,
-                                }),
-                                Err(ctrl) => {
-                                    fork_child(&chan, &mut kids, &mut spares, ctrl, status, me)
-                                }
-                            },
-                            None => fork_child(&chan, &mut kids, &mut spares, ctrl, status, me),
-                        };
-                        kids.extend(kid);
-                    }
-                }
-                Err(_) => shutdown(&mut kids, spares),
-            }
-        }
-        // 2. Reap the children that exited and report their status (never blocking).
-        for i in exited {
-            let k = &mut kids[i];
-            if k.exit.is_none() {
-                if let Ok(Some(exit)) = sys::process::wait_child(k.pid, false) {
-                    k.exit = Some(exit.python_code());
-                }
-            }
-        }
-        // Keep spares ready, forking them while no request waits.
-        while spares.len() < SPARES
-            && !chan.has_buffered()
-            && !chan.poll(Some(Instant::now())).unwrap_or(true)
-        {
-            match make_spare(&chan, &mut kids, &mut spares, me) {
-                Some(sp) => spares.push(sp),
-                None => break,
-            }
-        }
-        kids.retain(|k| match k.exit {
-            None => true,
-            Some(code) => {
-                let payload = control_tail(&FromChild::Exit { code });
-                // Keep the child only while its report could not be sent yet (socket full);
-                // sent, or the parent's end gone: done with it.
-                matches!(k.status.try_send_raw(&payload), Err(e) if e.kind() == ErrorKind::WouldBlock)
-            }
-        });
     }
+    for (i, k) in kids.iter().enumerate() {
+        match (&k.exit, &k.pidfd) {
+            (Some(_), _) => set.push((k.status.fd(), sys::socket::Events::OUT)),
+            (None, Some(p)) => set.push((p.as_fd(), sys::socket::Events::IN)),
+            (None, None) => continue,
+        }
+        owner.push((false, i));
+    }
+    let slow = kids.iter().any(|k| k.exit.is_none() && k.pidfd.is_none());
+    let deadline = slow.then(|| Instant::now() + Duration::from_millis(20));
+    let ready = sys::socket::poll_each(&set, deadline).unwrap_or_default();
+    drop(set);
+    let mut exited = Vec::new();
+    let mut dead_spares = Vec::new();
+    for j in ready.into_iter().filter(|&j| j > 0) {
+        match owner[j] {
+            (true, i) => dead_spares.push(i),
+            (false, i) => exited.push(i),
+        }
+    }
+    // A spare died (killed from outside): reap it; another is made later.
+    for i in dead_spares.into_iter().rev() {
+        let sp = spares.swap_remove(i);
+        let _ = sys::process::wait_child(sp.pid, true);
+    }
+    if slow {
+        exited.extend((0..kids.len()).filter(|&i| kids[i].pidfd.is_none()));
+    }
+    exited
+}
+
+/// One request from the parent (a child to start), or its end of file (shut down).
+fn handle_request(chan: &Channel, kids: &mut Vec<Kid>, spares: &mut Vec<Spare>, me: i32) {
+    let mut frame = match chan.recv_frame(None) {
+        Ok(f) => f,
+        Err(_) => shutdown(kids, std::mem::take(spares)),
+    };
+    let req = crate::codec::decode::<ToServer>(&frame.payload, Vec::new());
+    let (Ok(ToServer::Spawn), Some(ctrl)) = (req, frame.fds.pop()) else {
+        return;
+    };
+    let Some(status) = open_status(&ctrl) else {
+        return;
+    };
+    let kid = match spares.pop() {
+        Some(sp) => match hand_to_spare(sp, ctrl) {
+            Ok((pid, pidfd)) => Some(Kid {
+                pid,
+                pidfd,
+                status,
+                exit: None,
+            }),
+            Err(ctrl) => fork_child(chan, kids, spares, ctrl, status, me),
+        },
+        None => fork_child(chan, kids, spares, ctrl, status, me),
+    };
+    kids.extend(kid);
+}
+
+/// Sends each exited kid's report (never blocking) and forgets it once sent, or once the
+/// parent's end is gone; a kid whose socket is full is retried when it becomes writable.
+fn report_exits(kids: &mut Vec<Kid>) {
+    kids.retain(|k| match k.exit {
+        None => true,
+        Some(code) => {
+            let payload = control_tail(&FromChild::Exit { code });
+            matches!(k.status.try_send_raw(&payload), Err(e) if e.kind() == ErrorKind::WouldBlock)
+        }
+    });
 }
 
 /// Gives `ctrl` to the spare; on failure (the spare died) gives `ctrl` back untouched, so
