@@ -17,13 +17,13 @@
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::connection::channel::Channel;
 
 /// A value that can be a task's argument: it is encoded in the parent and decoded, owned, in
 /// the child (`Serialize + DeserializeOwned`; implemented for every such type).
@@ -173,45 +173,78 @@ pub(crate) const PANIC_OUTPUT_ENV: &str = "MULTIPROC_CHILD_PANIC_OUTPUT";
 
 static PANIC_OUTPUT: AtomicBool = AtomicBool::new(false);
 
-/// This child's name, for the panic output (set by `spawn::child_setup`).
-static PROCESS_NAME: Mutex<String> = Mutex::new(String::new());
+// The hook's per-process state is lock-free: a `Fork` child sets it up while another thread
+// of the parent may have been inside the hook at the fork (a lock would stay held forever).
+
+/// This child's name, for the panic output: a leaked `String`, replaced (never freed) by
+/// `spawn::child_setup`.
+static PROCESS_NAME: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Called from the panic hook in a `panic = "abort"` build, before the abort: sends the
-/// message and location to whoever reads this child's outcome (set per process).
-pub(crate) type AbortReporter = fn(&str, Option<&str>);
+/// message and location on `chan` to whoever reads this child's outcome.
+pub(crate) type AbortReporter = fn(chan: &Channel, message: &str, location: Option<&str>);
 
-static ABORT_REPORTER: Mutex<Option<AbortReporter>> = Mutex::new(None);
+/// The abort reporter (an [`AbortReporter`] cast to a pointer) and its channel.
+static ABORT_REPORTER: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+static ABORT_CHANNEL: AtomicPtr<Channel> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Names this process in panic output.
 pub(crate) fn set_process_name(name: &str) {
-    let mut n = crate::wait::lock(&PROCESS_NAME);
-    n.clear();
-    n.push_str(name);
+    let leaked: &'static mut String = Box::leak(Box::new(name.to_string()));
+    PROCESS_NAME.store(leaked, Ordering::Release);
 }
 
-/// Sets who hears about a task's panic in a `panic = "abort"` build (the process control
-/// stream; a pool worker may put its own).
-pub(crate) fn set_abort_reporter(f: AbortReporter) {
-    *crate::wait::lock(&ABORT_REPORTER) = Some(f);
+fn process_name() -> &'static str {
+    let p = PROCESS_NAME.load(Ordering::Acquire);
+    if p.is_null() {
+        return "";
+    }
+    // SAFETY: a non-null pointer was stored by `set_process_name` from a leaked `Box`, which
+    // is never freed or written again.
+    unsafe { (*p).as_str() }
 }
 
-/// Reads `MULTIPROC_CHILD_PANIC_OUTPUT` (set to anything but `0`: print reported panics).
-pub(crate) fn set_panic_output_from_env() {
-    let on = std::env::var_os(PANIC_OUTPUT_ENV).is_some_and(|v| v != "0" && !v.is_empty());
+/// Sets who hears about a task's panic in a `panic = "abort"` build: `report` on `chan` (the
+/// process control stream; a pool worker may put its own).
+pub(crate) fn set_abort_reporter(chan: &'static Channel, report: AbortReporter) {
+    ABORT_CHANNEL.store(std::ptr::from_ref(chan).cast_mut(), Ordering::Release);
+    ABORT_REPORTER.store(report as *mut (), Ordering::Release);
+}
+
+fn report_abort(message: &str, location: Option<&str>) {
+    let f = ABORT_REPORTER.load(Ordering::Acquire);
+    let chan = ABORT_CHANNEL.load(Ordering::Acquire);
+    if f.is_null() || chan.is_null() {
+        return;
+    }
+    // SAFETY: both were stored together by `set_abort_reporter`: `f` from an `AbortReporter`
+    // (a function pointer, so the cast back is to its own type) and `chan` from a
+    // `&'static Channel`, valid for the rest of the process.
+    let (report, chan) = unsafe { (std::mem::transmute::<*mut (), AbortReporter>(f), &*chan) };
+    report(chan, message, location);
+}
+
+/// Whether children print the panics they report (`MULTIPROC_CHILD_PANIC_OUTPUT` set to
+/// anything but `0` *in the parent* at spawn time; the parent sends it in the setup).
+pub(crate) fn panic_output_requested() -> bool {
+    std::env::var_os(PANIC_OUTPUT_ENV).is_some_and(|v| v != "0" && !v.is_empty())
+}
+
+/// Makes the hook print (or not) the panics this child reports.
+pub(crate) fn set_panic_output(on: bool) {
     PANIC_OUTPUT.store(on, Ordering::Relaxed);
 }
 
 /// Installs (once) the child's panic hook.
 ///
 /// A panic in a task (inside [`catch_panic`]) is recorded (its location, for the report) and
-/// printed only when `MULTIPROC_CHILD_PANIC_OUTPUT` is set (to anything but `0`); in a
-/// `panic = "abort"` build it is also handed to the abort reporter first, since the process
-/// will not live to report it. Every other panic (another thread, a panic outside the task)
-/// goes to the previous hook, which prints it as usual.
+/// printed only when asked ([`set_panic_output`]); in a `panic = "abort"` build it is also
+/// handed to the abort reporter first, since the process will not live to report it. Every
+/// other panic (another thread, a panic outside the task) goes to the previous hook, which
+/// prints it as usual.
 pub(crate) fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        set_panic_output_from_env();
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if !IN_TASK.with(|t| t.get()) {
@@ -221,21 +254,15 @@ pub(crate) fn install_panic_hook() {
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
             if cfg!(panic = "abort") {
-                let message = payload_message(info.payload());
-                let reporter = ABORT_REPORTER.try_lock().ok().and_then(|r| *r);
-                if let Some(report) = reporter {
-                    report(&message, location.as_deref());
-                }
+                report_abort(&payload_message(info.payload()), location.as_deref());
             }
             PANIC_LOCATION.with(|c| *c.borrow_mut() = location);
             if PANIC_OUTPUT.load(Ordering::Relaxed) {
-                if let Ok(name) = PROCESS_NAME.try_lock() {
-                    eprintln!(
-                        "multiproc: panic in process '{}' (pid {}):",
-                        name,
-                        std::process::id()
-                    );
-                }
+                eprintln!(
+                    "multiproc: panic in process '{}' (pid {}), reported to its parent:",
+                    process_name(),
+                    std::process::id()
+                );
                 prev(info);
             }
         }));

@@ -236,6 +236,7 @@ impl LaunchOpts {
             ignore_sigint: sigint,
             ignore_sighup: sighup,
             max_message: self.max_message as u64,
+            panic_output: task::panic_output_requested(),
         }
     }
 }
@@ -276,6 +277,9 @@ where
     let mut g = global();
     let name = opts.name.clone().unwrap_or_else(|| g.next_name());
     if opts.method == StartMethod::Fork {
+        // Installed here, so the child never calls `take_hook` (the hook's lock may be held by
+        // another thread at the fork); it is transparent outside a child's task.
+        task::install_panic_hook();
         let setup = opts.setup(&name, None);
         let (mut g, launched) = fork::launch(g, &setup, entry, &payload, fds)?;
         launched.chan.set_max_message(opts.max_message);
@@ -314,18 +318,15 @@ fn send_task(chan: &Channel, spec: &TaskSpec, payload: &[u8], fds: &[OwnedFd]) -
         .map_err(|e| e.context("sending the task to the child"))
 }
 
-/// The control stream of this child, for the abort reporter (a child's stream lives until it
-/// exits, so it is leaked to `'static`).
-static CONTROL: Mutex<Option<&'static Channel>> = Mutex::new(None);
-
 /// Runs in every child before its task (all start methods): takes the start method as the
 /// default (as Python), enters the parent's working directory and environment (fork-server
 /// children), applies the signal dispositions, names the process and its main thread, and
 /// sets up the panic hook (quiet for a reported panic; in a `panic = "abort"` build it reports
 /// on `chan` before the abort).
 ///
-/// The child is single-threaded here, except a `Fork` child's lifeline thread, which touches
-/// neither the environment nor the working directory.
+/// The child is single-threaded here, except a `Fork` child's lifeline thread. A `Fork`
+/// child's setup has no environment or directory to apply and takes no lock: another thread
+/// of the parent may have held any lock at the fork.
 pub(crate) fn child_setup(
     setup: &Setup,
     chan: &'static Channel,
@@ -350,23 +351,19 @@ pub(crate) fn child_setup(
     sys::process::set_thread_name(&setup.name);
     task::set_process_name(&setup.name);
     chan.set_max_message(usize::try_from(setup.max_message).unwrap_or(usize::MAX));
-    *crate::wait::lock(&CONTROL) = Some(chan);
-    task::set_abort_reporter(report_abort);
+    task::set_abort_reporter(chan, report_abort);
     task::install_panic_hook();
-    task::set_panic_output_from_env();
+    task::set_panic_output(setup.panic_output);
     Ok(())
 }
 
 /// The abort reporter of a process child: the panic goes to the parent as `Aborting`.
-fn report_abort(message: &str, location: Option<&str>) {
-    let chan = CONTROL.try_lock().ok().and_then(|c| *c);
-    if let Some(chan) = chan {
-        let msg = FromChild::Aborting {
-            message: message.to_string(),
-            location: location.map(str::to_string),
-        };
-        let _ = chan.send_parts(&[&protocol::control_tail(&msg)], &[]);
-    }
+fn report_abort(chan: &Channel, message: &str, location: Option<&str>) {
+    let msg = FromChild::Aborting {
+        message: message.to_string(),
+        location: location.map(str::to_string),
+    };
+    let _ = chan.send_parts(&[&protocol::control_tail(&msg)], &[]);
 }
 
 /// Runs in the child: calls `entry` on the arguments, reports the outcome (and the result

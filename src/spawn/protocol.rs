@@ -57,6 +57,8 @@ pub(crate) struct Setup {
     pub(crate) ignore_sighup: Option<bool>,
     /// The largest argument frame the child accepts and result it sends.
     pub(crate) max_message: u64,
+    /// Print the panics the child reports (`MULTIPROC_CHILD_PANIC_OUTPUT` in the parent).
+    pub(crate) panic_output: bool,
 }
 
 /// Frames a parent reads from a child's control stream.
