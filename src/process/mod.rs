@@ -255,7 +255,10 @@ impl<R: DeserializeOwned> Process<R> {
     /// # Errors
     /// [`ErrorKind::Panicked`] (with the message), [`ErrorKind::Killed`] (with the signal),
     /// [`ErrorKind::Exited`] (with the exit code) when the child did not return normally;
-    /// [`ErrorKind::Decode`] if the value does not decode as `R`.
+    /// [`ErrorKind::Decode`] if the value does not decode as `R`; [`ErrorKind::TooLarge`] if
+    /// it exceeded [`ProcessBuilder::max_message_size`]; [`ErrorKind::Protocol`] if the child
+    /// refused its entry point (a forged task); [`ErrorKind::Io`] if the child could not set
+    /// itself up (the parent's working directory is gone).
     pub fn join(&self) -> Result<R> {
         self.shared.join_until(None, ErrorKind::Timeout)
     }
@@ -334,7 +337,11 @@ impl<R> Process<R> {
     }
 
     /// `None` while running; then the exit code, or `-signal` if a signal killed it (Python's
-    /// `exitcode`).
+    /// `exitcode`). Asking never loses the return value: a later [`join`](Self::join) still
+    /// returns it.
+    ///
+    /// A fork-server child whose server died before reporting the exit (someone killed the
+    /// server; the child dies with it) gets 255, as in Python: the status is lost.
     pub fn exitcode(&self) -> Option<i32> {
         self.shared.exitcode()
     }
