@@ -258,7 +258,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// [`ErrorKind::Decode`] if the value does not decode as `R`; [`ErrorKind::TooLarge`] if
     /// it exceeded [`ProcessBuilder::max_message_size`]; [`ErrorKind::Protocol`] if the child
     /// refused its entry point (a forged task); [`ErrorKind::Io`] if the child could not set
-    /// itself up (the parent's working directory is gone).
+    /// itself up as the parent asked (enter its working directory).
     pub fn join(&self) -> Result<R> {
         self.shared.join_until(None, ErrorKind::Timeout)
     }
