@@ -19,6 +19,8 @@ pub struct Python {
     pub anchors: PathBuf,
     /// `bench/python/extra.py`.
     pub extra: PathBuf,
+    /// `bench/python`: our own scripts.
+    pub ours: PathBuf,
     /// `python3 --version`, for the header.
     pub version: String,
     timeout: Duration,
@@ -73,6 +75,7 @@ impl Python {
             exe,
             anchors,
             extra: manifest.join("python/extra.py"),
+            ours: manifest.join("python"),
             version,
             timeout: Duration::from_secs(if cfg.quick { 120 } else { 400 }),
         })
@@ -80,7 +83,7 @@ impl Python {
 
     /// Runs a script with arguments; returns its stdout. The script runs in
     /// its own process group, killed as a whole on timeout.
-    fn run(&self, script: &Path, args: &[String]) -> BenchResult<String> {
+    pub fn run(&self, script: &Path, args: &[String]) -> BenchResult<String> {
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(&self.exe)
             .arg(script)
@@ -125,6 +128,11 @@ impl Python {
 
     fn anchor(&self, name: &str) -> PathBuf {
         self.anchors.join(name)
+    }
+
+    /// One of our scripts in `bench/python`.
+    pub fn script(&self, name: &str) -> PathBuf {
+        self.ours.join(name)
     }
 }
 

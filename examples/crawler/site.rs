@@ -70,7 +70,7 @@ impl Site {
 
     /// Whether page `i` answers slowly (about 1 in 40 pages).
     pub(crate) fn is_slow(&self, i: u32) -> bool {
-        mix(u64::from(i) ^ 0x51_0000_0000) % 40 == 0
+        mix(u64::from(i) ^ 0x51_0000_0000) % 40 == 17
     }
 
     /// The pages that page `i` links to (ids `>= pages` are missing pages).
