@@ -25,6 +25,10 @@ pub fn own() -> f64 {
 
 /// CPU seconds used so far by process `pid` (all its threads).
 pub fn of(pid: u32) -> io::Result<f64> {
+    // Above PID_MAX_LIMIT the clock id encoding overflows (2^31 - 1 names our own clock).
+    if pid == 0 || pid > 1 << 22 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
     let mut clock: libc::clockid_t = 0;
     // SAFETY: `clock` is a valid, writable clockid_t; the call only writes it.
     let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
@@ -68,5 +72,6 @@ mod tests {
         assert!(seen > 0.005, "child clock {seen}");
         assert!(own() > 0.0);
         assert!(of(u32::MAX / 2).is_err());
+        assert!(of((1 << 22) - 1).is_err() || (1 << 22) - 1 == pid);
     }
 }

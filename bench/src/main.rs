@@ -11,7 +11,8 @@
 //! measurements are registered), `rss` (peak memory), `work` (shared
 //! workloads), `machine` (header and contention), `config` (options),
 //! `crawl` (the crawler rows, on the site of `examples/crawler/site.rs`),
-//! `cputime` (per-process CPU clocks).
+//! `idle_bytes` (CPU while tasks sleep; byte buffers), `cputime`
+//! (per-process CPU clocks).
 
 // TEMP until `multiproc::AsCompleted` lands (then `use multiproc::AsCompleted` in crawl.rs).
 #[path = "../../examples/crawler/as_completed.rs"]
@@ -23,6 +24,7 @@ mod cputime;
 mod crawl;
 mod floors;
 mod harness;
+mod idle_bytes;
 mod machine;
 mod metrics;
 mod multiproc_peer;
@@ -73,6 +75,7 @@ fn main() {
     }
 
     let mut jobs = multiproc_peer::jobs(&cfg);
+    jobs.extend(idle_bytes::jobs(&cfg));
     if let Ok(py) = &python {
         jobs.extend(python::jobs(&cfg, py));
     }

@@ -457,6 +457,42 @@ pub fn jobs(cfg: &Config, py: &Python) -> Vec<Job> {
             ])
         },
     ));
+    // CPU of workers whose tasks sleep, one job per pool size.
+    for (metric, n) in [
+        (Metric::IdleSmall, cfg.idle_workers[0]),
+        (Metric::IdleLarge, cfg.idle_workers[1]),
+    ] {
+        let (p, c) = (py.clone(), cfg.clone());
+        jobs.push(Job::one(Who::PythonMp, metric, move || {
+            let args = [s("idle"), s("--n"), s(n), s("--secs"), s(c.idle_secs)];
+            value(&p.run(&p.extra, &args)?, "idle ")
+        }));
+    }
+    // Byte buffers: Python's `bytes` is the peer of both `Vec<u8>` and `ByteBuf`.
+    let (p, c) = (py.clone(), cfg.clone());
+    jobs.push(Job::many(
+        Who::PythonMp,
+        Group::Bytes,
+        "extra bytes",
+        move || {
+            let args = [
+                s("bytes"),
+                s("--mb"),
+                s(c.bytes_mb),
+                s("--runs"),
+                s(c.bytes_reps),
+            ];
+            let out = p.run(&p.extra, &args)?;
+            let result = min_median(&out, "bytes result")?;
+            let argument = min_median(&out, "bytes argument")?;
+            Ok(vec![
+                (Metric::BytesVecResult, result.clone()),
+                (Metric::BytesBufResult, result),
+                (Metric::BytesVecArg, argument.clone()),
+                (Metric::BytesBufArg, argument),
+            ])
+        },
+    ));
     jobs
 }
 
