@@ -5,15 +5,15 @@
 //! (default 3,000 pages, 8 workers).
 //!
 //! A threaded HTTP/1.1 server on `127.0.0.1` (std only, `crawler/site.rs`) serves a generated
-//! site: thousands of linked pages, some slow, some links to missing pages (404), some
-//! external links, and orphan pages nothing reachable links to. The pool crawls it
-//! breadth-first from `/page/0`: each page is one task, `fetch(url) -> (url, status, links)`,
-//! run in a worker that keeps one keep-alive connection (its per-worker state, made by the
-//! pool's initializer). New links go into the pool as pages come back, and a progress bar
-//! shows the crawl. At the end the crawl is checked against the site's ground truth, from
-//! the crawler's side and from the server's request counts: every reachable page fetched
-//! exactly once, every missing page answered 404 once, no orphan fetched. The program exits
-//! with status 1 on any mismatch.
+//! site: thousands of linked pages, some slow, some links to missing pages (404), some external
+//! links, and orphan pages nothing reachable links to. The pool crawls it breadth-first from
+//! `/page/0` (pages are queued in the order they are found): each page is one task, `fetch(url)
+//! -> (url, status, links)`, run in a worker that keeps one keep-alive connection (its
+//! per-worker state, made by the pool's initializer). New links go into the pool as pages come
+//! back, and a progress bar shows the crawl. At the end the crawl is checked against the site's
+//! ground truth, from the crawler's side and from the server's request counts: every reachable
+//! page fetched exactly once, every missing page answered 404 once, no orphan fetched. The
+//! program exits with status 1 on any mismatch.
 
 #[path = "crawler/client.rs"]
 mod client;
@@ -65,7 +65,8 @@ fn main() -> multiproc::Result<ExitCode> {
     let server = Server::start(site)?;
     let origin = server.origin();
 
-    // Network-bound work: more workers than CPUs. Each worker's initializer opens its client.
+    // Network-bound work: more workers than CPUs. Each worker's initializer makes its client,
+    // which connects on first use and keeps the connection for the worker's later pages.
     let pool = Pool::builder()
         .processes(workers as usize)
         .name("crawler")

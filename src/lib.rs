@@ -259,8 +259,8 @@
 //! For large binary arguments and results wrap the buffer in `serde_bytes::ByteBuf`, or mark
 //! the field `#[serde(with = "serde_bytes")]`: it then crosses as one block of bytes. In the
 //! benchmark (`BENCHMARKS.md`, "Byte buffers"), a 200 MB result through `Pool::apply` took
-//! 266 ms as a `ByteBuf` against 426 ms as a `Vec<u8>` (1.6× faster; 3× at 20 MB), and
-//! Python's `bytes` 646 ms.
+//! 270 ms as a `ByteBuf` against 425 ms as a `Vec<u8>` (1.6× faster; 3× at 20 MB), and
+//! Python's `bytes` 594 ms.
 //!
 //! ```ignore
 //! // Cargo.toml: serde_bytes = "0.11"

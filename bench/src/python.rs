@@ -44,9 +44,11 @@ impl Python {
             Some(dir) => vec![dir],
             // <repo>/bench -> <repo>/../shared/anchors/python, or relative
             // to the current directory (the repository root).
+            // (A git worktree under <workspace>/wt/<name> sits one level deeper.)
             None => vec![
                 manifest.join("../../shared/anchors/python"),
                 PathBuf::from("../shared/anchors/python"),
+                manifest.join("../../../shared/anchors/python"),
             ],
         };
         let anchors = candidates
