@@ -164,6 +164,7 @@ mod codec;
 pub mod connection;
 mod context;
 mod error;
+mod fdreg;
 mod pool;
 mod process;
 mod queue;
