@@ -27,7 +27,7 @@ use multiproc::{Connection, ErrorKind, Pipe, Pool, Process, Queue, StartMethod};
 const EOF_WAIT: Duration = Duration::from_secs(10);
 
 /// Forked children, each kept alive (blocked on its release pipe) until the creators stop.
-const CHILDREN: usize = 40;
+const CHILDREN: usize = 100;
 
 /// Rounds each creator thread runs at least (they go on until the forks are done).
 const MIN_ROUNDS: usize = 50;
