@@ -184,6 +184,11 @@ fn busy_printers_and_panickers_while_forking() {
                     // Reporting a panic in the child must not take an inherited lock either.
                     panic!("child {i} panics on purpose");
                 }
+                // std's stdio is free in the child, for the task and for its threads.
+                println!("child {i} prints");
+                eprintln!("child {i} prints");
+                let t = std::thread::spawn(move || println!("a thread of child {i} prints"));
+                t.join().unwrap();
                 i + 1
             })
             .unwrap();
@@ -207,38 +212,87 @@ fn busy_printers_and_panickers_while_forking() {
     eprintln!("{FORKS} forks in {:?}", started.elapsed());
 }
 
-#[test]
-fn children_finish_while_other_threads_print_and_panic() {
+/// Runs ignored test `name` of this binary in a new process (output not captured by the
+/// harness), with stdout and stderr going to `out` and `err`; waits at most five minutes.
+fn rerun(name: &str, out: std::process::Stdio, err: std::process::Stdio) -> std::process::Child {
     let exe = std::env::current_exe().unwrap();
-    let mut child = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "busy_printers_and_panickers_while_forking",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    std::process::Command::new(exe)
+        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
         .spawn()
-        .unwrap();
-    // Every fork is joined with its own bound inside; this bounds the whole run.
+        .unwrap()
+}
+
+fn wait_bounded(mut child: std::process::Child, what: &str) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
+    loop {
         if let Some(s) = child.try_wait().unwrap() {
-            break s;
+            return s;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the forking test hung: a child blocked on a lock inherited from a busy thread");
+            panic!("{what} hung: a child blocked on a lock inherited from a busy thread");
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+}
+
+#[test]
+fn children_finish_while_other_threads_print_and_panic() {
+    use std::process::Stdio;
+    // The output is a flood from the busy threads: /dev/null.
+    let child = rerun(
+        "busy_printers_and_panickers_while_forking",
+        Stdio::null(),
+        Stdio::null(),
+    );
+    // Every fork is joined with its own bound inside; this bounds the whole run.
+    let status = wait_bounded(child, "the forking test");
     assert!(
         status.success(),
         "the forking test failed ({status}); run it alone to see why: \
          cargo test --test fork_safety -- --ignored --nocapture busy_printers"
+    );
+}
+
+/// Bytes the parent has buffered on stdout are flushed before the fork (the child does not
+/// print them again), and a forked child's panic message reaches stderr.
+#[test]
+#[ignore = "run by buffered_output_is_printed_once_and_child_panics_are_reported"]
+fn print_partial_line_then_fork() {
+    print!("<parent-partial-line>");
+    let p = Process::builder()
+        .start_method(StartMethod::Fork)
+        .spawn((), |()| -> u32 { panic!("<child-panic-message>") })
+        .unwrap();
+    let e = join(&p).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+    println!();
+}
+
+#[test]
+fn buffered_output_is_printed_once_and_child_panics_are_reported() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = rerun("print_partial_line_then_fork", Stdio::piped(), Stdio::piped());
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut out = String::new();
+    let _ = out_pipe.read_to_string(&mut out);
+    let status = wait_bounded(child, "the partial-line test");
+    let err = err_reader.join().unwrap();
+    assert!(status.success(), "{status}\nstdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(out.matches("<parent-partial-line>").count(), 1, "stdout:\n{out}");
+    assert!(
+        err.contains("panicked at") && err.contains("<child-panic-message>"),
+        "stderr:\n{err}"
     );
 }

@@ -16,11 +16,12 @@
 //! # Global state and `fork`
 //!
 //! All process-wide state lives in [`GLOBAL`]: our identity, the lifeline pipe, the fork
-//! server client and the registry of live children. Launching holds that lock from the
-//! creation of the control socket pair until the child's end is closed in the parent, and a
-//! `Fork` launch holds it across `fork()` itself, so a forked child always knows every internal
-//! descriptor it inherited and closes them (otherwise it would keep other children's streams
-//! open and hide their end-of-stream from us).
+//! server client and the registry of live children. Every multiproc descriptor is on the
+//! descriptor registry's list (`crate::fdreg`) from its creation to its close. A `Fork` launch
+//! holds std's stdio locks, this lock and the registry across `fork()` itself, so a forked
+//! child sees a consistent state and neutralises every multiproc descriptor it inherited but
+//! its own (otherwise it would keep other children's streams open and hide their
+//! end-of-stream from us). `README.md` next to this file is the whole protocol.
 //!
 //! # No orphans
 //!
