@@ -217,7 +217,13 @@ fn busy_printers_and_panickers_while_forking() {
 fn rerun(name: &str, out: std::process::Stdio, err: std::process::Stdio) -> std::process::Child {
     let exe = std::env::current_exe().unwrap();
     std::process::Command::new(exe)
-        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -277,7 +283,11 @@ fn print_partial_line_then_fork() {
 fn buffered_output_is_printed_once_and_child_panics_are_reported() {
     use std::io::Read;
     use std::process::Stdio;
-    let mut child = rerun("print_partial_line_then_fork", Stdio::piped(), Stdio::piped());
+    let mut child = rerun(
+        "print_partial_line_then_fork",
+        Stdio::piped(),
+        Stdio::piped(),
+    );
     let mut out_pipe = child.stdout.take().unwrap();
     let mut err_pipe = child.stderr.take().unwrap();
     let err_reader = std::thread::spawn(move || {
@@ -290,7 +300,11 @@ fn buffered_output_is_printed_once_and_child_panics_are_reported() {
     let status = wait_bounded(child, "the partial-line test");
     let err = err_reader.join().unwrap();
     assert!(status.success(), "{status}\nstdout:\n{out}\nstderr:\n{err}");
-    assert_eq!(out.matches("<parent-partial-line>").count(), 1, "stdout:\n{out}");
+    assert_eq!(
+        out.matches("<parent-partial-line>").count(),
+        1,
+        "stdout:\n{out}"
+    );
     assert!(
         err.contains("panicked at") && err.contains("<child-panic-message>"),
         "stderr:\n{err}"

@@ -360,14 +360,7 @@ impl Reader {
             }
             Some(_) => socket::read_into(fd, &mut self.buf[self.end..]),
         }
-        .map_err(|e| {
-            // Descriptors were lost with the bytes read (too many in one frame, or we are out
-            // of descriptors): the stream can no longer be trusted.
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                self.broken = Some(ErrorKind::Protocol);
-            }
-            Error::io(e)
-        })?;
+        .map_err(|e| self.recv_error(e))?;
         if self.batches.iter().map(|(_, b)| b.len()).sum::<usize>() > MAX_PENDING_FDS {
             self.batches.clear();
             return Err(self.poison("the peer sent descriptors that no frame announces"));
@@ -383,6 +376,23 @@ impl Reader {
             self.buf = bigger;
         }
         Ok(n > 0)
+    }
+
+    /// The error for a failed receive. Descriptors lost with the bytes read (too many in one
+    /// frame, or we are out of descriptors) leave a stream that can no longer be trusted.
+    fn recv_error(&mut self, e: std::io::Error) -> Error {
+        match fdreg::is_truncation(&e) {
+            Some(out_of_fds) => {
+                let kind = if out_of_fds {
+                    ErrorKind::Io
+                } else {
+                    ErrorKind::Protocol
+                };
+                self.broken = Some(kind);
+                Error::msg(kind, e.to_string())
+            }
+            None => Error::io(e),
+        }
     }
 
     /// Marks the stream broken by a protocol error and returns that error.
@@ -428,12 +438,7 @@ impl Reader {
             }
             Some(side) if nfds > 0 => {
                 let mut byte = [0u8; 1];
-                let got = fdreg::recv(side, &mut byte, &mut fds).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::InvalidData {
-                        self.broken = Some(ErrorKind::Protocol);
-                    }
-                    Error::io(e)
-                })?;
+                let got = fdreg::recv(side, &mut byte, &mut fds).map_err(|e| self.recv_error(e))?;
                 if got == 0 {
                     return Err(self.poison(format!(
                         "frame announced {nfds} descriptors but the side socket is closed"
@@ -460,7 +465,8 @@ impl Reader {
         if let Some(kind) = self.broken {
             return Err(Error::msg(
                 kind,
-                "the stream was abandoned after an earlier protocol error",
+                "the stream was abandoned after an earlier error (its framing or its \
+                 descriptors were lost)",
             ));
         }
         if let Some((h, at, _)) = &self.partial {
@@ -557,3 +563,6 @@ impl Reader {
         Ok(Frame { payload, fds })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -291,8 +291,15 @@ impl<T> Serialize for Connection<T> {
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let (FdOwned(fd), flags, side) = <(FdOwned, u8, Option<FdOwned>)>::deserialize(d)?;
-        let chan =
-            Channel::from_handle(fd, side.map(|FdOwned(s)| s)).map_err(serde::de::Error::custom)?;
+        let chan = match Channel::from_handle(fd, side.map(|FdOwned(s)| s)) {
+            Ok(c) => c,
+            Err(msg) => {
+                return crate::codec::custom(
+                    msg.to_string(),
+                    <D::Error as serde::de::Error>::custom,
+                )
+            }
+        };
         Ok(Connection::from_channel(
             chan,
             flags & 1 != 0,

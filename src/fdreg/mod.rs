@@ -237,9 +237,10 @@ pub(crate) fn close_forgotten(fd: RawFd) {
 ///
 /// # Errors
 ///
-/// Besides the socket's own errors: descriptors that the kernel had to drop (the frame
-/// carried more than one frame may, or this process ran out of descriptors: the message
-/// says which and what to do) give `InvalidData`; the bytes read are lost with them.
+/// Besides the socket's own errors: descriptors that the kernel had to drop give
+/// `InvalidData` when the peer sent more than one frame may carry, `Other` when this process
+/// ran out of descriptors (the message says what to do); the bytes read are lost with them
+/// (see [`is_truncation`]).
 pub(crate) fn recv(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -255,7 +256,7 @@ pub(crate) fn recv(
         }
         drop(gate);
         match res {
-            Ok(r) if r.truncated => return Err(sys::socket::truncation_error(r.fds)),
+            Ok(r) if r.truncated => return Err(sys::socket::truncation_error(r)),
             Ok(r) => return Ok(r.bytes),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Nothing yet: wait with the gate released (a fork may go ahead meanwhile).
@@ -263,6 +264,17 @@ pub(crate) fn recv(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Whether `e` (from [`recv`]) reports descriptors the kernel dropped: `Some(true)` when this
+/// process ran out of descriptors, `Some(false)` when the peer sent too many.
+pub(crate) fn is_truncation(e: &io::Error) -> Option<bool> {
+    let ours = e.get_ref().is_some() && e.raw_os_error().is_none();
+    match e.kind() {
+        io::ErrorKind::Other if ours => Some(true),
+        io::ErrorKind::InvalidData if ours => Some(false),
+        _ => None,
     }
 }
 

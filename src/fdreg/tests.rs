@@ -117,10 +117,20 @@ fn a_receive_that_finds_nothing_waits_with_the_gate_released() {
 
 #[test]
 fn the_truncation_error_names_its_cause() {
-    let emfile = sys::socket::truncation_error(3).to_string();
+    let r = sys::socket::Received {
+        bytes: 8,
+        fds: 3,
+        truncated: true,
+        out_of_fds: true,
+    };
+    let emfile = sys::socket::truncation_error(r).to_string();
     assert!(emfile.contains("ran out of file descriptors"), "{emfile}");
     assert!(emfile.contains("ulimit -n"), "{emfile}");
-    let many = sys::socket::truncation_error(sys::socket::MAX_FDS_PER_FRAME).to_string();
+    let r = sys::socket::Received {
+        out_of_fds: false,
+        ..r
+    };
+    let many = sys::socket::truncation_error(r).to_string();
     assert!(
         many.contains("more file descriptors than one frame"),
         "{many}"

@@ -136,6 +136,9 @@ pub(crate) struct Received {
     pub(crate) fds: usize,
     /// The kernel dropped descriptors (`MSG_CTRUNC`): see [`truncation_error`].
     pub(crate) truncated: bool,
+    /// With `truncated`: because this process is out of descriptors (`EMFILE`/`ENFILE`), not
+    /// because the peer sent more than the buffer holds.
+    pub(crate) out_of_fds: bool,
 }
 
 /// One `recvmsg` that never blocks (`MSG_DONTWAIT`: `WouldBlock` when nothing is there),
@@ -165,10 +168,18 @@ pub(crate) fn recv_with_fds(
                         fds.extend(received);
                     }
                 }
+                let truncated = r.flags.contains(ReturnFlags::CTRUNC);
+                // Which cause: can this process make one more descriptor right now?
+                let out_of_fds = truncated
+                    && matches!(
+                        rustix::io::fcntl_dupfd_cloexec(fd, 0),
+                        Err(Errno::MFILE | Errno::NFILE)
+                    );
                 return Ok(Received {
                     bytes: r.bytes,
                     fds: fds.len() - before,
-                    truncated: r.flags.contains(ReturnFlags::CTRUNC),
+                    truncated,
+                    out_of_fds,
                 });
             }
             Err(Errno::INTR) => continue,
@@ -177,23 +188,20 @@ pub(crate) fn recv_with_fds(
     }
 }
 
-/// The error for a receive whose descriptors the kernel truncated, after `installed` of them
-/// arrived. The buffer holds [`MAX_FDS_PER_FRAME`], so fewer than that means the kernel could
-/// not install the rest: this process is out of descriptors (`EMFILE`), not a bad peer.
-pub(crate) fn truncation_error(installed: usize) -> io::Error {
-    if installed < MAX_FDS_PER_FRAME {
+/// The error for a receive whose descriptors the kernel truncated (see [`Received`]), after
+/// `installed` of them arrived.
+pub(crate) fn truncation_error(r: Received) -> io::Error {
+    let installed = r.fds;
+    if r.out_of_fds {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .map_or_else(|| "unlimited".to_string(), |n| n.to_string());
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "this process ran out of file descriptors while receiving a message's \
+        io::Error::other(format!(
+            "this process ran out of file descriptors while receiving a message's \
                  descriptors (only {installed} could be installed; the limit is {limit}); \
                  raise the limit (`ulimit -n`, RLIMIT_NOFILE) or close descriptors no longer \
                  needed; the stream's descriptors are lost, so it was abandoned"
-            ),
-        )
+        ))
     } else {
         io::Error::new(
             io::ErrorKind::InvalidData,
