@@ -437,12 +437,19 @@ impl Reader {
                 }
             }
             Some(side) if nfds > 0 => {
+                // The writer sends them before the frame, so they are there already: never
+                // wait for them (a peer that announces descriptors and sends none would
+                // otherwise hold the reader forever).
                 let mut byte = [0u8; 1];
-                let got = fdreg::recv(side, &mut byte, &mut fds).map_err(|e| self.recv_error(e))?;
-                if got == 0 {
-                    return Err(self.poison(format!(
-                        "frame announced {nfds} descriptors but the side socket is closed"
-                    )));
+                match fdreg::try_recv(side, &mut byte, &mut fds) {
+                    Ok(0) => {
+                        return Err(self.poison(format!(
+                            "frame announced {nfds} descriptors but the side socket is closed"
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(self.recv_error(e)),
                 }
             }
             Some(_) => {}

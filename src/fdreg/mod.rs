@@ -246,6 +246,24 @@ pub(crate) fn recv(
     buf: &mut [u8],
     out: &mut Vec<RegisteredFd>,
 ) -> io::Result<usize> {
+    recv_inner(fd, buf, out, true)
+}
+
+/// Like [`recv`] but never waits: `WouldBlock` when nothing is there.
+pub(crate) fn try_recv(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    out: &mut Vec<RegisteredFd>,
+) -> io::Result<usize> {
+    recv_inner(fd, buf, out, false)
+}
+
+fn recv_inner(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    out: &mut Vec<RegisteredFd>,
+    wait: bool,
+) -> io::Result<usize> {
     let mut got = Vec::new();
     loop {
         let gate = gate_read();
@@ -258,7 +276,7 @@ pub(crate) fn recv(
         match res {
             Ok(r) if r.truncated => return Err(sys::socket::truncation_error(r)),
             Ok(r) => return Ok(r.bytes),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if wait && e.kind() == io::ErrorKind::WouldBlock => {
                 // Nothing yet: wait with the gate released (a fork may go ahead meanwhile).
                 sys::socket::wait_fd(fd, false, None)?;
             }

@@ -219,3 +219,21 @@ fn descriptors_of_a_one_way_pipe_frame_come_from_its_side_socket() {
     drop(f);
     assert_eq!(open_refs(&sock), before);
 }
+
+#[test]
+fn a_one_way_frame_announcing_descriptors_it_never_sent_is_refused_not_awaited() {
+    let (r, w) = Channel::pipe_pair().unwrap();
+    // Write the frame straight into the pipe, with nothing on the side socket.
+    let header = frame::encode_header(3, 1).unwrap();
+    socket::write_all(w.fd(), &[&header, b"abc"]).unwrap();
+    let e = r
+        .recv_frame(Some(
+            std::time::Instant::now() + std::time::Duration::from_secs(30),
+        ))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert!(
+        e.to_string().contains("announced 1 descriptors but 0"),
+        "{e}"
+    );
+}
