@@ -72,8 +72,9 @@ fn start_workers(shared: &Shared, n: usize) -> Result<()> {
     for _ in 0..n {
         let id = {
             let mut st = shared.lock();
+            let id = st.next_worker;
             st.next_worker += 1;
-            st.next_worker - 1
+            id
         };
         let w = spawn_worker(shared, id)?;
         let mut st = shared.lock();
