@@ -325,6 +325,7 @@ mod codec;
 pub mod connection;
 mod context;
 mod error;
+mod fdreg;
 mod pool;
 mod process;
 mod queue;
