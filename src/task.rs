@@ -15,7 +15,6 @@
 #![allow(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::connection::channel::Channel;
+use crate::fdreg::RegisteredFd;
 
 /// A value that can be a task's argument: it is encoded in the parent and decoded, owned, in
 /// the child (`Serialize + DeserializeOwned`; implemented for every such type).
@@ -79,7 +79,8 @@ pub trait TaskResult: Serialize + DeserializeOwned {}
 impl<T: Serialize + DeserializeOwned> TaskResult for T {}
 
 /// The monomorphised trampoline a child runs: `(args, arg fds, result out, result fds out)`.
-pub(crate) type EntryFn = fn(&[u8], Vec<OwnedFd>, &mut Vec<u8>, &mut Vec<OwnedFd>) -> Outcome;
+pub(crate) type EntryFn =
+    fn(&[u8], Vec<RegisteredFd>, &mut Vec<u8>, &mut Vec<RegisteredFd>) -> Outcome;
 
 /// What became of one call, sent back to the parent (the result bytes travel separately).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -132,9 +133,9 @@ impl<F> NoCaptures<F> {
 
 fn run<F, A, R>(
     args: &[u8],
-    fds: Vec<OwnedFd>,
+    fds: Vec<RegisteredFd>,
     out: &mut Vec<u8>,
-    out_fds: &mut Vec<OwnedFd>,
+    out_fds: &mut Vec<RegisteredFd>,
 ) -> Outcome
 where
     F: FnOnce(A) -> R + Copy + 'static,
@@ -235,6 +236,16 @@ pub(crate) fn set_panic_output(on: bool) {
     PANIC_OUTPUT.store(on, Ordering::Relaxed);
 }
 
+/// Set in a `Fork` child right after the fork (see [`mark_forked_child`]).
+static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as a `Fork` child: from now on the panic hook reports with plain
+/// `write(2)` calls instead of running the previous hook, whose locks (std's backtrace lock,
+/// the output-capture lock) another thread of the parent may have held at the fork.
+pub(crate) fn mark_forked_child() {
+    FORKED_CHILD.store(true, Ordering::Relaxed);
+}
+
 /// Installs (once) the child's panic hook.
 ///
 /// A panic in a task (inside [`catch_panic`]) is recorded (its location, for the report) and
@@ -242,31 +253,58 @@ pub(crate) fn set_panic_output(on: bool) {
 /// handed to the abort reporter first, since the process will not live to report it. Every
 /// other panic (another thread, a panic outside the task) goes to the previous hook, which
 /// prints it as usual.
+///
+/// In a `Fork` child ([`mark_forked_child`]) the hook prints with plain `write(2)` calls
+/// instead of running the previous hook, whose locks another thread of the parent may have
+/// held at the fork. A `Fork` launch installs it in the parent, before forking, so a forked
+/// child never calls `take_hook`/`set_hook` (the `Once` is complete in the copy).
 pub(crate) fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !IN_TASK.with(|t| t.get()) {
-                return prev(info);
-            }
             let location = info
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let forked = FORKED_CHILD.load(Ordering::Relaxed);
+            if !IN_TASK.with(|t| t.get()) {
+                return print_panic(&prev, info, location.as_deref(), forked);
+            }
             if cfg!(panic = "abort") {
                 report_abort(&payload_message(info.payload()), location.as_deref());
             }
-            PANIC_LOCATION.with(|c| *c.borrow_mut() = location);
             if PANIC_OUTPUT.load(Ordering::Relaxed) {
-                eprintln!(
-                    "multiproc: panic in process '{}' (pid {}), reported to its parent:",
+                let header = format!(
+                    "multiproc: panic in process '{}' (pid {}), reported to its parent:\n",
                     process_name(),
                     std::process::id()
                 );
-                prev(info);
+                crate::sys::process::write_stderr_raw(header.as_bytes());
+                print_panic(&prev, info, location.as_deref(), forked);
             }
+            PANIC_LOCATION.with(|c| *c.borrow_mut() = location);
         }));
     });
+}
+
+/// Prints a panic: the previous hook, or in a `Fork` child a plain `write(2)` of the message
+/// (no lock taken).
+fn print_panic(
+    prev: &(dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static),
+    info: &std::panic::PanicHookInfo<'_>,
+    location: Option<&str>,
+    forked: bool,
+) {
+    if !forked {
+        return prev(info);
+    }
+    let text = format!(
+        "\nthread '{}' panicked at {}:\n{}\n",
+        std::thread::current().name().unwrap_or("<unnamed>"),
+        location.unwrap_or("<unknown>"),
+        payload_message(info.payload()),
+    );
+    crate::sys::process::write_stderr_raw(text.as_bytes());
 }
 
 /// The text of a panic payload.
@@ -281,7 +319,12 @@ fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Calls `f(a)`, catching a panic, and encodes the result into `out`.
-pub(crate) fn call<F, A, R>(f: F, a: A, out: &mut Vec<u8>, out_fds: &mut Vec<OwnedFd>) -> Outcome
+pub(crate) fn call<F, A, R>(
+    f: F,
+    a: A,
+    out: &mut Vec<u8>,
+    out_fds: &mut Vec<RegisteredFd>,
+) -> Outcome
 where
     F: FnOnce(A) -> R,
     R: Serialize,

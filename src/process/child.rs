@@ -9,7 +9,7 @@
 //! child's half of the protocol is `spawn::run_task`.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::connection::channel::{Channel, Frame};
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::RegisteredFd;
 use crate::spawn::protocol::{self, FromChild};
 use crate::spawn::{self, Launched};
 use crate::sys;
@@ -53,7 +54,7 @@ enum Refusal {
 /// global registry (which outlives a dropped handle until the child is reaped).
 pub(crate) struct ChildShared {
     pid: AtomicI32,
-    pub(super) pidfd: OnceLock<OwnedFd>,
+    pub(super) pidfd: OnceLock<RegisteredFd>,
     pub(super) chan: Channel,
     /// Fork-server children: the socket on which the server reports the exit.
     status: OnceLock<Channel>,
@@ -109,16 +110,6 @@ impl ChildShared {
 
     pub(crate) fn pid(&self) -> i32 {
         self.pid.load(Ordering::Relaxed)
-    }
-
-    /// The descriptors a forked sibling must close.
-    ///
-    /// Only the pidfd: the control and status streams are channels, which the channel
-    /// registry already lists.
-    pub(crate) fn internal_fds(&self, v: &mut Vec<RawFd>) {
-        if let Some(p) = self.pidfd.get() {
-            v.push(p.as_raw_fd());
-        }
     }
 
     /// Gives up on a child whose task could not be sent: kill it, stop reading, reap later.

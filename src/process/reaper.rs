@@ -56,7 +56,7 @@ pub(crate) struct ReaperState {
 pub(super) fn start_reaper() {
     let mut g = spawn::global();
     if g.reaper.wake.is_none() {
-        match sys::socket::socketpair() {
+        match crate::fdreg::socketpair() {
             Ok((a, b)) => g.reaper.wake = Some(Arc::new((Channel::new(a), Channel::new(b)))),
             // Out of descriptors: launches and `active_children` still reap.
             Err(_) => return,

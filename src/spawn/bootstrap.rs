@@ -13,11 +13,12 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 
 use super::protocol::{control_tail, FromChild, Ident, TaskSpec};
 use super::{child_exit, fingerprint, global, watch_lifeline};
 use crate::connection::channel::Channel;
+use crate::fdreg::{self, RegisteredFd};
 use crate::sys;
 use crate::task;
 
@@ -75,9 +76,10 @@ fn parse_key(s: &str) -> Option<[u64; 2]> {
     ])
 }
 
-fn adopt(fd: RawFd) -> OwnedFd {
+fn adopt(fd: RawFd) -> RegisteredFd {
     match sys::process::adopt_inherited_fd(fd) {
-        Ok(fd) => fd,
+        // Before `main`, with one thread: no fork can copy it before it is listed.
+        Ok(fd) => fdreg::adopt(fd),
         Err(e) => {
             eprintln!(
                 "multiproc: inherited descriptor {fd} is not usable ({e}); refusing to start"
@@ -92,7 +94,7 @@ fn adopt(fd: RawFd) -> OwnedFd {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     /// Our own pidfd, announced to the parent with `Hello` (fork-server children).
-    pidfd: Option<OwnedFd>,
+    pidfd: Option<RegisteredFd>,
     hello: bool,
 }
 
@@ -103,9 +105,7 @@ pub(crate) fn child_prepare(hello: bool) -> Prepared {
     task::install_panic_hook();
     drop(global());
     let pidfd = if hello {
-        sys::process::pidfd_open(sys::process::getpid())
-            .ok()
-            .flatten()
+        fdreg::pidfd_open(sys::process::getpid()).ok().flatten()
     } else {
         None
     };
@@ -116,15 +116,15 @@ pub(crate) fn child_prepare(hello: bool) -> Prepared {
 ///
 /// `hello`: announce our pid (and pidfd) first (fork-server children, whose pid the parent
 /// does not know). `close`: a descriptor inherited from the fork server to close first.
-pub(crate) fn child_main(ctrl: OwnedFd, hello: bool, close: Option<RawFd>) -> ! {
+pub(crate) fn child_main(ctrl: RegisteredFd, hello: bool, close: Option<RawFd>) -> ! {
     if let Some(fd) = close {
-        sys::process::close_raw(fd);
+        fdreg::close_forgotten(fd);
     }
     child_run(ctrl, child_prepare(hello))
 }
 
 /// The second half of [`child_main`], for a prepared child.
-pub(crate) fn child_run(ctrl: OwnedFd, prepared: Prepared) -> ! {
+pub(crate) fn child_run(ctrl: RegisteredFd, prepared: Prepared) -> ! {
     // The stream lives until this child exits (the panic hook may report on it).
     let chan: &'static Channel = Box::leak(Box::new(Channel::new(ctrl)));
     let pid = sys::process::getpid();

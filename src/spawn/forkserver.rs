@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use super::bootstrap;
@@ -23,6 +23,7 @@ use super::protocol::{control_tail, FromChild, FromServer, ToServer};
 use super::{fingerprint, Global, Launched};
 use crate::connection::channel::Channel;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::{self, RegisteredFd};
 use crate::sys;
 
 /// The parent's handle on its fork server.
@@ -74,7 +75,7 @@ impl Drop for Client {
 }
 
 fn start() -> Result<Client> {
-    let (parent_end, server_end) = sys::socket::socketpair().map_err(Error::io)?;
+    let (parent_end, server_end) = fdreg::socketpair().map_err(Error::io)?;
     let s = server_end.as_raw_fd();
     let mut cmd = super::exec::self_command(format!("server:{s}"), vec![s]);
     cmd.stdin(std::process::Stdio::null());
@@ -112,7 +113,7 @@ pub(super) fn launch(g: &mut Global) -> Result<Launched> {
         if g.server.is_none() {
             g.server = Some(start()?);
         }
-        let (parent_end, child_end) = sys::socket::socketpair().map_err(Error::io)?;
+        let (parent_end, child_end) = fdreg::socketpair().map_err(Error::io)?;
         let server = g.server.as_ref().expect("started above");
         let mut payload = Vec::new();
         crate::codec::encode(&ToServer::Spawn, &mut payload, &mut Vec::new())?;
@@ -144,7 +145,7 @@ pub(super) fn launch(g: &mut Global) -> Result<Launched> {
 /// server took ~125 µs of the ~340 µs a spawn+join cost).
 struct Spare {
     pid: i32,
-    pidfd: Option<OwnedFd>,
+    pidfd: Option<RegisteredFd>,
     link: Channel,
 }
 
@@ -155,7 +156,7 @@ const SPARES: usize = 1;
 
 struct Kid {
     pid: i32,
-    pidfd: Option<OwnedFd>,
+    pidfd: Option<RegisteredFd>,
     /// The server's end of this child's *status* socket, on which it reports the exit. The
     /// child never holds it, so a child killed in the middle of a frame on its control stream
     /// cannot garble the report.
@@ -166,7 +167,7 @@ struct Kid {
 /// The server's main loop (runs in the re-executed program, never returns). Each round has
 /// four phases: [`wait`] for a request, a child's exit or a dead spare; [`handle_request`];
 /// reap the exited children; keep a spare ready and send the exit reports ([`report_exits`]).
-pub(crate) fn serve(fd: OwnedFd) -> ! {
+pub(crate) fn serve(fd: RegisteredFd) -> ! {
     sys::process::ignore_sigint();
     sys::process::ignore_sigpipe();
     sys::process::default_sigchld();
@@ -320,7 +321,10 @@ fn report_exits(kids: &mut Vec<Kid>) {
 
 /// Gives `ctrl` to the spare; on failure (the spare died) gives `ctrl` back untouched, so
 /// that a child forked on demand can announce itself on it instead.
-fn hand_to_spare(sp: Spare, ctrl: OwnedFd) -> std::result::Result<(i32, Option<OwnedFd>), OwnedFd> {
+fn hand_to_spare(
+    sp: Spare,
+    ctrl: RegisteredFd,
+) -> std::result::Result<(i32, Option<RegisteredFd>), RegisteredFd> {
     match sp.link.send_raw(&[], &[ctrl.as_fd()]) {
         Ok(()) => Ok((sp.pid, sp.pidfd)),
         Err(_) => {
@@ -338,7 +342,7 @@ fn make_spare(
     spares: &mut Vec<Spare>,
     server_pid: i32,
 ) -> Option<Spare> {
-    let (here, there) = sys::socket::socketpair().ok()?;
+    let (here, there) = fdreg::socketpair().ok()?;
     match super::fork::fork_single_threaded() {
         Err(_) => None,
         Ok(None) => {
@@ -363,7 +367,7 @@ fn make_spare(
         }
         Ok(Some(pid)) => Some(Spare {
             pid,
-            pidfd: sys::process::pidfd_open(pid).ok().flatten(),
+            pidfd: fdreg::pidfd_open(pid).ok().flatten(),
             link: Channel::new(here),
         }),
     }
@@ -375,8 +379,7 @@ fn become_server_child(chan: &Channel, server_pid: i32) {
         sys::process::exit_now(71);
     }
     sys::process::default_sigint();
-    super::unregister_channel_fd(chan.fd().as_raw_fd());
-    sys::process::close_raw(chan.fd().as_raw_fd());
+    fdreg::close_forgotten(chan.fd().as_raw_fd());
 }
 
 fn shutdown(kids: &mut [Kid], spares: Vec<Spare>) -> ! {
@@ -406,8 +409,8 @@ fn shutdown(kids: &mut [Kid], spares: Vec<Spare>) -> ! {
 
 /// Creates the status socket of a new child and sends the parent its end, first on the
 /// control stream (before the child can write anything).
-fn open_status(ctrl: &OwnedFd) -> Option<Channel> {
-    let (here, there) = sys::socket::socketpair().ok()?;
+fn open_status(ctrl: &RegisteredFd) -> Option<Channel> {
+    let (here, there) = fdreg::socketpair().ok()?;
     let msg = control_tail(&FromChild::Status);
     let header = crate::codec::frame::encode_header(msg.len(), 1).ok()?;
     sys::socket::send_frame(ctrl.as_fd(), &[&header, &msg], &[there.as_fd()], true).ok()?;
@@ -420,7 +423,7 @@ fn fork_child(
     chan: &Channel,
     kids: &mut Vec<Kid>,
     spares: &mut Vec<Spare>,
-    ctrl: OwnedFd,
+    ctrl: RegisteredFd,
     status: Channel,
     server_pid: i32,
 ) -> Option<Kid> {
@@ -443,7 +446,7 @@ fn fork_child(
             drop(ctrl);
             Some(Kid {
                 pid,
-                pidfd: sys::process::pidfd_open(pid).ok().flatten(),
+                pidfd: fdreg::pidfd_open(pid).ok().flatten(),
                 status,
                 exit: None,
             })
