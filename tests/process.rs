@@ -121,6 +121,28 @@ fn join_timeout_on_running_child() {
 }
 
 #[test]
+fn join_timeout_returns_in_time_while_another_thread_joins() {
+    // One thread blocks in `join`; `join_timeout` from another must still time out instead of
+    // waiting behind it for the child.
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(60_000u64, sleep_ms)
+            .unwrap();
+        std::thread::scope(|s| {
+            let joiner = s.spawn(|| p.join());
+            for _ in 0..20 {
+                let e = p.join_timeout(Duration::from_millis(5)).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Timeout, "{m:?}: {e}");
+            }
+            p.kill().unwrap();
+            let e = joiner.join().unwrap().unwrap_err();
+            assert_eq!(e.signal(), Some(9), "{m:?}: {e}");
+        });
+    }
+}
+
+#[test]
 fn join_timeout_max_waits() {
     for m in METHODS {
         let p = Process::builder()

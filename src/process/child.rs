@@ -336,7 +336,9 @@ impl ChildShared {
                 "the child is still running (join again later, or terminate it)",
             )
         };
-        let mut io = lock(&self.io);
+        let Some(mut io) = self.lock_io_until(deadline) else {
+            return Err(running());
+        };
         if !self.read_outcome(&mut io, deadline)? {
             return Err(running());
         }
@@ -357,6 +359,27 @@ impl ChildShared {
         };
         unregister(self);
         outcome_of(&io, code)
+    }
+
+    /// Takes the stream's reader lock, waiting at most until `deadline`: another thread may be
+    /// blocked in `join` holding it, and a `join_timeout` must still return in time. `None`
+    /// at the deadline. (A short sleep between tries: the holder is waiting on the child, which
+    /// is what we would wait on too.)
+    fn lock_io_until(&self, deadline: Option<Instant>) -> Option<std::sync::MutexGuard<'_, Io>> {
+        loop {
+            match self.io.try_lock() {
+                Ok(io) => return Some(io),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            if deadline.is_none() {
+                return Some(lock(&self.io));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
     }
 
     /// Reads the child's stream until its outcome is known (or the stream ended). `Ok(false)`
@@ -421,8 +444,10 @@ impl ChildShared {
         if self.via_server {
             if self.exit_known().is_none() && !self.is_alive() {
                 // Exited: the server's report may still be in flight; wait for it briefly.
-                let mut io = lock(&self.io);
-                let _ = self.wait_exit(&mut io, Some(Instant::now() + Duration::from_secs(5)));
+                let deadline = Some(Instant::now() + Duration::from_secs(5));
+                if let Some(mut io) = self.lock_io_until(deadline) {
+                    let _ = self.wait_exit(&mut io, deadline);
+                }
             }
             self.exit_known()
         } else {
