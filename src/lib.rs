@@ -25,7 +25,7 @@
 //! Everything a task needs comes through its arguments, so a closure that captures its
 //! environment does not compile:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0080
 //! let base = 10u32;
 //! let p = multiproc::Process::spawn(5u32, move |x| x + base); // captures `base`
 //! ```
@@ -344,3 +344,4 @@ pub use process::{
     active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use task::{TaskArg, TaskResult};
