@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
@@ -14,7 +14,7 @@ use crate::codec::{self, frame};
 use crate::error::{Error, ErrorKind};
 use crate::fdreg::{self, RegisteredFd};
 use crate::sys::socket;
-use crate::wait::{lock, wait_until};
+use crate::wait::lock;
 
 /// The read buffer starts this small (most channels carry a few small frames: a child's
 /// task and report) and is allocated on the first read, not at creation.
@@ -74,14 +74,19 @@ struct Writer {
     broken: Option<String>,
 }
 
-/// A mutex that a waiter can give up on at a deadline (std's cannot): `held` (under a
-/// mutex held only for an instant) says whether someone holds `inner`, and waiters sleep on
-/// `freed`. So a `recv_timeout` behind another thread's blocking `recv` still returns in time.
+/// A mutex that a waiter can give up on at a deadline (std's cannot), so a `recv_timeout`
+/// behind another thread's blocking `recv` still returns in time.
+///
+/// Taking it is one `try_lock` when it is free (the common case: one thread per end). A
+/// waiter counts itself in `waiters`, and sleeps on `freed` under `gate`; a holder that
+/// leaves while someone waits wakes one under `gate`, so no wake-up falls between a
+/// waiter's failed try and its sleep.
 #[derive(Debug, Default)]
 struct Turn<T> {
-    held: Mutex<bool>,
-    freed: Condvar,
     inner: Mutex<T>,
+    waiters: AtomicUsize,
+    gate: Mutex<()>,
+    freed: Condvar,
 }
 
 /// Holds a [`Turn`]; gives it to the next waiter on drop.
@@ -93,25 +98,54 @@ struct TurnGuard<'a, T> {
 impl<T> Turn<T> {
     fn new(value: T) -> Self {
         Turn {
-            held: Mutex::new(false),
-            freed: Condvar::new(),
             inner: Mutex::new(value),
+            waiters: AtomicUsize::new(0),
+            gate: Mutex::new(()),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn try_take(&self) -> Option<MutexGuard<'_, T>> {
+        match self.inner.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         }
     }
 
     /// Waits for the turn until `deadline` (`None`: as long as it takes); `None` if the
     /// deadline passed first.
     fn take(&self, deadline: Option<Instant>) -> Option<TurnGuard<'_, T>> {
-        let (mut held, free) = wait_until(&self.freed, lock(&self.held), deadline, |h| !*h);
-        if !free {
-            return None;
-        }
-        *held = true;
-        drop(held);
+        let guard = match self.try_take() {
+            Some(g) => g,
+            None => {
+                let mut gate = lock(&self.gate);
+                self.waiters.fetch_add(1, Ordering::SeqCst);
+                let got = loop {
+                    if let Some(g) = self.try_take() {
+                        break Some(g);
+                    }
+                    gate = match deadline {
+                        None => self.freed.wait(gate).unwrap_or_else(|p| p.into_inner()),
+                        Some(d) => {
+                            let now = Instant::now();
+                            if now >= d {
+                                break None;
+                            }
+                            self.freed
+                                .wait_timeout(gate, d - now)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                    };
+                };
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                got?
+            }
+        };
         Some(TurnGuard {
             turn: self,
-            // Uncontended: only the holder of the turn locks it.
-            guard: Some(lock(&self.inner)),
+            guard: Some(guard),
         })
     }
 
@@ -142,8 +176,13 @@ impl<T> std::ops::DerefMut for TurnGuard<'_, T> {
 impl<T> Drop for TurnGuard<'_, T> {
     fn drop(&mut self) {
         self.guard.take();
-        *lock(&self.turn.held) = false;
-        self.turn.freed.notify_one();
+        // The unlock above comes before the look at `waiters` (a waiter counts itself
+        // before its last try).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.turn.waiters.load(Ordering::SeqCst) > 0 {
+            let _gate = lock(&self.turn.gate);
+            self.turn.freed.notify_one();
+        }
     }
 }
 
