@@ -313,3 +313,54 @@ fn a_sender_frozen_in_the_middle_of_a_message_does_not_hold_a_timed_receive() {
     assert!(v.iter().all(|&b| b == 5));
     join(&p).unwrap();
 }
+
+/// A value whose own `Serialize` fails with its own words (issue 9.4); any other value of it
+/// goes through.
+#[derive(Debug, serde::Deserialize)]
+struct Refuses(u32);
+
+impl serde::Serialize for Refuses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            return Err(serde::ser::Error::custom("refuses: 13 is unlucky"));
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+fn unlucky_result(n: u32) -> Vec<Refuses> {
+    vec![Refuses(1), Refuses(n)]
+}
+
+#[test]
+fn a_users_serialize_message_survives_send_argument_and_return() {
+    // send
+    let (a, b) = Pipe::new::<Refuses>().unwrap();
+    let e = a.send(&Refuses(13)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Encode);
+    assert!(e.to_string().contains("refuses: 13 is unlucky"), "{e}");
+    a.send(&Refuses(12)).unwrap(); // nothing of the failed one was sent
+    assert_eq!(b.recv_timeout(WAIT).unwrap().0, 12);
+    for m in METHODS {
+        // a Process argument
+        let e = Process::builder()
+            .start_method(m)
+            .spawn(Refuses(13), |r: Refuses| r.0)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Encode, "{m:?}: {e}");
+        assert!(
+            e.to_string().contains("refuses: 13 is unlucky"),
+            "{m:?}: {e}"
+        );
+        // a return value, encoded in the child
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(13u32, unlucky_result)
+            .unwrap();
+        let e = join(&p).unwrap_err();
+        assert!(
+            e.to_string().contains("refuses: 13 is unlucky"),
+            "{m:?}: {e}"
+        );
+    }
+}

@@ -9,6 +9,7 @@
 //! a descriptor.
 
 pub(crate) mod frame;
+mod keep;
 
 use std::cell::RefCell;
 
@@ -19,9 +20,9 @@ use crate::error::{Error, ErrorKind};
 use crate::fdreg::{self, RegisteredFd};
 
 thread_local! {
-    /// postcard drops custom error messages; ours are kept here so the caller can show them.
-    static LAST_CUSTOM: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The side table of the message being encoded on this thread (see [`serialize_fd`]).
     static OUTGOING: RefCell<Option<Vec<RegisteredFd>>> = const { RefCell::new(None) };
+    /// The side table of the frame being decoded on this thread (see [`deserialize_fd`]).
     static INCOMING: RefCell<Option<Vec<Option<RegisteredFd>>>> = const { RefCell::new(None) };
 }
 
@@ -57,13 +58,17 @@ impl<T: 'static> Drop for Scope<'_, T> {
 }
 
 /// Serialises `value` by appending to `out`; descriptors of handles inside it go to `fds`.
+///
+/// A failure carries the message of the `Serialize` code that failed (the value's own, or a
+/// handle's), which postcard alone would drop.
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
     fds: &mut Vec<RegisteredFd>,
 ) -> Result<(), Error> {
     let scope = Scope::enter(&OUTGOING, std::mem::take(fds));
-    let res = postcard::to_io(value, &mut *out);
+    keep::clear();
+    let res = postcard::to_io(&keep::Keep(value), &mut *out);
     *fds = scope.finish().unwrap_or_default();
     match res {
         Ok(_) => {
@@ -83,32 +88,37 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     }
 }
 
+/// The message of a failed encode or decode: the one a `custom` call gave, when there was
+/// one (see `keep.rs`), else postcard's own.
 fn explain(e: postcard::Error) -> String {
-    LAST_CUSTOM
-        .with(|c| c.borrow_mut().take())
-        .unwrap_or_else(|| e.to_string())
+    keep::take().unwrap_or_else(|| e.to_string())
 }
 
-/// Fails a (de)serialisation with `msg`, keeping the message for the caller (postcard would
-/// drop it). Handle types use it for their validation errors.
+/// Fails a (de)serialisation with `msg`. Handle types use it for their validation errors;
+/// the message reaches the caller like any `custom` error's (see `keep.rs`).
 pub(crate) fn custom<E: std::fmt::Display, T>(
     msg: String,
     make: impl FnOnce(String) -> E,
 ) -> Result<T, E> {
-    LAST_CUSTOM.with(|c| *c.borrow_mut() = Some(msg.clone()));
     Err(make(msg))
 }
 
 /// Deserialises a `T` from exactly `bytes`, with `fds` as the side table.
 ///
-/// Descriptors the value does not claim are closed.
+/// Descriptors the value does not claim are closed. A failure carries the message of the
+/// `Deserialize` code that failed (serde's "invalid value: ...", the type's own), which
+/// postcard alone would drop.
 pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<RegisteredFd>,
 ) -> Result<T, Error> {
     let table: Vec<Option<RegisteredFd>> = fds.into_iter().map(Some).collect();
     let scope = Scope::enter(&INCOMING, table);
-    let res = postcard::take_from_bytes::<T>(bytes);
+    keep::clear();
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let res =
+        serde::de::DeserializeSeed::deserialize(keep::Seed(std::marker::PhantomData::<T>), &mut de)
+            .and_then(|v| Ok((v, de.finalize()?)));
     drop(scope.finish());
     match res {
         Ok((v, [])) => Ok(v),
