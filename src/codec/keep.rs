@@ -12,16 +12,12 @@
 //!
 //! Only forwarding lives here: the bytes on the wire are postcard's, unchanged.
 
-use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Visitor};
 use serde::ser::{self, Serialize};
 
-thread_local! {
-    /// The text of the last `custom` error on this thread, while an encode or decode runs.
-    static LAST: RefCell<Option<String>> = const { RefCell::new(None) };
-}
+use super::LAST_CUSTOM as LAST;
 
 /// Forgets any message left from an earlier call (start of an encode or decode).
 pub(super) fn clear() {

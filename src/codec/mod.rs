@@ -20,6 +20,9 @@ use crate::error::{Error, ErrorKind};
 use crate::fdreg::{self, RegisteredFd};
 
 thread_local! {
+    /// The text of the last `custom` error on this thread while an encode or decode runs
+    /// (postcard drops it; see `keep.rs`).
+    static LAST_CUSTOM: RefCell<Option<String>> = const { RefCell::new(None) };
     /// The side table of the message being encoded on this thread (see [`serialize_fd`]).
     static OUTGOING: RefCell<Option<Vec<RegisteredFd>>> = const { RefCell::new(None) };
     /// The side table of the frame being decoded on this thread (see [`deserialize_fd`]).

@@ -465,3 +465,14 @@ fn send_timeout_in_the_middle_of_a_message_poisons_the_sender_not_the_stream() {
         drop(keep);
     }
 }
+
+#[test]
+fn an_errors_debug_reads_like_its_display() {
+    let (mut raw, conn) = raw_pair();
+    raw.write_all(b"not a frame at all").unwrap();
+    let e = conn.recv().unwrap_err();
+    let debug = format!("{e:?}");
+    assert!(debug.contains("Protocol"), "{debug}");
+    assert!(debug.contains(&e.to_string()), "{debug} / {e}");
+    assert!(!debug.contains("Message("), "{debug}");
+}
