@@ -528,6 +528,12 @@ impl Channel {
         self.reader.take(Some(Instant::now())).is_none()
     }
 
+    /// Whether a thread is sending on this end right now.
+    #[cfg(test)]
+    pub(crate) fn is_sending(&self) -> bool {
+        self.writer.take(Some(Instant::now())).is_none()
+    }
+
     /// Whether buffered bytes are waiting (so `wait` must not block on the fd). `false`
     /// while another thread is receiving on this end (its bytes are its own).
     pub(crate) fn has_buffered(&self) -> bool {

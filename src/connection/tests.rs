@@ -476,3 +476,38 @@ fn an_errors_debug_reads_like_its_display() {
     assert!(debug.contains(&e.to_string()), "{debug} / {e}");
     assert!(!debug.contains("Message("), "{debug}");
 }
+
+#[test]
+fn a_timed_send_behind_another_threads_blocking_send_returns_in_time() {
+    let (a, b) = Pipe::new::<Vec<u8>>().unwrap();
+    let a = std::sync::Arc::new(a);
+    // A message far larger than the socket buffer: the blocking send waits for the reader.
+    let big = {
+        let a = a.clone();
+        std::thread::spawn(move || a.send(&vec![4u8; 4 << 20]))
+    };
+    let t0 = Instant::now();
+    while !a.chan.is_sending() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the send never started"
+        );
+        std::thread::yield_now();
+    }
+    let a2 = a.clone();
+    let e = within(move || a2.send_timeout(&vec![5u8; 3], SHORT).unwrap_err());
+    assert!(e.is_timeout(), "{e}");
+    assert!(e.to_string().contains("another thread"), "{e}");
+    // Nothing of the timed send went out: the big message arrives whole, then the stream
+    // carries on.
+    assert_eq!(
+        b.recv_timeout(Duration::from_secs(10)).unwrap().len(),
+        4 << 20
+    );
+    big.join().unwrap().unwrap();
+    a.send(&vec![6u8; 2]).unwrap();
+    assert_eq!(
+        b.recv_timeout(Duration::from_secs(10)).unwrap(),
+        vec![6u8; 2]
+    );
+}
