@@ -528,6 +528,20 @@ impl Channel {
         self.reader.take(Some(Instant::now())).is_none()
     }
 
+    /// The capacity of a partly received frame's payload buffer.
+    #[cfg(test)]
+    pub(crate) fn partial_capacity(&self) -> Option<usize> {
+        let r = self.reader.take(None)?;
+        r.partial.as_ref().map(|p| p.2.capacity())
+    }
+
+    /// How many payload bytes of a partly received frame have arrived.
+    #[cfg(test)]
+    pub(crate) fn partial_len(&self) -> Option<usize> {
+        let r = self.reader.take(None)?;
+        r.partial.as_ref().map(|p| p.2.len())
+    }
+
     /// Whether a thread is sending on this end right now.
     #[cfg(test)]
     pub(crate) fn is_sending(&self) -> bool {

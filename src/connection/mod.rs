@@ -129,6 +129,24 @@ impl<T> Connection<T> {
         self.chan.send_raw(buf, &[])
     }
 
+    /// Sends raw bytes as one message, waiting at most `timeout` for the peer to take them.
+    ///
+    /// # Errors
+    /// As [`send_deadline`](Self::send_deadline): a message is written whole or not at all.
+    pub fn send_bytes_timeout(&self, buf: &[u8], timeout: Duration) -> Result<()> {
+        self.check_write()?;
+        self.chan.send_raw_until(buf, &[], deadline_after(timeout))
+    }
+
+    /// Sends raw bytes as one message, waiting until `deadline` for the peer to take them.
+    ///
+    /// # Errors
+    /// As [`send_deadline`](Self::send_deadline): a message is written whole or not at all.
+    pub fn send_bytes_deadline(&self, buf: &[u8], deadline: Instant) -> Result<()> {
+        self.check_write()?;
+        self.chan.send_raw_until(buf, &[], Some(deadline))
+    }
+
     /// Receives one message as raw bytes, blocking until it arrives (`recv_bytes`).
     ///
     /// # Errors
@@ -137,6 +155,41 @@ impl<T> Connection<T> {
     pub fn recv_bytes(&self) -> Result<Vec<u8>> {
         self.check_read()?;
         Ok(self.chan.recv_frame(None)?.payload)
+    }
+
+    /// Receives one message as raw bytes if a whole one is there now.
+    ///
+    /// # Errors
+    /// [`ErrorKind::WouldBlock`] if not (a message that has partly arrived stays, and a later
+    /// call continues it); otherwise as [`recv_bytes`](Self::recv_bytes).
+    pub fn try_recv_bytes(&self) -> Result<Vec<u8>> {
+        self.check_read()?;
+        would_block_for_now(
+            self.chan
+                .recv_frame(Some(Instant::now()))
+                .map(|f| f.payload),
+        )
+    }
+
+    /// Receives one message as raw bytes, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv_bytes_deadline`](Self::recv_bytes_deadline).
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
+        self.check_read()?;
+        Ok(self.chan.recv_frame(deadline_after(timeout))?.payload)
+    }
+
+    /// Receives one message as raw bytes, waiting until `deadline`; like
+    /// [`recv_deadline`](Self::recv_deadline), a message that has partly arrived by then is
+    /// kept for the next receive.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if no whole message arrived in time, otherwise as
+    /// [`recv_bytes`](Self::recv_bytes).
+    pub fn recv_bytes_deadline(&self, deadline: Instant) -> Result<Vec<u8>> {
+        self.check_read()?;
+        Ok(self.chan.recv_frame(Some(deadline))?.payload)
     }
 
     /// Receives one message into `buf`, returning its length (`recv_bytes_into`).
@@ -216,8 +269,8 @@ impl<T: Serialize> Connection<T> {
     ///   (on a duplex connection at once, on a one-way pipe once the writing end is closed).
     ///   Receiving on a duplex end still works.
     ///
-    /// A message larger than the kernel's buffer (about 200 KiB for a duplex connection,
-    /// 64 KiB for a one-way pipe) needs the peer to be reading while it is sent.
+    /// A message larger than the kernel's buffer needs the peer to be reading while it is
+    /// sent.
     ///
     /// ```
     /// use std::time::Duration;
@@ -270,13 +323,7 @@ impl<T: DeserializeOwned> Connection<T> {
     /// [`ErrorKind::WouldBlock`] if no whole message is there yet (a message that has partly
     /// arrived stays, and a later call continues it); otherwise as [`recv`](Self::recv).
     pub fn try_recv(&self) -> Result<T> {
-        self.recv_deadline(Instant::now()).map_err(|e| {
-            if e.is_timeout() {
-                Error::new(ErrorKind::WouldBlock)
-            } else {
-                e
-            }
-        })
+        would_block_for_now(self.recv_deadline(Instant::now()))
     }
 
     /// Receives a value, waiting at most `timeout` (`Duration::MAX`: as long as it takes).
@@ -380,6 +427,17 @@ mod sealed {
 
 impl<T> sealed::Sealed for Connection<T> {}
 impl<R> sealed::Sealed for crate::Process<R> {}
+
+/// A receive with a deadline of now: "nothing in time" is `WouldBlock` (the `try_` shape).
+fn would_block_for_now<T>(r: Result<T>) -> Result<T> {
+    r.map_err(|e| {
+        if e.is_timeout() {
+            Error::new(ErrorKind::WouldBlock)
+        } else {
+            e
+        }
+    })
+}
 
 /// Something [`wait`] can wait on: a [`Connection`] (a message is ready) or a
 /// [`Process`](crate::Process) (it has exited).

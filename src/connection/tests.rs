@@ -511,3 +511,45 @@ fn a_timed_send_behind_another_threads_blocking_send_returns_in_time() {
         vec![6u8; 2]
     );
 }
+
+#[test]
+fn byte_messages_have_the_same_timed_family() {
+    let (a, b) = Pipe::new::<()>().unwrap();
+    assert_eq!(
+        b.try_recv_bytes().unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    assert!(b
+        .recv_bytes_timeout(Duration::from_millis(5))
+        .unwrap_err()
+        .is_timeout());
+    a.send_bytes_timeout(b"one", Duration::from_secs(10))
+        .unwrap();
+    a.send_bytes_deadline(b"two", Instant::now() + Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(b.recv_bytes_timeout(Duration::MAX).unwrap(), b"one");
+    assert_eq!(
+        b.recv_bytes_deadline(Instant::now() + Duration::from_secs(10))
+            .unwrap(),
+        b"two"
+    );
+    // A full buffer: the timed byte send gives up with nothing sent, and what went before
+    // arrives intact.
+    let (a, sent) = within(move || {
+        let mut n = 0usize;
+        loop {
+            match a.send_bytes_timeout(&[n as u8; 1000], Duration::from_millis(20)) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    assert!(e.is_timeout(), "{e}");
+                    break (a, n);
+                }
+            }
+        }
+    });
+    for i in 0..sent {
+        assert_eq!(b.try_recv_bytes().unwrap(), vec![i as u8; 1000]);
+    }
+    drop(a);
+    assert!(b.try_recv_bytes().unwrap_err().is_disconnected());
+}
