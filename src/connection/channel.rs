@@ -77,9 +77,10 @@ struct Writer {
 /// A mutex that a waiter can give up on at a deadline (std's cannot), so a `recv_timeout`
 /// behind another thread's blocking `recv` still returns in time.
 ///
-/// Taking it is one `try_lock` when it is free (the common case: one thread per end). A
-/// waiter counts itself in `waiters`, and sleeps on `freed` under `gate`; a holder that
-/// leaves while someone waits wakes one under `gate`, so no wake-up falls between a
+/// Without a deadline it is a plain mutex. With one, taking it is one `try_lock` when it is
+/// free (the common case: one thread per end) and a short spin when it is about to be; then
+/// the waiter counts itself in `waiters` and sleeps on `freed` under `gate`, and a holder
+/// that leaves while someone waits wakes one under `gate`, so no wake-up falls between a
 /// waiter's failed try and its sleep.
 #[derive(Debug, Default)]
 struct Turn<T> {
@@ -88,6 +89,9 @@ struct Turn<T> {
     gate: Mutex<()>,
     freed: Condvar,
 }
+
+/// How often a timed [`Turn::take`] tries before it sleeps.
+const SPIN_TRIES: usize = 64;
 
 /// Holds a [`Turn`]; gives it to the next waiter on drop.
 struct TurnGuard<'a, T> {
@@ -116,37 +120,45 @@ impl<T> Turn<T> {
     /// Waits for the turn until `deadline` (`None`: as long as it takes); `None` if the
     /// deadline passed first.
     fn take(&self, deadline: Option<Instant>) -> Option<TurnGuard<'_, T>> {
-        let guard = match self.try_take() {
-            Some(g) => g,
-            None => {
-                let mut gate = lock(&self.gate);
-                self.waiters.fetch_add(1, Ordering::SeqCst);
-                let got = loop {
-                    if let Some(g) = self.try_take() {
-                        break Some(g);
-                    }
-                    gate = match deadline {
-                        None => self.freed.wait(gate).unwrap_or_else(|p| p.into_inner()),
-                        Some(d) => {
-                            let now = Instant::now();
-                            if now >= d {
-                                break None;
-                            }
-                            self.freed
-                                .wait_timeout(gate, d - now)
-                                .unwrap_or_else(|p| p.into_inner())
-                                .0
-                        }
-                    };
-                };
-                self.waiters.fetch_sub(1, Ordering::SeqCst);
-                got?
-            }
+        let guard = match deadline {
+            // No deadline: std's own contended path (it spins briefly, then sleeps); the
+            // holder's unlock wakes us.
+            None => lock(&self.inner),
+            Some(deadline) => self.take_until_instant(deadline)?,
         };
         Some(TurnGuard {
             turn: self,
             guard: Some(guard),
         })
+    }
+
+    fn take_until_instant(&self, deadline: Instant) -> Option<MutexGuard<'_, T>> {
+        // A holder usually leaves within microseconds (a send or receive that does not
+        // wait): try a little before sleeping.
+        for _ in 0..SPIN_TRIES {
+            if let Some(g) = self.try_take() {
+                return Some(g);
+            }
+            std::hint::spin_loop();
+        }
+        let mut gate = lock(&self.gate);
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let got = loop {
+            if let Some(g) = self.try_take() {
+                break Some(g);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            gate = self
+                .freed
+                .wait_timeout(gate, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        got
     }
 
     /// Waits for the turn until `deadline`, or fails with `Timeout`.
