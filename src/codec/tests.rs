@@ -138,3 +138,28 @@ fn a_types_own_deserialize_message_and_serdes_survive() {
     let e = decode::<String>(&[0xff; 4], Vec::new()).unwrap_err();
     assert!(!e.to_string().contains("picky"), "{e}");
 }
+
+#[test]
+fn a_message_survives_in_a_frame_with_descriptors_too() {
+    // Decoding a frame that carries descriptors goes through the wrapper at once.
+    let (x, _y) = crate::fdreg::socketpair().unwrap();
+    let mut out = Vec::new();
+    encode(
+        &((0u32, 3u8, Option::<u32>::None), 7u32),
+        &mut out,
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let e = decode::<(crate::Connection<u8>, Picky)>(&out, vec![x]).unwrap_err();
+    assert!(e.to_string().contains("picky: seven is not welcome"), "{e}");
+    // And encoding a value with a handle: the failed first try leaves no duplicate behind.
+    let (a, _b) = crate::Pipe::new::<u8>().unwrap();
+    let mut fds = Vec::new();
+    let e = encode(&(&a, Picky(99)), &mut Vec::new(), &mut fds).unwrap_err();
+    assert!(e.to_string().contains("picky: 99"), "{e}");
+    assert!(
+        fds.len() <= 1,
+        "{} duplicates kept for one handle",
+        fds.len()
+    );
+}
