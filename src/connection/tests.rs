@@ -357,6 +357,10 @@ fn a_timed_receive_behind_another_threads_blocking_receive_returns_in_time() {
     assert!(e.is_timeout(), "{e}");
     let b3 = b.clone();
     assert!(!within(move || b3.poll(SHORT).unwrap()));
+    // Sending on the same end is not held up by the receive (ARCHITECTURE.md, "Locks").
+    let b4 = b.clone();
+    within(move || b4.send_timeout(&4, SHORT).unwrap());
+    assert_eq!(a.recv_timeout(Duration::from_secs(10)).unwrap(), 4);
     a.send(&9).unwrap();
     assert_eq!(blocked.join().unwrap().unwrap(), 9);
 }
