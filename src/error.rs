@@ -307,12 +307,13 @@ impl fmt::Display for Error {
     }
 }
 
+/// Reads like [`Display`](fmt::Display), with the kind: `unwrap()` on a failed call shows
+/// `Error { kind: Timeout, message: "timed out: ..." }`.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Error")
             .field("kind", &self.kind)
-            .field("detail", &self.detail)
-            .field("context", &self.context)
+            .field("message", &self.to_string())
             .finish()
     }
 }
