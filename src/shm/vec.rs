@@ -34,15 +34,18 @@ const POPULATE_FROM: u64 = 1 << 20;
 ///
 /// let pool = Pool::new(2)?;
 /// let data = SharedVec::from_slice(&vec![3u64; 1 << 20])?; // 8 MiB, copied once
-/// let sum = pool.apply(data, |v: SharedVec<u64>| v.iter().sum::<u64>())?;
+/// let sum = pool.apply(|v: SharedVec<u64>| v.iter().sum::<u64>(), data)?;
 /// assert_eq!(sum, 3 << 20);
 ///
 /// // A worker can fill one in place and return it: no copy on the way back either.
-/// let squares = pool.apply(5usize, |n: usize| {
-///     let mut v = SharedVec::<u32>::zeroed(n).unwrap();
-///     for (i, x) in v.iter_mut().enumerate() { *x = (i * i) as u32; }
-///     v
-/// })?;
+/// let squares = pool.apply(
+///     |n: usize| {
+///         let mut v = SharedVec::<u32>::zeroed(n).unwrap();
+///         for (i, x) in v.iter_mut().enumerate() { *x = (i * i) as u32; }
+///         v
+///     },
+///     5usize,
+/// )?;
 /// assert_eq!(&squares[..], &[0, 1, 4, 9, 16]);
 /// # Ok::<(), multiproc::Error>(())
 /// ```

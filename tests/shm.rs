@@ -1,0 +1,319 @@
+//! SharedMemory and SharedVec across real processes: handles under every start method, Pool
+//! arguments and results, Connections, queues, named segments and who removes their names,
+//! SIGKILLed holders, and no leaks (descriptors, mappings, /dev/shm).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use common::{join, METHODS, WAIT};
+use multiproc::{
+    Connection, ErrorKind, Pipe, PoolBuilder, Process, Queue, SharedBytes, SharedMemory,
+    SharedVec,
+};
+
+/// The tests count this process's descriptors and mappings: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Descriptors and mappings of this crate's anonymous segments in this process.
+fn our_segments() -> (usize, usize) {
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.to_string_lossy().contains("memfd:multiproc-shm"))
+        .count();
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("memfd:multiproc-shm"))
+        .count();
+    (fds, maps)
+}
+
+/// The names in /dev/shm that this test binary's process made (they carry its pid).
+fn our_names() -> Vec<String> {
+    let tag = format!("mp-test-{}-", std::process::id());
+    let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&tag))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Everything in /dev/shm now (other programs' files included).
+fn dev_shm() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect()
+}
+
+fn name(what: &str) -> String {
+    format!("mp-test-{}-{what}", std::process::id())
+}
+
+fn exists(name: &str) -> bool {
+    std::path::Path::new("/dev/shm").join(name).exists()
+}
+
+#[test]
+fn an_anonymous_segment_is_shared_under_every_start_method() {
+    let _g = serial();
+    for m in METHODS {
+        let mut shm = SharedMemory::new(10_000).unwrap();
+        assert_eq!(shm.size(), 10_000);
+        assert_eq!(shm.name(), None);
+        shm.as_mut_slice()[9_999] = 42;
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(shm.try_clone().unwrap(), |mut s: SharedMemory| {
+                let seen = s.as_slice()[9_999];
+                s.as_mut_slice()[0] = 7;
+                s.as_atomic_u32().unwrap()[1].fetch_add(3, Ordering::SeqCst);
+                (seen, s.size())
+            })
+            .unwrap();
+        assert_eq!(join(&p).unwrap(), (42, 10_000), "{m:?}");
+        assert_eq!(shm.as_slice()[0], 7, "{m:?}: the child's write is visible here");
+        assert_eq!(shm.as_slice_of::<u32>().unwrap()[1], 3, "{m:?}");
+    }
+}
+
+#[test]
+fn a_shared_vec_is_a_pool_argument_and_result() {
+    let _g = serial();
+    for m in METHODS {
+        let pool = PoolBuilder::new().processes(2).start_method(m).build().unwrap();
+        let data: Vec<u64> = (0..(1u64 << 18)).collect(); // 2 MiB
+        let v = SharedVec::from_slice(&data).unwrap();
+        let sums = pool
+            .map(
+                |(v, k): (SharedVec<u64>, u64)| v.iter().map(|x| x * k).sum::<u64>(),
+                (1..=4).map(|k| (v.try_clone().unwrap(), k)),
+            )
+            .unwrap();
+        let s: u64 = data.iter().sum();
+        assert_eq!(sums, vec![s, 2 * s, 3 * s, 4 * s], "{m:?}");
+        // Filled in place by the worker, returned without a copy.
+        let back = pool
+            .apply(
+                |n: usize| {
+                    let mut b = SharedBytes::zeroed(n).unwrap();
+                    b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8);
+                    b
+                },
+                3 << 20,
+            )
+            .unwrap();
+        assert_eq!(back.len(), 3 << 20);
+        assert!(back.iter().enumerate().all(|(i, x)| *x == i as u8), "{m:?}");
+        pool.close();
+        pool.join().unwrap();
+    }
+}
+
+#[test]
+fn a_shared_vec_travels_over_a_connection_both_ways() {
+    let _g = serial();
+    let (here, there) = Pipe::new::<SharedVec<f64>>().unwrap();
+    let p = Process::spawn(there, |c: Connection<SharedVec<f64>>| {
+        while let Ok(mut v) = c.recv() {
+            v.iter_mut().for_each(|x| *x *= 2.0);
+            c.send(&v).unwrap();
+        }
+    })
+    .unwrap();
+    for n in [0usize, 1, 1000, 1 << 20] {
+        let v = SharedVec::from_slice(&vec![1.5f64; n]).unwrap();
+        here.send(&v).unwrap();
+        let back = here.recv_timeout(WAIT).unwrap();
+        assert_eq!(back.len(), n);
+        assert!(back.iter().all(|x| *x == 3.0));
+        // Sharing, not moving: the sender's handle sees the worker's writes.
+        assert!(v.iter().all(|x| *x == 3.0));
+    }
+    drop(here);
+    join(&p).unwrap();
+}
+
+#[test]
+fn queue_items_refuse_descriptors_but_carry_named_segments() {
+    let _g = serial();
+    let q: Queue<SharedBytes> = Queue::new().unwrap();
+    let e = q.put(SharedBytes::zeroed(10).unwrap()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Encode, "{e:?}");
+    let q: Queue<SharedMemory> = Queue::new().unwrap();
+    let e = q.put(SharedMemory::new(10).unwrap()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Encode);
+    // A named segment travels by name.
+    let n = name("queue");
+    let mut shm = SharedMemory::create_named(&n, 100).unwrap();
+    shm.as_mut_slice()[5] = 5;
+    let p = Process::spawn(q.clone(), |q: Queue<SharedMemory>| {
+        let mut s = q.get().unwrap();
+        s.as_mut_slice()[6] = s.as_slice()[5] + 1;
+        s.removes_name_on_drop()
+    })
+    .unwrap();
+    q.put(shm.try_clone().unwrap()).unwrap();
+    assert!(!join(&p).unwrap(), "a receiver is an attacher");
+    assert_eq!(shm.as_slice()[6], 6);
+    assert!(exists(&n), "the attacher left the name alone");
+    drop(shm);
+    assert!(!exists(&n), "the creator's drop removed the name");
+}
+
+#[test]
+fn named_segments_only_their_creator_removes() {
+    let _g = serial();
+    let n = name("named");
+    let mut shm = SharedMemory::create_named(&n, 5000).unwrap();
+    assert_eq!(shm.name(), Some(n.as_str()));
+    assert!(shm.removes_name_on_drop());
+    let e = SharedMemory::create_named(&n, 10).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io);
+    assert_eq!(
+        std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map(|e| e.kind()),
+        Some(std::io::ErrorKind::AlreadyExists)
+    );
+    shm.as_mut_slice_of::<u64>().unwrap()[0] = 0xfeed;
+    // An unrelated process opens it by name; its drop does not remove the name.
+    let p = Process::spawn(n.clone(), |n: String| {
+        let s = SharedMemory::open_named(&n).unwrap();
+        (s.size(), s.as_slice_of::<u64>().unwrap()[0], s.removes_name_on_drop())
+    })
+    .unwrap();
+    assert_eq!(join(&p).unwrap(), (5000, 0xfeed, false));
+    assert!(exists(&n));
+    // A clone never removes it either.
+    drop(shm.try_clone().unwrap());
+    assert!(exists(&n));
+    // Persisted: it outlives the creator's handle, until someone unlinks it.
+    shm.persist();
+    drop(shm);
+    assert!(exists(&n));
+    let again = SharedMemory::open_named(&format!("/{n}")).unwrap();
+    assert_eq!(again.as_slice_of::<u64>().unwrap()[0], 0xfeed);
+    again.unlink().unwrap();
+    assert!(!exists(&n));
+    assert_eq!(again.as_slice_of::<u64>().unwrap()[0], 0xfeed, "mapping stays valid");
+    let e = SharedMemory::open_named(&n).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io);
+    assert!(SharedMemory::unlink_named(&n).is_err());
+    assert_eq!(our_names(), Vec::<String>::new());
+}
+
+#[test]
+fn a_named_segment_survives_a_sigkill_of_its_creator_as_documented() {
+    let _g = serial();
+    let n = name("killed");
+    let (here, there) = Pipe::new::<()>().unwrap();
+    let p = Process::spawn((n.clone(), there), |(n, c): (String, Connection<()>)| {
+        let _s = SharedMemory::create_named(&n, 4096).unwrap();
+        c.send(&()).unwrap();
+        let _ = c.recv(); // until killed
+    })
+    .unwrap();
+    here.recv_timeout(WAIT).unwrap();
+    p.kill().unwrap();
+    assert!(join(&p).is_err());
+    assert!(exists(&n), "the module docs promise the name stays after a SIGKILL");
+    SharedMemory::unlink_named(&n).unwrap();
+    assert!(!exists(&n));
+}
+
+#[test]
+fn segments_held_by_sigkilled_processes_leave_nothing_behind() {
+    let _g = serial();
+    let base = (fd_count(), our_segments());
+    let dev_shm_before = dev_shm();
+    for m in METHODS {
+        let mut kids = Vec::new();
+        let mut ready = Vec::new();
+        let v = SharedVec::from_slice(&vec![9u32; 1 << 18]).unwrap();
+        let s = SharedMemory::new(1 << 16).unwrap();
+        for _ in 0..3 {
+            let (here, there) = Pipe::new::<u32>().unwrap();
+            let p = Process::builder()
+                .start_method(m)
+                .spawn(
+                    (v.try_clone().unwrap(), s.try_clone().unwrap(), there),
+                    |(v, s, c): (SharedVec<u32>, SharedMemory, Connection<u32>)| {
+                        s.as_atomic_u64().unwrap()[0].fetch_add(1, Ordering::SeqCst);
+                        c.send(&v[12345]).unwrap();
+                        let _ = c.recv(); // until killed
+                    },
+                )
+                .unwrap();
+            kids.push(p);
+            ready.push(here);
+        }
+        for r in &ready {
+            assert_eq!(r.recv_timeout(WAIT).unwrap(), 9);
+        }
+        assert_eq!(s.as_atomic_u64().unwrap()[0].load(Ordering::SeqCst), 3);
+        drop((v, s));
+        for p in &kids {
+            p.kill().unwrap();
+        }
+        for p in &kids {
+            let e = join(&p).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Killed, "{m:?}: {e}");
+        }
+        drop(ready);
+    }
+    assert_eq!((fd_count(), our_segments()), base, "descriptors or mappings left");
+    let new: Vec<String> = dev_shm()
+        .into_iter()
+        .filter(|n| !dev_shm_before.contains(n) && n.contains("multiproc"))
+        .collect();
+    assert!(new.is_empty(), "anonymous segments appeared in /dev/shm: {new:?}");
+}
+
+#[test]
+fn descriptors_stay_flat_over_hundreds_of_segments() {
+    let _g = serial();
+    let (here, there) = Pipe::new::<(SharedBytes, SharedMemory)>().unwrap();
+    let p = Process::spawn(there, |c: Connection<(SharedBytes, SharedMemory)>| {
+        while let Ok((mut b, s)) = c.recv() {
+            b[0] = s.as_slice()[0];
+            c.send(&(b, s)).unwrap();
+        }
+    })
+    .unwrap();
+    // Warm up (the connection's buffers, the child).
+    let round = |i: usize| {
+        let b = SharedBytes::zeroed(1 + i % 5000).unwrap();
+        let mut s = SharedMemory::new(1 + i % 300).unwrap();
+        s.as_mut_slice()[0] = i as u8;
+        here.send(&(b, s)).unwrap();
+        let (b, _s) = here.recv_timeout(WAIT).unwrap();
+        assert_eq!(b[0], i as u8);
+    };
+    round(0);
+    let base = (fd_count(), our_segments());
+    let t = Instant::now();
+    for i in 0..400 {
+        round(i);
+    }
+    assert!(t.elapsed() < WAIT);
+    assert_eq!((fd_count(), our_segments()), base);
+    drop(here);
+    join(&p).unwrap();
+    assert_eq!(our_segments(), (0, 0));
+    assert!(our_names().is_empty());
+}
