@@ -10,8 +10,7 @@ use std::time::Instant;
 
 use common::{join, METHODS, WAIT};
 use multiproc::{
-    Connection, ErrorKind, Pipe, PoolBuilder, Process, Queue, SharedBytes, SharedMemory,
-    SharedVec,
+    Connection, ErrorKind, Pipe, PoolBuilder, Process, Queue, SharedBytes, SharedMemory, SharedVec,
 };
 
 /// The tests count this process's descriptors and mappings: one at a time.
@@ -21,12 +20,16 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The descriptor count, after giving back the segments kept for reuse.
 fn fd_count() -> usize {
+    multiproc::shm::release_cache();
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// Descriptors and mappings of this crate's anonymous segments in this process.
+/// Descriptors and mappings of this crate's anonymous segments in this process (after giving
+/// back the segments kept for reuse).
 fn our_segments() -> (usize, usize) {
+    multiproc::shm::release_cache();
     let fds = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -86,7 +89,11 @@ fn an_anonymous_segment_is_shared_under_every_start_method() {
             })
             .unwrap();
         assert_eq!(join(&p).unwrap(), (42, 10_000), "{m:?}");
-        assert_eq!(shm.as_slice()[0], 7, "{m:?}: the child's write is visible here");
+        assert_eq!(
+            shm.as_slice()[0],
+            7,
+            "{m:?}: the child's write is visible here"
+        );
         assert_eq!(shm.as_slice_of::<u32>().unwrap()[1], 3, "{m:?}");
     }
 }
@@ -95,7 +102,11 @@ fn an_anonymous_segment_is_shared_under_every_start_method() {
 fn a_shared_vec_is_a_pool_argument_and_result() {
     let _g = serial();
     for m in METHODS {
-        let pool = PoolBuilder::new().processes(2).start_method(m).build().unwrap();
+        let pool = PoolBuilder::new()
+            .processes(2)
+            .start_method(m)
+            .build()
+            .unwrap();
         let data: Vec<u64> = (0..(1u64 << 18)).collect(); // 2 MiB
         let v = SharedVec::from_slice(&data).unwrap();
         let sums = pool
@@ -194,7 +205,11 @@ fn named_segments_only_their_creator_removes() {
     // An unrelated process opens it by name; its drop does not remove the name.
     let p = Process::spawn(n.clone(), |n: String| {
         let s = SharedMemory::open_named(&n).unwrap();
-        (s.size(), s.as_slice_of::<u64>().unwrap()[0], s.removes_name_on_drop())
+        (
+            s.size(),
+            s.as_slice_of::<u64>().unwrap()[0],
+            s.removes_name_on_drop(),
+        )
     })
     .unwrap();
     assert_eq!(join(&p).unwrap(), (5000, 0xfeed, false));
@@ -210,7 +225,11 @@ fn named_segments_only_their_creator_removes() {
     assert_eq!(again.as_slice_of::<u64>().unwrap()[0], 0xfeed);
     again.unlink().unwrap();
     assert!(!exists(&n));
-    assert_eq!(again.as_slice_of::<u64>().unwrap()[0], 0xfeed, "mapping stays valid");
+    assert_eq!(
+        again.as_slice_of::<u64>().unwrap()[0],
+        0xfeed,
+        "mapping stays valid"
+    );
     let e = SharedMemory::open_named(&n).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io);
     assert!(SharedMemory::unlink_named(&n).is_err());
@@ -231,7 +250,10 @@ fn a_named_segment_survives_a_sigkill_of_its_creator_as_documented() {
     here.recv_timeout(WAIT).unwrap();
     p.kill().unwrap();
     assert!(join(&p).is_err());
-    assert!(exists(&n), "the module docs promise the name stays after a SIGKILL");
+    assert!(
+        exists(&n),
+        "the module docs promise the name stays after a SIGKILL"
+    );
     SharedMemory::unlink_named(&n).unwrap();
     assert!(!exists(&n));
 }
@@ -276,12 +298,19 @@ fn segments_held_by_sigkilled_processes_leave_nothing_behind() {
         }
         drop(ready);
     }
-    assert_eq!((fd_count(), our_segments()), base, "descriptors or mappings left");
+    assert_eq!(
+        (fd_count(), our_segments()),
+        base,
+        "descriptors or mappings left"
+    );
     let new: Vec<String> = dev_shm()
         .into_iter()
         .filter(|n| !dev_shm_before.contains(n) && n.contains("multiproc"))
         .collect();
-    assert!(new.is_empty(), "anonymous segments appeared in /dev/shm: {new:?}");
+    assert!(
+        new.is_empty(),
+        "anonymous segments appeared in /dev/shm: {new:?}"
+    );
 }
 
 #[test]
@@ -316,4 +345,85 @@ fn descriptors_stay_flat_over_hundreds_of_segments() {
     join(&p).unwrap();
     assert_eq!(our_segments(), (0, 0));
     assert!(our_names().is_empty());
+}
+
+#[test]
+fn a_segment_is_reused_only_when_nobody_holds_it() {
+    let _g = serial();
+    const N: usize = 1 << 20; // large enough to be kept for reuse
+                              // In one process: a clone keeps the segment busy.
+    let v = SharedBytes::from_slice(&vec![1u8; N]).unwrap();
+    let keep = v.try_clone().unwrap();
+    drop(v);
+    let w = SharedBytes::from_slice(&vec![2u8; N]).unwrap();
+    assert!(keep.iter().all(|x| *x == 1), "a held segment was reused");
+    drop(w);
+    // Across processes: a handle held by a child, and one in flight, keep it busy too.
+    let (here, there) = Pipe::new::<SharedBytes>().unwrap();
+    let (ok_here, ok_there) = Pipe::new::<bool>().unwrap();
+    let p = Process::spawn(
+        (there, ok_there),
+        |(c, ok): (Connection<SharedBytes>, Connection<bool>)| {
+            let held = c.recv().unwrap(); // held until the parent says so
+            ok.send(&true).unwrap();
+            let _ = c.recv();
+            ok.send(&held.iter().all(|x| *x == 3)).unwrap();
+            drop(held);
+            // Received and dropped at once: the parent may reuse it.
+            while let Ok(v) = c.recv() {
+                let first = v[0];
+                drop(v);
+                ok.send(&(first == 9)).unwrap();
+            }
+        },
+    )
+    .unwrap();
+    let v = SharedBytes::from_slice(&vec![3u8; N]).unwrap();
+    here.send(&v).unwrap();
+    drop(v); // in flight or held by the child: not reusable
+    assert!(ok_here.recv_timeout(WAIT).unwrap());
+    for fill in 4..8u8 {
+        let w = SharedBytes::from_slice(&vec![fill; N]).unwrap();
+        assert!(w.iter().all(|x| *x == fill));
+    }
+    here.send(&SharedBytes::zeroed(1).unwrap()).unwrap();
+    assert!(
+        ok_here.recv_timeout(WAIT).unwrap(),
+        "the child's segment was overwritten"
+    );
+    let before = our_segments_now();
+    for _ in 0..50 {
+        let w = SharedBytes::from_slice(&vec![9u8; N]).unwrap();
+        here.send(&w).unwrap();
+        drop(w);
+        assert!(ok_here.recv_timeout(WAIT).unwrap());
+        let z = SharedBytes::zeroed(N).unwrap();
+        assert!(
+            z.iter().all(|x| *x == 0),
+            "a reused segment must come back zeroed"
+        );
+    }
+    // Reuse: 100 large buffers made, a handful of segments mapped.
+    assert!(
+        our_segments_now().1 <= before.1 + 4,
+        "{before:?} {:?}",
+        our_segments_now()
+    );
+    drop(here);
+    join(&p).unwrap();
+}
+
+/// As `our_segments`, without giving back the kept segments.
+fn our_segments_now() -> (usize, usize) {
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.to_string_lossy().contains("memfd:multiproc-shm"))
+        .count();
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("memfd:multiproc-shm"))
+        .count();
+    (fds, maps)
 }

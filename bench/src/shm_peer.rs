@@ -14,6 +14,8 @@ use crate::harness::{BenchResult, Obs};
 fn child(c: Connection<SharedBytes>) {
     while let Ok(v) = c.recv() {
         let last = v.last().copied().unwrap_or(0);
+        // Done with it: dropped before the ack, so the parent can reuse the segment.
+        drop(v);
         // The reply carries the last byte back, so the child really read the mapping.
         let ack = SharedBytes::from_slice(&[last]).expect("a one-byte segment");
         if c.send(&ack).is_err() {

@@ -68,7 +68,7 @@
 mod segment;
 mod vec;
 
-pub use vec::{SharedBytes, SharedVec};
+pub use vec::{release_cache, SharedBytes, SharedVec};
 
 use std::fmt;
 use std::os::fd::AsFd;
@@ -136,7 +136,7 @@ impl SharedMemory {
             elem: Elem::BYTES,
         };
         let fd = segment::create(header, "creating shared memory")?;
-        let map = segment::map(&fd, &header, false)?;
+        let map = segment::map(&fd, header.data_len, false)?;
         Ok(SharedMemory {
             fd,
             map,
@@ -459,8 +459,8 @@ impl<'de> Deserialize<'de> for SharedMemory {
                 format!("opening the named shared-memory segment {name:?} that arrived: {e}")
             }),
             WireIn::Anonymous(FdIn(fd)) => {
-                segment::check(&fd, Kind::Bytes, Elem::BYTES, "SharedMemory").and_then(|h| {
-                    let map = segment::map(&fd, &h, false).map_err(|e| e.to_string())?;
+                segment::check(&fd, Kind::Bytes, Elem::BYTES, "SharedMemory").and_then(|(h, _)| {
+                    let map = segment::map(&fd, h.data_len, false).map_err(|e| e.to_string())?;
                     Ok(SharedMemory {
                         fd,
                         map,

@@ -11,12 +11,16 @@
 //!  36  u32  elem_align      SharedVec: align_of::<T>() (1 for SharedMemory)
 //!  40  u64  elem_type       SharedVec: FNV-1a of type_name::<T>() (0 for SharedMemory)
 //!  48  u32  header_len      4096
-//! offset 4096  data: data_len bytes, then zeros up to the segment's end (a page multiple)
+//!  64  u64  holders         SharedVec: live handles plus handles in flight (atomic)
+//! offset 4096  data: data_len bytes, then unused bytes up to the segment's end (a page
+//!              multiple; a recycled segment may be larger than its current data)
 //! ```
 //!
-//! The header is read with `pread` and checked *before* the segment is mapped; it is never
-//! read again, so a holder that scribbles on it later changes nothing for anyone who already
-//! opened it (and the sealed size cannot change at all).
+//! The header is read with `pread` and checked *before* the segment is mapped; after that only
+//! `holders` is ever read again, so a holder that scribbles on the rest later changes nothing
+//! for anyone who already opened it (and the sealed size cannot change at all). A segment is
+//! rewritten (header and data) only by a process that claimed it for reuse, which requires
+//! `holders` to be 0: nobody holds it and no handle to it is in flight (`vec.rs`).
 
 use std::os::fd::AsFd;
 
@@ -33,8 +37,10 @@ pub(super) const VERSION: u32 = 1;
 pub(super) const HEADER_LEN: usize = 4096;
 /// The largest data region (1 TiB), so a forged header cannot ask for an absurd mapping.
 pub(crate) const MAX_LEN: u64 = 1 << 40;
-/// The meaningful prefix of the header.
+/// The meaningful prefix of the header (without `holders`).
 const HEADER_BYTES: usize = 52;
+/// The offset of the `holders` count.
+pub(super) const HOLDERS: usize = 64;
 
 /// What a segment holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +106,7 @@ impl Header {
 }
 
 /// The total size of a segment with `data_len` bytes of data.
-fn segment_len(data_len: u64) -> u64 {
+pub(super) fn segment_len(data_len: u64) -> u64 {
     let page = shm::page_size() as u64;
     HEADER_LEN as u64 + data_len.div_ceil(page) * page
 }
@@ -115,8 +121,13 @@ pub(super) fn create(header: Header, what: &'static str) -> Result<RegisteredFd>
     }
     let fd = fdreg::memfd("multiproc-shm", segment_len(header.data_len))
         .map_err(|e| Error::io(e).context(what))?;
-    shm::write_at(fd.as_fd(), 0, &header.encode()).map_err(|e| Error::io(e).context(what))?;
+    write_header(&fd, header).map_err(|e| e.context(what))?;
     Ok(fd)
+}
+
+/// Writes `header` into the segment (at creation, or when a claimed segment is reused).
+pub(super) fn write_header(fd: &RegisteredFd, header: Header) -> Result<()> {
+    shm::write_at(fd.as_fd(), 0, &header.encode()).map_err(Error::io)
 }
 
 /// The error for a received descriptor that is not the segment it should be.
@@ -129,13 +140,14 @@ pub(super) fn foreign(expected: &str, why: impl std::fmt::Display) -> String {
 
 /// Reads and checks the header of a received descriptor, before anything is mapped:
 /// a sealed memfd of the size the header implies, our magic and version, the expected kind
-/// and (for `Kind::Vec`) element.
+/// and (for `Kind::Vec`) element. Returns the header and the segment's data capacity (the
+/// data may use less of it).
 pub(super) fn check(
     fd: &RegisteredFd,
     kind: Kind,
     elem: Elem,
     expected: &str,
-) -> std::result::Result<Header, String> {
+) -> std::result::Result<(Header, u64), String> {
     let len = shm::sealed_len(fd.as_fd())
         .map_err(|e| format!("inspecting a received {expected} handle: {e}"))?
         .ok_or_else(|| foreign(expected, "not a size-sealed shared-memory segment"))?;
@@ -175,7 +187,8 @@ pub(super) fn check(
     if u32_at(48) != HEADER_LEN as u32
         || (header.data_len == 0 && found_kind == Kind::Bytes)
         || header.data_len > MAX_LEN
-        || segment_len(header.data_len) != len
+        || segment_len(header.data_len) > len
+        || (kind == Kind::Bytes && segment_len(header.data_len) != len)
     {
         return Err(foreign(
             expected,
@@ -213,15 +226,15 @@ pub(super) fn check(
             ));
         }
     }
-    Ok(header)
+    Ok((header, len - HEADER_LEN as u64))
 }
 
-/// Maps the data region of a checked segment (`populate`: allocate the memory and fill the
-/// page tables now, for a segment that will be written or read whole).
-pub(super) fn map(fd: &RegisteredFd, header: &Header, populate: bool) -> Result<shm::Mapping> {
-    let len = HEADER_LEN + header.data_len as usize;
+/// Maps the header and `data_len` bytes of data of a checked segment (`populate`: allocate
+/// the memory and fill the page tables now, for a new segment that will be written whole).
+pub(super) fn map(fd: &RegisteredFd, data_len: u64, populate: bool) -> Result<shm::Mapping> {
+    let len = HEADER_LEN + data_len as usize;
     if populate {
-        shm::allocate(fd.as_fd(), HEADER_LEN as u64, header.data_len)
+        shm::allocate(fd.as_fd(), HEADER_LEN as u64, data_len)
             .map_err(|e| Error::io(e).context("allocating shared memory"))?;
     }
     let res = if populate {

@@ -115,22 +115,22 @@ fn wrong_size_magic_or_version_is_refused() {
 #[test]
 fn another_element_type_or_kind_is_refused() {
     let v = SharedVec::<u32>::zeroed(1024).unwrap();
-    let m = refused(|| as_vec_u64(v.fd.as_fd().try_clone_to_owned().unwrap()));
+    let m = refused(|| as_vec_u64(v.fd().as_fd().try_clone_to_owned().unwrap()));
     assert!(m.contains("another type"), "{m}");
     // Same size and alignment, another type: the name is part of the check.
     let v = SharedVec::<i64>::zeroed(512).unwrap();
-    let m = refused(|| as_vec_u64(v.fd.as_fd().try_clone_to_owned().unwrap()));
+    let m = refused(|| as_vec_u64(v.fd().as_fd().try_clone_to_owned().unwrap()));
     assert!(m.contains("another type"), "{m}");
     let s = SharedMemory::new(4096).unwrap();
     let m = refused(|| as_vec_u64(s.fd.as_fd().try_clone_to_owned().unwrap()));
     assert!(m.contains("it is a SharedMemory"), "{m}");
     let v = SharedVec::<u64>::zeroed(512).unwrap();
-    let m = refused(|| as_shm(v.fd.as_fd().try_clone_to_owned().unwrap()));
+    let m = refused(|| as_shm(v.fd().as_fd().try_clone_to_owned().unwrap()));
     assert!(m.contains("it is a SharedVec"), "{m}");
     // And the right one is accepted, and maps the same memory.
     let mut v = v;
     v[7] = 77;
-    let again = as_vec_u64(v.fd.as_fd().try_clone_to_owned().unwrap()).unwrap();
+    let again = as_vec_u64(v.fd().as_fd().try_clone_to_owned().unwrap()).unwrap();
     assert_eq!(again.len(), 512);
     assert_eq!(again[7], 77);
 }

@@ -8,7 +8,9 @@ use std::os::fd::AsFd;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::segment::{self, Elem, Header, Kind};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::segment::{self, Elem, Header, Kind, HOLDERS};
 use super::{FdIn, FdOut};
 #[allow(unused_imports)] // named by the docs
 use crate::error::ErrorKind;
@@ -16,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::fdreg::RegisteredFd;
 use crate::sys::shm;
 
-/// From this size on, a segment's memory is allocated and its page tables filled in one go
-/// (creating, and receiving), rather than a page fault per 4 KiB.
+/// From this size on, a new segment's memory is allocated and its page tables filled in one
+/// go rather than a page fault per 4 KiB, and a dropped segment is kept for reuse.
 const POPULATE_FROM: u64 = 1 << 20;
 
 /// A buffer of `T` in shared memory that crosses process boundaries without being copied:
@@ -72,13 +74,22 @@ const POPULATE_FROM: u64 = 1 << 20;
 /// type (name, size and alignment): a `SharedVec<u64>` cannot be received as a
 /// `SharedVec<u32>`. Anything else fails the decode with [`ErrorKind::Decode`].
 ///
-/// # Dropping
+/// # Dropping, and reuse
 ///
-/// Unmaps it in this process; the kernel frees the memory with the last handle in any
-/// process, also when processes are killed. Nothing is ever left in `/dev/shm`.
+/// Dropping a handle unmaps it in this process; the kernel frees the memory with the last
+/// handle in any process, also when processes are killed. Nothing is ever left in `/dev/shm`.
+///
+/// Allocating fresh shared memory is what makes a big transfer slow (the kernel zeroes and
+/// maps every page: about ten times the cost of copying the data), so a process keeps the
+/// segments of its dropped buffers of 1 MiB or more (at most 4 of them, 512 MiB) and reuses
+/// one for a new buffer of a similar size once **no process holds it and no handle to it is
+/// in flight** (a count in the segment, incremented for each handle and each send,
+/// decremented on drop; a holder killed before its drop leaves the count up, and that
+/// segment is simply never reused). [`release_cache`](crate::shm::release_cache) gives the
+/// kept segments back.
 pub struct SharedVec<T> {
-    pub(super) fd: RegisteredFd,
-    map: shm::Mapping,
+    /// `Some` until drop (which may hand it to the cache).
+    seg: Option<Seg>,
     len: usize,
     _elem: PhantomData<T>,
 }
@@ -86,8 +97,28 @@ pub struct SharedVec<T> {
 /// A shared byte buffer: [`SharedVec<u8>`].
 pub type SharedBytes = SharedVec<u8>;
 
+/// One mapped segment: its descriptor, and a mapping of the header and its whole capacity.
+#[derive(Debug)]
+pub(super) struct Seg {
+    pub(super) fd: RegisteredFd,
+    map: shm::Mapping,
+}
+
+impl Seg {
+    fn holders(&self) -> &AtomicU64 {
+        self.map.atomic_u64(HOLDERS)
+    }
+
+    /// Data bytes the segment can hold.
+    fn capacity(&self) -> u64 {
+        self.map.data_len() as u64
+    }
+}
+
 impl<T: bytemuck::Pod> SharedVec<T> {
-    fn create(len: usize) -> Result<SharedVec<T>> {
+    /// A buffer of `len` elements: a reused segment (contents stale: `zero` says whether to
+    /// clear them) or a fresh, zero-filled one.
+    fn create(len: usize, zero: bool) -> Result<SharedVec<T>> {
         let elem = Elem::of::<T>();
         let bytes = (len as u64)
             .checked_mul(u64::from(elem.size))
@@ -104,11 +135,30 @@ impl<T: bytemuck::Pod> SharedVec<T> {
             elements: len as u64,
             elem,
         };
+        if bytes >= POPULATE_FROM {
+            if let Some(seg) = cache::claim(bytes) {
+                // Nobody else holds it (claimed at a count of 0), so the header and data
+                // are ours to rewrite.
+                if segment::write_header(&seg.fd, header).is_ok() {
+                    let mut v = SharedVec {
+                        seg: Some(seg),
+                        len,
+                        _elem: PhantomData,
+                    };
+                    if zero {
+                        v.bytes_mut().fill(0);
+                    }
+                    return Ok(v);
+                }
+            }
+        }
         let fd = segment::create(header, "creating a SharedVec")?;
-        let map = segment::map(&fd, &header, bytes >= POPULATE_FROM)?;
+        let capacity = segment::segment_len(bytes) - segment::HEADER_LEN as u64;
+        let map = segment::map(&fd, capacity, bytes >= POPULATE_FROM)?;
+        let seg = Seg { fd, map };
+        seg.holders().store(1, Ordering::Relaxed);
         Ok(SharedVec {
-            fd,
-            map,
+            seg: Some(seg),
             len,
             _elem: PhantomData,
         })
@@ -120,7 +170,7 @@ impl<T: bytemuck::Pod> SharedVec<T> {
     /// [`ErrorKind::Io`] if `T` is zero-sized, the size is over 1 TiB, or the memory cannot
     /// be created or mapped.
     pub fn zeroed(len: usize) -> Result<SharedVec<T>> {
-        SharedVec::create(len)
+        SharedVec::create(len, true)
     }
 
     /// A buffer holding a copy of `src` (the one copy).
@@ -128,7 +178,7 @@ impl<T: bytemuck::Pod> SharedVec<T> {
     /// # Errors
     /// As [`zeroed`](SharedVec::zeroed).
     pub fn from_slice(src: &[T]) -> Result<SharedVec<T>> {
-        let mut v = SharedVec::create(src.len())?;
+        let mut v = SharedVec::create(src.len(), false)?;
         v.copy_from_slice(src);
         Ok(v)
     }
@@ -139,19 +189,26 @@ impl<T: bytemuck::Pod> SharedVec<T> {
     /// # Errors
     /// [`ErrorKind::Io`] if the descriptor cannot be duplicated or the buffer mapped.
     pub fn try_clone(&self) -> Result<SharedVec<T>> {
-        let fd = self.fd.try_clone().map_err(Error::io)?;
-        let map = shm::Mapping::map(
-            fd.as_fd(),
-            segment::HEADER_LEN + self.map.data_len(),
-            segment::HEADER_LEN,
-        )
-        .map_err(|e| Error::io(e).context("mapping a SharedVec"))?;
+        let fd = self.seg().fd.try_clone().map_err(Error::io)?;
+        let map = segment::map(&fd, self.seg().capacity(), false)?;
+        let seg = Seg { fd, map };
+        seg.holders().fetch_add(1, Ordering::Relaxed);
         Ok(SharedVec {
-            fd,
-            map,
+            seg: Some(seg),
             len: self.len,
             _elem: PhantomData,
         })
+    }
+
+    fn byte_len(&self) -> usize {
+        // Also for a SharedVec received from another process: the header's element count
+        // and size were checked against the segment.
+        self.len * std::mem::size_of::<T>()
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let n = self.byte_len();
+        &mut self.seg_mut().map.data_mut()[..n]
     }
 
     /// The elements (also through `Deref`).
@@ -159,7 +216,7 @@ impl<T: bytemuck::Pod> SharedVec<T> {
         if self.len == 0 {
             return &[];
         }
-        bytemuck::cast_slice(self.map.data())
+        bytemuck::cast_slice(&self.seg().map.data()[..self.byte_len()])
     }
 
     /// The elements, writable (also through `DerefMut`).
@@ -167,7 +224,39 @@ impl<T: bytemuck::Pod> SharedVec<T> {
         if self.len == 0 {
             return &mut [];
         }
-        bytemuck::cast_slice_mut(self.map.data_mut())
+        bytemuck::cast_slice_mut(self.bytes_mut())
+    }
+}
+
+impl<T> SharedVec<T> {
+    fn seg(&self) -> &Seg {
+        self.seg
+            .as_ref()
+            .expect("a SharedVec holds its segment until drop")
+    }
+
+    fn seg_mut(&mut self) -> &mut Seg {
+        self.seg
+            .as_mut()
+            .expect("a SharedVec holds its segment until drop")
+    }
+
+    /// The descriptor (for tests).
+    #[cfg(test)]
+    pub(super) fn fd(&self) -> &RegisteredFd {
+        &self.seg().fd
+    }
+}
+
+impl<T> Drop for SharedVec<T> {
+    fn drop(&mut self) {
+        let Some(seg) = self.seg.take() else { return };
+        // Release: this process's reads and writes of the data happen before a later
+        // claimer's (Acquire) reuse.
+        seg.holders().fetch_sub(1, Ordering::Release);
+        if seg.capacity() >= POPULATE_FROM {
+            cache::put(seg);
+        }
     }
 }
 
@@ -195,7 +284,11 @@ impl<T> fmt::Debug for SharedVec<T> {
 
 impl<T> Serialize for SharedVec<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        FdOut(self.fd.as_fd()).serialize(s)
+        // The handle in flight counts as a holder until the receiver's handle drops (a
+        // message that never arrives leaves the count up: the segment is then never reused,
+        // and still freed with its last descriptor).
+        self.seg().holders().fetch_add(1, Ordering::Relaxed);
+        FdOut(self.seg().fd.as_fd()).serialize(s)
     }
 }
 
@@ -203,17 +296,96 @@ impl<'de, T: bytemuck::Pod> Deserialize<'de> for SharedVec<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let FdIn(fd) = FdIn::deserialize(d)?;
-        let opened = segment::check(&fd, Kind::Vec, Elem::of::<T>(), "SharedVec").and_then(|h| {
-            let len = usize::try_from(h.elements).map_err(|e| e.to_string())?;
-            let map =
-                segment::map(&fd, &h, h.data_len >= POPULATE_FROM).map_err(|e| e.to_string())?;
-            Ok(SharedVec {
-                fd,
-                map,
-                len,
-                _elem: PhantomData,
-            })
-        });
+        let opened =
+            segment::check(&fd, Kind::Vec, Elem::of::<T>(), "SharedVec").and_then(|(h, cap)| {
+                let len = usize::try_from(h.elements).map_err(|e| e.to_string())?;
+                let map = segment::map(&fd, cap, false).map_err(|e| e.to_string())?;
+                // This handle takes over the count of the one in flight.
+                Ok(SharedVec {
+                    seg: Some(Seg { fd, map }),
+                    len,
+                    _elem: PhantomData,
+                })
+            });
         opened.or_else(|msg| crate::codec::custom(msg, D::Error::custom))
     }
+}
+
+/// The segments of dropped buffers this process keeps for reuse.
+mod cache {
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+
+    use super::Seg;
+
+    /// At most this many segments are kept...
+    const MAX_SEGMENTS: usize = 4;
+    /// ... holding at most this many bytes.
+    const MAX_BYTES: u64 = 512 << 20;
+
+    /// `(pid that kept it, segment)`, oldest first. A `Fork` child inherits the list with
+    /// its parent's pid on every entry and ignores them (two processes must never claim
+    /// from one list). Only ever `try_lock`ed: a child forked while another thread held
+    /// it skips the cache rather than deadlock.
+    static KEPT: Mutex<Vec<(u32, Seg)>> = Mutex::new(Vec::new());
+
+    /// A kept segment that can hold `bytes` without wasting more than half of it, which no
+    /// process holds: claimed (its count set from 0 to 1) and taken off the list.
+    pub(super) fn claim(bytes: u64) -> Option<Seg> {
+        let me = std::process::id();
+        let mut list = KEPT.try_lock().ok()?;
+        let i = list.iter().position(|(pid, seg)| {
+            *pid == me
+                && (bytes..=bytes.saturating_mul(2)).contains(&seg.capacity())
+                && seg
+                    .holders()
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+        })?;
+        Some(list.remove(i).1)
+    }
+
+    /// Keeps `seg` (evicting the oldest beyond the bounds).
+    pub(super) fn put(seg: Seg) {
+        let me = std::process::id();
+        let mut evicted = Vec::new();
+        if let Ok(mut list) = KEPT.try_lock() {
+            let mut kept = Vec::with_capacity(list.len() + 1);
+            for (pid, s) in list.drain(..) {
+                if pid == me {
+                    kept.push((pid, s));
+                } else {
+                    evicted.push(s);
+                }
+            }
+            kept.push((me, seg));
+            while kept.len() > MAX_SEGMENTS
+                || kept.iter().map(|(_, s)| s.capacity()).sum::<u64>() > MAX_BYTES
+            {
+                evicted.push(kept.remove(0).1);
+            }
+            *list = kept;
+        } else {
+            evicted.push(seg);
+        }
+        // Unmapped and closed outside the lock.
+        drop(evicted);
+    }
+
+    /// Drops every kept segment.
+    pub(super) fn release() {
+        let all = match KEPT.try_lock() {
+            Ok(mut list) => std::mem::take(&mut *list),
+            Err(_) => return,
+        };
+        drop(all);
+    }
+}
+
+/// Gives back the shared memory this process keeps for reuse (the segments of dropped
+/// [`SharedVec`]s of 1 MiB or more; see "Dropping, and reuse" there). Other processes that
+/// still hold one keep it; the kernel frees it with the last of them. Call it after a burst
+/// of large transfers if the memory matters, or before counting descriptors.
+pub fn release_cache() {
+    cache::release();
 }
