@@ -293,7 +293,7 @@ fn segments_held_by_sigkilled_processes_leave_nothing_behind() {
             p.kill().unwrap();
         }
         for p in &kids {
-            let e = join(&p).unwrap_err();
+            let e = join(p).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Killed, "{m:?}: {e}");
         }
         drop(ready);
