@@ -427,3 +427,94 @@ fn our_segments_now() -> (usize, usize) {
         .count();
     (fds, maps)
 }
+
+/// Runs `python3 -c code`; `None` when there is no Python here (the test then checks nothing
+/// more and says so).
+fn python(code: &str) -> Option<String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", code])
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn python_opens_our_named_segments_and_we_open_its() {
+    let _g = serial();
+    let n = name("py");
+    let mut shm = SharedMemory::create_named(&n, 4096).unwrap();
+    shm.as_mut_slice()[..5].copy_from_slice(b"hello");
+    // Python 3.8-3.12 would unlink a segment it merely attached to at exit (bpo-38119);
+    // unregistering from its resource tracker is the standard workaround.
+    let code = format!(
+        "from multiprocessing import shared_memory, resource_tracker\n\
+         m = shared_memory.SharedMemory(name={n:?})\n\
+         resource_tracker.unregister(m._name, 'shared_memory')\n\
+         print(bytes(m.buf[:5]).decode(), m.size)\n\
+         m.buf[:5] = b'HELLO'\n\
+         m.close()\n"
+    );
+    let Some(out) = python(&code) else {
+        eprintln!("no python3: interoperability not checked");
+        return;
+    };
+    assert_eq!(out.trim(), "hello 4096");
+    assert_eq!(&shm.as_slice()[..5], b"HELLO");
+    drop(shm);
+    assert!(!exists(&n));
+    // The other way: Python creates, we open (and, as an attacher, leave the name), Python
+    // unlinks.
+    let n2 = name("from-py");
+    let code = format!(
+        "import sys\n\
+         from multiprocessing import shared_memory\n\
+         m = shared_memory.SharedMemory(name={n2:?}, create=True, size=100)\n\
+         m.buf[:3] = b'abc'\n\
+         print('ready', flush=True)\n\
+         sys.stdin.readline()\n\
+         print(bytes(m.buf[3:6]).decode(), flush=True)\n\
+         m.close(); m.unlink()\n"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &code])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let mut ours = SharedMemory::open_named(&n2).unwrap();
+    assert!(ours.size() >= 100);
+    assert_eq!(&ours.as_slice()[..3], b"abc");
+    ours.as_mut_slice()[3..6].copy_from_slice(b"xyz");
+    drop(ours);
+    assert!(exists(&n2), "an attacher never removes the name");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"\n").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "xyz");
+    assert!(child.wait().unwrap().success());
+    assert!(!exists(&n2));
+}
+
+#[test]
+fn the_reuse_cache_is_bounded() {
+    let _g = serial();
+    multiproc::shm::release_cache();
+    let base = our_segments_now();
+    let held: Vec<SharedBytes> = (0..8)
+        .map(|i| SharedBytes::zeroed((1 << 20) + i * 4096).unwrap())
+        .collect();
+    assert_eq!(our_segments_now().1, base.1 + 8);
+    drop(held);
+    assert_eq!(
+        our_segments_now(),
+        (base.0 + 4, base.1 + 4),
+        "at most 4 kept"
+    );
+    multiproc::shm::release_cache();
+    assert_eq!(our_segments_now(), base);
+}

@@ -51,9 +51,12 @@
 //!
 //! # Big payloads: [`SharedVec`]
 //!
-//! Sending a 64 MiB `Vec<u8>` through a pipe copies it four times (encode, kernel in, kernel
-//! out, decode). A [`SharedVec<T>`] is one copy in ([`SharedVec::from_slice`]) or none
-//! (fill [`SharedVec::zeroed`] in place), and the receiver maps the same pages. It is an
+//! Sending a 64 MiB `Vec<u8>` through a pipe copies it several times (into the message, into
+//! and out of the kernel, into the received value). A [`SharedVec<T>`] is one copy in
+//! ([`SharedVec::from_slice`]) or none (fill [`SharedVec::zeroed`] in place), and the receiver
+//! maps the same pages. Segments of dropped buffers are reused (see [`SharedVec`], "Dropping,
+//! and reuse"), so repeated transfers run at about the speed of `memcpy` rather than the
+//! speed at which the kernel hands out fresh pages. It is an
 //! **explicit type rather than an automatic switch above a size threshold**, because the two
 //! behave differently in ways a caller must choose: a shared buffer is shared (sender and
 //! receiver see each other's writes, until one drops it), it costs a descriptor in flight and
