@@ -2,14 +2,16 @@
 //! dead workers. The thread that drives it is in `supervisor.rs`; see `README.md`.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use super::completion::{Notifier, Runner};
 use super::task::{
-    protocol, Cursor, Failure, FLAG_ENTRY, TAG_INIT_FAILED, TAG_READY, TAG_RESULT, TAG_RUNNING,
-    TAG_TASK, TASK_HEADER_MAX,
+    protocol, Cursor, Failure, ALL_OK, FLAG_ENTRY, TAG_INIT_FAILED, TAG_READY, TAG_RESULT,
+    TAG_RUNNING, TAG_TASK, TASK_HEADER_MAX,
 };
 use crate::connection::channel::{Channel, Frame};
 use crate::context::StartMethod;
@@ -168,10 +170,20 @@ impl Delivery {
             Delivery::Data { count, .. } | Delivery::Failed { count, .. } => *count,
         }
     }
+
+    /// Job index of its first element.
+    pub(super) fn index(&self) -> u64 {
+        match self {
+            Delivery::Data { index, .. } | Delivery::Failed { index, .. } => *index,
+        }
+    }
 }
 
+/// What runs once a job is settled, on the pool's callback thread: decodes the deliveries
+/// and calls the user's callback.
+pub(super) type OnSettled = Box<dyn FnOnce(VecDeque<Delivery>) + Send>;
+
 /// One call's bookkeeping (an `apply_async`, a `map`, an `imap`).
-#[derive(Debug)]
 pub(super) struct Job {
     pub(super) inbox: VecDeque<Delivery>,
     /// Tasks queued or in flight.
@@ -182,6 +194,31 @@ pub(super) struct Job {
     pub(super) abandoned: bool,
     /// (`AsyncResult`) the result was handed out.
     pub(super) taken: bool,
+    /// Some delivery carries a failure (an `AsyncResult` of a `map_async` is settled then).
+    pub(super) failed: bool,
+    /// (`AsCompleted`) told once when the job is settled: the set and this job's key in it.
+    pub(super) notify: Option<(Arc<Notifier>, u64)>,
+    /// (`AsyncResult::then`) run once the job is settled.
+    pub(super) on_settled: Option<OnSettled>,
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("inbox", &self.inbox.len())
+            .field("pending", &self.pending)
+            .field("abandoned", &self.abandoned)
+            .field("taken", &self.taken)
+            .field("callback", &self.on_settled.is_some())
+            .finish()
+    }
+}
+
+impl Job {
+    /// The `AsyncResult` of this job can be taken: every task answered, or one failed.
+    pub(super) fn settled(&self) -> bool {
+        self.pending == 0 || self.failed
+    }
 }
 
 #[derive(Debug)]
@@ -254,6 +291,8 @@ pub(super) struct State {
     pub(super) start_failures: u32,
     rr: usize,
     spare: Vec<Vec<u8>>,
+    /// The thread that runs `AsyncResult::then` callbacks.
+    pub(super) runner: Arc<Runner>,
 }
 
 /// The pool's shared core (the `Pool` handle, the pool thread and every `AsyncResult`).
@@ -267,11 +306,17 @@ pub(super) struct Shared {
     pub(super) wake_tx: Channel,
 }
 
-/// Condition variables and wakers to signal once the lock is released.
+/// A callback ready to run on the callback thread.
+pub(super) type Callback = Box<dyn FnOnce() + Send>;
+
+/// Condition variables, wakers, `AsCompleted` sets and callbacks to signal once the lock
+/// is released.
 #[derive(Default)]
 pub(super) struct Wakeups {
     signals: Vec<Arc<Condvar>>,
     wakers: Vec<Waker>,
+    notify: Vec<(Arc<Notifier>, u64)>,
+    callbacks: Vec<(Arc<Runner>, Callback)>,
 }
 
 impl Wakeups {
@@ -281,6 +326,12 @@ impl Wakeups {
         }
         for w in self.wakers {
             w.wake();
+        }
+        for (n, key) in self.notify {
+            n.push(key);
+        }
+        for (r, cb) in self.callbacks {
+            r.run(cb);
         }
     }
 }
@@ -316,6 +367,7 @@ impl State {
             start_failures: 0,
             rr: 0,
             spare: Vec::new(),
+            runner: Arc::new(Runner::default()),
         }
     }
 
@@ -333,6 +385,9 @@ impl State {
                 waker: None,
                 abandoned: false,
                 taken: false,
+                failed: false,
+                notify: None,
+                on_settled: None,
             },
         );
         (id, signal)
@@ -392,6 +447,10 @@ impl State {
             }
             return;
         }
+        j.failed |= match &d {
+            Delivery::Failed { .. } => true,
+            Delivery::Data { status, .. } => *status != ALL_OK,
+        };
         j.inbox.push_back(d);
         if !wake
             .signals
@@ -403,10 +462,71 @@ impl State {
         if let Some(w) = j.waker.take() {
             wake.wakers.push(w);
         }
+        if !j.settled() {
+            return;
+        }
+        if let Some(n) = j.notify.take() {
+            wake.notify.push(n);
+        }
+        if let Some(cb) = j.on_settled.take() {
+            // The callback owns the result now; whatever arrives later is dropped.
+            let inbox = std::mem::take(&mut j.inbox);
+            j.taken = true;
+            j.abandoned = true;
+            wake.callbacks
+                .push((self.runner.clone(), Box::new(move || cb(inbox))));
+            if j.pending == 0 {
+                self.jobs.remove(&job);
+            }
+        }
     }
 
-    /// The job's handle is gone: cancel its queued tasks, drop what arrives later.
-    pub(super) fn abandon(&mut self, job: u64) {
+    /// The job's handle is gone. Results that arrive later are dropped; with `cancel`, its
+    /// queued tasks are dropped too (`map`, `imap`), otherwise they still run (`AsyncResult`,
+    /// as in Python). A job with a callback lives on until the callback has its result.
+    pub(super) fn abandon(&mut self, job: u64, cancel: bool) {
+        if self.jobs.get(&job).is_some_and(|j| j.on_settled.is_some()) {
+            return;
+        }
+        let removed = if cancel { self.unqueue(job) } else { 0 };
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.pending = j.pending.saturating_sub(removed);
+            j.inbox.clear();
+            j.abandoned = true;
+            if j.pending == 0 {
+                self.jobs.remove(&job);
+            }
+        }
+    }
+
+    /// `AsyncResult::then`: `cb` gets the job's result once it is settled (at once if it is).
+    pub(super) fn attach_callback(&mut self, job: u64, cb: OnSettled, wake: &mut Wakeups) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            let runner = self.runner.clone();
+            wake.callbacks
+                .push((runner, Box::new(move || cb(VecDeque::new()))));
+            return;
+        };
+        if j.taken || j.settled() {
+            let inbox = if j.taken {
+                VecDeque::new()
+            } else {
+                std::mem::take(&mut j.inbox)
+            };
+            j.taken = true;
+            j.abandoned = true;
+            if j.pending == 0 {
+                self.jobs.remove(&job);
+            }
+            let runner = self.runner.clone();
+            wake.callbacks.push((runner, Box::new(move || cb(inbox))));
+        } else {
+            j.on_settled = Some(cb);
+        }
+    }
+
+    /// Removes the queued tasks of `job`; returns how many.
+    fn unqueue(&mut self, job: u64) -> usize {
         let mut removed = 0;
         self.queue.retain(|t| {
             let keep = t.job != job;
@@ -418,14 +538,48 @@ impl State {
             removed += usize::from(!keep);
             keep
         });
-        if let Some(j) = self.jobs.get_mut(&job) {
-            j.pending = j.pending.saturating_sub(removed);
-            j.inbox.clear();
-            j.abandoned = true;
-            if j.pending == 0 {
-                self.jobs.remove(&job);
+        removed
+    }
+
+    /// `AsyncResult::cancel`: fails the job with `Cancelled` if none of its tasks has been
+    /// sent to a worker yet; returns whether it did.
+    pub(super) fn cancel(&mut self, job: u64, wake: &mut Wakeups) -> bool {
+        let Some(j) = self.jobs.get(&job) else {
+            return false;
+        };
+        if j.settled() || j.taken {
+            return false;
+        }
+        let queued = self.queue.iter().filter(|t| t.job == job).count()
+            + self.suspects.iter().filter(|t| t.job == job).count();
+        if queued != j.pending {
+            return false; // some task is running, or done
+        }
+        let mut tasks: Vec<Task> = Vec::new();
+        let mut rest = VecDeque::new();
+        for t in self.queue.drain(..) {
+            if t.job == job {
+                tasks.push(t);
+            } else {
+                rest.push_back(t);
             }
         }
+        self.queue = rest;
+        self.suspects.retain(|t| t.job != job);
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.pending = 1;
+        }
+        let total: u32 = tasks.iter().map(|t| t.hi - t.lo).sum();
+        let d = Delivery::Failed {
+            index: 0,
+            count: total,
+            why: Why::Cancelled,
+        };
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.failed = true;
+        }
+        self.deliver(job, d, wake);
+        true
     }
 
     /// Whether any task is queued or in flight.
@@ -883,6 +1037,12 @@ fn send_all(out: &[Outgoing]) {
         let fds: Vec<BorrowedFd<'_>> = o.fds.iter().map(|f| f.as_fd()).collect();
         // A failed send means the worker died; the pool thread notices and re-dispatches.
         let _ = o.conn.chan.send_raw(&o.frame, &fds);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.lock().runner.close();
     }
 }
 

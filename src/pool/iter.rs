@@ -14,63 +14,52 @@ use super::progress::Progress;
 use super::task::{Failure, FAILED};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
+use crate::wait::{deadline_after, wait_until};
 
 /// Chunks larger than this many encoded bytes make later automatic chunks smaller.
 const CHUNK_BYTES: usize = 16 << 20;
 
-/// A job's handle: abandons the job when dropped (queued tasks are cancelled, results that
-/// arrive later are dropped).
+/// A job's handle: abandons the job when dropped (results that arrive later are dropped;
+/// with `cancel_on_drop`, queued tasks are cancelled too).
 #[derive(Debug)]
 pub(super) struct JobGuard {
     pub(super) shared: Arc<Shared>,
     pub(super) id: u64,
     pub(super) signal: Arc<Condvar>,
+    /// `map`/`imap`: dropping the handle cancels the tasks that have not started.
+    /// `AsyncResult`: they still run (Python's behaviour).
+    pub(super) cancel_on_drop: bool,
 }
 
 impl JobGuard {
-    pub(super) fn new(shared: &Arc<Shared>) -> Self {
+    pub(super) fn new(shared: &Arc<Shared>, cancel_on_drop: bool) -> Self {
         let (id, signal) = shared.lock().new_job();
         JobGuard {
             shared: shared.clone(),
             id,
             signal,
+            cancel_on_drop,
         }
     }
 
     /// Waits until something was delivered (or nothing is pending any more, or `deadline`)
     /// and takes it all.
     pub(super) fn take(&self, deadline: Option<Instant>) -> VecDeque<Delivery> {
-        let mut st = self.shared.lock();
-        loop {
-            let Some(j) = st.jobs.get_mut(&self.id) else {
-                return VecDeque::new();
-            };
-            if !j.inbox.is_empty() {
-                return std::mem::take(&mut j.inbox);
-            }
-            if j.pending == 0 {
-                return VecDeque::new();
-            }
-            st = match deadline {
-                None => self.signal.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return VecDeque::new();
-                    }
-                    self.signal
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
+        let (mut st, _) = wait_until(&self.signal, self.shared.lock(), deadline, |st| {
+            st.jobs
+                .get(&self.id)
+                .is_none_or(|j| !j.inbox.is_empty() || j.pending == 0)
+        });
+        st.jobs
+            .get_mut(&self.id)
+            .map(|j| std::mem::take(&mut j.inbox))
+            .unwrap_or_default()
     }
 }
 
 impl Drop for JobGuard {
     fn drop(&mut self) {
-        self.shared.lock().abandon(self.id);
+        self.shared.lock().abandon(self.id, self.cancel_on_drop);
     }
 }
 
@@ -263,8 +252,18 @@ where
 /// It is lazy and bounded: input is pulled only as results are consumed, and at most
 /// [`buffer`](Self::buffer) items are between the input and the consumer at any time
 /// (queued, running, or finished but not yet yielded), so it works over an endless iterator.
-/// Items that were pulled keep running if you stop iterating; dropping the `IMap` cancels
-/// the ones that have not started.
+/// The input ends at its first `None` (Rust's `Iterator` contract): an input that is empty
+/// *for now*, such as a crawler's growing frontier, ends the `IMap`. For a work list that
+/// grows while you drain it, submit with [`Pool::apply_async`](crate::Pool::apply_async)
+/// and drain an [`AsCompleted`](crate::AsCompleted) set.
+///
+/// # Dropping
+///
+/// Dropping the `IMap` stops it: no more input is pulled, items already pulled that have
+/// not started are cancelled, and items that are running finish with their results
+/// discarded. (Python's `imap` has already queued its whole input and keeps running it; a
+/// Rust iterator is often endless or cut short with `take`, so stopping is the useful
+/// meaning here.) Items keep running if you merely stop calling `next`.
 ///
 /// Each item is a `Result`: one task's panic, crash, timeout or (de)serialisation failure
 /// is that item's error and the iteration goes on.
@@ -322,7 +321,7 @@ where
     ) -> Self {
         let refused = shared.lock().refusal().map(|w| w.to_error());
         IMap {
-            job: Some(JobGuard::new(shared)),
+            job: Some(JobGuard::new(shared, true)),
             feeder,
             ordered,
             yielded: 0,
@@ -421,7 +420,15 @@ where
     /// The item `Some(Err(_))` is [`ErrorKind::Timeout`] if no result arrived in time (the
     /// iterator stays usable), or that item's own failure.
     pub fn next_timeout(&mut self, timeout: std::time::Duration) -> Option<Result<R>> {
-        self.next_until(Instant::now().checked_add(timeout))
+        self.next_until(deadline_after(timeout))
+    }
+
+    /// [`next_timeout`](Self::next_timeout) with a deadline.
+    ///
+    /// # Errors
+    /// As [`next_timeout`](Self::next_timeout).
+    pub fn next_deadline(&mut self, deadline: Instant) -> Option<Result<R>> {
+        self.next_until(Some(deadline))
     }
 }
 
@@ -516,7 +523,7 @@ where
         return Err(why.to_error());
     }
     let progress = Progress::new(progress_on, total);
-    let job = JobGuard::new(shared);
+    let job = JobGuard::new(shared, true);
     let mut parts: Vec<(u64, Vec<R>)> = Vec::new();
     let mut received: u64 = 0;
     loop {
