@@ -219,6 +219,24 @@ fn pool_thread(shared: Arc<Shared>) {
     shared.changed.notify_all();
 }
 
+/// Reaps a dead worker and returns its Python-style exit code (negative: signal).
+///
+/// `join` rather than `exitcode`: joining also forgets the child in the process registry,
+/// so a dead worker keeps no descriptor (its control stream, pidfd, status socket).
+fn reap(p: &Process<()>) -> Option<i32> {
+    match p.join_timeout(Duration::from_secs(5)) {
+        Ok(Some(())) => Some(0),
+        // Not reaped yet: dropping the handle leaves it to the background reaper.
+        Ok(None) => None,
+        Err(e) => match (e.signal(), e.exit_code()) {
+            (Some(sig), _) => Some(-sig),
+            (None, Some(code)) => Some(code),
+            (None, None) if e.kind() == ErrorKind::Panicked => Some(1),
+            (None, None) => None,
+        },
+    }
+}
+
 /// Frames read from one worker in one round.
 struct Input {
     id: u64,
@@ -314,13 +332,7 @@ fn run(shared: &Arc<Shared>) {
         // Exit codes of dead workers (may wait briefly for the fork server's report).
         let codes: Vec<Option<i32>> = inputs
             .iter()
-            .map(|i| {
-                if i.dead {
-                    i.conn.process.exitcode()
-                } else {
-                    None
-                }
-            })
+            .map(|i| if i.dead { reap(&i.conn.process) } else { None })
             .collect();
         // 4. Under the lock: route results, settle deaths, dispatch.
         let mut wake = Wakeups::default();
