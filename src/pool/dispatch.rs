@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::completion::{Notifier, Runner};
 use super::task::{
-    protocol, Cursor, Failure, ALL_OK, FLAG_ENTRY, TAG_INIT_FAILED, TAG_READY, TAG_RESULT,
-    TAG_RUNNING, TAG_TASK, TASK_HEADER_MAX,
+    protocol, Cursor, Failure, ALL_OK, FLAG_ENTRY, TAG_ALIVE, TAG_INIT_FAILED, TAG_READY,
+    TAG_RESULT, TAG_RUNNING, TAG_TASK, TASK_HEADER_MAX,
 };
 use crate::connection::channel::{Channel, Frame};
 use crate::context::StartMethod;
@@ -63,6 +63,12 @@ pub(super) struct Config {
     pub(super) task_timeout: Option<Duration>,
     pub(super) init: Option<Init>,
     pub(super) tick: Duration,
+    /// Heartbeat period of a busy worker (with a `task_timeout`).
+    pub(super) beat: Option<Duration>,
+    /// Workers ignore SIGINT.
+    pub(super) ignore_sigint: bool,
+    /// The largest argument or result message.
+    pub(super) max_message: usize,
     #[cfg_attr(not(feature = "progress"), allow(dead_code))]
     pub(super) progress: bool,
 }
@@ -84,9 +90,21 @@ pub(super) enum Why {
     Encode(String),
     /// Workers could not be started.
     Start(String),
+    /// The encoded arguments are larger than the pool's `max_message_size`.
+    TooLarge { size: u64, limit: u64 },
 }
 
 impl Why {
+    /// Why arguments of `size` encoded bytes cannot be sent, if they cannot (the task header
+    /// must fit in the same message).
+    pub(super) fn too_large(size: usize, max_message: usize) -> Option<Why> {
+        let limit = max_message.saturating_sub(TASK_HEADER_MAX);
+        (size > limit).then_some(Why::TooLarge {
+            size: size as u64,
+            limit: limit as u64,
+        })
+    }
+
     /// An encoding failure in the parent (kept as text: `Error` is not `Clone`).
     pub(super) fn encode(e: &Error) -> Why {
         let text = e.to_string();
@@ -109,6 +127,9 @@ impl Why {
             Why::Closed => Error::msg(ErrorKind::Closed, "the pool no longer accepts work"),
             Why::Init(f) => f.to_error().context("the pool's initializer failed"),
             Why::Encode(m) => Error::msg(ErrorKind::Encode, m.clone()),
+            Why::TooLarge { size, limit } => {
+                Error::too_large(*size, *limit).context(super::task::TOO_LARGE)
+            }
             Why::Start(m) => Error::msg(ErrorKind::Io, m.clone()).context("starting pool workers"),
         }
     }
@@ -263,6 +284,18 @@ pub(super) struct Worker {
     pub(super) running: Option<(u64, u32, Instant)>,
     /// We killed it for a timeout of (task number, element).
     pub(super) timed_out: Option<(u64, u32)>,
+    /// The last time it sent anything, or was given work while idle: with a
+    /// `task_timeout`, a busy worker silent for that long is frozen (or over time).
+    pub(super) heard: Instant,
+    /// Seen dead; a reaper thread is getting its exit code, then settles its tasks.
+    pub(super) exited: bool,
+}
+
+impl Worker {
+    /// It may be sent tasks.
+    fn ready(&self) -> bool {
+        self.status == Status::Ready && !self.exited
+    }
 }
 
 /// Whether the pool accepts work.
@@ -288,11 +321,20 @@ pub(super) struct State {
     estimates: HashMap<u64, f64>,
     /// The pool thread has exited.
     pub(super) finished: bool,
+    /// Consecutive failures to create a worker process (the pool breaks at
+    /// `MAX_START_FAILURES`).
     pub(super) start_failures: u32,
+    /// Consecutive workers that died before they were ready without an initializer error
+    /// (killed from outside): replaced with a growing back-off, never fatal.
+    pub(super) init_deaths: u32,
+    /// Workers being started by starter threads.
+    pub(super) launching: usize,
     rr: usize,
     spare: Vec<Vec<u8>>,
     /// The thread that runs `AsyncResult::then` callbacks.
     pub(super) runner: Arc<Runner>,
+    /// The largest frame to a worker (`max_message_size`).
+    max_message: usize,
 }
 
 /// The pool's shared core (the `Pool` handle, the pool thread and every `AsyncResult`).
@@ -352,8 +394,9 @@ fn target_window(est: Option<f64>) -> usize {
 }
 
 impl State {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(max_message: usize) -> Self {
         State {
+            max_message,
             workers: Vec::new(),
             queue: VecDeque::new(),
             suspects: VecDeque::new(),
@@ -365,6 +408,8 @@ impl State {
             estimates: HashMap::new(),
             finished: false,
             start_failures: 0,
+            init_deaths: 0,
+            launching: 0,
             rr: 0,
             spare: Vec::new(),
             runner: Arc::new(Runner::default()),
@@ -589,8 +634,20 @@ impl State {
             || self.workers.iter().any(|w| !w.inflight.is_empty())
     }
 
-    pub(super) fn pids(&self) -> Vec<u32> {
-        self.workers.iter().map(|w| w.conn.process.pid()).collect()
+    /// The live workers' connections (to ask for pids outside the lock).
+    pub(super) fn conns(&self) -> Vec<Arc<Conn>> {
+        self.workers
+            .iter()
+            .filter(|w| !w.exited)
+            .map(|w| w.conn.clone())
+            .collect()
+    }
+
+    /// Worker `id` was seen dead: no more tasks or polling until `on_death` settles it.
+    pub(super) fn mark_exited(&mut self, id: u64) {
+        if let Some(w) = self.workers.iter_mut().find(|w| w.id == id) {
+            w.exited = true;
+        }
     }
 
     /// Moves queued tasks into worker windows; returns the frames to send.
@@ -605,12 +662,7 @@ impl State {
                 break;
             }
             let w = &self.workers[wi];
-            if w.status != Status::Ready
-                || w.writing
-                || w.isolating
-                || !w.inflight.is_empty()
-                || w.quota == 0
-            {
+            if !w.ready() || w.writing || w.isolating || !w.inflight.is_empty() || w.quota == 0 {
                 continue;
             }
             let t = self.suspects.pop_front().expect("checked non-empty");
@@ -633,7 +685,7 @@ impl State {
         let candidates = self
             .workers
             .iter()
-            .filter(|w| w.status == Status::Ready && !w.writing && !w.isolating && w.quota > 0)
+            .filter(|w| w.ready() && !w.writing && !w.isolating && w.quota > 0)
             .count();
         if candidates == 0 {
             return out;
@@ -644,7 +696,7 @@ impl State {
             None
         } else {
             (0..n)
-                .filter(|&i| self.workers[i].status == Status::Ready && !self.workers[i].isolating)
+                .filter(|&i| self.workers[i].ready() && !self.workers[i].isolating)
                 .min_by_key(|&i| self.workers[i].inflight.len())
         };
         self.rr = (self.rr + 1) % n.max(1);
@@ -658,7 +710,7 @@ impl State {
             }
             {
                 let w = &self.workers[wi];
-                if w.status != Status::Ready || w.writing || w.isolating || w.quota == 0 {
+                if !w.ready() || w.writing || w.isolating || w.quota == 0 {
                     continue;
                 }
             }
@@ -676,6 +728,8 @@ impl State {
                     || (w.inflight.len() >= window && !alone)
                     || (w.bytes + cost > BUDGET && !alone)
                     || frame.len() >= FRAME_MAX
+                    || (!frame.is_empty()
+                        && frame.len() + TASK_HEADER_MAX + t.args.len() > self.max_message)
                     || fds.len() + t.fds.len() > sys::socket::MAX_FDS_PER_FRAME
                 {
                     break;
@@ -728,6 +782,7 @@ impl State {
         let Some(wi) = self.workers.iter().position(|w| w.id == id) else {
             return Ok(());
         };
+        self.workers[wi].heard = now;
         let payload = Arc::new(frame.payload);
         let mut fds = frame.fds.into_iter();
         let mut cur = Cursor::new(&payload);
@@ -775,11 +830,15 @@ impl State {
                         w.running = Some((seq, elem, start));
                     }
                 }
+                TAG_ALIVE => {
+                    cur.u64()?;
+                }
                 TAG_READY => {
                     let w = &mut self.workers[wi];
                     if w.status == Status::Starting {
                         w.status = Status::Ready;
                         self.start_failures = 0;
+                        self.init_deaths = 0;
                     }
                 }
                 TAG_INIT_FAILED => {
@@ -833,14 +892,9 @@ impl State {
         };
         let w = self.workers.swap_remove(wi);
         if w.status == Status::Starting {
-            self.start_failures += 1;
-            if self.start_failures >= MAX_START_FAILURES {
-                let why = Why::Start(format!(
-                    "{} workers in a row exited before they were ready (last exit code {code:?})",
-                    self.start_failures
-                ));
-                self.break_pool(why, wake);
-            }
+            // No INIT_FAILED came (that breaks the pool in `on_frame`): the worker was killed
+            // from outside, or crashed, while starting. Replace it, backing off (as Python).
+            self.init_deaths += 1;
         }
         let mut held: VecDeque<InFlight> = w.inflight;
         let Some(front) = held.front() else {
@@ -917,6 +971,9 @@ impl State {
         let mut next: Option<Instant> = None;
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for w in &mut self.workers {
+            if w.exited {
+                continue;
+            }
             match w.status {
                 Status::Starting => {
                     let d = w.since + START_TIMEOUT;
@@ -939,6 +996,23 @@ impl State {
             let Some(limit) = cfg.task_timeout else {
                 continue;
             };
+            if w.status == Status::Ready && w.timed_out.is_none() {
+                if let Some(front) = w.inflight.front() {
+                    // A busy worker sends ALIVE every beat: silence for a whole limit means
+                    // it is frozen (SIGSTOP) or stuck; our dispatch time bounds the task.
+                    let d = w.heard + limit;
+                    if now >= d {
+                        let elem = match w.running {
+                            Some((seq, elem, _)) if seq == front.seq => elem,
+                            _ => front.task.lo,
+                        };
+                        w.timed_out = Some((front.seq, elem));
+                        let _ = w.conn.process.kill();
+                        continue;
+                    }
+                    earliest(d);
+                }
+            }
             if let Some((seq, elem, start)) = w.running {
                 if w.timed_out.is_some() {
                     continue;
@@ -973,9 +1047,9 @@ impl State {
         let live = self
             .workers
             .iter()
-            .filter(|w| w.status != Status::Draining)
+            .filter(|w| w.status != Status::Draining && !w.exited)
             .count();
-        cfg.processes.saturating_sub(live)
+        cfg.processes.saturating_sub(live + self.launching)
     }
 
     /// Closed and idle: tell every worker to exit (end of stream).
@@ -985,7 +1059,7 @@ impl State {
         }
         let now = Instant::now();
         for w in &mut self.workers {
-            if w.status != Status::Draining && !w.writing {
+            if w.status != Status::Draining && !w.writing && !w.exited {
                 let _ = sys::socket::shutdown(w.conn.chan.fd(), sys::socket::Half::Write);
                 w.status = Status::Draining;
                 w.since = now;
@@ -1006,6 +1080,9 @@ impl State {
 /// Appends task `t` to `frame` for worker `w` and records it in flight.
 fn push_task(w: &mut Worker, frame: &mut Vec<u8>, t: Task, with_entry: bool) -> Vec<OwnedFd> {
     let first = frame.is_empty();
+    if w.inflight.is_empty() {
+        w.heard = Instant::now();
+    }
     frame.reserve(TASK_HEADER_MAX + t.args.len());
     if with_entry || first {
         frame.push(TAG_TASK | FLAG_ENTRY);

@@ -123,6 +123,9 @@ pub(super) struct Feeder<I: Iterator> {
     /// Elements pulled from the input so far (= the next element's index).
     pub(super) pulled: u64,
     pub(super) max_elems: u64,
+    /// The pool's `max_message_size`: a larger chunk is sent element by element, and a
+    /// larger element fails with TooLarge.
+    pub(super) max_message: usize,
 }
 
 impl<I: Iterator> fmt::Debug for Feeder<I> {
@@ -149,6 +152,7 @@ where
             auto: false,
             pulled: 0,
             max_elems: max_elems.max(1),
+            max_message: crate::codec::frame::DEFAULT_MAX_MESSAGE,
         }
     }
 
@@ -185,8 +189,10 @@ where
             self.pulled += n as u64;
             let mut args = Vec::with_capacity(n * 2 + 8);
             let mut fds = Vec::new();
-            match codec::encode(&self.chunk[..], &mut args, &mut fds) {
-                Ok(()) => {
+            let enc = codec::encode(&self.chunk[..], &mut args, &mut fds);
+            let fits = Why::too_large(args.len(), self.max_message).is_none();
+            match enc {
+                Ok(()) if fits => {
                     if self.auto && args.len() > CHUNK_BYTES && self.chunksize > 1 {
                         self.chunksize = (self.chunksize / 2).max(1);
                     }
@@ -201,12 +207,18 @@ where
                         suspect: false,
                     });
                 }
-                Err(_) => {
-                    // Find the culprits: each element on its own.
+                _ => {
+                    // Find the culprits (unencodable or too large): each element on its own.
                     for (k, item) in self.chunk.iter().enumerate() {
                         let mut args = Vec::new();
                         let mut fds = Vec::new();
-                        match codec::encode(std::slice::from_ref(item), &mut args, &mut fds) {
+                        let enc = codec::encode(std::slice::from_ref(item), &mut args, &mut fds)
+                            .map_err(|e| Why::encode(&e))
+                            .and_then(|()| match Why::too_large(args.len(), self.max_message) {
+                                Some(why) => Err(why),
+                                None => Ok(()),
+                            });
+                        match enc {
                             Ok(()) => tasks.push(Task {
                                 job: job.id,
                                 base: base + k as u64,
@@ -217,7 +229,7 @@ where
                                 fds,
                                 suspect: false,
                             }),
-                            Err(e) => failed.push((base + k as u64, Why::encode(&e))),
+                            Err(why) => failed.push((base + k as u64, why)),
                         }
                     }
                 }

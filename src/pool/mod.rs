@@ -142,6 +142,8 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     init: Option<Result<Init>>,
     progress: bool,
+    ignore_sigint: bool,
+    max_message: usize,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -153,6 +155,8 @@ impl fmt::Debug for PoolBuilder {
             .field("max_tasks_per_child", &self.max_tasks)
             .field("task_timeout", &self.task_timeout)
             .field("initializer", &self.init.is_some())
+            .field("ignore_sigint", &self.ignore_sigint)
+            .field("max_message_size", &self.max_message)
             .finish()
     }
 }
@@ -175,6 +179,8 @@ impl PoolBuilder {
             task_timeout: None,
             init: None,
             progress: false,
+            ignore_sigint: false,
+            max_message: crate::codec::frame::DEFAULT_MAX_MESSAGE,
         }
     }
 
@@ -241,6 +247,29 @@ impl PoolBuilder {
         self
     }
 
+    /// Workers ignore SIGINT, so a Ctrl-C in the terminal stops only the parent's main
+    /// thread's work, and the tasks that are running finish (Python's
+    /// `initializer=lambda: signal.signal(SIGINT, SIG_IGN)` pattern). Default `false`:
+    /// workers get the parent's disposition, and Ctrl-C kills them with the rest of the
+    /// terminal's process group.
+    ///
+    /// The parent decides what to do on Ctrl-C (with its own handler): let the pool finish
+    /// with [`Pool::close`] and [`Pool::join`], or stop it with [`Pool::terminate`]. A
+    /// worker still dies from SIGTERM and SIGKILL.
+    pub fn ignore_sigint(mut self, on: bool) -> Self {
+        self.ignore_sigint = on;
+        self
+    }
+
+    /// The largest task argument or result, in encoded bytes (default 1 GiB). A task whose
+    /// arguments or result are larger fails alone with [`ErrorKind::TooLarge`]; the pool
+    /// goes on. Raise it to pass bigger values (both ends accept messages up to it), lower
+    /// it to bound what a worker may make the parent allocate.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message = bytes.max(1024);
+        self
+    }
+
     /// Show a progress bar on standard error during `map`, `starmap` and `imap` calls
     /// (feature `progress`).
     #[cfg(feature = "progress")]
@@ -267,8 +296,13 @@ impl PoolBuilder {
             Some(t) => (t / 8).clamp(Duration::from_micros(200), Duration::from_millis(1)),
             None => Duration::from_millis(1),
         };
+        // A busy worker says it is alive four times per limit (see `task_timeout`).
+        let beat = task_timeout.map(|t| (t / 4).max(tick));
         let cfg = Config {
             processes,
+            beat,
+            ignore_sigint: self.ignore_sigint,
+            max_message: self.max_message,
             method: self.method.unwrap_or_else(get_start_method),
             name: self.name.unwrap_or_else(|| "PoolWorker".into()),
             max_tasks: self.max_tasks,
@@ -310,8 +344,21 @@ impl Pool {
     }
 
     /// The process ids of the current workers (they change when workers are replaced).
+    ///
+    /// A replacement that is being started is listed once it has announced itself; `pids`
+    /// waits up to a second for replacements under way (never holding the pool's lock, so
+    /// the pool keeps working meanwhile), then lists the workers it has.
     pub fn pids(&self) -> Vec<u32> {
-        self.shared.lock().pids()
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let (st, _) = wait_until(
+            &self.shared.changed,
+            self.shared.lock(),
+            Some(deadline),
+            |st| st.launching == 0 || st.phase != dispatch::Phase::Open,
+        );
+        let conns = st.conns();
+        drop(st);
+        conns.iter().map(|c| c.process.pid()).collect()
     }
 
     /// Runs `f(args)` in a worker and waits for the result (`apply`).
@@ -357,6 +404,12 @@ impl Pool {
         let job = JobGuard::new(&self.shared, false);
         let mut wake = Wakeups::default();
         let mut st = self.shared.lock();
+        let enc = enc.map_err(|e| Why::encode(&e)).and_then(|()| {
+            match Why::too_large(bytes.len(), self.shared.cfg.max_message) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            }
+        });
         match enc {
             Ok(()) => st.submit(
                 vec![Task {
@@ -371,12 +424,12 @@ impl Pool {
                 }],
                 &mut wake,
             ),
-            Err(e) => st.deliver_now(
+            Err(why) => st.deliver_now(
                 job.id,
                 Delivery::Failed {
                     index: 0,
                     count: 1,
-                    why: Why::encode(&e),
+                    why,
                 },
                 &mut wake,
             ),
@@ -587,7 +640,9 @@ impl Pool {
         let chunksize = chunksize.max(1);
         let workers = self.processes() as u64;
         let max = (1024 * workers).max(chunksize as u64 * workers * 4);
-        Feeder::new(it, entry, chunksize, max)
+        let mut feeder = Feeder::new(it, entry, chunksize, max);
+        feeder.max_message = self.shared.cfg.max_message;
+        feeder
     }
 
     /// Stops accepting work (`close`); queued tasks still run, and the workers exit once

@@ -18,13 +18,16 @@ use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::Process;
 use crate::sys;
+use crate::wait::wait_until;
 
-/// Starts one worker process (outside the lock).
+/// Starts one worker process (on a starter thread, outside the lock) and waits until it
+/// has announced itself, so the pool thread only ever sees workers whose pid is known.
 fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
     let cfg = &shared.cfg;
     let (ours, theirs) =
         sys::socket::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
     let chan = Channel::new(ours);
+    chan.set_max_message(cfg.max_message);
     let close_fds = if cfg.method == StartMethod::Fork {
         let mut v = others;
         v.push(shared.wake_rx.fd().as_raw_fd());
@@ -38,6 +41,9 @@ fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
         chan: ChanFd(theirs),
         max_tasks: cfg.max_tasks,
         tick_us: cfg.tick.as_micros() as u64,
+        beat_us: cfg.beat.map_or(0, |b| b.as_micros().max(1) as u64),
+        ignore_sigint: cfg.ignore_sigint,
+        max_message: cfg.max_message as u64,
         close_fds,
     };
     let process = Process::builder()
@@ -45,6 +51,15 @@ fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
         .daemon(true)
         .start_method(cfg.method)
         .spawn(args, worker::worker_main)?;
+    // A fork-server child announces its pid (this may wait, here and not in the pool thread,
+    // for a slow or frozen fork server).
+    if process.pid() == 0 {
+        let _ = process.kill();
+        return Err(Error::msg(
+            ErrorKind::Io,
+            "the worker process did not start (the fork server did not answer)",
+        ));
+    }
     let mut frame = vec![TAG_INIT];
     let (entry, bytes, fds): (u64, &[u8], Vec<BorrowedFd<'_>>) = match &cfg.init {
         Some(i) => (i.entry, &i.bytes, i.fds.iter().map(|f| f.as_fd()).collect()),
@@ -57,11 +72,12 @@ fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
         let _ = process.kill();
         return Err(e.context("sending the initializer to a pool worker"));
     }
+    let now = Instant::now();
     Ok(Worker {
         id,
         conn: Arc::new(Conn { chan, process }),
         status: Status::Starting,
-        since: Instant::now(),
+        since: now,
         inflight: VecDeque::new(),
         bytes: 0,
         seq: 0,
@@ -74,31 +90,94 @@ fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
         writing: false,
         running: None,
         timed_out: None,
+        heard: now,
+        exited: false,
     })
 }
 
-/// Starts `n` workers and adds them to the state.
-fn start_workers(shared: &Shared, n: usize) -> Result<()> {
+/// The pause before the next start after `n` failed ones in a row: none, then 50 ms
+/// doubling to 5 s.
+fn backoff(n: u32) -> Duration {
+    match n {
+        0 => Duration::ZERO,
+        n => (Duration::from_millis(50) * 2u32.saturating_pow(n.min(16) - 1))
+            .min(Duration::from_secs(5)),
+    }
+}
+
+/// Starts `n` workers, each on a starter thread of its own (a stuck start never blocks
+/// dispatch). The caller has counted them in `State::launching`.
+fn launch(shared: &Arc<Shared>, n: usize) {
     for _ in 0..n {
-        let (id, others) = {
-            let mut st = shared.lock();
-            let id = st.next_worker;
-            st.next_worker += 1;
-            let others = st
-                .workers
-                .iter()
-                .map(|w| w.conn.chan.fd().as_raw_fd())
-                .collect();
-            (id, others)
-        };
-        let w = spawn_worker(shared, id, others)?;
-        let mut st = shared.lock();
-        if st.phase == Phase::Terminated || st.broken.is_some() {
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("multiproc-pool-starter".into())
+            .spawn(move || start_one(&s));
+        if let Err(e) = spawned {
+            started(
+                shared,
+                Err(Error::io(e).context("starting a pool starter thread")),
+            );
+        }
+    }
+}
+
+/// A starter thread: back off if starts failed, start one worker, hand it to the state.
+fn start_one(shared: &Arc<Shared>) {
+    let stopping = |st: &mut State| st.phase == Phase::Terminated || st.broken.is_some();
+    let delay = {
+        let st = shared.lock();
+        backoff(st.start_failures + st.init_deaths)
+    };
+    let (mut st, stop) = wait_until(
+        &shared.changed,
+        shared.lock(),
+        Some(Instant::now() + delay),
+        stopping,
+    );
+    if stop {
+        st.launching -= 1;
+        return;
+    }
+    let id = st.next_worker;
+    st.next_worker += 1;
+    let others = st
+        .workers
+        .iter()
+        .map(|w| w.conn.chan.fd().as_raw_fd())
+        .collect();
+    drop(st);
+    started(shared, spawn_worker(shared, id, others));
+}
+
+/// A start ended: add the worker (or count the failure), and wake the pool thread.
+fn started(shared: &Shared, r: Result<Worker>) {
+    let mut wake = Wakeups::default();
+    let mut st = shared.lock();
+    st.launching -= 1;
+    match r {
+        Ok(w) if st.finished => {
+            // The pool thread is gone: nobody will watch it. The reaper takes it.
             let _ = w.conn.process.kill();
         }
-        st.workers.push(w);
+        Ok(w) => {
+            if st.phase == Phase::Terminated || st.broken.is_some() {
+                let _ = w.conn.process.kill();
+            }
+            st.workers.push(w);
+        }
+        Err(e) => {
+            st.start_failures += 1;
+            let none_left = st.workers.is_empty() && st.launching == 0;
+            if st.start_failures >= MAX_START_FAILURES || none_left {
+                st.break_pool(Why::Start(e.to_string()), &mut wake);
+            }
+        }
     }
-    Ok(())
+    drop(st);
+    wake.fire();
+    shared.changed.notify_all();
+    shared.wake();
 }
 
 /// Creates the shared core and the first workers, and waits until they are ready.
@@ -106,65 +185,55 @@ pub(super) fn start(cfg: Config) -> Result<(Arc<Shared>, std::thread::JoinHandle
     let (wake_rx, wake_tx) = Channel::pair()?;
     let n = cfg.processes;
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::new()),
+        state: Mutex::new(State::new(cfg.max_message)),
         cfg,
         changed: Condvar::new(),
         wake_rx,
         wake_tx,
     });
-    let started = start_workers(&shared, n);
     let s2 = shared.clone();
+    // The pool thread starts the first workers (on starter threads) on its first round.
     let thread = std::thread::Builder::new()
         .name("multiproc-pool".into())
         .spawn(move || pool_thread(s2))
-        .map_err(|e| Error::io(e).context("starting the pool thread"));
-    let thread = match (started, thread) {
-        (Ok(()), Ok(t)) => t,
-        (Err(e), Ok(t)) => {
-            shutdown_now(&shared, t);
-            return Err(e);
-        }
-        (_, Err(e)) => {
-            let mut wake = Wakeups::default();
-            shared.lock().terminate(&mut wake);
-            return Err(e);
-        }
-    };
+        .map_err(|e| Error::io(e).context("starting the pool thread"))?;
     // Wait for READY from every first worker (or a failure).
-    let deadline = Instant::now() + START_TIMEOUT;
-    let mut st = shared.lock();
-    loop {
-        if let Some(b) = &st.broken {
-            let e = b.to_error();
-            drop(st);
-            shutdown_now(&shared, thread);
-            return Err(e);
-        }
-        if st
+    let ready = |st: &mut State| {
+        st.broken.is_some()
+            || st
+                .workers
+                .iter()
+                .filter(|w| w.status == Status::Ready)
+                .count()
+                >= n
+    };
+    let (st, _) = wait_until(
+        &shared.changed,
+        shared.lock(),
+        Some(Instant::now() + START_TIMEOUT),
+        ready,
+    );
+    let failed = match &st.broken {
+        Some(b) => Some(b.to_error()),
+        None if st
             .workers
             .iter()
             .filter(|w| w.status == Status::Ready)
             .count()
-            >= n
+            < n =>
         {
-            break;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            drop(st);
-            shutdown_now(&shared, thread);
-            return Err(Error::msg(
+            Some(Error::msg(
                 ErrorKind::Timeout,
                 "pool workers did not start within 60 s",
-            ));
+            ))
         }
-        st = shared
-            .changed
-            .wait_timeout(st, deadline - now)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
+        None => None,
+    };
     drop(st);
+    if let Some(e) = failed {
+        shutdown_now(&shared, thread);
+        return Err(e);
+    }
     Ok((shared, thread))
 }
 
@@ -180,24 +249,7 @@ fn shutdown_now(shared: &Arc<Shared>, thread: std::thread::JoinHandle<()>) {
 
 /// Waits until the pool thread has exited; `false` on timeout.
 pub(super) fn wait_finished(shared: &Shared, deadline: Option<Instant>) -> bool {
-    let mut st = shared.lock();
-    while !st.finished {
-        match deadline {
-            None => st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return false;
-                }
-                st = shared
-                    .changed
-                    .wait_timeout(st, d - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-        }
-    }
-    true
+    wait_until(&shared.changed, shared.lock(), deadline, |st| st.finished).1
 }
 
 fn pool_thread(shared: Arc<Shared>) {
@@ -263,8 +315,17 @@ fn run(shared: &Arc<Shared>) {
             if done {
                 return;
             }
-            let conns: Vec<(u64, Arc<Conn>)> =
-                st.workers.iter().map(|w| (w.id, w.conn.clone())).collect();
+            let conns: Vec<(u64, Arc<Conn>)> = st
+                .workers
+                .iter()
+                .filter(|w| !w.exited)
+                .map(|w| (w.id, w.conn.clone()))
+                .collect();
+            // Replacements start on starter threads; they wake us when they are added.
+            let missing = st.missing(cfg);
+            st.launching += missing;
+            drop(st);
+            launch(shared, missing);
             (conns, deadline)
         };
         // 2. Wait for results, deaths or a wake-up.
@@ -329,16 +390,12 @@ fn run(shared: &Arc<Shared>) {
             }
             inputs.push(inp);
         }
-        // Exit codes of dead workers (may wait briefly for the fork server's report).
-        let codes: Vec<Option<i32>> = inputs
-            .iter()
-            .map(|i| if i.dead { reap(&i.conn.process) } else { None })
-            .collect();
-        // 4. Under the lock: route results, settle deaths, dispatch.
+        // 4. Under the lock: route results, mark deaths, dispatch.
         let mut wake = Wakeups::default();
         let mut st = shared.lock();
         let now = Instant::now();
-        for (inp, code) in inputs.into_iter().zip(codes) {
+        let mut dead = Vec::new();
+        for inp in inputs {
             for f in inp.frames {
                 if st.on_frame(inp.id, f, now, &mut wake).is_err() {
                     // A worker that breaks the protocol cannot be trusted: replace it.
@@ -350,24 +407,43 @@ fn run(shared: &Arc<Shared>) {
                 let _ = inp.conn.process.kill();
             }
             if inp.dead {
-                st.on_death(inp.id, code, cfg.task_timeout, &mut wake);
+                st.mark_exited(inp.id);
+                dead.push((inp.id, inp.conn));
             }
         }
-        let missing = st.missing(cfg);
         shared.changed.notify_all();
         shared.pump(st, wake);
-        if missing > 0 {
-            if let Err(e) = start_workers(shared, missing) {
-                let mut wake = Wakeups::default();
-                let mut st = shared.lock();
-                st.start_failures += 1;
-                if st.start_failures >= MAX_START_FAILURES || st.workers.is_empty() {
-                    st.break_pool(Why::Start(e.to_string()), &mut wake);
-                }
-                drop(st);
-                wake.fire();
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        // 5. Settle deaths once the exit code is known, off this thread: for a fork-server
+        // child it arrives from the server, which may be slow or frozen.
+        for (id, conn) in dead {
+            settle_death(shared, id, conn);
         }
+    }
+}
+
+/// Gets a dead worker's exit code on a thread of its own, then settles its tasks.
+fn settle_death(shared: &Arc<Shared>, id: u64, conn: Arc<Conn>) {
+    let settle = move |shared: &Arc<Shared>| {
+        let code = reap(&conn.process);
+        let mut wake = Wakeups::default();
+        let mut st = shared.lock();
+        st.on_death(id, code, shared.cfg.task_timeout, &mut wake);
+        // The replacement starts now (not on the pool thread's next round).
+        let missing = st.missing(&shared.cfg);
+        st.launching += missing;
+        shared.changed.notify_all();
+        shared.pump(st, wake);
+        launch(shared, missing);
+        shared.wake();
+    };
+    let s = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("multiproc-pool-reaper".into())
+        .spawn({
+            let settle = settle.clone();
+            move || settle(&s)
+        });
+    if spawned.is_err() {
+        settle(shared);
     }
 }

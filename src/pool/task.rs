@@ -21,6 +21,8 @@
 //!           every result it held, so every earlier task has been reported.
 //!   READY   tag=3                       (after the initializer succeeded)
 //!   INIT_FAILED tag=4 | len u32 | postcard `Failure`
+//!   ALIVE   tag=5 | seq u64             (with a task_timeout: "task `seq` is running and
+//!           this worker is not frozen"; sent at least every `beat` while a task runs)
 //! ```
 //!
 //! The element range lets the parent re-send part of a chunk after a crash without
@@ -43,6 +45,21 @@ pub(super) const TAG_RESULT: u8 = 1;
 pub(super) const TAG_RUNNING: u8 = 2;
 pub(super) const TAG_READY: u8 = 3;
 pub(super) const TAG_INIT_FAILED: u8 = 4;
+pub(super) const TAG_ALIVE: u8 = 5;
+
+/// Appends a RUNNING record (read by `State::on_frame`).
+pub(super) fn put_running(buf: &mut Vec<u8>, seq: u64, elem: u32, running_us: u64) {
+    buf.push(TAG_RUNNING);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&elem.to_le_bytes());
+    buf.extend_from_slice(&running_us.to_le_bytes());
+}
+
+/// Appends an ALIVE record (read by `State::on_frame`).
+pub(super) fn put_alive(buf: &mut Vec<u8>, seq: u64) {
+    buf.push(TAG_ALIVE);
+    buf.extend_from_slice(&seq.to_le_bytes());
+}
 
 /// Every element returned normally.
 pub(super) const ALL_OK: u8 = 0;
@@ -55,8 +72,10 @@ pub(super) const FAILED: u8 = 2;
 pub(super) const TASK_HEADER_MAX: usize = 1 + 8 + 1 + 4 + 8;
 /// Bytes of a RESULT header.
 pub(super) const RESULT_HEADER: usize = 1 + 1 + 1 + 8 + 4;
-/// The largest result record a worker sends (the frame limit minus headroom).
-pub(super) const MAX_RECORD: usize = crate::codec::frame::DEFAULT_MAX_MESSAGE - 4096;
+
+/// The advice on an argument or result over the pool's limit.
+pub(super) const TOO_LARGE: &str =
+    "PoolBuilder::max_message_size sets the pool's limit on a task's arguments and result";
 
 /// Why one element (or a whole task) failed inside the worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +89,8 @@ pub(super) enum Failure {
     BadArgs(String),
     /// The result could not be encoded.
     BadResult(String),
+    /// The result is larger than the pool's `max_message_size`.
+    TooLarge { size: u64, limit: u64 },
 }
 
 impl Failure {
@@ -86,6 +107,7 @@ impl Failure {
                 ErrorKind::Encode,
                 format!("the worker could not encode the task's result: {m}"),
             ),
+            Failure::TooLarge { size, limit } => Error::too_large(*size, *limit).context(TOO_LARGE),
         }
     }
 

@@ -4,24 +4,28 @@
 //! Two threads. The **main thread** reads a frame of tasks, runs them in order and appends
 //! each task's result to the outbox; it flushes the outbox when it has read every frame it
 //! had (before it would block), when the outbox is large, and before exiting. The
-//! **watchdog** wakes every `tick` while a task runs (every 20 ms while idle): when the
-//! running element has made no progress for a whole tick it flushes the outbox and adds a
-//! RUNNING notice. So a finished result is never held back behind a slow task for more than
-//! about a tick, and the parent learns which element is running (for `task_timeout` and for
-//! blaming the right task if the process dies).
+//! **watchdog** wakes every `tick` while elements keep changing: when the running element
+//! has made no progress for a whole tick it flushes the outbox and adds a RUNNING notice.
+//! So a finished result is never held back behind a slow task for more than about a tick,
+//! and the parent learns which element is running (for `task_timeout` and for blaming the
+//! right task if the process dies). Once it has reported a long element, and while the
+//! worker is idle, the watchdog parks: the main thread unparks it when the next element or
+//! task starts, so a task that sleeps or waits on I/O costs no CPU. With a `task_timeout`
+//! it also sends an ALIVE record every `beat` while a task runs, so the parent can tell a
+//! frozen (SIGSTOPped) worker from a busy one.
 
 #![allow(unsafe_code)] // one block: `task::from_offset` on offsets from the pool channel
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::task::{
-    Cursor, Failure, ALL_OK, FAILED, FLAG_ENTRY, MAX_RECORD, RESULT_HEADER, SOME_FAILED, TAG_INIT,
-    TAG_INIT_FAILED, TAG_READY, TAG_RESULT, TAG_RUNNING, TAG_TASK,
+    Cursor, Failure, ALL_OK, FAILED, FLAG_ENTRY, RESULT_HEADER, SOME_FAILED, TAG_INIT,
+    TAG_INIT_FAILED, TAG_READY, TAG_RESULT, TAG_TASK,
 };
 use crate::codec;
 use crate::connection::channel::Channel;
@@ -51,6 +55,13 @@ pub(super) struct WorkerArgs {
     pub(super) max_tasks: u64,
     /// Watchdog period while a task runs, in microseconds.
     pub(super) tick_us: u64,
+    /// Heartbeat period while a task runs, in microseconds (0: none; set with a
+    /// `task_timeout`).
+    pub(super) beat_us: u64,
+    /// Ignore SIGINT (Ctrl-C reaches the parent only; running tasks finish).
+    pub(super) ignore_sigint: bool,
+    /// The largest message on the pool channel, both ways.
+    pub(super) max_message: u64,
     /// (Fork only) descriptors of the parent's other pool channels, inherited by the fork.
     pub(super) close_fds: Vec<i32>,
 }
@@ -64,11 +75,33 @@ static ELEM: AtomicU32 = AtomicU32::new(0);
 /// Some element of the current task failed (set by the chunk trampoline).
 static ANY_FAILED: AtomicBool = AtomicBool::new(false);
 
+/// The watchdog is parked (or about to park) until the main thread makes progress.
+static PARKED: AtomicBool = AtomicBool::new(false);
+/// The watchdog thread, to unpark it.
+static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
+
 /// Called by the chunk trampoline before each element.
 pub(super) fn element_started(j: u32) {
     ELEM.store(j, Ordering::Relaxed);
     let p = PROGRESS.load(Ordering::Relaxed);
-    PROGRESS.store(p.wrapping_add(1), Ordering::Relaxed);
+    PROGRESS.store(p.wrapping_add(1), Ordering::SeqCst);
+    wake_watchdog();
+}
+
+/// Sets the running task's number (`SEQ`) and wakes a parked watchdog.
+fn set_seq(v: u64) {
+    SEQ.store(v, Ordering::SeqCst);
+    wake_watchdog();
+}
+
+/// Unparks the watchdog if it parked; one load on the fast path. Pairs with the SeqCst
+/// store-then-recheck in `Watchdog::park`, so a change is never missed.
+fn wake_watchdog() {
+    if PARKED.load(Ordering::SeqCst) && PARKED.swap(false, Ordering::SeqCst) {
+        if let Some(t) = WATCHDOG.get() {
+            t.unpark();
+        }
+    }
 }
 
 /// Called by the chunk trampoline when some element failed.
@@ -96,7 +129,7 @@ struct Link {
 
 impl Link {
     fn lock(&self) -> MutexGuard<'_, Outbox> {
-        self.out.lock().unwrap_or_else(|p| p.into_inner())
+        crate::wait::lock(&self.out)
     }
 
     /// Sends what the outbox holds; `false` if the parent is gone.
@@ -126,17 +159,26 @@ fn put_failure(buf: &mut Vec<u8>, tag_and_status: &[u8], busy: u64, f: &Failure)
     buf.extend_from_slice(&bytes);
 }
 
-/// Appends one RESULT record.
-fn put_result(o: &mut Outbox, outcome: Outcome, out: &[u8], out_fds: &mut Vec<OwnedFd>, busy: u64) {
+/// Appends one RESULT record (a result over `max_message` fails its task with TooLarge).
+fn put_result(
+    o: &mut Outbox,
+    outcome: Outcome,
+    out: &[u8],
+    out_fds: &mut Vec<OwnedFd>,
+    busy: u64,
+    max_message: usize,
+) {
     let failed_elem = ANY_FAILED.swap(false, Ordering::Relaxed);
     let failure = match Failure::from_outcome(outcome) {
         Some(f) => Some(f),
-        None if out.len() > MAX_RECORD || out_fds.len() > FLUSH_FDS => {
-            Some(Failure::BadResult(format!(
-                "the results of this task take {} bytes, more than one message may carry",
-                out.len()
-            )))
-        }
+        None if out.len() + RESULT_HEADER > max_message => Some(Failure::TooLarge {
+            size: out.len() as u64,
+            limit: max_message.saturating_sub(RESULT_HEADER) as u64,
+        }),
+        None if out_fds.len() > FLUSH_FDS => Some(Failure::BadResult(format!(
+            "the results of this task carry {} descriptors, more than one message may carry",
+            out_fds.len()
+        ))),
         None => None,
     };
     match failure {
@@ -162,11 +204,16 @@ pub(super) fn worker_main(args: WorkerArgs) {
     for fd in &args.close_fds {
         sys::process::close_raw(*fd);
     }
+    if args.ignore_sigint {
+        sys::process::ignore_sigint();
+    }
     task::install_panic_hook();
     let link = Arc::new(Link {
         chan: Channel::new(args.chan.0),
         out: Mutex::new(Outbox::default()),
     });
+    link.chan
+        .set_max_message(usize::try_from(args.max_message).unwrap_or(usize::MAX));
 
     // 1. The initializer.
     let Ok(init) = link.chan.recv_frame(None) else {
@@ -189,7 +236,13 @@ pub(super) fn worker_main(args: WorkerArgs) {
     }
 
     // 2. The watchdog.
-    start_watchdog(link.clone(), Duration::from_micros(args.tick_us.max(100)));
+    let max_message = usize::try_from(args.max_message).unwrap_or(usize::MAX);
+    let beat = (args.beat_us > 0).then(|| Duration::from_micros(args.beat_us));
+    start_watchdog(
+        link.clone(),
+        Duration::from_micros(args.tick_us.max(100)),
+        beat,
+    );
 
     // 3. Tasks until end of stream (the pool closed) or the task quota.
     let mut seq: u64 = 0;
@@ -210,7 +263,7 @@ pub(super) fn worker_main(args: WorkerArgs) {
             };
             let (f, nfds, targs) = t;
             let task_fds: Vec<OwnedFd> = fds.by_ref().take(nfds).collect();
-            SEQ.store(seq + 1, Ordering::Release);
+            set_seq(seq + 1);
             let t0 = Instant::now();
             out.clear();
             out_fds.clear();
@@ -220,12 +273,14 @@ pub(super) fn worker_main(args: WorkerArgs) {
             seq += 1;
             let last = args.max_tasks != 0 && seq >= args.max_tasks;
             let mut o = link.lock();
-            if o.fds.len() + out_fds.len() > FLUSH_FDS && !link.flush(&mut o) {
+            let full = o.fds.len() + out_fds.len() > FLUSH_FDS
+                || o.buf.len() + out.len() + RESULT_HEADER > max_message;
+            if full && !link.flush(&mut o) {
                 return;
             }
-            put_result(&mut o, outcome, &out, &mut out_fds, busy);
+            put_result(&mut o, outcome, &out, &mut out_fds, busy, max_message);
             if last {
-                SEQ.store(0, Ordering::Release);
+                set_seq(0);
                 link.flush(&mut o);
                 return;
             }
@@ -234,14 +289,14 @@ pub(super) fn worker_main(args: WorkerArgs) {
             }
         }
         if !link.chan.has_buffered() {
-            SEQ.store(0, Ordering::Release);
+            set_seq(0);
             let mut o = link.lock();
             if !link.flush(&mut o) {
                 return;
             }
         }
     }
-    SEQ.store(0, Ordering::Release);
+    set_seq(0);
     let mut o = link.lock();
     link.flush(&mut o);
 }
@@ -301,53 +356,128 @@ fn run_init(payload: &[u8], fds: Vec<OwnedFd>) -> Result<(), Failure> {
     }
 }
 
-fn start_watchdog(link: Arc<Link>, tick: Duration) {
-    let idle = Duration::from_millis(20).max(tick);
+fn start_watchdog(link: Arc<Link>, tick: Duration, beat: Option<Duration>) {
     let spawned = std::thread::Builder::new()
         .name("multiproc-pool-watchdog".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut last = (0u64, 0u64);
-            let mut since = Instant::now();
-            let mut noticed = false;
-            loop {
-                let busy = SEQ.load(Ordering::Acquire) != 0;
-                std::thread::sleep(if busy { tick } else { idle });
-                let now = (
-                    SEQ.load(Ordering::Acquire),
-                    PROGRESS.load(Ordering::Relaxed),
-                );
-                if now.0 == 0 || now != last {
-                    last = now;
-                    since = Instant::now();
-                    noticed = false;
-                    continue;
-                }
-                if noticed {
-                    continue;
-                }
-                let mut o = link.lock();
-                // Re-check under the lock: the main thread appends results holding it.
-                if (
-                    SEQ.load(Ordering::Acquire),
-                    PROGRESS.load(Ordering::Relaxed),
-                ) != last
-                {
-                    continue;
-                }
-                let running_us = since.elapsed().as_micros().min(u64::MAX as u128) as u64;
-                o.buf.push(TAG_RUNNING);
-                o.buf.extend_from_slice(&(last.0 - 1).to_le_bytes());
-                o.buf
-                    .extend_from_slice(&ELEM.load(Ordering::Relaxed).to_le_bytes());
-                o.buf.extend_from_slice(&running_us.to_le_bytes());
-                if !link.flush(&mut o) {
-                    return;
-                }
-                noticed = true;
+            let _ = WATCHDOG.set(std::thread::current());
+            Watchdog {
+                link,
+                tick,
+                beat,
+                last: (0, 0),
+                since: Instant::now(),
+                noticed: false,
+                last_beat: Instant::now(),
             }
+            .run()
         });
     // Without a watchdog the worker still works; only timeouts and crash attribution of long
     // tasks get coarser.
     drop(spawned);
+}
+
+/// The watchdog's state (see the module docs).
+struct Watchdog {
+    link: Arc<Link>,
+    tick: Duration,
+    beat: Option<Duration>,
+    /// (`SEQ`, `PROGRESS`) when last looked at.
+    last: (u64, u64),
+    /// When `last` was first seen.
+    since: Instant,
+    /// The element in `last` was reported (RUNNING).
+    noticed: bool,
+    /// When the last record (RUNNING or ALIVE) went out.
+    last_beat: Instant,
+}
+
+fn observe() -> (u64, u64) {
+    (SEQ.load(Ordering::SeqCst), PROGRESS.load(Ordering::SeqCst))
+}
+
+impl Watchdog {
+    fn run(mut self) {
+        loop {
+            let now = observe();
+            if now != self.last {
+                self.last = now;
+                self.since = Instant::now();
+                self.noticed = false;
+            }
+            let ok = if now.0 == 0 {
+                // Idle: sleep until a task starts.
+                self.park(None);
+                true
+            } else if !self.noticed {
+                std::thread::sleep(self.tick);
+                if observe() == self.last {
+                    self.notice()
+                } else {
+                    self.maybe_beat()
+                }
+            } else {
+                // A long element was reported: sleep until it ends (or the next beat).
+                let left = self
+                    .beat
+                    .map(|b| b.saturating_sub(self.last_beat.elapsed()));
+                self.park(left);
+                self.maybe_beat()
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+
+    /// Parks until the main thread moves on, or `timeout`.
+    fn park(&self, timeout: Option<Duration>) {
+        PARKED.store(true, Ordering::SeqCst);
+        if observe() == self.last {
+            match timeout {
+                Some(t) => std::thread::park_timeout(t),
+                None => std::thread::park(),
+            }
+        }
+        PARKED.store(false, Ordering::SeqCst);
+    }
+
+    /// The element in `last` ran a whole tick: flush, and say which it is. `false` if the
+    /// parent is gone.
+    fn notice(&mut self) -> bool {
+        let mut o = self.link.lock();
+        // Re-check under the lock: the main thread appends results holding it.
+        if observe() != self.last || self.last.0 == 0 {
+            return true;
+        }
+        let running_us = self.since.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        super::task::put_running(
+            &mut o.buf,
+            self.last.0 - 1,
+            ELEM.load(Ordering::Relaxed),
+            running_us,
+        );
+        self.noticed = true;
+        self.last_beat = Instant::now();
+        self.link.flush(&mut o)
+    }
+
+    /// With a `task_timeout`: flush and send ALIVE if a task runs and the beat is due.
+    fn maybe_beat(&mut self) -> bool {
+        let Some(beat) = self.beat else {
+            return true;
+        };
+        if self.last_beat.elapsed() < beat {
+            return true;
+        }
+        let mut o = self.link.lock();
+        let seq = SEQ.load(Ordering::SeqCst);
+        if seq == 0 {
+            return true;
+        }
+        super::task::put_alive(&mut o.buf, seq - 1);
+        self.last_beat = Instant::now();
+        self.link.flush(&mut o)
+    }
 }
