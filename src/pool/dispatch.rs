@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use super::task::{
 use crate::connection::channel::{Channel, Frame};
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::RegisteredFd;
 use crate::process::Process;
 use crate::sys;
 
@@ -50,7 +51,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) struct Init {
     pub(super) entry: u64,
     pub(super) bytes: Vec<u8>,
-    pub(super) fds: Vec<OwnedFd>,
+    pub(super) fds: Vec<RegisteredFd>,
 }
 
 /// A pool's fixed settings.
@@ -146,7 +147,7 @@ pub(super) struct Task {
     pub(super) entry: u64,
     /// postcard `Vec<A>`.
     pub(super) args: Vec<u8>,
-    pub(super) fds: Vec<OwnedFd>,
+    pub(super) fds: Vec<RegisteredFd>,
     /// Re-run alone after an ambiguous crash, to find out whether it is the one that crashes.
     pub(super) suspect: bool,
 }
@@ -176,7 +177,7 @@ pub(super) enum Delivery {
         frame: Arc<Vec<u8>>,
         start: usize,
         end: usize,
-        fds: Vec<OwnedFd>,
+        fds: Vec<RegisteredFd>,
     },
     Failed {
         index: u64,
@@ -383,7 +384,7 @@ pub(super) struct Outgoing {
     worker: u64,
     conn: Arc<Conn>,
     frame: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    fds: Vec<RegisteredFd>,
 }
 
 fn target_window(est: Option<f64>) -> usize {
@@ -1078,7 +1079,7 @@ impl State {
 }
 
 /// Appends task `t` to `frame` for worker `w` and records it in flight.
-fn push_task(w: &mut Worker, frame: &mut Vec<u8>, t: Task, with_entry: bool) -> Vec<OwnedFd> {
+fn push_task(w: &mut Worker, frame: &mut Vec<u8>, t: Task, with_entry: bool) -> Vec<RegisteredFd> {
     let first = frame.is_empty();
     if w.inflight.is_empty() {
         w.heard = Instant::now();

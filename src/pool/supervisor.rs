@@ -2,7 +2,7 @@
 //! state it works on, and dispatch, are in `dispatch.rs`; see `README.md`.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,29 +14,20 @@ use super::task::TAG_INIT;
 use super::worker::{self, ChanFd, WorkerArgs};
 use crate::connection::channel::{Channel, Frame};
 use crate::connection::Waitable;
-use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg;
 use crate::process::Process;
 use crate::sys;
 use crate::wait::wait_until;
 
 /// Starts one worker process (on a starter thread, outside the lock) and waits until it
 /// has announced itself, so the pool thread only ever sees workers whose pid is known.
-fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
+fn spawn_worker(shared: &Shared, id: u64) -> Result<Worker> {
     let cfg = &shared.cfg;
     let (ours, theirs) =
-        sys::socket::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
+        fdreg::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
     let chan = Channel::new(ours);
     chan.set_max_message(cfg.max_message);
-    let close_fds = if cfg.method == StartMethod::Fork {
-        let mut v = others;
-        v.push(shared.wake_rx.fd().as_raw_fd());
-        v.push(shared.wake_tx.fd().as_raw_fd());
-        v.push(chan.fd().as_raw_fd());
-        v
-    } else {
-        Vec::new()
-    };
     let args = WorkerArgs {
         chan: ChanFd(theirs),
         max_tasks: cfg.max_tasks,
@@ -44,7 +35,6 @@ fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
         beat_us: cfg.beat.map_or(0, |b| b.as_micros().max(1) as u64),
         ignore_sigint: cfg.ignore_sigint,
         max_message: cfg.max_message as u64,
-        close_fds,
     };
     let process = Process::builder()
         .name(format!("{}-{id}", cfg.name))
@@ -141,13 +131,8 @@ fn start_one(shared: &Arc<Shared>) {
     }
     let id = st.next_worker;
     st.next_worker += 1;
-    let others = st
-        .workers
-        .iter()
-        .map(|w| w.conn.chan.fd().as_raw_fd())
-        .collect();
     drop(st);
-    started(shared, spawn_worker(shared, id, others));
+    started(shared, spawn_worker(shared, id));
 }
 
 /// A start ended: add the worker (or count the failure), and wake the pool thread.

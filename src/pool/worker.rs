@@ -16,7 +16,7 @@
 
 #![allow(unsafe_code)] // one block: `task::from_offset` on offsets from the pool channel
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -29,11 +29,12 @@ use super::task::{
 };
 use crate::codec;
 use crate::connection::channel::Channel;
+use crate::fdreg::RegisteredFd;
 use crate::sys;
 use crate::task::{self, EntryFn, Outcome};
 
 /// The worker's end of its pool channel, as a spawn argument (the descriptor travels).
-pub(super) struct ChanFd(pub(super) OwnedFd);
+pub(super) struct ChanFd(pub(super) RegisteredFd);
 
 impl Serialize for ChanFd {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -62,8 +63,6 @@ pub(super) struct WorkerArgs {
     pub(super) ignore_sigint: bool,
     /// The largest message on the pool channel, both ways.
     pub(super) max_message: u64,
-    /// (Fork only) descriptors of the parent's other pool channels, inherited by the fork.
-    pub(super) close_fds: Vec<i32>,
 }
 
 /// 1 + the number of the running task; 0 while idle.
@@ -117,7 +116,7 @@ const FLUSH_FDS: usize = sys::socket::MAX_FDS_PER_FRAME;
 #[derive(Default)]
 struct Outbox {
     buf: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    fds: Vec<RegisteredFd>,
 }
 
 /// The channel plus the outbox; every send happens with the outbox locked, so records leave
@@ -164,7 +163,7 @@ fn put_result(
     o: &mut Outbox,
     outcome: Outcome,
     out: &[u8],
-    out_fds: &mut Vec<OwnedFd>,
+    out_fds: &mut Vec<RegisteredFd>,
     busy: u64,
     max_message: usize,
 ) {
@@ -201,9 +200,6 @@ fn put_result(
 
 /// The worker process's function.
 pub(super) fn worker_main(args: WorkerArgs) {
-    for fd in &args.close_fds {
-        sys::process::close_raw(*fd);
-    }
     if args.ignore_sigint {
         sys::process::ignore_sigint();
     }
@@ -262,7 +258,7 @@ pub(super) fn worker_main(args: WorkerArgs) {
                 sys::process::exit_now(70);
             };
             let (f, nfds, targs) = t;
-            let task_fds: Vec<OwnedFd> = fds.by_ref().take(nfds).collect();
+            let task_fds: Vec<RegisteredFd> = fds.by_ref().take(nfds).collect();
             set_seq(seq + 1);
             let t0 = Instant::now();
             out.clear();
@@ -330,7 +326,7 @@ fn parse_task<'a>(
 }
 
 /// Runs the initializer frame; `Err` if it failed.
-fn run_init(payload: &[u8], fds: Vec<OwnedFd>) -> Result<(), Failure> {
+fn run_init(payload: &[u8], fds: Vec<RegisteredFd>) -> Result<(), Failure> {
     let bad = |m: &str| Failure::BadArgs(format!("malformed initializer message: {m}"));
     let mut cur = Cursor::new(payload);
     if cur.u8().map_err(|_| bad("empty"))? != TAG_INIT {
