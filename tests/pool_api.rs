@@ -240,6 +240,46 @@ fn callbacks_run_on_the_callback_thread_and_join_waits_for_them() {
 }
 
 #[test]
+fn a_panicking_callback_does_not_stop_the_others() {
+    bounded(60, || {
+        let pool = Pool::new(1).unwrap();
+        pool.apply_async(|x: u64| x, 1)
+            .then(|_| panic!("callback boom"), |_| {});
+        let (tx, rx) = mpsc::channel();
+        pool.apply_async(|x: u64| x + 1, 1)
+            .then(move |v| tx.send(v).unwrap(), |_| {});
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), 2);
+    });
+}
+
+/// Item 0 panics at once; the others wait for `go`.
+fn first_fails((go, x): (String, u32)) -> u32 {
+    if x == 0 {
+        panic!("first")
+    }
+    wait_for_file(&go);
+    x
+}
+
+#[test]
+fn map_async_is_ready_at_its_first_failure() {
+    bounded(60, || {
+        let dir = TempDir::new("map-fail");
+        let pool = Pool::new(2).unwrap();
+        let go = dir.path("go");
+        let r = pool.map_async(first_fails, (0..2u32).map(|x| (go.clone(), x)));
+        // Item 1 is still blocked: the result is the failure already.
+        let e = r.get_timeout(Duration::from_secs(30)).unwrap_err();
+        assert_eq!(e.panic_message(), Some("first"), "{e}");
+        touch(&go);
+        pool.close();
+        pool.join().unwrap();
+    });
+}
+
+#[test]
 fn map_async_and_starmap_async() {
     bounded(60, || {
         let pool = Pool::new(2).unwrap();

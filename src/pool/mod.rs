@@ -2,6 +2,7 @@
 //! `multiprocessing.Pool`, but a pool that never hangs when a worker dies.
 //!
 //! * `mod.rs`: the public types ([`Pool`], [`PoolBuilder`], [`AsyncResult`]).
+//! * `completion.rs`: [`AsCompleted`] and the callback thread.
 //! * `iter.rs`: feeding a job from an iterator, [`IMap`], `map`'s collector.
 //! * `dispatch.rs`: the parent's state and dispatch.
 //! * `supervisor.rs`: the pool thread and worker start-up.
@@ -86,6 +87,7 @@ const AUTO_CHUNK_MAX: usize = 16 * 1024;
 /// | the worker died while running it (abort, segfault, SIGKILL, OOM kill, `exit`) | [`ErrorKind::WorkerLost`] (with the signal or exit code) |
 /// | it ran longer than [`PoolBuilder::task_timeout`] (the worker is killed) | [`ErrorKind::Timeout`] |
 /// | its arguments or result could not be (de)serialised | [`ErrorKind::Encode`] / [`ErrorKind::Decode`] |
+/// | its arguments or result are larger than [`PoolBuilder::max_message_size`] | [`ErrorKind::TooLarge`] |
 /// | the pool was terminated before it ran | [`ErrorKind::Cancelled`] |
 /// | it was submitted after `close`/`terminate` | [`ErrorKind::Closed`] |
 ///
@@ -213,8 +215,10 @@ impl PoolBuilder {
 
     /// Kill the worker running an item for longer than `timeout`; that item fails with
     /// [`ErrorKind::Timeout`] and the worker is replaced. The limit applies to each item of a
-    /// chunk on its own. It is enforced within about 25 ms of the limit (the worker's watchdog
-    /// notices a long element after one tick, or after its 20 ms idle sleep).
+    /// chunk on its own. It is enforced within a few milliseconds of the limit (the worker's
+    /// watchdog reports a long element after one tick). A worker that is frozen (SIGSTOP) or
+    /// stuck so that it sends nothing for a whole `timeout` while it has work is treated the
+    /// same way: the parent's own clock bounds every task. `Duration::MAX` means no limit.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
