@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::completion::{Notifier, Runner};
 use super::task::{
-    protocol, Cursor, Failure, ALL_OK, FLAG_ENTRY, TAG_ALIVE, TAG_INIT_FAILED, TAG_READY,
-    TAG_RESULT, TAG_RUNNING, TAG_TASK, TASK_HEADER_MAX,
+    protocol, put_task_header, read_from_worker, Cursor, Failure, FromWorker, ALL_OK,
+    TASK_HEADER_MAX,
 };
 use crate::connection::channel::{Channel, Frame};
 use crate::context::StartMethod;
@@ -19,6 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fdreg::RegisteredFd;
 use crate::process::Process;
 use crate::sys;
+use crate::wait::lock;
 
 /// Bytes of tasks a worker may have unanswered. Below the socket's send buffer (208 KiB by
 /// default on Linux, counted with per-message overhead), so a send within the budget never
@@ -41,10 +42,6 @@ pub(super) const START_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Consecutive worker start failures before the pool gives up.
 pub(super) const MAX_START_FAILURES: u32 = 5;
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Encoded initializer: entry offset and arguments (descriptors included).
 #[derive(Debug)]
@@ -788,14 +785,14 @@ impl State {
         let mut fds = frame.fds.into_iter();
         let mut cur = Cursor::new(&payload);
         while !cur.is_empty() {
-            match cur.u8()? {
-                TAG_RESULT => {
-                    let status = cur.u8()?;
-                    let nfds = cur.u8()? as usize;
-                    let busy = cur.u64()?;
-                    let len = cur.u32()? as usize;
-                    let start = cur.pos();
-                    cur.bytes(len)?;
+            match read_from_worker(&mut cur)? {
+                FromWorker::Result {
+                    status,
+                    nfds,
+                    busy_ns,
+                    start,
+                    len,
+                } => {
                     let w = &mut self.workers[wi];
                     let f = w
                         .inflight
@@ -808,8 +805,9 @@ impl State {
                     if f.task.suspect {
                         w.isolating = false;
                     }
-                    let est = self.estimates.entry(f.task.entry).or_insert(busy as f64);
-                    *est = *est * 0.7 + busy as f64 * 0.3;
+                    let busy = busy_ns as f64;
+                    let est = self.estimates.entry(f.task.entry).or_insert(busy);
+                    *est = *est * 0.7 + busy * 0.3;
                     let d = Delivery::Data {
                         index: f.task.base + f.task.lo as u64,
                         count: f.task.hi - f.task.lo,
@@ -821,20 +819,22 @@ impl State {
                     };
                     self.deliver(f.task.job, d, wake);
                 }
-                TAG_RUNNING => {
-                    let seq = cur.u64()?;
-                    let elem = cur.u32()?;
-                    let us = cur.u64()?;
+                FromWorker::Running {
+                    seq,
+                    elem,
+                    running_us,
+                } => {
                     let w = &mut self.workers[wi];
                     if w.inflight.front().is_some_and(|f| f.seq == seq) {
-                        let start = now.checked_sub(Duration::from_micros(us)).unwrap_or(now);
+                        let start = now
+                            .checked_sub(Duration::from_micros(running_us))
+                            .unwrap_or(now);
                         w.running = Some((seq, elem, start));
                     }
                 }
-                TAG_ALIVE => {
-                    cur.u64()?;
-                }
-                TAG_READY => {
+                // Hearing from it (`heard`, above) is all an ALIVE says.
+                FromWorker::Alive => {}
+                FromWorker::Ready => {
                     let w = &mut self.workers[wi];
                     if w.status == Status::Starting {
                         w.status = Status::Ready;
@@ -842,12 +842,7 @@ impl State {
                         self.init_deaths = 0;
                     }
                 }
-                TAG_INIT_FAILED => {
-                    let len = cur.u32()? as usize;
-                    let f: Failure = crate::codec::decode(cur.bytes(len)?, Vec::new())?;
-                    self.break_pool(Why::Init(f), wake);
-                }
-                _ => return Err(protocol("unknown message from a worker")),
+                FromWorker::InitFailed(f) => self.break_pool(Why::Init(f), wake),
             }
         }
         Ok(())
@@ -1085,16 +1080,8 @@ fn push_task(w: &mut Worker, frame: &mut Vec<u8>, t: Task, with_entry: bool) -> 
         w.heard = Instant::now();
     }
     frame.reserve(TASK_HEADER_MAX + t.args.len());
-    if with_entry || first {
-        frame.push(TAG_TASK | FLAG_ENTRY);
-        frame.extend_from_slice(&t.entry.to_le_bytes());
-    } else {
-        frame.push(TAG_TASK);
-    }
-    frame.push(t.fds.len() as u8);
-    frame.extend_from_slice(&((t.args.len() + 8) as u32).to_le_bytes());
-    frame.extend_from_slice(&t.lo.to_le_bytes());
-    frame.extend_from_slice(&t.hi.to_le_bytes());
+    let entry = (with_entry || first).then_some(t.entry);
+    put_task_header(frame, entry, t.fds.len() as u8, t.args.len(), t.lo, t.hi);
     frame.extend_from_slice(&t.args);
     let fds = t.fds.iter().filter_map(|f| f.try_clone().ok()).collect();
     let cost = t.args.len() + TASK_COST + if first { FRAME_COST } else { 0 };

@@ -10,7 +10,7 @@ use super::dispatch::{
     Config, Conn, Phase, Shared, State, Status, Wakeups, Why, Worker, MAX_START_FAILURES,
     START_TIMEOUT,
 };
-use super::task::TAG_INIT;
+use super::task::put_init;
 use super::worker::{self, ChanFd, WorkerArgs};
 use crate::connection::channel::{Channel, Frame};
 use crate::connection::Waitable;
@@ -50,14 +50,12 @@ fn spawn_worker(shared: &Shared, id: u64) -> Result<Worker> {
             "the worker process did not start (the fork server did not answer)",
         ));
     }
-    let mut frame = vec![TAG_INIT];
     let (entry, bytes, fds): (u64, &[u8], Vec<BorrowedFd<'_>>) = match &cfg.init {
         Some(i) => (i.entry, &i.bytes, i.fds.iter().map(|f| f.as_fd()).collect()),
         None => (0, &[], Vec::new()),
     };
-    frame.extend_from_slice(&entry.to_le_bytes());
-    frame.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    frame.extend_from_slice(bytes);
+    let mut frame = Vec::with_capacity(16 + bytes.len());
+    put_init(&mut frame, entry, bytes);
     if let Err(e) = chan.send_raw(&frame, &fds) {
         let _ = process.kill();
         return Err(e.context("sending the initializer to a pool worker"));

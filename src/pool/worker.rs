@@ -23,10 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::task::{
-    Cursor, Failure, ALL_OK, FAILED, FLAG_ENTRY, RESULT_HEADER, SOME_FAILED, TAG_INIT,
-    TAG_INIT_FAILED, TAG_READY, TAG_RESULT, TAG_TASK,
-};
+use super::task::{self as wire, Cursor, Failure, ALL_OK, RESULT_HEADER, SOME_FAILED};
 use crate::codec;
 use crate::connection::channel::Channel;
 use crate::fdreg::RegisteredFd;
@@ -148,16 +145,6 @@ impl Link {
     }
 }
 
-fn put_failure(buf: &mut Vec<u8>, tag_and_status: &[u8], busy: u64, f: &Failure) {
-    let mut bytes = Vec::new();
-    let _ = codec::encode(f, &mut bytes, &mut Vec::new());
-    buf.extend_from_slice(tag_and_status);
-    buf.push(0);
-    buf.extend_from_slice(&busy.to_le_bytes());
-    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&bytes);
-}
-
 /// Appends one RESULT record (a result over `max_message` fails its task with TooLarge).
 fn put_result(
     o: &mut Outbox,
@@ -183,16 +170,11 @@ fn put_result(
     match failure {
         Some(f) => {
             out_fds.clear();
-            put_failure(&mut o.buf, &[TAG_RESULT, FAILED], busy, &f);
+            wire::put_failed_result(&mut o.buf, busy, &f);
         }
         None => {
-            o.buf.reserve(RESULT_HEADER + out.len());
-            o.buf.push(TAG_RESULT);
-            o.buf.push(if failed_elem { SOME_FAILED } else { ALL_OK });
-            o.buf.push(out_fds.len() as u8);
-            o.buf.extend_from_slice(&busy.to_le_bytes());
-            o.buf.extend_from_slice(&(out.len() as u32).to_le_bytes());
-            o.buf.extend_from_slice(out);
+            let status = if failed_elem { SOME_FAILED } else { ALL_OK };
+            wire::put_result(&mut o.buf, status, out_fds.len() as u8, busy, out);
             o.fds.append(out_fds);
         }
     }
@@ -215,18 +197,15 @@ pub(super) fn worker_main(args: WorkerArgs) {
     let Ok(init) = link.chan.recv_frame(None) else {
         return;
     };
-    let reply = match run_init(&init.payload, init.fds) {
-        Ok(()) => vec![TAG_READY],
+    let mut reply = Vec::new();
+    match run_init(&init.payload, init.fds) {
+        Ok(()) => wire::put_ready(&mut reply),
         Err(f) => {
-            let mut b = Vec::new();
-            let _ = codec::encode(&f, &mut b, &mut Vec::new());
-            let mut m = vec![TAG_INIT_FAILED];
-            m.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            m.extend_from_slice(&b);
-            let _ = link.chan.send_raw(&m, &[]);
+            wire::put_init_failed(&mut reply, &f);
+            let _ = link.chan.send_raw(&reply, &[]);
             return;
         }
-    };
+    }
     if link.chan.send_raw(&reply, &[]).is_err() {
         return;
     }
@@ -303,12 +282,8 @@ fn parse_task<'a>(
     cur: &mut Cursor<'a>,
     entry: &mut Option<EntryFn>,
 ) -> Result<ParsedTask<'a>, crate::error::Error> {
-    let tag = cur.u8()?;
-    if tag & !FLAG_ENTRY != TAG_TASK {
-        return Err(super::task::protocol("unknown message from the pool"));
-    }
-    if tag & FLAG_ENTRY != 0 {
-        let offset = cur.u64()?;
+    let t = wire::read_task(cur)?;
+    if let Some(offset) = t.entry {
         // SAFETY: this offset came from `task::to_offset` in our parent, over the pool channel
         // whose other end only the parent holds: the descriptor reached this process as a
         // spawn argument over the process's private control stream (or by `fork`), and the
@@ -318,23 +293,14 @@ fn parse_task<'a>(
         // here.
         *entry = Some(unsafe { task::from_offset(offset) });
     }
-    let f = entry.ok_or_else(|| super::task::protocol("task without an entry point"))?;
-    let nfds = cur.u8()? as usize;
-    let len = cur.u32()? as usize;
-    let targs = cur.bytes(len)?;
-    Ok((f, nfds, targs))
+    let f = entry.ok_or_else(|| wire::protocol("task without an entry point"))?;
+    Ok((f, t.nfds, t.body))
 }
 
 /// Runs the initializer frame; `Err` if it failed.
 fn run_init(payload: &[u8], fds: Vec<RegisteredFd>) -> Result<(), Failure> {
-    let bad = |m: &str| Failure::BadArgs(format!("malformed initializer message: {m}"));
-    let mut cur = Cursor::new(payload);
-    if cur.u8().map_err(|_| bad("empty"))? != TAG_INIT {
-        return Err(bad("wrong tag"));
-    }
-    let offset = cur.u64().map_err(|_| bad("truncated"))?;
-    let len = cur.u32().map_err(|_| bad("truncated"))? as usize;
-    let bytes = cur.bytes(len).map_err(|_| bad("truncated"))?;
+    let (offset, bytes) = wire::read_init(payload)
+        .map_err(|e| Failure::BadArgs(format!("malformed initializer message: {e}")))?;
     if offset == 0 {
         return Ok(());
     }
