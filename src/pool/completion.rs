@@ -1,9 +1,9 @@
 //! Waiting for whichever result finishes first ([`AsCompleted`]) and running callbacks
 //! ([`AsyncResult::then`]) on the pool's callback thread.
 //!
-//! Both hang off the job's settle step in `dispatch.rs` (`State::deliver`): a settled job
+//! Both hang off the job's settle step in `dispatch/route.rs` (`State::deliver`): a settled job
 //! pushes its key to the [`Notifier`] of the `AsCompleted` set it belongs to, or hands its
-//! deliveries to the [`Runner`]. Both happen after the pool lock is released (`Wakeups`).
+//! deliveries to the [`Runner`]. Both happen after the pool lock is released (`Actions`).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

@@ -9,11 +9,12 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::dispatch::{Delivery, Shared, Task, Wakeups, Why};
+use super::dispatch::{Actions, Delivery, Shared, Task, Why};
 use super::progress::Progress;
 use super::task::{Failure, FAILED};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::RegisteredFd;
 use crate::wait::{deadline_after, wait_until};
 
 /// Chunks larger than this many encoded bytes make later automatic chunks smaller.
@@ -160,6 +161,55 @@ where
         self.input.is_none()
     }
 
+    /// Encodes `self.chunk` (job indices from `base`) as one task, or, if it cannot be
+    /// encoded or is too large, element by element so only the culprits fail.
+    fn encode_chunk(
+        &mut self,
+        job: u64,
+        base: u64,
+        tasks: &mut Vec<Task>,
+        failed: &mut Vec<(u64, Why)>,
+    ) {
+        let n = self.chunk.len();
+        let mut args = Vec::with_capacity(n * 2 + 8);
+        let mut fds = Vec::new();
+        let enc = codec::encode(&self.chunk[..], &mut args, &mut fds);
+        if enc.is_ok() && Why::too_large(args.len(), self.max_message).is_none() {
+            if self.auto && args.len() > CHUNK_BYTES && self.chunksize > 1 {
+                self.chunksize = (self.chunksize / 2).max(1);
+            }
+            tasks.push(self.task(job, base, n as u32, args, fds));
+            return;
+        }
+        for (k, item) in self.chunk.iter().enumerate() {
+            let mut args = Vec::new();
+            let mut fds = Vec::new();
+            let enc = codec::encode(std::slice::from_ref(item), &mut args, &mut fds)
+                .map_err(|e| Why::encode(&e))
+                .and_then(|()| match Why::too_large(args.len(), self.max_message) {
+                    Some(why) => Err(why),
+                    None => Ok(()),
+                });
+            match enc {
+                Ok(()) => tasks.push(self.task(job, base + k as u64, 1, args, fds)),
+                Err(why) => failed.push((base + k as u64, why)),
+            }
+        }
+    }
+
+    fn task(&self, job: u64, base: u64, n: u32, args: Vec<u8>, fds: Vec<RegisteredFd>) -> Task {
+        Task {
+            job,
+            base,
+            lo: 0,
+            hi: n,
+            entry: self.entry,
+            args,
+            fds,
+            suspect: false,
+        }
+    }
+
     /// Tops the job up if fewer than half of `max_elems` are outstanding (`done` elements of
     /// the `pulled` ones have reached the consumer).
     pub(super) fn top_up(&mut self, job: &JobGuard, done: u64) {
@@ -187,59 +237,13 @@ where
             room -= n as u64;
             let base = self.pulled;
             self.pulled += n as u64;
-            let mut args = Vec::with_capacity(n * 2 + 8);
-            let mut fds = Vec::new();
-            let enc = codec::encode(&self.chunk[..], &mut args, &mut fds);
-            let fits = Why::too_large(args.len(), self.max_message).is_none();
-            match enc {
-                Ok(()) if fits => {
-                    if self.auto && args.len() > CHUNK_BYTES && self.chunksize > 1 {
-                        self.chunksize = (self.chunksize / 2).max(1);
-                    }
-                    tasks.push(Task {
-                        job: job.id,
-                        base,
-                        lo: 0,
-                        hi: n as u32,
-                        entry: self.entry,
-                        args,
-                        fds,
-                        suspect: false,
-                    });
-                }
-                _ => {
-                    // Find the culprits (unencodable or too large): each element on its own.
-                    for (k, item) in self.chunk.iter().enumerate() {
-                        let mut args = Vec::new();
-                        let mut fds = Vec::new();
-                        let enc = codec::encode(std::slice::from_ref(item), &mut args, &mut fds)
-                            .map_err(|e| Why::encode(&e))
-                            .and_then(|()| match Why::too_large(args.len(), self.max_message) {
-                                Some(why) => Err(why),
-                                None => Ok(()),
-                            });
-                        match enc {
-                            Ok(()) => tasks.push(Task {
-                                job: job.id,
-                                base: base + k as u64,
-                                lo: 0,
-                                hi: 1,
-                                entry: self.entry,
-                                args,
-                                fds,
-                                suspect: false,
-                            }),
-                            Err(why) => failed.push((base + k as u64, why)),
-                        }
-                    }
-                }
-            }
+            self.encode_chunk(job.id, base, &mut tasks, &mut failed);
         }
         self.chunk.clear();
         if tasks.is_empty() && failed.is_empty() {
             return;
         }
-        let mut wake = Wakeups::default();
+        let mut wake = Actions::default();
         let mut st = job.shared.lock();
         st.submit(tasks, &mut wake);
         for (index, why) in failed {

@@ -4,7 +4,8 @@
 //! * `mod.rs`: the public types ([`Pool`], [`PoolBuilder`], [`AsyncResult`]).
 //! * `completion.rs`: [`AsCompleted`] and the callback thread.
 //! * `iter.rs`: feeding a job from an iterator, [`IMap`], `map`'s collector.
-//! * `dispatch.rs`: the parent's state and dispatch.
+//! * `dispatch/`: the parent's state machine (types; `schedule.rs`, `route.rs`,
+//!   `settle.rs`; unit tests with no processes in `tests.rs`).
 //! * `supervisor.rs`: the pool thread and worker start-up.
 //! * `worker.rs`: the worker process.
 //! * `task.rs`: the wire format and the trampolines workers run.
@@ -38,7 +39,7 @@ use crate::codec;
 use crate::context::{cpu_count, get_start_method, StartMethod};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wait::{deadline_after, wait_until};
-use dispatch::{Config, Delivery, Init, OnSettled, Shared, Task, Wakeups, Why};
+use dispatch::{Actions, Config, Delivery, Init, OnSettled, Shared, Task, Why};
 use iter::{Feeder, JobGuard};
 
 pub use completion::{as_completed, AsCompleted};
@@ -362,7 +363,7 @@ impl Pool {
         );
         let conns = st.conns();
         drop(st);
-        conns.iter().map(|c| c.process.pid()).collect()
+        conns.iter().map(|c| c.pid()).collect()
     }
 
     /// Runs `f(args)` in a worker and waits for the result (`apply`).
@@ -406,7 +407,7 @@ impl Pool {
         let enc = codec::encode(std::slice::from_ref(&args), &mut bytes, &mut fds);
         drop(args);
         let job = JobGuard::new(&self.shared, false);
-        let mut wake = Wakeups::default();
+        let mut wake = Actions::default();
         let mut st = self.shared.lock();
         let enc = enc.map_err(|e| Why::encode(&e)).and_then(|()| {
             match Why::too_large(bytes.len(), self.shared.cfg.max_message) {
@@ -720,7 +721,7 @@ impl Pool {
     /// the workers are killed (SIGKILL). Returns once the workers are reaped, or after a few
     /// seconds at most.
     pub fn terminate(&self) {
-        let mut wake = Wakeups::default();
+        let mut wake = Actions::default();
         self.shared.lock().terminate(&mut wake);
         wake.fire();
         self.shared.wake();
@@ -866,7 +867,7 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn cancel(&self) -> bool {
-        let mut wake = Wakeups::default();
+        let mut wake = Actions::default();
         let done = self.job.shared.lock().cancel(self.job.id, &mut wake);
         wake.fire();
         done
@@ -967,7 +968,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
             Ok(v) => on_ok(v),
             Err(e) => on_err(e),
         });
-        let mut wake = Wakeups::default();
+        let mut wake = Actions::default();
         {
             let mut st = self.job.shared.lock();
             st.attach_callback(self.job.id, cb, &mut wake);

@@ -1,5 +1,5 @@
 //! The pool thread (results, deaths, timeouts, replacements) and worker start-up. The
-//! state it works on, and dispatch, are in `dispatch.rs`; see `README.md`.
+//! state machine it drives is in `dispatch/`; see `README.md`.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::dispatch::{
-    Config, Conn, Phase, Shared, State, Status, Wakeups, Why, Worker, MAX_START_FAILURES,
+    Actions, Config, Conn, Phase, Shared, State, Status, Why, Worker, MAX_START_FAILURES,
     START_TIMEOUT,
 };
 use super::task::put_init;
@@ -63,7 +63,10 @@ fn spawn_worker(shared: &Shared, id: u64) -> Result<Worker> {
     let now = Instant::now();
     Ok(Worker {
         id,
-        conn: Arc::new(Conn { chan, process }),
+        conn: Arc::new(Conn {
+            chan,
+            process: Some(process),
+        }),
         status: Status::Starting,
         since: now,
         inflight: VecDeque::new(),
@@ -135,17 +138,17 @@ fn start_one(shared: &Arc<Shared>) {
 
 /// A start ended: add the worker (or count the failure), and wake the pool thread.
 fn started(shared: &Shared, r: Result<Worker>) {
-    let mut wake = Wakeups::default();
+    let mut wake = Actions::default();
     let mut st = shared.lock();
     st.launching -= 1;
     match r {
         Ok(w) if st.finished => {
             // The pool thread is gone: nobody will watch it. The reaper takes it.
-            let _ = w.conn.process.kill();
+            w.conn.kill();
         }
         Ok(w) => {
             if st.phase == Phase::Terminated || st.broken.is_some() {
-                let _ = w.conn.process.kill();
+                w.conn.kill();
             }
             st.workers.push(w);
         }
@@ -221,7 +224,7 @@ pub(super) fn start(cfg: Config) -> Result<(Arc<Shared>, std::thread::JoinHandle
 }
 
 fn shutdown_now(shared: &Arc<Shared>, thread: std::thread::JoinHandle<()>) {
-    let mut wake = Wakeups::default();
+    let mut wake = Actions::default();
     shared.lock().terminate(&mut wake);
     wake.fire();
     shared.wake();
@@ -237,7 +240,7 @@ pub(super) fn wait_finished(shared: &Shared, deadline: Option<Instant>) -> bool 
 
 fn pool_thread(shared: Arc<Shared>) {
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&shared)));
-    let mut wake = Wakeups::default();
+    let mut wake = Actions::default();
     let mut st = shared.lock();
     if res.is_err() {
         st.break_pool(
@@ -281,122 +284,13 @@ struct Input {
     broken: bool,
 }
 
+/// The pool thread's loop, in four phases per round.
 fn run(shared: &Arc<Shared>) {
-    let cfg = &shared.cfg;
-    loop {
-        // 1. Under the lock: deadlines, and what to watch.
-        let (conns, deadline) = {
-            let mut st = shared.lock();
-            let now = Instant::now();
-            let deadline = st.check_deadlines(cfg, now);
-            st.drain_if_done();
-            let done = match st.phase {
-                Phase::Terminated => st.workers.is_empty(),
-                Phase::Closed => st.workers.is_empty() && !st.has_work(),
-                Phase::Open => st.broken.is_some() && st.workers.is_empty(),
-            };
-            if done {
-                return;
-            }
-            let conns: Vec<(u64, Arc<Conn>)> = st
-                .workers
-                .iter()
-                .filter(|w| !w.exited)
-                .map(|w| (w.id, w.conn.clone()))
-                .collect();
-            // Replacements start on starter threads; they wake us when they are added.
-            let missing = st.missing(cfg);
-            st.launching += missing;
-            drop(st);
-            launch(shared, missing);
-            (conns, deadline)
-        };
-        // 2. Wait for results, deaths or a wake-up.
-        let mut set: Vec<(BorrowedFd<'_>, sys::socket::Events)> =
-            Vec::with_capacity(1 + conns.len() * 2);
-        let ev = sys::socket::Events::IN | sys::socket::Events::RDHUP;
-        set.push((shared.wake_rx.fd(), ev));
-        let mut already_dead = Vec::with_capacity(conns.len());
-        for (_, c) in &conns {
-            set.push((c.chan.fd(), ev));
-            let (fd, done) = c.process.wait_handle();
-            set.push((fd, ev));
-            already_dead.push(done);
-        }
-        let any_buffered = conns.iter().any(|(_, c)| c.chan.has_buffered());
-        let wait_until = if any_buffered || already_dead.iter().any(|d| *d) {
-            Some(Instant::now())
-        } else {
-            deadline
-        };
-        let ready = sys::socket::poll_each(&set, wait_until).unwrap_or_default();
-        let mut readable = vec![false; conns.len()];
-        let mut exited = already_dead;
-        for i in ready {
-            if i == 0 {
-                while shared.wake_rx.recv_frame(Some(Instant::now())).is_ok() {}
-            } else {
-                let k = (i - 1) / 2;
-                if (i - 1) % 2 == 0 {
-                    readable[k] = true;
-                } else {
-                    exited[k] = true;
-                }
-            }
-        }
-        drop(set);
-        // 3. Read (outside the lock).
-        let mut inputs = Vec::new();
-        for (k, (id, c)) in conns.iter().enumerate() {
-            if !(readable[k] || exited[k] || c.chan.has_buffered()) {
-                continue;
-            }
-            let mut inp = Input {
-                id: *id,
-                conn: c.clone(),
-                frames: Vec::new(),
-                dead: exited[k],
-                broken: false,
-            };
-            // A dead worker's stream holds everything it sent: read all of it.
-            let max = if exited[k] { usize::MAX } else { 64 };
-            while inp.frames.len() < max {
-                match c.chan.recv_frame(Some(Instant::now())) {
-                    Ok(f) => inp.frames.push(f),
-                    Err(e) if e.is_timeout() => break,
-                    Err(e) if e.is_disconnected() => break,
-                    Err(_) => {
-                        inp.broken = true;
-                        break;
-                    }
-                }
-            }
-            inputs.push(inp);
-        }
-        // 4. Under the lock: route results, mark deaths, dispatch.
-        let mut wake = Wakeups::default();
-        let mut st = shared.lock();
-        let now = Instant::now();
-        let mut dead = Vec::new();
-        for inp in inputs {
-            for f in inp.frames {
-                if st.on_frame(inp.id, f, now, &mut wake).is_err() {
-                    // A worker that breaks the protocol cannot be trusted: replace it.
-                    let _ = inp.conn.process.kill();
-                    break;
-                }
-            }
-            if inp.broken {
-                let _ = inp.conn.process.kill();
-            }
-            if inp.dead {
-                st.mark_exited(inp.id);
-                dead.push((inp.id, inp.conn));
-            }
-        }
-        shared.changed.notify_all();
-        shared.pump(st, wake);
-        // 5. Settle deaths once the exit code is known, off this thread: for a fork-server
+    while let Some(round) = plan(shared) {
+        let (readable, exited) = wait_for_events(shared, &round);
+        let inputs = read_inputs(&round.conns, &readable, &exited);
+        let dead = apply(shared, inputs);
+        // Deaths are settled once the exit code is known, off this thread: for a fork-server
         // child it arrives from the server, which may be slow or frozen.
         for (id, conn) in dead {
             settle_death(shared, id, conn);
@@ -404,19 +298,146 @@ fn run(shared: &Arc<Shared>) {
     }
 }
 
+/// What one round watches, and until when.
+struct Round {
+    conns: Vec<(u64, Arc<Conn>)>,
+    deadline: Option<Instant>,
+}
+
+/// Phase 1, under the lock: deadlines, drain, what to watch, replacements to start. `None`
+/// once the pool thread is done.
+fn plan(shared: &Arc<Shared>) -> Option<Round> {
+    let mut acts = Actions::default();
+    let mut st = shared.lock();
+    let deadline = st.check_deadlines(&shared.cfg, Instant::now(), &mut acts);
+    st.drain_if_done(&mut acts);
+    let done = match st.phase {
+        Phase::Terminated => st.workers.is_empty(),
+        Phase::Closed => st.workers.is_empty() && !st.has_work(),
+        Phase::Open => st.broken.is_some() && st.workers.is_empty(),
+    };
+    let conns: Vec<(u64, Arc<Conn>)> = st
+        .workers
+        .iter()
+        .filter(|w| !w.exited && w.conn.process.is_some())
+        .map(|w| (w.id, w.conn.clone()))
+        .collect();
+    // Replacements start on starter threads; they wake us when they are added.
+    let starts = if done { 0 } else { st.plan_starts(&shared.cfg) };
+    drop(st);
+    acts.fire();
+    launch(shared, starts);
+    (!done).then_some(Round { conns, deadline })
+}
+
+/// Phase 2: waits for results, deaths, a wake-up or the deadline. Returns which workers'
+/// channels are readable and which have exited.
+fn wait_for_events(shared: &Shared, round: &Round) -> (Vec<bool>, Vec<bool>) {
+    let conns = &round.conns;
+    let mut set: Vec<(BorrowedFd<'_>, sys::socket::Events)> =
+        Vec::with_capacity(1 + conns.len() * 2);
+    let ev = sys::socket::Events::IN | sys::socket::Events::RDHUP;
+    set.push((shared.wake_rx.fd(), ev));
+    let mut exited = Vec::with_capacity(conns.len());
+    for (_, c) in conns {
+        set.push((c.chan.fd(), ev));
+        // `plan` lists only workers with a process.
+        if let Some(p) = &c.process {
+            let (fd, done) = p.wait_handle();
+            set.push((fd, ev));
+            exited.push(done);
+        }
+    }
+    let any_buffered = conns.iter().any(|(_, c)| c.chan.has_buffered());
+    let until = if any_buffered || exited.iter().any(|d| *d) {
+        Some(Instant::now())
+    } else {
+        round.deadline
+    };
+    let ready = sys::socket::poll_each(&set, until).unwrap_or_default();
+    let mut readable = vec![false; conns.len()];
+    for i in ready {
+        if i == 0 {
+            while shared.wake_rx.recv_frame(Some(Instant::now())).is_ok() {}
+        } else if (i - 1) % 2 == 0 {
+            readable[(i - 1) / 2] = true;
+        } else {
+            exited[(i - 1) / 2] = true;
+        }
+    }
+    (readable, exited)
+}
+
+/// Phase 3, outside the lock: reads what the workers sent (everything, from a dead one).
+fn read_inputs(conns: &[(u64, Arc<Conn>)], readable: &[bool], exited: &[bool]) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    for (k, (id, c)) in conns.iter().enumerate() {
+        if !(readable[k] || exited[k] || c.chan.has_buffered()) {
+            continue;
+        }
+        let mut inp = Input {
+            id: *id,
+            conn: c.clone(),
+            frames: Vec::new(),
+            dead: exited[k],
+            broken: false,
+        };
+        // A dead worker's stream holds everything it sent: read all of it.
+        let max = if exited[k] { usize::MAX } else { 64 };
+        while inp.frames.len() < max {
+            match c.chan.recv_frame(Some(Instant::now())) {
+                Ok(f) => inp.frames.push(f),
+                Err(e) if e.is_timeout() || e.is_disconnected() => break,
+                Err(_) => {
+                    inp.broken = true;
+                    break;
+                }
+            }
+        }
+        inputs.push(inp);
+    }
+    inputs
+}
+
+/// Phase 4, under the lock: route results, mark deaths, dispatch. Returns the dead.
+fn apply(shared: &Shared, inputs: Vec<Input>) -> Vec<(u64, Arc<Conn>)> {
+    let mut acts = Actions::default();
+    let mut st = shared.lock();
+    let now = Instant::now();
+    let mut dead = Vec::new();
+    for inp in inputs {
+        for f in inp.frames {
+            if st.on_frame(inp.id, f, now, &mut acts).is_err() {
+                // A worker that breaks the protocol cannot be trusted: replace it.
+                acts.kill.push((inp.id, inp.conn.clone()));
+                break;
+            }
+        }
+        if inp.broken {
+            acts.kill.push((inp.id, inp.conn.clone()));
+        }
+        if inp.dead {
+            st.mark_exited(inp.id);
+            dead.push((inp.id, inp.conn));
+        }
+    }
+    shared.changed.notify_all();
+    shared.pump(st, acts);
+    dead
+}
+
 /// Gets a dead worker's exit code on a thread of its own, then settles its tasks.
 fn settle_death(shared: &Arc<Shared>, id: u64, conn: Arc<Conn>) {
     let settle = move |shared: &Arc<Shared>| {
-        let code = reap(&conn.process);
-        let mut wake = Wakeups::default();
+        let code = conn.process.as_ref().and_then(reap);
+        let mut acts = Actions::default();
         let mut st = shared.lock();
-        st.on_death(id, code, shared.cfg.task_timeout, &mut wake);
+        st.on_death(id, code, shared.cfg.task_timeout, &mut acts);
         // The replacement starts now (not on the pool thread's next round).
-        let missing = st.missing(&shared.cfg);
-        st.launching += missing;
+        let starts = st.plan_starts(&shared.cfg);
         shared.changed.notify_all();
-        shared.pump(st, wake);
-        launch(shared, missing);
+        shared.pump(st, acts);
+        launch(shared, starts);
         shared.wake();
     };
     let s = shared.clone();

@@ -186,94 +186,127 @@ pub(super) fn worker_main(args: WorkerArgs) {
         sys::process::ignore_sigint();
     }
     task::install_panic_hook();
+    let max_message = usize::try_from(args.max_message).unwrap_or(usize::MAX);
     let link = Arc::new(Link {
         chan: Channel::new(args.chan.0),
         out: Mutex::new(Outbox::default()),
     });
-    link.chan
-        .set_max_message(usize::try_from(args.max_message).unwrap_or(usize::MAX));
-
-    // 1. The initializer.
-    let Ok(init) = link.chan.recv_frame(None) else {
-        return;
-    };
-    let mut reply = Vec::new();
-    match run_init(&init.payload, init.fds) {
-        Ok(()) => wire::put_ready(&mut reply),
-        Err(f) => {
-            wire::put_init_failed(&mut reply, &f);
-            let _ = link.chan.send_raw(&reply, &[]);
-            return;
-        }
-    }
-    if link.chan.send_raw(&reply, &[]).is_err() {
+    link.chan.set_max_message(max_message);
+    if !initialize(&link) {
         return;
     }
-
-    // 2. The watchdog.
-    let max_message = usize::try_from(args.max_message).unwrap_or(usize::MAX);
     let beat = (args.beat_us > 0).then(|| Duration::from_micros(args.beat_us));
     start_watchdog(
         link.clone(),
         Duration::from_micros(args.tick_us.max(100)),
         beat,
     );
-
-    // 3. Tasks until end of stream (the pool closed) or the task quota.
-    let mut seq: u64 = 0;
-    let mut out = Vec::new();
-    let mut out_fds = Vec::new();
-    loop {
-        let frame = match link.chan.recv_frame(None) {
-            Ok(f) => f,
-            Err(_) => break,
-        };
-        let mut fds = frame.fds.into_iter();
-        let mut cur = Cursor::new(&frame.payload);
-        let mut entry: Option<EntryFn> = None;
-        while !cur.is_empty() {
-            let Ok(t) = parse_task(&mut cur, &mut entry) else {
-                // A malformed frame from our own parent: nothing sensible left to do.
-                sys::process::exit_now(70);
-            };
-            let (f, nfds, targs) = t;
-            let task_fds: Vec<RegisteredFd> = fds.by_ref().take(nfds).collect();
-            set_seq(seq + 1);
-            let t0 = Instant::now();
-            out.clear();
-            out_fds.clear();
-            let outcome = task::catch_panic(|| f(targs, task_fds, &mut out, &mut out_fds))
-                .unwrap_or_else(|(message, location)| Outcome::Panicked { message, location });
-            let busy = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-            seq += 1;
-            let last = args.max_tasks != 0 && seq >= args.max_tasks;
-            let mut o = link.lock();
-            let full = o.fds.len() + out_fds.len() > FLUSH_FDS
-                || o.buf.len() + out.len() + RESULT_HEADER > max_message;
-            if full && !link.flush(&mut o) {
-                return;
-            }
-            put_result(&mut o, outcome, &out, &mut out_fds, busy, max_message);
-            if last {
-                set_seq(0);
-                link.flush(&mut o);
-                return;
-            }
-            if (o.buf.len() >= FLUSH_BYTES || o.fds.len() >= FLUSH_FDS) && !link.flush(&mut o) {
-                return;
-            }
-        }
-        if !link.chan.has_buffered() {
-            set_seq(0);
-            let mut o = link.lock();
-            if !link.flush(&mut o) {
-                return;
-            }
-        }
-    }
+    let mut w = Tasks {
+        link: &link,
+        max_tasks: args.max_tasks,
+        max_message,
+        seq: 0,
+        out: Vec::new(),
+        out_fds: Vec::new(),
+    };
+    w.serve();
     set_seq(0);
     let mut o = link.lock();
     link.flush(&mut o);
+}
+
+/// Runs the INIT frame and answers READY or INIT_FAILED; `false` if the worker must exit.
+fn initialize(link: &Link) -> bool {
+    let Ok(init) = link.chan.recv_frame(None) else {
+        return false;
+    };
+    let mut reply = Vec::new();
+    let ok = match run_init(&init.payload, init.fds) {
+        Ok(()) => {
+            wire::put_ready(&mut reply);
+            true
+        }
+        Err(f) => {
+            wire::put_init_failed(&mut reply, &f);
+            false
+        }
+    };
+    link.chan.send_raw(&reply, &[]).is_ok() && ok
+}
+
+/// The main thread's task loop.
+struct Tasks<'a> {
+    link: &'a Link,
+    /// Exit after this many tasks (0: never).
+    max_tasks: u64,
+    max_message: usize,
+    /// Tasks run so far.
+    seq: u64,
+    out: Vec<u8>,
+    out_fds: Vec<RegisteredFd>,
+}
+
+impl Tasks<'_> {
+    /// Runs task frames until end of stream (the pool closed), the quota, or a lost parent.
+    fn serve(&mut self) {
+        while let Ok(frame) = self.link.chan.recv_frame(None) {
+            let mut fds = frame.fds.into_iter();
+            let mut cur = Cursor::new(&frame.payload);
+            let mut entry: Option<EntryFn> = None;
+            while !cur.is_empty() {
+                let Ok((f, nfds, targs)) = parse_task(&mut cur, &mut entry) else {
+                    // A malformed frame from our own parent: nothing sensible left to do.
+                    sys::process::exit_now(70);
+                };
+                let task_fds: Vec<RegisteredFd> = fds.by_ref().take(nfds).collect();
+                if !self.run_one(f, targs, task_fds) {
+                    return;
+                }
+            }
+            if !self.link.chan.has_buffered() {
+                set_seq(0);
+                let mut o = self.link.lock();
+                if !self.link.flush(&mut o) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs one task and queues its result; `false` if the worker must exit.
+    fn run_one(&mut self, f: EntryFn, targs: &[u8], task_fds: Vec<RegisteredFd>) -> bool {
+        set_seq(self.seq + 1);
+        let t0 = Instant::now();
+        self.out.clear();
+        self.out_fds.clear();
+        let (out, out_fds) = (&mut self.out, &mut self.out_fds);
+        let outcome = task::catch_panic(|| f(targs, task_fds, out, out_fds))
+            .unwrap_or_else(|(message, location)| Outcome::Panicked { message, location });
+        let busy = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.seq += 1;
+        let last = self.max_tasks != 0 && self.seq >= self.max_tasks;
+        let link = self.link;
+        let mut o = link.lock();
+        let full = o.fds.len() + self.out_fds.len() > FLUSH_FDS
+            || o.buf.len() + self.out.len() + RESULT_HEADER > self.max_message;
+        if full && !link.flush(&mut o) {
+            return false;
+        }
+        put_result(
+            &mut o,
+            outcome,
+            &self.out,
+            &mut self.out_fds,
+            busy,
+            self.max_message,
+        );
+        if last {
+            set_seq(0);
+            link.flush(&mut o);
+            return false;
+        }
+        !((o.buf.len() >= FLUSH_BYTES || o.fds.len() >= FLUSH_FDS) && !link.flush(&mut o))
+    }
 }
 
 type ParsedTask<'a> = (EntryFn, usize, &'a [u8]);
