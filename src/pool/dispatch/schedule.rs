@@ -152,9 +152,12 @@ impl State {
 
     /// After the frames of `sent` were written: the workers may be sent more.
     pub(super) fn sent(&mut self, sent: Vec<Outgoing>) {
+        let now = Instant::now();
         for o in sent {
             if let Some(w) = self.workers.iter_mut().find(|w| w.id == o.worker) {
                 w.writing = false;
+                // A long write (a big argument) is not the worker's silence.
+                w.heard = now;
             }
             let mut f = o.frame;
             if f.capacity() <= FRAME_MAX * 2 && self.spare.len() < 8 {
