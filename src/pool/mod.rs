@@ -116,7 +116,10 @@ impl fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("processes", &self.shared.cfg.processes)
             .field("start_method", &self.shared.cfg.method)
-            .field("pids", &self.pids())
+            .field("pids", &{
+                let conns = self.shared.lock().conns();
+                conns.iter().map(|c| c.pid()).collect::<Vec<_>>()
+            })
             .finish()
     }
 }
