@@ -421,6 +421,11 @@ where
     /// The next result, waiting at most `timeout` for it (Python's
     /// `IMapIterator.next(timeout)`); `None` at the end.
     ///
+    /// It keeps the iterator's shape, `Option<Result<R>>`, rather than the crate's
+    /// `Result<R>` for `_timeout` calls: `None` is the end of the iteration, and running
+    /// out of time is `Some(Err(e))` with `e.is_timeout()`, after which the iterator
+    /// goes on as if nothing happened. `Duration::MAX` waits as long as `next`.
+    ///
     /// ```
     /// use std::time::Duration;
     /// let pool = multiproc::Pool::new(1)?;
