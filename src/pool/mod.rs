@@ -728,6 +728,8 @@ impl Pool {
         self.shared.lock().terminate(&mut wake);
         wake.fire();
         self.shared.wake();
+        // Starters backing off stop at once.
+        self.shared.changed.notify_all();
         if supervisor::wait_finished(&self.shared, Some(Instant::now() + Duration::from_secs(5))) {
             self.reap_thread();
         }

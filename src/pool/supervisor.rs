@@ -313,7 +313,8 @@ fn plan(shared: &Arc<Shared>) -> Option<Round> {
     st.drain_if_done(&mut acts);
     let done = match st.phase {
         Phase::Terminated => st.workers.is_empty(),
-        Phase::Closed => st.workers.is_empty() && !st.has_work(),
+        // A start under way ends with a worker to drain (join waits for every worker).
+        Phase::Closed => st.workers.is_empty() && !st.has_work() && st.launching == 0,
         Phase::Open => st.broken.is_some() && st.workers.is_empty(),
     };
     let conns: Vec<(u64, Arc<Conn>)> = st
