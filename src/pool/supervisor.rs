@@ -262,7 +262,12 @@ fn pool_thread(shared: Arc<Shared>) {
 /// `join` rather than `exitcode`: joining also forgets the child in the process registry,
 /// so a dead worker keeps no descriptor (its control stream, pidfd, status socket).
 fn reap(p: &Process<()>) -> Option<i32> {
-    match p.join_timeout(Duration::from_secs(5)) {
+    exit_code(p.join_timeout(Duration::from_secs(5)))
+}
+
+/// The Python-style exit code in the outcome of joining a worker (`None`: not known).
+fn exit_code(r: Result<Option<()>>) -> Option<i32> {
+    match r {
         Ok(Some(())) => Some(0),
         // Not reaped yet: dropping the handle leaves it to the background reaper.
         Ok(None) => None,
@@ -427,19 +432,20 @@ fn apply(shared: &Shared, inputs: Vec<Input>) -> Vec<(u64, Arc<Conn>)> {
     dead
 }
 
-/// Gets a dead worker's exit code on a thread of its own, then settles its tasks.
+/// Gets a dead worker's exit code (on a thread of its own unless it is known at once), then
+/// settles its tasks.
 fn settle_death(shared: &Arc<Shared>, id: u64, conn: Arc<Conn>) {
+    let Some(p) = &conn.process else {
+        return settle_now(shared, id, None);
+    };
+    // Most exits are known by now (a direct child, or a fork-server report already in).
+    let r = p.join_timeout(Duration::ZERO);
+    if !matches!(r, Ok(None)) {
+        return settle_now(shared, id, exit_code(r));
+    }
     let settle = move |shared: &Arc<Shared>| {
         let code = conn.process.as_ref().and_then(reap);
-        let mut acts = Actions::default();
-        let mut st = shared.lock();
-        st.on_death(id, code, shared.cfg.task_timeout, &mut acts);
-        // The replacement starts now (not on the pool thread's next round).
-        let starts = st.plan_starts(&shared.cfg);
-        shared.changed.notify_all();
-        shared.pump(st, acts);
-        launch(shared, starts);
-        shared.wake();
+        settle_now(shared, id, code);
     };
     let s = shared.clone();
     let spawned = std::thread::Builder::new()
@@ -451,4 +457,17 @@ fn settle_death(shared: &Arc<Shared>, id: u64, conn: Arc<Conn>) {
     if spawned.is_err() {
         settle(shared);
     }
+}
+
+/// Settles dead worker `id` with its exit code, and starts its replacement.
+fn settle_now(shared: &Arc<Shared>, id: u64, code: Option<i32>) {
+    let mut acts = Actions::default();
+    let mut st = shared.lock();
+    st.on_death(id, code, shared.cfg.task_timeout, &mut acts);
+    // The replacement starts now (not on the pool thread's next round).
+    let starts = st.plan_starts(&shared.cfg);
+    shared.changed.notify_all();
+    shared.pump(st, acts);
+    launch(shared, starts);
+    shared.wake();
 }

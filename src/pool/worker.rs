@@ -77,12 +77,25 @@ static PARKED: AtomicBool = AtomicBool::new(false);
 static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
 
 /// Called by the chunk trampoline before each element.
+///
+/// Relaxed on purpose (this runs once per element, and a full barrier here costs ~10 % of
+/// a map of trivial items): a wake-up missed in the race with the watchdog parking is made
+/// up by its bounded park during a long element (`LONG_PARK`). Task starts (`set_seq`)
+/// are SeqCst on both sides and are never missed.
 pub(super) fn element_started(j: u32) {
     ELEM.store(j, Ordering::Relaxed);
     let p = PROGRESS.load(Ordering::Relaxed);
-    PROGRESS.store(p.wrapping_add(1), Ordering::SeqCst);
-    wake_watchdog();
+    PROGRESS.store(p.wrapping_add(1), Ordering::Relaxed);
+    if PARKED.load(Ordering::Relaxed) && PARKED.swap(false, Ordering::SeqCst) {
+        if let Some(t) = WATCHDOG.get() {
+            t.unpark();
+        }
+    }
 }
+
+/// The longest the watchdog parks during a long element, so a missed element change is
+/// noticed this late at worst.
+const LONG_PARK: Duration = Duration::from_millis(250);
 
 /// Sets the running task's number (`SEQ`) and wakes a parked watchdog.
 fn set_seq(v: u64) {
@@ -91,7 +104,7 @@ fn set_seq(v: u64) {
 }
 
 /// Unparks the watchdog if it parked; one load on the fast path. Pairs with the SeqCst
-/// store-then-recheck in `Watchdog::park`, so a change is never missed.
+/// store-then-recheck in `Watchdog::park`, so a task start is never missed.
 fn wake_watchdog() {
     if PARKED.load(Ordering::SeqCst) && PARKED.swap(false, Ordering::SeqCst) {
         if let Some(t) = WATCHDOG.get() {
@@ -416,8 +429,9 @@ impl Watchdog {
                 // A long element was reported: sleep until it ends (or the next beat).
                 let left = self
                     .beat
-                    .map(|b| b.saturating_sub(self.last_beat.elapsed()));
-                self.park(left);
+                    .map_or(LONG_PARK, |b| b.saturating_sub(self.last_beat.elapsed()))
+                    .min(LONG_PARK);
+                self.park(Some(left));
                 self.maybe_beat()
             };
             if !ok {
