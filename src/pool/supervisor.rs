@@ -20,6 +20,9 @@ use crate::process::Process;
 use crate::sys;
 use crate::wait::wait_until;
 
+/// INIT frames up to this size are sent before the worker has announced itself.
+const INIT_EARLY_MAX: usize = 32 * 1024;
+
 /// Starts one worker process (on a starter thread, outside the lock) and waits until it
 /// has announced itself, so the pool thread only ever sees workers whose pid is known.
 fn spawn_worker(shared: &Shared, id: u64) -> Result<Worker> {
@@ -41,24 +44,37 @@ fn spawn_worker(shared: &Shared, id: u64) -> Result<Worker> {
         .daemon(true)
         .start_method(cfg.method)
         .spawn(args, worker::worker_main)?;
-    // A fork-server child announces its pid (this may wait, here and not in the pool thread,
-    // for a slow or frozen fork server).
-    if process.pid() == 0 {
-        let _ = process.kill();
-        return Err(Error::msg(
-            ErrorKind::Io,
-            "the worker process did not start (the fork server did not answer)",
-        ));
-    }
     let (entry, bytes, fds): (u64, &[u8], Vec<BorrowedFd<'_>>) = match &cfg.init {
         Some(i) => (i.entry, &i.bytes, i.fds.iter().map(|f| f.as_fd()).collect()),
         None => (0, &[], Vec::new()),
     };
     let mut frame = Vec::with_capacity(16 + bytes.len());
     put_init(&mut frame, entry, bytes);
-    if let Err(e) = chan.send_raw(&frame, &fds) {
+    let send_init = || {
+        chan.send_raw(&frame, &fds)
+            .map_err(|e| e.context("sending the initializer to a pool worker"))
+    };
+    // A small INIT fits the socket buffer: send it at once, so the worker finds it when it
+    // starts. A large one waits until the worker has announced itself (a write that blocks
+    // needs a reader).
+    let early = frame.len() <= INIT_EARLY_MAX;
+    let sent = if early { send_init() } else { Ok(()) };
+    // A fork-server child announces its pid (this may wait, here and not in the pool thread,
+    // for a slow or frozen fork server).
+    let started = if process.pid() == 0 {
+        Err(Error::msg(
+            ErrorKind::Io,
+            "the worker process did not start (the fork server did not answer)",
+        ))
+    } else {
+        Ok(())
+    };
+    if let Err(e) = sent
+        .and(started)
+        .and_then(|()| if early { Ok(()) } else { send_init() })
+    {
         let _ = process.kill();
-        return Err(e.context("sending the initializer to a pool worker"));
+        return Err(e);
     }
     let now = Instant::now();
     Ok(Worker {
