@@ -193,12 +193,25 @@ pub(super) fn start(cfg: Config) -> Result<(Arc<Shared>, std::thread::JoinHandle
         wake_rx,
         wake_tx,
     });
+    // The first workers start now, each on a starter thread; the pool thread replaces them.
+    let starts = shared.lock().plan_starts(&shared.cfg);
+    launch(&shared, starts);
     let s2 = shared.clone();
-    // The pool thread starts the first workers (on starter threads) on its first round.
     let thread = std::thread::Builder::new()
         .name("multiproc-pool".into())
         .spawn(move || pool_thread(s2))
-        .map_err(|e| Error::io(e).context("starting the pool thread"))?;
+        .map_err(|e| Error::io(e).context("starting the pool thread"));
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            // No pool thread: the starters kill what they start.
+            let mut acts = Actions::default();
+            shared.lock().terminate(&mut acts);
+            acts.fire();
+            shared.changed.notify_all();
+            return Err(e);
+        }
+    };
     // Wait for READY from every first worker (or a failure).
     let ready = |st: &mut State| {
         st.broken.is_some()
