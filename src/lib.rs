@@ -339,7 +339,9 @@ mod wait;
 pub use connection::{Connection, Pipe};
 pub use context::{all_start_methods, cpu_count, get_start_method, set_start_method, StartMethod};
 pub use error::{Error, ErrorKind, PutError, Result};
-pub use pool::{with_worker_state, AsyncResult, IMap, Pool, PoolBuilder};
+pub use pool::{
+    as_completed, with_worker_state, AsCompleted, AsyncResult, IMap, Pool, PoolBuilder,
+};
 pub use process::{
     active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo,
 };
