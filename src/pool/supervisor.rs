@@ -295,11 +295,11 @@ fn reap(p: &Process<()>) -> Option<i32> {
 }
 
 /// The Python-style exit code in the outcome of joining a worker (`None`: not known).
-fn exit_code(r: Result<Option<()>>) -> Option<i32> {
+fn exit_code(r: Result<()>) -> Option<i32> {
     match r {
-        Ok(Some(())) => Some(0),
+        Ok(()) => Some(0),
         // Not reaped yet: dropping the handle leaves it to the background reaper.
-        Ok(None) => None,
+        Err(e) if e.is_timeout() => None,
         Err(e) => match (e.signal(), e.exit_code()) {
             (Some(sig), _) => Some(-sig),
             (None, Some(code)) => Some(code),
@@ -469,7 +469,7 @@ fn settle_death(shared: &Arc<Shared>, id: u64, conn: Arc<Conn>) {
     };
     // Most exits are known by now (a direct child, or a fork-server report already in).
     let r = p.join_timeout(Duration::ZERO);
-    if !matches!(r, Ok(None)) {
+    if !matches!(&r, Err(e) if e.is_timeout()) {
         return settle_now(shared, id, exit_code(r));
     }
     let settle = move |shared: &Arc<Shared>| {
