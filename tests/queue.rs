@@ -46,7 +46,7 @@ fn fifo_len_and_timeouts_in_one_process() {
     for i in 0..1000 {
         assert_eq!(q.get().unwrap(), i);
     }
-    assert!(q.try_get().unwrap().is_none());
+    assert!(q.try_get().unwrap_err().is_would_block());
     let t = Instant::now();
     let e = q.get_timeout(Duration::from_millis(100)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
@@ -649,13 +649,10 @@ fn producer_killed_inside_put_loses_at_most_its_item() {
         let (len, unfinished) = (q.len(), q.unfinished_tasks());
         assert_eq!(len, unfinished, "round {round}");
         for i in 0..len as u64 {
-            assert_eq!(q.try_get().unwrap(), Some(i), "round {round}");
+            assert_eq!(q.try_get().unwrap(), i, "round {round}");
         }
-        assert_eq!(
-            q.try_get().unwrap(),
-            None,
-            "round {round}: more than counted"
-        );
+        let e = q.try_get().unwrap_err();
+        assert!(e.is_would_block(), "round {round}: more than counted: {e}");
         q.put(u64::MAX).unwrap();
         assert_eq!(q.get().unwrap(), u64::MAX);
         for _ in 0..=len {
@@ -693,9 +690,10 @@ fn consumer_killed_inside_get_loses_at_most_its_item() {
             "round {round}: kill too early/late ({len})"
         );
         for i in N - len..N {
-            assert_eq!(q.try_get().unwrap(), Some(i), "round {round}");
+            assert_eq!(q.try_get().unwrap(), i, "round {round}");
         }
-        assert_eq!(q.try_get().unwrap(), None, "round {round}");
+        let e = q.try_get().unwrap_err();
+        assert!(e.is_would_block(), "round {round}: {e}");
     }
 }
 
@@ -745,4 +743,50 @@ fn wait_until(mut cond: impl FnMut() -> bool) {
         assert!(t.elapsed() < WAIT, "condition not reached within {WAIT:?}");
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// The one result shape on every flavour: `try_` is `WouldBlock`, `_timeout`/`_deadline` are
+/// `Timeout`, and a timeout of `Duration::MAX` means no deadline.
+#[test]
+fn every_flavour_has_the_one_result_shape() {
+    let s: SimpleQueue<u32> = SimpleQueue::new().unwrap();
+    assert!(s.try_get().unwrap_err().is_would_block());
+    assert!(s
+        .get_timeout(Duration::from_millis(20))
+        .unwrap_err()
+        .is_timeout());
+    assert!(s.get_deadline(Instant::now()).unwrap_err().is_timeout());
+    s.try_put(1).unwrap();
+    s.put_timeout(2, Duration::MAX).unwrap();
+    s.put_deadline(3, Instant::now() + WAIT).unwrap();
+    assert_eq!(s.len(), 3);
+    assert_eq!(s.maxsize(), None);
+    assert_eq!(s.get_timeout(Duration::MAX).unwrap(), 1);
+    assert_eq!(s.try_get().unwrap(), 2);
+    assert_eq!(s.get_deadline(Instant::now() + WAIT).unwrap(), 3);
+
+    let q: Queue<u32> = Queue::bounded(1).unwrap();
+    q.put(1).unwrap();
+    let e = q.try_put(2).unwrap_err();
+    assert!(e.error().is_would_block() && e.is_full());
+    assert!(q.put_timeout(2, Duration::ZERO).unwrap_err().is_timeout());
+    assert_eq!(q.try_get().unwrap(), 1);
+    assert!(q.try_get().unwrap_err().is_would_block());
+
+    // Duration::MAX waits (no deadline, no overflow) until the item or the last task arrives.
+    let j: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+    let j2 = j.clone();
+    let t = std::thread::spawn(move || {
+        let v = j2.get_timeout(Duration::MAX).unwrap();
+        j2.task_done().unwrap();
+        v
+    });
+    j.put_timeout(7, Duration::MAX).unwrap();
+    j.join_timeout(Duration::MAX).unwrap();
+    assert_eq!(t.join().unwrap(), 7);
+    assert_eq!(j.unfinished_tasks(), 0);
+    assert!(j.join_timeout(Duration::ZERO).is_ok());
+    j.put(8).unwrap();
+    assert!(j.join_timeout(Duration::ZERO).unwrap_err().is_timeout());
+    assert!(j.join_deadline(Instant::now()).unwrap_err().is_timeout());
 }
