@@ -166,25 +166,28 @@ impl Ring {
         {
             return;
         }
-        let Ok(Some(a)) = robust::try_lock(&self.map, at!(put_lock)) else {
+        let Some(a) = robust::try_lock(&self.map, at!(put_lock)) else {
             return;
         };
         let _g = Guard {
             ring: self,
             off: at!(put_lock),
         };
-        if a == robust::Acquired::OwnerDied && self.repair_producer().is_err() {
+        if a == robust::Acquired::OwnerDied {
+            self.repair_producer();
+        }
+        if self.close_open_item().is_err() {
             return;
         }
-        self.close_open_item();
         let (h, t) = (new_head, self.tail_pos());
         if h / self.cap != t / self.cap {
             return; // live data wraps around the end of the ring: trim another time
         }
         let page = shm::page_size() as u64;
+        // Clamped: values written over by another process stay inside the ring.
         let (lo, hi) = (
-            self.u64(at!(prod.ext_lo)).load(Relaxed),
-            self.u64(at!(prod.ext_hi)).load(Relaxed),
+            self.u64(at!(prod.ext_lo)).load(Relaxed).min(self.cap),
+            self.u64(at!(prod.ext_hi)).load(Relaxed).min(self.cap),
         );
         let (h_off, t_off) = (h & (self.cap - 1), t & (self.cap - 1));
         let (h_page, t_page) = (h_off / page * page, t_off.next_multiple_of(page));

@@ -18,7 +18,6 @@ mod put;
 mod repair;
 mod wait;
 
-use std::mem::size_of;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
@@ -35,15 +34,12 @@ macro_rules! at {
 }
 use at;
 
-/// The error for a failed lock operation.
-fn lock_error(e: std::io::Error, what: &'static str) -> Error {
-    if e.raw_os_error() == Some(libc::ENOTRECOVERABLE) {
-        Error::msg(
-            ErrorKind::Protocol,
-            "the queue's lock is unrecoverable (a process unlocked it without repairing)",
-        )
+/// The error for a failed wait for a lock.
+fn lock_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        Error::msg(ErrorKind::Timeout, "another process holds the queue's lock")
     } else {
-        Error::io(e).context(what)
+        Error::io(e).context("waiting for the queue's lock")
     }
 }
 
@@ -141,8 +137,8 @@ impl Ring {
             .map_err(|e| Error::io(e).context("creating the queue's shared memory"))?;
         let map = shm::Mapping::map(fd.as_fd(), HEADER_LEN + cap as usize, HEADER_LEN)
             .map_err(|e| Error::io(e).context("mapping the queue's shared memory"))?;
-        robust::init(&map, at!(put_lock)).map_err(|e| lock_error(e, "creating a queue lock"))?;
-        robust::init(&map, at!(get_lock)).map_err(|e| lock_error(e, "creating a queue lock"))?;
+        robust::init(&map, at!(put_lock));
+        robust::init(&map, at!(get_lock));
         let (dev, ino) = shm::identity(fd.as_fd()).map_err(Error::io)?;
         let key = Key {
             dev,
@@ -158,8 +154,8 @@ impl Ring {
         ring.u64(at!(config.resident)).store(resident, Relaxed);
         ring.u64(at!(config.max_items)).store(max_items, Relaxed);
         ring.u32(at!(config.kind)).store(kind as u32, Relaxed);
-        ring.u32(at!(config.mutex_size))
-            .store(size_of::<libc::pthread_mutex_t>() as u32, Relaxed);
+        ring.u32(at!(config.lock_format))
+            .store(robust::FORMAT, Relaxed);
         ring.u64(at!(config.type_hash)).store(type_hash, Relaxed);
         ring.u64(at!(config.magic)).store(MAGIC, Release);
         Ok(ring)
@@ -231,8 +227,7 @@ impl Ring {
         let max_items = probe.u64(at!(config.max_items)).load(Relaxed);
         let layout_ok = probe.u32(at!(config.header_len)).load(Relaxed) == HEADER_LEN as u32
             && probe.u64(at!(config.capacity)).load(Relaxed) == cap
-            && probe.u32(at!(config.mutex_size)).load(Relaxed)
-                == size_of::<libc::pthread_mutex_t>() as u32
+            && probe.u32(at!(config.lock_format)).load(Relaxed) == robust::FORMAT
             && resident.is_power_of_two()
             && (MIN_CAPACITY..=cap).contains(&resident)
             && max_items >= 1;
@@ -317,6 +312,12 @@ impl Ring {
     /// As `u64`, for 32-bit words.
     fn u32(&self, off: usize) -> &AtomicU32 {
         self.map.atomic_u32(off)
+    }
+
+    /// Whether `head <= tail` are positions the protocol can produce: the published records
+    /// fit in the ring, and neither is near overflowing (`2^62` bytes are centuries of traffic).
+    fn positions_ok(&self, head: u64, tail: u64) -> bool {
+        head <= tail && tail < POS_LIMIT && tail - head <= self.cap
     }
 
     /// Where ring position `pos` lives in the mapping.
