@@ -394,7 +394,7 @@ mod tests {
         let dead = std::thread::spawn(me).join().unwrap();
         for w in [
             CONTENDED,
-            u64::MAX & !TID_MASK,
+            !TID_MASK,
             dead,
             dead | CONTENDED,
             me(),
