@@ -156,6 +156,9 @@ pub(super) struct Consumer {
     pub(super) jr_head: u64,
     /// Journal: `gets` after it (applied if `head` did move).
     pub(super) jr_gets: u64,
+    /// The process (`robust::process_identity`) that timed out in the middle of the item
+    /// starting before `head` and keeps its first part: only it takes the rest. 0: none.
+    pub(super) stash_owner: u64,
 }
 
 /// `JoinableQueue` state.

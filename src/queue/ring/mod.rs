@@ -57,6 +57,21 @@ struct Guard<'a> {
     off: usize,
 }
 
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // The last handle of this process is going: the first part of an item kept here can
+        // no longer be resumed, so let the other consumers drop the rest (README "Get").
+        if crate::wait::lock(&self.stash).take().is_some() {
+            let _ = self.u64(at!(cons.stash_owner)).compare_exchange(
+                robust::process_identity(),
+                0,
+                Relaxed,
+                Relaxed,
+            );
+        }
+    }
+}
+
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         // Fails only if this thread does not hold the lock, which a Guard guarantees.
@@ -87,6 +102,8 @@ pub(crate) struct Ring {
     seen_head: AtomicU64,
     seen_gets: AtomicU64,
     seen_tail: AtomicU64,
+    /// The first part of an item a `get` of this process timed out in (see `get.rs`).
+    stash: std::sync::Mutex<Option<get::Stash>>,
 }
 
 /// What identifies a segment: its file (device, inode) and the creator's nonce.
@@ -185,6 +202,7 @@ impl Ring {
             seen_head: AtomicU64::new(0),
             seen_gets: AtomicU64::new(0),
             seen_tail: AtomicU64::new(0),
+            stash: std::sync::Mutex::new(None),
         }
     }
 
@@ -211,38 +229,36 @@ impl Ring {
             .map_err(|e| format!("mapping a received queue: {e}"))?;
         let (dev, ino) =
             shm::identity(fd.as_fd()).map_err(|e| format!("inspecting a queue handle: {e}"))?;
-        let key = Key { dev, ino, nonce: 0 };
-        let probe = Ring::new(fd, map, cap, cap, 1, kind, type_hash, key);
-        if probe.u64(at!(config.magic)).load(Acquire) != MAGIC {
+        let header = map;
+        if header.atomic_u64(at!(config.magic)).load(Acquire) != MAGIC {
             return Err(type_error(kind, "no queue header"));
         }
-        let version = probe.u32(at!(config.version)).load(Relaxed);
+        let version = header.atomic_u32(at!(config.version)).load(Relaxed);
         if version != VERSION {
             return Err(type_error(
                 kind,
                 format_args!("queue layout version {version}, this build speaks {VERSION}"),
             ));
         }
-        let resident = probe.u64(at!(config.resident)).load(Relaxed);
-        let max_items = probe.u64(at!(config.max_items)).load(Relaxed);
-        let layout_ok = probe.u32(at!(config.header_len)).load(Relaxed) == HEADER_LEN as u32
-            && probe.u64(at!(config.capacity)).load(Relaxed) == cap
-            && probe.u32(at!(config.lock_format)).load(Relaxed) == robust::FORMAT
+        let resident = header.atomic_u64(at!(config.resident)).load(Relaxed);
+        let max_items = header.atomic_u64(at!(config.max_items)).load(Relaxed);
+        let layout_ok = header.atomic_u32(at!(config.header_len)).load(Relaxed)
+            == HEADER_LEN as u32
+            && header.atomic_u64(at!(config.capacity)).load(Relaxed) == cap
+            && header.atomic_u32(at!(config.lock_format)).load(Relaxed) == robust::FORMAT
             && resident.is_power_of_two()
             && (MIN_CAPACITY..=cap).contains(&resident)
             && max_items >= 1;
         if !layout_ok {
             return Err(type_error(kind, "inconsistent queue header"));
         }
-        let found = probe.u32(at!(config.kind)).load(Relaxed);
-        let found_hash = probe.u64(at!(config.type_hash)).load(Relaxed);
+        let found = header.atomic_u32(at!(config.kind)).load(Relaxed);
+        let found_hash = header.atomic_u64(at!(config.type_hash)).load(Relaxed);
         let key = Key {
-            nonce: probe.u64(at!(config.nonce)).load(Relaxed),
-            ..key
+            dev,
+            ino,
+            nonce: header.atomic_u64(at!(config.nonce)).load(Relaxed),
         };
-        let Ring {
-            fd, map: header, ..
-        } = probe;
         drop(header);
         let Some(found) = [Kind::Queue, Kind::Simple, Kind::Joinable]
             .into_iter()

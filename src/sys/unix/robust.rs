@@ -140,8 +140,11 @@ fn me() -> u64 {
 
 /// What `/proc/<tid>/stat` says about a thread.
 enum Stat {
-    /// No such thread, or a zombie.
+    /// No such thread.
     Gone,
+    /// Exited, not yet reaped; `threads` = its process's thread count (more than 1: the main
+    /// thread exited and the process lives on).
+    Zombie { threads: u64 },
     /// Running or sleeping; `start` = low 32 bits of its start time (clock ticks).
     Alive { start: u32 },
     /// `/proc` could not tell (not mounted, not permitted).
@@ -169,22 +172,54 @@ fn thread_stat(tid: u64) -> Stat {
         Err(_) => return Stat::Unknown,
     };
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the
-    // last ')'. Field 3 is the state, field 22 the start time.
+    // last ')'. Field 3 is the state, field 20 the thread count, field 22 the start time.
     let text = &buf[..n];
     let Some(close) = text.iter().rposition(|b| *b == b')') else {
         return Stat::Unknown;
     };
     let rest = std::str::from_utf8(&text[close + 1..]).unwrap_or("");
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next().unwrap_or("");
-    if state == "Z" || state == "X" || state == "x" {
-        return Stat::Gone;
-    }
-    match fields.nth(18).and_then(|f| f.parse::<u64>().ok()) {
-        Some(start) => Stat::Alive {
-            start: start as u32,
+    let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match fields.first() {
+        Some(&"Z") | Some(&"X") | Some(&"x") => Stat::Zombie {
+            threads: number(17).unwrap_or(1),
         },
+        Some(_) => number(19).map_or(Stat::Unknown, |start| Stat::Alive {
+            start: start as u32,
+        }),
         None => Stat::Unknown,
+    }
+}
+
+/// Whether a thread or process found `Alive` with `start` is the one an identity word named.
+/// (An owner always reads its own start time where `/proc` lets a checker read it.)
+fn same_start(word: u64, start: u32) -> bool {
+    (word >> 32) as u32 == start
+}
+
+/// This process's identity, `start << 32 | pid`, for marks that belong to a process rather
+/// than a thread (the queue's resumable partial item). Reads `/proc`: for rare events.
+pub(crate) fn process_identity() -> u64 {
+    let pid = u64::from(std::process::id()) & TID_MASK;
+    let start = match thread_stat(pid) {
+        Stat::Alive { start } => start,
+        _ => 0,
+    };
+    u64::from(start) << 32 | pid
+}
+
+/// Whether the process named by a [`process_identity`] word may still be alive (any word is
+/// accepted: garbage names no process).
+pub(crate) fn process_alive(word: u64) -> bool {
+    let pid = word & TID_MASK;
+    if pid == 0 {
+        return false;
+    }
+    match thread_stat(pid) {
+        Stat::Gone => false,
+        Stat::Zombie { threads } => threads > 1,
+        Stat::Alive { start } => same_start(word, start),
+        Stat::Unknown => true,
     }
 }
 
@@ -195,11 +230,8 @@ fn owner_alive(word: u64) -> bool {
         return false;
     }
     match thread_stat(tid) {
-        Stat::Gone => false,
-        Stat::Alive { start } => {
-            let want = (word >> 32) as u32;
-            want == 0 || start == 0 || start == want
-        }
+        Stat::Gone | Stat::Zombie { .. } => false,
+        Stat::Alive { start } => same_start(word, start),
         Stat::Unknown => true,
     }
 }
@@ -422,5 +454,12 @@ mod tests {
         assert_ne!(word & TID_MASK, 0);
         assert!(matches!(thread_stat(word & TID_MASK), Stat::Alive { .. }));
         assert!(matches!(thread_stat(TID_MASK), Stat::Gone));
+        let me = process_identity();
+        assert!(process_alive(me));
+        assert!(!process_alive(0) && !process_alive(TID_MASK));
+        assert!(
+            !process_alive(me ^ 1 << 40),
+            "another start time is another process"
+        );
     }
 }
