@@ -790,3 +790,161 @@ fn every_flavour_has_the_one_result_shape() {
     assert!(j.join_timeout(Duration::ZERO).unwrap_err().is_timeout());
     assert!(j.join_deadline(Instant::now()).unwrap_err().is_timeout());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stalled and hostile peers
+// ---------------------------------------------------------------------------------------------
+
+/// The state letter of process `pid` (`R`, `S`, `T`, ...) from `/proc/<pid>/stat`.
+fn proc_state(pid: u32) -> char {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rfind(')')
+        .and_then(|i| s[i + 2..].chars().next())
+        .unwrap_or('?')
+}
+
+/// Sends `SIGSTOP`/`SIGCONT`/... to `pid` with kill(1) (the tests have no libc).
+fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// A producer frozen (SIGSTOP) in the middle of a 4 MiB item: the consumer's `get_timeout`
+/// returns `Timeout` at its deadline, another consumer neither takes nor drops the rest, and
+/// once the producer runs again the next get returns the item whole.
+#[test]
+fn producer_stopped_inside_a_large_item_does_not_hold_a_timed_get() {
+    let q: Queue<String> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
+    let (ready, ready_tx) = Pipe::simplex::<u8>().unwrap();
+    let p = Process::spawn(
+        (q.clone(), ready_tx),
+        |(q, ready): (Queue<String>, Connection<u8>)| {
+            let item = pattern(4 << 20, 5);
+            ready.send(&1).unwrap();
+            q.put(item).unwrap();
+            q.put("after".to_string()).unwrap();
+        },
+    )
+    .unwrap();
+    ready.recv_timeout(WAIT).unwrap();
+    // The ring holds 64 KiB: the put sleeps inside the item until somebody reads.
+    wait_until(|| proc_state(p.pid()) == 'S');
+    signal(p.pid(), "STOP");
+    wait_until(|| proc_state(p.pid()) == 'T');
+    let t = Instant::now();
+    let e = q.get_timeout(Duration::from_millis(300)).unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert!(
+        t.elapsed() < WAIT,
+        "get_timeout(300 ms) took {:?}",
+        t.elapsed()
+    );
+    // Another consumer process: it times out too, without taking or dropping our part.
+    let other = Process::spawn(q.clone(), |q| {
+        q.get_timeout(Duration::from_millis(200))
+            .map_err(|e| e.is_timeout())
+    })
+    .unwrap();
+    assert_eq!(join(&other).unwrap(), Err(true));
+    signal(p.pid(), "CONT");
+    let big = q.get_timeout(WAIT).unwrap();
+    assert!(big == pattern(4 << 20, 5), "the item arrived damaged");
+    assert_eq!(q.get_timeout(WAIT).unwrap(), "after");
+    join(&p).unwrap();
+    assert!(q.is_empty());
+}
+
+/// Writes random garbage over the control page of the one queue segment this process holds,
+/// through `/proc/self/fd` (a write to the memfd is a write to every mapping of it).
+fn scribble((_q, seed, ms): (Queue<u64>, u64, u64)) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy().contains("memfd:multiproc-queue"))
+        })
+        .expect("the queue's memfd");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fd.path())
+        .unwrap();
+    let mut rng = Rng(seed | 1);
+    let t = Instant::now();
+    let mut writes = 0;
+    while t.elapsed() < Duration::from_millis(ms) {
+        let (off, len) = if rng.below(20) == 0 {
+            (0, 4096) // now and then the whole page
+        } else {
+            let off = rng.below(4096 / 8) * 8;
+            (off, (8 * (1 + rng.below(4))).min(4096 - off))
+        };
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        file.write_at(&bytes, off).unwrap();
+        writes += 1;
+        std::thread::sleep(Duration::from_micros(200 + rng.below(800)));
+    }
+    writes
+}
+
+/// Uses the queue with every kind of call for `ms`; returns how many calls worked and failed.
+fn victim((q, ms, ready): (Queue<u64>, u64, Connection<u8>)) -> (u64, u64) {
+    ready.send(&1).unwrap(); // the handle is open: scribbling may start
+    let (mut ok, mut failed) = (0, 0);
+    let mut count = |worked: bool| {
+        if worked {
+            ok += 1
+        } else {
+            failed += 1
+        }
+    };
+    let short = Duration::from_millis(5);
+    let t = Instant::now();
+    let mut i = 0u64;
+    while t.elapsed() < Duration::from_millis(ms) {
+        count(q.put_timeout(i, short).is_ok());
+        count(q.try_put(i + 1).is_ok());
+        count(q.get_timeout(short).is_ok());
+        count(q.try_get().is_ok());
+        count(q.get_deadline(Instant::now() + short).is_ok());
+        let _ = (q.len(), q.is_empty(), q.is_full(), format!("{q:?}"));
+        i += 2;
+    }
+    (ok, failed)
+}
+
+/// Random garbage over the control page of a live queue (lock words, positions, counters),
+/// written by another process while a victim process uses the queue: every call of the victim
+/// returns, with a value or an error, and the victim exits normally.
+#[test]
+fn garbage_over_the_control_page_is_an_error_never_a_crash() {
+    let mut rng = Rng::new();
+    for round in 0..3 {
+        let q: Queue<u64> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
+        for i in 0..50 {
+            q.put(i).unwrap();
+        }
+        let victims: Vec<_> = (0..2)
+            .map(|_| {
+                let (ready, ready_tx) = Pipe::simplex::<u8>().unwrap();
+                let p = Process::spawn((q.clone(), 1500, ready_tx), victim).unwrap();
+                ready.recv_timeout(WAIT).unwrap();
+                p
+            })
+            .collect();
+        let scribbler = Process::spawn((q.clone(), rng.next(), 1200), scribble).unwrap();
+        assert!(
+            join(&scribbler).unwrap() > 100,
+            "round {round}: too few writes"
+        );
+        for v in &victims {
+            let r = join(v);
+            let (ok, failed) = r.unwrap_or_else(|e| panic!("round {round}: victim crashed: {e}"));
+            assert!(ok + failed > 0, "round {round}");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use super::*;
 #[derive(Debug)]
 pub(super) struct Stash {
     /// The bytes received so far.
-    buf: Vec<u8>,
+    pub(super) buf: Vec<u8>,
     /// The size the item announced.
     total: u64,
     /// The ring position of its next record.

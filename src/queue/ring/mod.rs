@@ -16,6 +16,8 @@ mod join;
 mod layout;
 mod put;
 mod repair;
+#[cfg(test)]
+mod tests;
 mod wait;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
