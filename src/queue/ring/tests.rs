@@ -99,12 +99,7 @@ fn allocation_follows_the_bytes_that_arrived_not_the_announced_size() {
 /// with overflow checks).
 #[test]
 fn inconsistent_positions_are_errors_not_overflows() {
-    for (head, tail) in [
-        (u64::MAX & POS_MASK, u64::MAX & POS_MASK),
-        (0, u64::MAX & POS_MASK),
-        (4096, 8),
-        (0, 1 << 20),
-    ] {
+    for (head, tail) in [(POS_MASK, POS_MASK), (0, POS_MASK), (4096, 8), (0, 1 << 20)] {
         let ring = ring();
         ring.u64(at!(cons.head)).store(head, Relaxed);
         ring.u64(at!(prod.tail)).store(tail, Relaxed);
