@@ -83,7 +83,8 @@ impl<T> JoinableQueue<T> {
         self.h.ring().join(None)
     }
 
-    /// As [`join`](JoinableQueue::join), waiting at most `timeout`.
+    /// As [`join`](JoinableQueue::join), waiting at most `timeout` (`Duration::MAX`: no
+    /// limit).
     ///
     /// # Errors
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if tasks are still unfinished.

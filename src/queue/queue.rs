@@ -54,9 +54,9 @@ use crate::error::{Error, ErrorKind, Result};
 /// # Crash safety
 ///
 /// A process killed at any instant (`SIGKILL` included) inside `put` or `get` cannot corrupt
-/// the queue or block the others: the locks are robust (the kernel releases them when their
-/// owner dies) and the next process to take one repairs the state. **What can be lost is the
-/// one item the dead process was handling**:
+/// the queue or block the others: the locks are robust (a waiter checks every 50 ms that the
+/// owner still exists, and takes the lock over from a dead one) and the next process to take one repairs the
+/// state. **What can be lost is the one item the dead process was handling**:
 ///
 /// * a producer killed inside `put`: its item is either delivered whole or not at all; a
 ///   large item whose first chunks were already read is dropped by its reader;
@@ -65,6 +65,17 @@ use crate::error::{Error, ErrorKind, Result};
 ///   large item it had started reading); if it had, the item is gone with it.
 ///
 /// Items of other processes are never lost, duplicated or reordered by a crash.
+///
+/// # Stalled and hostile processes
+///
+/// Every `_timeout`/`_deadline` call returns at its deadline (plus scheduling) whatever other
+/// processes do, including a producer stopped (`SIGSTOP`) in the middle of a large item: the
+/// part received so far is kept in this process and the next `get` here resumes the item, so
+/// it is not lost. Memory that a queue's shared segment makes a reader allocate follows the
+/// bytes that actually arrived, never a size a process merely announced. A process that
+/// writes garbage into the shared memory can make calls fail (with
+/// [`ErrorKind::Protocol`](crate::ErrorKind::Protocol), or time out), never crash or hang
+/// another process's timed calls.
 ///
 /// # Approximate answers
 ///

@@ -1,5 +1,6 @@
 //! The shared-memory core of every queue flavour: a ring of variable-length records in a
-//! sealed memfd, one robust mutex per side, futex sleeps, crash repair.
+//! sealed memfd, one robust lock per side, futex sleeps, crash repair, checks on everything
+//! read from the segment (another process may have written anything there).
 //!
 //! The protocol (record format, publication order, what each repair does and why) is written
 //! up in `README.md` next to this file; the comments in the code say *why* at each step.
