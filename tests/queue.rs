@@ -834,14 +834,29 @@ fn producer_stopped_inside_a_large_item_does_not_hold_a_timed_get() {
     wait_until(|| proc_state(p.pid()) == 'S');
     signal(p.pid(), "STOP");
     wait_until(|| proc_state(p.pid()) == 'T');
-    let t = Instant::now();
-    let e = q.get_timeout(Duration::from_millis(300)).unwrap_err();
-    assert!(e.is_timeout(), "{e}");
+    // The get runs in a thread so that a get that overruns fails the test instead of hanging
+    // it: after WAIT the producer is resumed (which ends such a get) and the test fails.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let getter = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = q.get_timeout(Duration::from_millis(300));
+            tx.send(()).unwrap();
+            (r.map(|s| s.len()), t.elapsed())
+        })
+    };
+    let on_time = rx.recv_timeout(WAIT).is_ok();
+    if !on_time {
+        signal(p.pid(), "CONT");
+    }
+    let (r, took) = getter.join().unwrap();
     assert!(
-        t.elapsed() < WAIT,
-        "get_timeout(300 ms) took {:?}",
-        t.elapsed()
+        on_time,
+        "get_timeout(300 ms) did not return within {WAIT:?}"
     );
+    let e = r.unwrap_err();
+    assert!(e.is_timeout(), "{e} after {took:?}");
     // Another consumer process: it times out too, without taking or dropping our part.
     let other = Process::spawn(q.clone(), |q| {
         q.get_timeout(Duration::from_millis(200))
