@@ -303,16 +303,9 @@ impl Ring {
         {
             return;
         }
-        let Some(a) = robust::try_lock(&self.map, at!(put_lock)) else {
+        let Some(_g) = self.try_lock_repaired(at!(put_lock), false) else {
             return;
         };
-        let _g = Guard {
-            ring: self,
-            off: at!(put_lock),
-        };
-        if a == robust::Acquired::OwnerDied {
-            self.repair_producer();
-        }
         if self.close_open_item().is_err() {
             return;
         }

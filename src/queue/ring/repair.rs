@@ -107,34 +107,38 @@ impl Ring {
         }
     }
 
-    /// As `check_producer`, for the consumers' lock (so counts are right after a crash even
-    /// before the next get).
-    pub(super) fn check_consumer(&self) {
-        if let Some(a) = robust::try_lock_or_take_over(&self.map, at!(get_lock)) {
-            let _g = Guard {
-                ring: self,
-                off: at!(get_lock),
-            };
-            if a == robust::Acquired::OwnerDied {
+    /// Takes the lock at `off` if it is free (with `take_over`, also from a dead owner, which
+    /// costs a look at the owner in `/proc`), repairing its side after a dead owner.
+    pub(super) fn try_lock_repaired(&self, off: usize, take_over: bool) -> Option<Guard<'_>> {
+        let got = if take_over {
+            robust::try_lock_or_take_over(&self.map, off)
+        } else {
+            robust::try_lock(&self.map, off)
+        }?;
+        let guard = Guard { ring: self, off };
+        if got == robust::Acquired::OwnerDied {
+            if off == at!(put_lock) {
+                self.repair_producer();
+            } else {
                 self.repair_consumer();
             }
         }
+        Some(guard)
+    }
+
+    /// As `check_producer`, for the consumers' lock (so counts are right after a crash even
+    /// before the next get).
+    pub(super) fn check_consumer(&self) {
+        drop(self.try_lock_repaired(at!(get_lock), true));
     }
 
     /// Called by waiters that depend on producers (a consumer in the middle of an item, a
     /// joiner): if the producer holding `put_lock` died, repair now rather than waiting for
     /// the next producer to come along.
     pub(super) fn check_producer(&self) -> Result<()> {
-        if let Some(a) = robust::try_lock_or_take_over(&self.map, at!(put_lock)) {
-            let _g = Guard {
-                ring: self,
-                off: at!(put_lock),
-            };
-            if a == robust::Acquired::OwnerDied {
-                self.repair_producer();
-            }
-            self.close_open_item()?;
+        match self.try_lock_repaired(at!(put_lock), true) {
+            Some(_g) => self.close_open_item(),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
