@@ -64,7 +64,7 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // The last handle of this process is going: the first part of an item kept here can
         // no longer be resumed, so let the other consumers drop the rest (README "Get").
-        if crate::wait::lock(&self.stash).take().is_some() {
+        if self.stash_slot().and_then(|mut s| s.take()).is_some() {
             let _ = self.u64(at!(cons.stash_owner)).compare_exchange(
                 robust::process_identity(),
                 0,
@@ -105,7 +105,8 @@ pub(crate) struct Ring {
     seen_head: AtomicU64,
     seen_gets: AtomicU64,
     seen_tail: AtomicU64,
-    /// The first part of an item a `get` of this process timed out in (see `get.rs`).
+    /// The first part of an item a `get` of this process timed out in (see `get.rs`,
+    /// `stash_slot`).
     stash: std::sync::Mutex<Option<get::Stash>>,
 }
 
