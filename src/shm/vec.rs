@@ -325,15 +325,15 @@ mod cache {
 
     /// `(pid that kept it, segment)`, oldest first. A `Fork` child inherits the list with
     /// its parent's pid on every entry and ignores them (two processes must never claim
-    /// from one list). Only ever `try_lock`ed: a child forked while another thread held
-    /// it skips the cache rather than deadlock.
+    /// from one list). Only ever taken with `crate::wait::try_lock`: a child forked while
+    /// another thread held it skips the cache rather than deadlock.
     static KEPT: Mutex<Vec<(u32, Seg)>> = Mutex::new(Vec::new());
 
     /// A kept segment that can hold `bytes` without wasting more than half of it, which no
     /// process holds: claimed (its count set from 0 to 1) and taken off the list.
     pub(super) fn claim(bytes: u64) -> Option<Seg> {
         let me = std::process::id();
-        let mut list = KEPT.try_lock().ok()?;
+        let mut list = crate::wait::try_lock(&KEPT)?;
         let i = list.iter().position(|(pid, seg)| {
             *pid == me
                 && (bytes..=bytes.saturating_mul(2)).contains(&seg.capacity())
@@ -349,7 +349,7 @@ mod cache {
     pub(super) fn put(seg: Seg) {
         let me = std::process::id();
         let mut evicted = Vec::new();
-        if let Ok(mut list) = KEPT.try_lock() {
+        if let Some(mut list) = crate::wait::try_lock(&KEPT) {
             let mut kept = Vec::with_capacity(list.len() + 1);
             for (pid, s) in list.drain(..) {
                 if pid == me {
@@ -374,10 +374,11 @@ mod cache {
 
     /// Drops every kept segment.
     pub(super) fn release() {
-        let all = match KEPT.try_lock() {
-            Ok(mut list) => std::mem::take(&mut *list),
-            Err(_) => return,
+        let Some(mut list) = crate::wait::try_lock(&KEPT) else {
+            return;
         };
+        let all = std::mem::take(&mut *list);
+        drop(list);
         drop(all);
     }
 }
