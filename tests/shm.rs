@@ -517,4 +517,20 @@ fn the_reuse_cache_is_bounded() {
     );
     multiproc::shm::release_cache();
     assert_eq!(our_segments_now(), base);
+    // Only the creator keeps a segment: a received handle's drop frees its share at once.
+    let (a, b) = Pipe::new::<SharedBytes>().unwrap();
+    let v = SharedBytes::zeroed(1 << 20).unwrap();
+    a.send(&v).unwrap();
+    let got = b.recv_timeout(WAIT).unwrap();
+    assert_eq!(our_segments_now().1, base.1 + 2);
+    drop(got);
+    assert_eq!(our_segments_now(), base_plus(base, 1), "the receiver's mapping is gone");
+    drop(v);
+    assert_eq!(our_segments_now(), base_plus(base, 1), "the creator keeps one");
+    multiproc::shm::release_cache();
+    assert_eq!(our_segments_now(), base);
+}
+
+fn base_plus((fds, maps): (usize, usize), n: usize) -> (usize, usize) {
+    (fds + n, maps + n)
 }

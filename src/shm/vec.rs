@@ -80,10 +80,10 @@ const POPULATE_FROM: u64 = 1 << 20;
 /// handle in any process, also when processes are killed. Nothing is ever left in `/dev/shm`.
 ///
 /// Allocating fresh shared memory is what makes a big transfer slow (the kernel zeroes and
-/// maps every page: about ten times the cost of copying the data), so a process keeps the
-/// segments of its dropped buffers of 1 MiB or more (at most 4 of them, 512 MiB) and reuses
-/// one for a new buffer of a similar size once **no process holds it and no handle to it is
-/// in flight** (a count in the segment, incremented for each handle and each send,
+/// maps every page: here about ten times the cost of copying the data), so the process that
+/// created a buffer of 1 MiB or more keeps its segment when its own handle drops (at most 4
+/// segments, 512 MiB, per process) and reuses it for a new buffer of a similar size once
+/// **no process holds it and no handle to it is in flight** (a count in the segment, incremented for each handle and each send,
 /// decremented on drop; a holder killed before its drop leaves the count up, and that
 /// segment is simply never reused). [`release_cache`](crate::shm::release_cache) gives the
 /// kept segments back.
@@ -102,6 +102,9 @@ pub type SharedBytes = SharedVec<u8>;
 pub(super) struct Seg {
     pub(super) fd: RegisteredFd,
     map: shm::Mapping,
+    /// This process created the segment: only its creator keeps a segment for reuse, so
+    /// a receiver's drop never holds memory for later.
+    mine: bool,
 }
 
 impl Seg {
@@ -155,7 +158,11 @@ impl<T: bytemuck::Pod> SharedVec<T> {
         let fd = segment::create(header, "creating a SharedVec")?;
         let capacity = segment::segment_len(bytes) - segment::HEADER_LEN as u64;
         let map = segment::map(&fd, capacity, bytes >= POPULATE_FROM)?;
-        let seg = Seg { fd, map };
+        let seg = Seg {
+            fd,
+            map,
+            mine: true,
+        };
         seg.holders().store(1, Ordering::Relaxed);
         Ok(SharedVec {
             seg: Some(seg),
@@ -191,7 +198,11 @@ impl<T: bytemuck::Pod> SharedVec<T> {
     pub fn try_clone(&self) -> Result<SharedVec<T>> {
         let fd = self.seg().fd.try_clone().map_err(Error::io)?;
         let map = segment::map(&fd, self.seg().capacity(), false)?;
-        let seg = Seg { fd, map };
+        let seg = Seg {
+            fd,
+            map,
+            mine: false,
+        };
         seg.holders().fetch_add(1, Ordering::Relaxed);
         Ok(SharedVec {
             seg: Some(seg),
@@ -254,7 +265,7 @@ impl<T> Drop for SharedVec<T> {
         // Release: this process's reads and writes of the data happen before a later
         // claimer's (Acquire) reuse.
         seg.holders().fetch_sub(1, Ordering::Release);
-        if seg.capacity() >= POPULATE_FROM {
+        if seg.mine && seg.capacity() >= POPULATE_FROM {
             cache::put(seg);
         }
     }
@@ -302,7 +313,11 @@ impl<'de, T: bytemuck::Pod> Deserialize<'de> for SharedVec<T> {
                 let map = segment::map(&fd, cap, false).map_err(|e| e.to_string())?;
                 // This handle takes over the count of the one in flight.
                 Ok(SharedVec {
-                    seg: Some(Seg { fd, map }),
+                    seg: Some(Seg {
+                        fd,
+                        map,
+                        mine: false,
+                    }),
                     len,
                     _elem: PhantomData,
                 })
