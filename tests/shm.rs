@@ -524,13 +524,29 @@ fn the_reuse_cache_is_bounded() {
     let got = b.recv_timeout(WAIT).unwrap();
     assert_eq!(our_segments_now().1, base.1 + 2);
     drop(got);
-    assert_eq!(our_segments_now(), base_plus(base, 1), "the receiver's mapping is gone");
+    assert_eq!(
+        our_segments_now(),
+        base_plus(base, 1),
+        "the receiver's mapping is gone"
+    );
     drop(v);
-    assert_eq!(our_segments_now(), base_plus(base, 1), "the creator keeps one");
+    assert_eq!(
+        our_segments_now(),
+        base_plus(base, 1),
+        "the creator keeps one"
+    );
     multiproc::shm::release_cache();
     assert_eq!(our_segments_now(), base);
 }
 
 fn base_plus((fds, maps): (usize, usize), n: usize) -> (usize, usize) {
     (fds + n, maps + n)
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<SharedMemory>();
+    check::<SharedVec<u64>>();
+    check::<SharedBytes>();
 }

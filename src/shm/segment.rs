@@ -151,7 +151,7 @@ pub(super) fn check(
     let len = shm::sealed_len(fd.as_fd())
         .map_err(|e| format!("inspecting a received {expected} handle: {e}"))?
         .ok_or_else(|| foreign(expected, "not a size-sealed shared-memory segment"))?;
-    if len < HEADER_LEN as u64 {
+    if len < HEADER_LEN as u64 || len > segment_len(MAX_LEN) {
         return Err(foreign(expected, format_args!("a segment of {len} bytes")));
     }
     let mut b = [0u8; HEADER_BYTES];

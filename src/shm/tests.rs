@@ -108,6 +108,9 @@ fn wrong_size_magic_or_version_is_refused() {
     // An element count that does not match the size.
     let m = refused(|| as_vec_u64(segment_with(h, |b| b[24] = 3)));
     assert!(m.contains("element count"), "{m}");
+    // A huge sealed segment (address space only) is refused by its size alone.
+    let m = refused(|| as_vec_u64(sealed(1 << 41)));
+    assert!(m.contains("a segment of 2199023255552 bytes"), "{m}");
     let m = refused(|| as_vec_u64(segment_with(h, |b| b[12] = 9)));
     assert!(m.contains("unknown segment kind 9"), "{m}");
 }

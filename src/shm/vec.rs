@@ -125,7 +125,9 @@ impl<T: bytemuck::Pod> SharedVec<T> {
         let elem = Elem::of::<T>();
         let bytes = (len as u64)
             .checked_mul(u64::from(elem.size))
-            .filter(|_| elem.size > 0)
+            // Zero-sized elements have no bytes to share; alignment beyond a page cannot be
+            // promised for the data region.
+            .filter(|_| elem.size > 0 && elem.align as usize <= segment::HEADER_LEN)
             .ok_or_else(|| {
                 super::invalid(format!(
                     "a SharedVec of {len} elements of {} bytes cannot be made",
@@ -310,7 +312,11 @@ impl<'de, T: bytemuck::Pod> Deserialize<'de> for SharedVec<T> {
         let opened =
             segment::check(&fd, Kind::Vec, Elem::of::<T>(), "SharedVec").and_then(|(h, cap)| {
                 let len = usize::try_from(h.elements).map_err(|e| e.to_string())?;
-                let map = segment::map(&fd, cap, false).map_err(|e| e.to_string())?;
+                // Only the data (page-rounded): a receiver never reuses the segment, so the
+                // rest of its capacity, if any, is none of its business.
+                let _ = cap;
+                let data = segment::segment_len(h.data_len) - segment::HEADER_LEN as u64;
+                let map = segment::map(&fd, data, false).map_err(|e| e.to_string())?;
                 // This handle takes over the count of the one in flight.
                 Ok(SharedVec {
                     seg: Some(Seg {
