@@ -236,31 +236,103 @@ fn named_segments_only_their_creator_removes() {
     assert_eq!(our_names(), Vec::<String>::new());
 }
 
+/// Waits (bounded) until `name` is gone from /dev/shm.
+fn gone_within_wait(name: &str) -> bool {
+    let t = Instant::now();
+    while exists(name) {
+        if t.elapsed() > WAIT {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
+
 #[test]
-fn a_named_segment_survives_a_sigkill_of_its_creator_as_documented() {
+fn a_sigkilled_creator_s_name_is_removed_unless_persisted() {
     let _g = serial();
-    let n = name("killed");
-    let (here, there) = Pipe::new::<()>().unwrap();
-    let p = Process::spawn((n.clone(), there), |(n, c): (String, Connection<()>)| {
-        let _s = SharedMemory::create_named(&n, 4096).unwrap();
-        c.send(&()).unwrap();
-        let _ = c.recv(); // until killed
-    })
-    .unwrap();
-    here.recv_timeout(WAIT).unwrap();
-    p.kill().unwrap();
-    assert!(join(&p).is_err());
-    assert!(
-        exists(&n),
-        "the module docs promise the name stays after a SIGKILL"
-    );
+    for persist in [false, true] {
+        let n = name(if persist { "killed-kept" } else { "killed" });
+        let (here, there) = Pipe::new::<()>().unwrap();
+        let p = Process::spawn(
+            (n.clone(), persist, there),
+            |(n, persist, c): (String, bool, Connection<()>)| {
+                let s = SharedMemory::create_named(&n, 4096).unwrap();
+                if persist {
+                    s.persist();
+                }
+                c.send(&()).unwrap();
+                let _ = c.recv(); // until killed
+            },
+        )
+        .unwrap();
+        here.recv_timeout(WAIT).unwrap();
+        assert!(exists(&n));
+        p.kill().unwrap();
+        assert!(join(&p).is_err());
+        if persist {
+            // A persisted segment is meant to outlive its creator.
+            assert!(exists(&n), "a persisted segment lost its name");
+            SharedMemory::unlink_named(&n).unwrap();
+        } else {
+            assert!(gone_within_wait(&n), "the watcher did not remove {n}");
+            let t = Instant::now();
+            while watchers_of(&n) > 0 {
+                assert!(t.elapsed() < WAIT, "the watcher did not exit after its job");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+    // A normal drop stops the watcher first: a name created again afterwards stays.
+    let n = name("reused");
+    drop(SharedMemory::create_named(&n, 10).unwrap());
+    let again = SharedMemory::create_named(&n, 10).unwrap();
+    again.persist();
+    assert_eq!(watchers_of(&n), 0, "persist() stops the watcher");
+    drop(again);
+    assert!(exists(&n), "a stopped watcher removed a reused name");
     SharedMemory::unlink_named(&n).unwrap();
+    let live = SharedMemory::create_named(&n, 10).unwrap();
+    // The watcher's command line is in place once its exec completes, which may be a moment
+    // after `create_named` returns.
+    let t = Instant::now();
+    while watchers_of(&n) != 1 {
+        assert!(t.elapsed() < WAIT, "no watcher for {n}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(live);
+    assert_eq!(
+        watchers_of(&n),
+        0,
+        "a normal drop stops (and reaps) the watcher"
+    );
     assert!(!exists(&n));
+}
+
+/// Live (not zombie) watcher processes for the segment `name`.
+fn watchers_of(name: &str) -> usize {
+    let needle = format!("multiproc-shm-watch\0/dev/shm/{name}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (String::from_utf8_lossy(&cmd).contains(&needle) && !common::is_gone(pid)).then_some(())
+        })
+        .count()
 }
 
 #[test]
 fn segments_held_by_sigkilled_processes_leave_nothing_behind() {
     let _g = serial();
+    // Start the fork server (and whatever else the first spawn per method opens) first.
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), |()| ())
+            .unwrap();
+        join(&p).unwrap();
+    }
     let base = (fd_count(), our_segments());
     let dev_shm_before = dev_shm();
     for m in METHODS {

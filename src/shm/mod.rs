@@ -12,25 +12,28 @@
 //! * **Named** ([`SharedMemory::create_named`], [`SharedMemory::open_named`]): a file under
 //!   `/dev/shm`, for processes that share no ancestry (or a Python program: the layout is the
 //!   same raw bytes as Python's `SharedMemory(name=...)`). The name is removed when the
-//!   creating handle is dropped, unless the creator called [`SharedMemory::persist`]; a
-//!   handle that merely opened the segment never removes it (no bpo-38119), and nothing
-//!   prints "leaked" warnings.
+//!   creating handle is dropped, or its process dies, unless the creator called
+//!   [`SharedMemory::persist`]; a handle that merely opened the segment never removes it (no
+//!   bpo-38119), and nothing prints "leaked" warnings.
 //!
 //! # Resource cleanup: what survives a `SIGKILL`
 //!
-//! | resource | normal exit, drop, panic | `SIGKILL` of its creator |
+//! | resource | normal exit, drop, panic | `SIGKILL` (or abort) of its creator |
 //! |---|---|---|
 //! | anonymous `SharedMemory`, `SharedVec` | freed with the last handle | freed with the last handle (the kernel closes the dead process's descriptors) |
-//! | named `SharedMemory` | name removed when the creator's handle drops (unless persisted) | **the name stays in `/dev/shm`** until someone calls [`SharedMemory::unlink_named`] or the machine restarts |
+//! | named `SharedMemory` | name removed when the creator's handle drops | name removed by the creator's watcher, moments later |
+//! | named `SharedMemory`, [`persist`](SharedMemory::persist)ed | **stays in `/dev/shm`** | **stays in `/dev/shm`** |
 //! | mappings | unmapped on drop | unmapped by the kernel |
 //!
-//! A killed creator runs no code, so only another process could remove the name, and every
-//! process this crate starts dies with its parent (the no-orphans rule), so no watcher of
-//! ours can outlive the creator. Python's resource tracker does outlive it, and pays with
-//! false "leaked" warnings and with unlinking segments that other programs still use. We
-//! chose the plain rule: prefer anonymous segments, which cannot leak; give named ones a
-//! name you can find again (a fixed prefix) and [`unlink_named`](SharedMemory::unlink_named)
-//! what a killed run left behind.
+//! A killed creator runs no code, so [`create_named`](SharedMemory::create_named) starts a
+//! tiny watcher process (`/bin/sh`, about a millisecond) that waits on a pipe only the
+//! creating handle holds: when the creator dies, the pipe closes and the watcher removes the
+//! name. When the handle drops normally, is persisted or unlinks, the watcher is killed and
+//! reaped first, so it never touches a name someone else reused. If the watcher cannot be
+//! started (no `/bin/sh`), a `SIGKILL` leaves the name behind; remove it with
+//! [`SharedMemory::unlink_named`]. A persisted segment lives until someone unlinks it or the
+//! machine restarts: give it a name you can find again. Unlike Python's resource tracker,
+//! nothing here prints "leaked" warnings, and an attacher's exit never removes a name.
 //!
 //! # Aliasing across processes
 //!
@@ -70,12 +73,14 @@
 
 mod segment;
 mod vec;
+mod watch;
 
 pub use vec::{release_cache, SharedBytes, SharedVec};
 
 use std::fmt;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -122,6 +127,8 @@ pub struct SharedMemory {
     path: Option<String>,
     /// This handle created the named segment and removes its name on drop.
     owner: AtomicBool,
+    /// The creator's cleanup watcher (see `watch.rs`), while `owner` holds.
+    watcher: Mutex<Option<watch::Watcher>>,
 }
 
 impl SharedMemory {
@@ -145,12 +152,15 @@ impl SharedMemory {
             map,
             path: None,
             owner: AtomicBool::new(false),
+            watcher: Mutex::new(None),
         })
     }
 
     /// Creates the named segment `name` (`/dev/shm/<name>`, mode `0600`) of `size` bytes,
-    /// zero-filled; fails if the name exists. The name is removed when this handle drops,
-    /// unless you call [`persist`](SharedMemory::persist).
+    /// zero-filled; fails if the name exists. The name is removed when this handle drops, or
+    /// by a watcher process when this process dies without dropping it (`SIGKILL`), unless
+    /// you call [`persist`](SharedMemory::persist). See the
+    /// [module docs](crate::shm#resource-cleanup-what-survives-a-sigkill).
     ///
     /// `name` may start with one `/` (as `shm_open` names do); otherwise it is a plain file
     /// name: no `/`, not `.` or `..`, at most 255 bytes.
@@ -167,8 +177,16 @@ impl SharedMemory {
         }
         let fd = fdreg::shm_open(&path, true, size as u64)
             .map_err(|e| Error::io(e).context("creating a named shared-memory segment"))?;
-        let shm = SharedMemory::map_named(fd, path, size)?;
+        let shm = match SharedMemory::map_named(fd, path.clone(), size) {
+            Ok(shm) => shm,
+            Err(e) => {
+                let _ = shm::unlink_named(&path);
+                return Err(e);
+            }
+        };
         shm.owner.store(true, Ordering::Relaxed);
+        // Without a watcher (no `/bin/sh`), a SIGKILL leaves the name behind, as documented.
+        *crate::wait::lock(&shm.watcher) = watch::Watcher::start(&path).ok();
         Ok(shm)
     }
 
@@ -211,6 +229,7 @@ impl SharedMemory {
             map,
             path: Some(path),
             owner: AtomicBool::new(false),
+            watcher: Mutex::new(None),
         })
     }
 
@@ -238,7 +257,7 @@ impl SharedMemory {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        self.owner.store(false, Ordering::Relaxed);
+        self.disown();
         shm::unlink_named(path)
             .map_err(|e| Error::io(e).context("removing a named shared-memory segment"))
     }
@@ -248,7 +267,15 @@ impl SharedMemory {
     /// [`unlink_named`](SharedMemory::unlink_named). Does nothing for anonymous segments
     /// (which cannot outlive their last handle) or handles that did not create the segment.
     pub fn persist(&self) {
+        self.disown();
+    }
+
+    /// This handle no longer removes the name: neither on drop nor through its watcher.
+    fn disown(&self) {
         self.owner.store(false, Ordering::Relaxed);
+        if let Some(w) = crate::wait::lock(&self.watcher).take() {
+            w.stop();
+        }
     }
 
     /// The segment's name (without the leading `/`), `None` if anonymous.
@@ -342,6 +369,7 @@ impl SharedMemory {
             map,
             path: self.path.clone(),
             owner: AtomicBool::new(false),
+            watcher: Mutex::new(None),
         })
     }
 
@@ -394,6 +422,8 @@ fn named_path(name: &str) -> Result<String> {
 impl Drop for SharedMemory {
     fn drop(&mut self) {
         if self.owner.load(Ordering::Relaxed) {
+            // The watcher first, so that it cannot remove a name someone reuses after ours.
+            self.disown();
             if let Some(path) = &self.path {
                 // Already gone (someone called `unlink_named`) is fine.
                 let _ = shm::unlink_named(path);
@@ -469,6 +499,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
                         map,
                         path: None,
                         owner: AtomicBool::new(false),
+                        watcher: Mutex::new(None),
                     })
                 })
             }
