@@ -622,3 +622,32 @@ fn handles_are_send_and_sync() {
     check::<SharedVec<u64>>();
     check::<SharedBytes>();
 }
+
+#[test]
+fn a_fork_child_never_reuses_its_parent_s_kept_segments() {
+    let _g = serial();
+    multiproc::shm::release_cache();
+    // Kept for reuse here: a Fork child inherits the cache (with a neutralised descriptor).
+    drop(SharedBytes::zeroed(1 << 20).unwrap());
+    let p = Process::builder()
+        .start_method(multiproc::StartMethod::Fork)
+        .spawn((), |()| {
+            SharedBytes::from_slice(&vec![7u8; 1 << 20]).unwrap()
+        })
+        .unwrap();
+    let v = join(&p).expect("the child's buffer arrives (a reused inherited entry would not)");
+    assert!(v.iter().all(|x| *x == 7));
+    // And the parent's kept segment is still its own to reuse (no new mapping appears).
+    let before = our_segments_now();
+    let w = SharedBytes::from_slice(&vec![8u8; 1 << 20]).unwrap();
+    assert_eq!(
+        our_segments_now(),
+        before,
+        "the kept segment was not reused"
+    );
+    assert!(
+        v.iter().all(|x| *x == 7),
+        "the child's segment was reused while held"
+    );
+    assert!(w.iter().all(|x| *x == 8));
+}
