@@ -80,13 +80,19 @@ const POPULATE_FROM: u64 = 1 << 20;
 /// handle in any process, also when processes are killed. Nothing is ever left in `/dev/shm`.
 ///
 /// Allocating fresh shared memory is what makes a big transfer slow (the kernel zeroes and
-/// maps every page: here about ten times the cost of copying the data), so the process that
-/// created a buffer of 1 MiB or more keeps its segment when its own handle drops (at most 4
-/// segments, 512 MiB, per process) and reuses it for a new buffer of a similar size once
-/// **no process holds it and no handle to it is in flight** (a count in the segment, incremented for each handle and each send,
-/// decremented on drop; a holder killed before its drop leaves the count up, and that
-/// segment is simply never reused). [`release_cache`](crate::shm::release_cache) gives the
-/// kept segments back.
+/// maps every page: here about ten times the cost of copying the data), and so is mapping a
+/// segment anew (a page fault per 4 KiB). So a process keeps the segments of its dropped
+/// buffers of 1 MiB or more, mapped (at most 4 segments, 512 MiB, per process):
+///
+/// * the **creator** reuses one for a new buffer of a similar size once **no process holds
+///   it and no handle to it is in flight** (a count in the segment, incremented for each
+///   handle and each send, decremented on drop; a holder killed before its drop leaves the
+///   count up, and that segment is simply never reused);
+/// * a **receiver** uses its kept mapping when the same segment arrives again (as it does
+///   when the creator reuses it), so a worker that is handed one big array after another
+///   reads them without a fault per page.
+///
+/// [`release_cache`](crate::shm::release_cache) gives the kept segments back.
 pub struct SharedVec<T> {
     /// `Some` until drop (which may hand it to the cache).
     seg: Option<Seg>,
@@ -102,9 +108,12 @@ pub type SharedBytes = SharedVec<u8>;
 pub(super) struct Seg {
     pub(super) fd: RegisteredFd,
     map: shm::Mapping,
-    /// This process created the segment: only its creator keeps a segment for reuse, so
-    /// a receiver's drop never holds memory for later.
+    /// This process created the segment: only its creator reuses it for new buffers (a
+    /// receiver keeps it only to map it again when the same segment arrives).
     mine: bool,
+    /// The segment's file (device, inode): a received handle for a segment whose mapping
+    /// this process kept finds it by this.
+    id: (u64, u64),
 }
 
 impl Seg {
@@ -160,10 +169,12 @@ impl<T: bytemuck::Pod> SharedVec<T> {
         let fd = segment::create(header, "creating a SharedVec")?;
         let capacity = segment::segment_len(bytes) - segment::HEADER_LEN as u64;
         let map = segment::map(&fd, capacity, bytes >= POPULATE_FROM)?;
+        let id = shm::identity(fd.as_fd()).map_err(Error::io)?;
         let seg = Seg {
             fd,
             map,
             mine: true,
+            id,
         };
         seg.holders().store(1, Ordering::Relaxed);
         Ok(SharedVec {
@@ -204,6 +215,7 @@ impl<T: bytemuck::Pod> SharedVec<T> {
             fd,
             map,
             mine: false,
+            id: self.seg().id,
         };
         seg.holders().fetch_add(1, Ordering::Relaxed);
         Ok(SharedVec {
@@ -267,7 +279,7 @@ impl<T> Drop for SharedVec<T> {
         // Release: this process's reads and writes of the data happen before a later
         // claimer's (Acquire) reuse.
         seg.holders().fetch_sub(1, Ordering::Release);
-        if seg.mine && seg.capacity() >= POPULATE_FROM {
+        if seg.capacity() >= POPULATE_FROM {
             cache::put(seg);
         }
     }
@@ -312,18 +324,31 @@ impl<'de, T: bytemuck::Pod> Deserialize<'de> for SharedVec<T> {
         let opened =
             segment::check(&fd, Kind::Vec, Elem::of::<T>(), "SharedVec").and_then(|(h, cap)| {
                 let len = usize::try_from(h.elements).map_err(|e| e.to_string())?;
-                // Only the data (page-rounded): a receiver never reuses the segment, so the
-                // rest of its capacity, if any, is none of its business.
+                let id = shm::identity(fd.as_fd()).map_err(|e| e.to_string())?;
+                // Only the data (page-rounded): the rest of a reused segment's capacity, if
+                // any, is none of a receiver's business.
                 let _ = cap;
                 let data = segment::segment_len(h.data_len) - segment::HEADER_LEN as u64;
-                let map = segment::map(&fd, data, false).map_err(|e| e.to_string())?;
+                let seg = match cache::take_mapping(id, data) {
+                    // The same segment again (its creator reuses it): the kept mapping has
+                    // its page tables filled already. Our mapping keeps the file alive, so
+                    // a matching (device, inode) is the very same segment.
+                    Some(kept) => Seg {
+                        fd,
+                        map: kept.map,
+                        mine: kept.mine,
+                        id,
+                    },
+                    None => Seg {
+                        map: segment::map(&fd, data, false).map_err(|e| e.to_string())?,
+                        fd,
+                        mine: false,
+                        id,
+                    },
+                };
                 // This handle takes over the count of the one in flight.
                 Ok(SharedVec {
-                    seg: Some(Seg {
-                        fd,
-                        map,
-                        mine: false,
-                    }),
+                    seg: Some(seg),
                     len,
                     _elem: PhantomData,
                 })
@@ -350,19 +375,32 @@ mod cache {
     /// another thread held it skips the cache rather than deadlock.
     static KEPT: Mutex<Vec<(u32, Seg)>> = Mutex::new(Vec::new());
 
-    /// A kept segment that can hold `bytes` without wasting more than half of it, which no
-    /// process holds: claimed (its count set from 0 to 1) and taken off the list.
+    /// A segment this process created and kept, that can hold `bytes` without wasting more
+    /// than half of it, which no process holds: claimed (its count set from 0 to 1) and
+    /// taken off the list.
     pub(super) fn claim(bytes: u64) -> Option<Seg> {
         let me = std::process::id();
         let mut list = crate::wait::try_lock(&KEPT)?;
         let i = list.iter().position(|(pid, seg)| {
             *pid == me
+                && seg.mine
                 && (bytes..=bytes.saturating_mul(2)).contains(&seg.capacity())
                 && seg
                     .holders()
                     .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
         })?;
+        Some(list.remove(i).1)
+    }
+
+    /// The kept mapping of segment `id`, if it maps at least `data` bytes of data, taken off
+    /// the list (a received handle for that segment uses it instead of mapping anew).
+    pub(super) fn take_mapping(id: (u64, u64), data: u64) -> Option<Seg> {
+        let me = std::process::id();
+        let mut list = crate::wait::try_lock(&KEPT)?;
+        let i = list
+            .iter()
+            .position(|(pid, seg)| *pid == me && seg.id == id && seg.capacity() >= data)?;
         Some(list.remove(i).1)
     }
 
