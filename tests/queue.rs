@@ -91,7 +91,11 @@ fn bounded_queue_blocks_and_times_out() {
     assert_eq!(q.get().unwrap(), "b");
     assert_eq!(q.get().unwrap(), "e");
     assert!(q.is_empty());
-    assert!(Queue::<u8>::bounded(0).is_err());
+    // Python's Queue(0) is unbounded; here that is Queue::new(), and bounded(0) is refused.
+    assert_eq!(
+        Queue::<u8>::bounded(0).unwrap_err().kind(),
+        multiproc::ErrorKind::Unsupported
+    );
 }
 
 const SENTINEL: u64 = u64::MAX;
