@@ -423,6 +423,31 @@ fn memory_used_by_a_burst_is_given_back() {
     );
 }
 
+/// A queue that never empties does not wrap early, so its producer walks the whole ring;
+/// the memory behind the consumers is given back as they go (README "Memory").
+#[test]
+fn memory_of_a_queue_that_never_empties_is_given_back_behind_the_consumers() {
+    let p = Process::spawn((), |()| {
+        let q: Queue<Vec<u8>> = Queue::builder().capacity_bytes(64 << 20).build().unwrap();
+        q.put(vec![0; 16]).unwrap();
+        let mut peak = 0;
+        // 32-byte records: 16 MiB of ring, one item always queued.
+        for i in 0..(1u32 << 19) {
+            q.put(i.to_le_bytes().to_vec()).unwrap();
+            q.get().unwrap();
+            if i % (1 << 15) == 0 {
+                peak = peak.max(smaps_rss_kib("multiproc-queue"));
+            }
+        }
+        (peak, smaps_rss_kib("multiproc-queue"), q.len())
+    })
+    .unwrap();
+    let (peak, after, len) = join(&p).unwrap();
+    assert_eq!(len, 1);
+    assert!(peak <= 4 << 10, "{peak} KiB resident during the traffic");
+    assert!(after <= 4 << 10, "{after} KiB resident after the traffic");
+}
+
 #[test]
 fn joinable_queue_task_done_and_join() {
     let q: JoinableQueue<u64> = JoinableQueue::new().unwrap();
