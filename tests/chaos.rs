@@ -119,6 +119,7 @@ const ROLES: &[(&str, Role, u64, u64)] = &[
 const HELPERS: &[(&str, Role)] = &[
     ("victim_tree", death::victim_tree),
     ("victim_scribble", hostile::victim_scribble),
+    ("victim_as", limits::victim_as),
 ];
 
 fn main() {

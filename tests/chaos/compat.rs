@@ -17,13 +17,6 @@ pub enum Waited<T> {
     TimedOut,
 }
 
-impl<T> Waited<T> {
-    /// Whether a value arrived.
-    pub fn is_got(&self) -> bool {
-        matches!(self, Waited::Got(_))
-    }
-}
-
 fn from_err<T>(e: Error) -> Waited<T> {
     if e.is_timeout() || e.is_would_block() {
         Waited::TimedOut

@@ -129,9 +129,18 @@ fn one(mode: &str, sig: Option<Signal>) -> Result<(usize, Duration), String> {
     }
     // The victim itself must end (a signal that does not end it is not in our list).
     let t_exit = Instant::now();
+    let mut resent = false;
     let status = loop {
         if let Ok(Some(s)) = v.try_wait() {
             break Some(s);
+        }
+        // The Rust runtime's stack-overflow handler takes the first SIGSEGV/SIGBUS that is
+        // not a fault, restores the default action and returns: the second one ends it.
+        if let (Some(s), false) = (sig, resent) {
+            if t_exit.elapsed() > Duration::from_millis(500) {
+                signal(v.id(), s);
+                resent = true;
+            }
         }
         if t_exit.elapsed() > Duration::from_secs(10) {
             break None;

@@ -171,6 +171,8 @@ struct Tally {
 /// The call's time limit and the bound a return may overrun it by.
 const TIMEOUT: Duration = Duration::from_millis(5);
 const BOUND: Duration = Duration::from_secs(1);
+/// Hung cases after which the open-writer path is no longer exercised in this run.
+const MAX_HUNG: u64 = 5;
 
 /// The writer of the running case, so the watchdog can close it if the reader hangs.
 type Slot = Arc<Mutex<Option<Box<dyn Any + Send>>>>;
@@ -385,10 +387,11 @@ pub fn connection_frames() {
                 }
                 let ran = t_base.elapsed().as_millis() as u64 - (s - 1);
                 let case = current.load(Ordering::SeqCst);
-                if ran > (TIMEOUT + BOUND + BOUND).as_millis() as u64 && flagged != case + 1 {
+                if ran > (TIMEOUT + BOUND).as_millis() as u64 && flagged != case + 1 {
                     flagged = case + 1;
-                    hung.fetch_add(1, Ordering::SeqCst);
-                    println!("NOTE case {case} (seed {seed}) ran {ran} ms: closing its writer");
+                    if hung.fetch_add(1, Ordering::SeqCst) < MAX_HUNG {
+                        println!("NOTE case {case} (seed {seed}) ran {ran} ms: closing its writer");
+                    }
                     slot.lock().unwrap().take();
                 }
                 if ran > 10_000 {
@@ -411,9 +414,16 @@ pub fn connection_frames() {
     let fds_before = fd_count();
     let rss_before = rss_kib();
     let t0 = Instant::now();
+    let mut skipped_open = 0u64;
     for i in 0..n {
         current.store(i, Ordering::SeqCst);
-        let c = gen_case(&mut rng);
+        let mut c = gen_case(&mut rng);
+        // Once a few cases have hung the promise is broken already; the rest of the run
+        // closes every writer, so that one bug does not cost the whole time budget.
+        if hung.load(Ordering::SeqCst) >= MAX_HUNG && c.keep_open {
+            c.keep_open = false;
+            skipped_open += 1;
+        }
         let t_case = Instant::now();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_case(&c, &slot, &started, t_base)
@@ -454,6 +464,10 @@ pub fn connection_frames() {
             ("errors", errs.join(" ")),
             ("panics", t.panics.to_string()),
             ("hung", t.hung.to_string()),
+            (
+                "writer closed instead (after hangs)",
+                skipped_open.to_string(),
+            ),
             ("fds before/after", format!("{fds_before} / {fds_after}")),
             (
                 "RSS KiB before/after",
@@ -848,7 +862,7 @@ pub fn control_specs() {
         // The child's ends must survive exec: clear close-on-exec on them only.
         let _ = rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty());
         let _ = rustix::io::fcntl_setfd(&life_r, rustix::io::FdFlags::empty());
-        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+        let mut cmd = Command::new("/proc/self/exe");
         cmd.env(
             "__MULTIPROC_BOOT",
             format!("child:{}:{}", theirs.as_raw_fd(), life_r.as_raw_fd()),

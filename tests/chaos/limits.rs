@@ -15,11 +15,26 @@ fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
-/// A message that says what ran out, not something misleading.
-fn clear_fd_error(msg: &str) -> bool {
-    let m = msg.to_lowercase();
-    !m.contains("more file descriptors than one frame")
-        && (m.contains("descriptor") || m.contains("too many open files") || m.contains("emfile"))
+/// An error that says what ran out (an `EMFILE`/`ENFILE` source, or a message naming
+/// descriptors), not something misleading.
+fn clear_fd_error(e: &multiproc::Error) -> bool {
+    let m = e.to_string().to_lowercase();
+    if m.contains("more file descriptors than one frame") {
+        return false;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                return true;
+            }
+        }
+        if s.to_string().to_lowercase().contains("too many open files") {
+            return true;
+        }
+        src = s.source();
+    }
+    m.contains("descriptor") || m.contains("too many open files")
 }
 
 fn fill_fds() -> Vec<OwnedFd> {
@@ -88,12 +103,20 @@ pub fn nofile() {
             }
         }
         drop(kept);
-        let recovered = Process::builder()
+        let recovered = match Process::builder()
             .start_method(m)
             .spawn(20u32, |x: u32| x + 1)
-            .ok()
-            .map(|p| join_for(&p, Duration::from_secs(30)));
-        let rec = matches!(recovered, Some(Waited::Got(21)));
+        {
+            Ok(p) => match join_for(&p, Duration::from_secs(30)) {
+                Waited::Got(v) => Ok(v),
+                other => Err(format!("{other:?}")),
+            },
+            Err(e) => Err(format!(
+                "spawn: {e} ({:?})",
+                std::error::Error::source(&e).map(|s| s.to_string())
+            )),
+        };
+        let rec = recovered == Ok(21);
         row(
             "RLIMIT_NOFILE 64",
             &[
@@ -113,7 +136,7 @@ pub fn nofile() {
             format!("{m:?}: 200 children held at 64 descriptors?")
         });
         if let Some(e) = &err {
-            check(e.kind() == ErrorKind::Io && clear_fd_error(&msg), || {
+            check(e.kind() == ErrorKind::Io && clear_fd_error(e), || {
                 format!(
                     "{m:?}: out of descriptors reported as {:?}: {msg}",
                     e.kind()
@@ -176,7 +199,7 @@ pub fn nofile() {
         ],
     );
     check(
-        pipe_err.kind() == ErrorKind::Io && clear_fd_error(&pipe_err.to_string()),
+        pipe_err.kind() == ErrorKind::Io && clear_fd_error(&pipe_err),
         || {
             format!(
                 "Pipe::new out of descriptors: {:?} {pipe_err}",
@@ -225,7 +248,7 @@ pub fn nofile() {
         ],
     );
     if let Err(e) = &r {
-        check(!e.is_timeout() && clear_fd_error(&e.to_string()), || {
+        check(!e.is_timeout() && clear_fd_error(e), || {
             format!(
                 "running out of descriptors while receiving is reported as {msg}; issue 9 point 6"
             )
@@ -267,10 +290,72 @@ pub fn nofile() {
     });
 }
 
-/// `RLIMIT_AS` a few hundred MiB above what we use: 1 GiB announcements are errors.
+const AS_CASES: [&str; 5] = [
+    "duplex: 1 GiB announced, 4 bytes sent, writer open, recv_timeout(300 ms)",
+    "duplex: 1 GiB announced, 4 bytes sent, writer closed, recv",
+    "duplex: 1 GiB announced, 4 bytes sent, writer closed, recv_bytes",
+    "simplex: 1 GiB announced, 4 bytes sent, writer closed, recv",
+    "queue: first chunk announces 1 GiB, get_timeout(300 ms)",
+];
+
+/// `RLIMIT_AS` a few hundred MiB above what we use: each 1 GiB announcement (one victim
+/// process per case) is an error, not an abort (issue 9 point 11).
 pub fn address_space() {
+    for (i, what) in AS_CASES.iter().enumerate() {
+        let run = crate::util::run_role(
+            "victim_as",
+            &[("CHAOS_CASE", i.to_string())],
+            Duration::from_secs(30),
+        );
+        let said = run
+            .lines
+            .iter()
+            .find_map(|l| l.strip_prefix("AS RESULT "))
+            .map(str::to_string);
+        let limit = run
+            .lines
+            .iter()
+            .find_map(|l| l.strip_prefix("AS LIMIT "))
+            .unwrap_or("")
+            .to_string();
+        let result = match (&run.status, &said) {
+            (Some(st), Some(r)) if st.success() => r.clone(),
+            (Some(st), _) => {
+                let last = run
+                    .stderr_tail
+                    .lines()
+                    .find(|l| l.contains("memory allocation"))
+                    .unwrap_or("")
+                    .to_string();
+                fail(format!(
+                    "{what}: the receiver died ({st}) {last}; issue 9 point 11"
+                ));
+                format!("died: {st} {last}")
+            }
+            (None, _) => {
+                fail(format!("{what}: the receiver hung"));
+                "hung".into()
+            }
+        };
+        row(
+            "RLIMIT_AS",
+            &[
+                ("case", what.to_string()),
+                ("limit", limit),
+                ("result", result.chars().take(140).collect()),
+            ],
+        );
+        crate::util::sweep_leftovers(Duration::from_millis(500));
+    }
+}
+
+/// One `RLIMIT_AS` case (`CHAOS_CASE`), in its own process.
+pub fn victim_as() {
+    let case: usize = std::env::var("CHAOS_CASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let (w, r) = Pipe::new::<Vec<u8>>().expect("pipe");
-    let (w2, r2) = Pipe::new::<Vec<u8>>().expect("pipe");
     let (sr, sw) = Pipe::simplex::<Vec<u8>>().expect("simplex");
     let q: Queue<Vec<u8>> = QueueBuilder::new()
         .capacity_bytes(64 << 10)
@@ -286,96 +371,44 @@ pub fn address_space() {
         },
     )
     .expect("setrlimit AS");
-    row(
-        "RLIMIT_AS",
-        &[
-            ("case", "limit".into()),
-            (
-                "result",
-                format!("VmSize {} MiB, limit {} MiB", vm >> 20, limit >> 20),
-            ),
-        ],
-    );
+    println!("AS LIMIT VmSize {} MiB + 384 MiB", vm >> 20);
     let big = frame(0, 1 << 30, &[1, 2, 3, 4]);
-    // Connection::recv_timeout with the writer still open.
-    raw_send(w.as_fd(), &big, &[]);
-    let res = recv_for(&r, Duration::from_millis(300));
-    row(
-        "RLIMIT_AS",
-        &[
-            (
-                "case",
-                "duplex: 1 GiB announced, 4 bytes sent, recv_timeout(300 ms)".into(),
-            ),
-            ("result", format!("{res:?}").chars().take(120).collect()),
-        ],
-    );
-    check(!res.is_got(), || "a 4-byte body became a value".into());
-    drop(w);
-    let res = r.recv();
-    row(
-        "RLIMIT_AS",
-        &[
-            ("case", "duplex: then the writer closes, recv".into()),
-            (
-                "result",
-                format!("{:?}", res.as_ref().map_err(|e| e.kind())),
-            ),
-        ],
-    );
-    check(res.is_err(), || {
-        "a truncated 1 GiB frame became a value".into()
-    });
-    // recv_bytes
-    raw_send(w2.as_fd(), &big, &[]);
-    drop(w2);
-    let res = r2.recv_bytes();
-    row(
-        "RLIMIT_AS",
-        &[
-            (
-                "case",
-                "duplex: recv_bytes of a truncated 1 GiB frame".into(),
-            ),
-            (
-                "result",
-                format!("{:?}", res.as_ref().map(|v| v.len()).map_err(|e| e.kind())),
-            ),
-        ],
-    );
-    // One-way pipe.
-    raw_send(sw.as_fd(), &big, &[]);
-    drop(sw);
-    let res = sr.recv();
-    row(
-        "RLIMIT_AS",
-        &[
-            ("case", "simplex: recv of a truncated 1 GiB frame".into()),
-            (
-                "result",
-                format!("{:?}", res.as_ref().map(|v| v.len()).map_err(|e| e.kind())),
-            ),
-        ],
-    );
-    // A queue item whose first chunk announces 1 GiB.
-    match crate::hostile::forge_first_chunk(&q, 1 << 30, true) {
-        Ok(()) => {
-            let q2 = q.clone();
-            let res = bounded(Duration::from_secs(5), move || {
-                crate::compat::get_for(&q2, Duration::from_millis(300))
-            });
-            row(
-                "RLIMIT_AS",
-                &[
-                    (
-                        "case",
-                        "queue: first chunk announces 1 GiB, get_timeout(300 ms)".into(),
-                    ),
-                    ("result", format!("{res:?}").chars().take(120).collect()),
-                ],
-            );
+    let result = match case {
+        0 => {
+            raw_send(w.as_fd(), &big, &[]);
+            format!("{:?}", recv_for(&r, Duration::from_millis(300)))
         }
-        Err(e) => fail(format!("could not forge the queue item: {e}")),
-    }
-    println!("NOTE survived every 1 GiB announcement under RLIMIT_AS");
+        1 => {
+            raw_send(w.as_fd(), &big, &[]);
+            drop(w);
+            format!("{:?}", r.recv().map(|v| v.len()).map_err(|e| e.kind()))
+        }
+        2 => {
+            raw_send(w.as_fd(), &big, &[]);
+            drop(w);
+            format!(
+                "{:?}",
+                r.recv_bytes().map(|v| v.len()).map_err(|e| e.kind())
+            )
+        }
+        3 => {
+            raw_send(sw.as_fd(), &big, &[]);
+            drop(sw);
+            format!("{:?}", sr.recv().map(|v| v.len()).map_err(|e| e.kind()))
+        }
+        _ => match crate::hostile::forge_first_chunk(&q, 1 << 30, true) {
+            Ok(()) => {
+                let q2 = q.clone();
+                bounded(Duration::from_secs(5), move || {
+                    format!(
+                        "{:?}",
+                        crate::compat::get_for(&q2, Duration::from_millis(300))
+                    )
+                })
+                .unwrap_or_else(|| "get_timeout(300 ms) did not return within 5 s".into())
+            }
+            Err(e) => format!("could not forge the item: {e}"),
+        },
+    };
+    println!("AS RESULT {}", result.replace('\n', " "));
 }

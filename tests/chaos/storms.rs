@@ -184,15 +184,20 @@ fn report(mode: &str, what: &str, f: &Figures, kills: u64, reexec: u64, secs: f6
     }
 }
 
-/// After a storm the pool still serves, within a bound.
+/// After a storm the pool still serves, within a bound. (A kill sent just before the storm
+/// stopped may still fail the next task, whose worker the pool has not seen die yet: one
+/// retry.)
 fn still_serves(pool: &Pool, mode: &str) {
-    let r = pool.apply_async(|x: u64| x + 1, 41u64);
-    match r.get_timeout(WAIT) {
-        Ok(42) => {}
-        other => fail(format!(
-            "{mode}: the pool does not serve after the storm: {other:?}"
-        )),
+    let mut last = None;
+    for _ in 0..2 {
+        match pool.apply_async(|x: u64| x + 1, 41u64).get_timeout(WAIT) {
+            Ok(42) => return,
+            other => last = Some(other),
+        }
     }
+    fail(format!(
+        "{mode}: the pool does not serve after the storm: {last:?}"
+    ));
 }
 
 fn dispose(pool: Pool, mode: &str) {
@@ -401,9 +406,11 @@ pub fn pool_frozen_worker() {
             std::thread::sleep(Duration::from_millis(100));
             signal(victim, Signal::STOP);
             for r in rs {
+                let t = Instant::now();
                 match r.get_timeout(Duration::from_secs(30)) {
                     Ok(_) => ok += 1,
-                    Err(e) if e.is_timeout() => hung += 1,
+                    // The wait itself ran out (a task over its task_timeout is a failure).
+                    Err(e) if e.is_timeout() && t.elapsed() >= Duration::from_secs(30) => hung += 1,
                     Err(_) => failed += 1,
                 }
             }
@@ -885,25 +892,33 @@ pub fn queue_frozen_producer() {
     wait_for(Duration::from_secs(2), || proc_state(p.pid()) == Some('T'));
     let q2 = q.clone();
     let t0 = Instant::now();
-    let got = bounded(Duration::from_secs(10), move || {
-        let r = get_for(&q2, Duration::from_millis(200));
-        (r, q2)
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let first = get_for(&q2, Duration::from_millis(200));
+        let first_ms = t0.elapsed();
+        let again = match &first {
+            Waited::Got(_) => None,
+            _ => Some(get_for(&q2, Duration::from_secs(20))),
+        };
+        let _ = tx.send((first, first_ms, again));
     });
-    let elapsed = t0.elapsed();
+    let early = rx.recv_timeout(Duration::from_secs(5));
     signal(p.pid(), Signal::CONT);
+    let got = early.or_else(|_| rx.recv_timeout(Duration::from_secs(30)));
+    let elapsed = match &got {
+        Ok((_, ms, _)) => *ms,
+        Err(_) => t0.elapsed(),
+    };
     let (first, item_after) = match got {
-        Some((Waited::Got(v), _)) => (format!("item of {} bytes", v.len()), Some(v.len())),
-        Some((w, q2)) => {
-            let again = get_for(&q2, Duration::from_secs(20));
-            (
-                format!("{w:?}").chars().take(80).collect(),
-                match again {
-                    Waited::Got(v) => Some(v.len()),
-                    _ => None,
-                },
-            )
-        }
-        None => ("did not return within 10 s".into(), None),
+        Ok((Waited::Got(v), _, _)) => (format!("item of {} bytes", v.len()), Some(v.len())),
+        Ok((w, _, again)) => (
+            format!("{w:?}").chars().take(80).collect(),
+            match again {
+                Some(Waited::Got(v)) => Some(v.len()),
+                _ => None,
+            },
+        ),
+        Err(_) => ("no return, even after SIGCONT".into(), None),
     };
     let _ = join_for(&p, WAIT);
     row(
@@ -917,7 +932,7 @@ pub fn queue_frozen_producer() {
         ],
     );
     check(elapsed < Duration::from_millis(1200), || {
-        format!("get_timeout(200 ms) returned after {elapsed:?} with the producer frozen mid-item; issue 9 point 8")
+        format!("get_timeout(200 ms) returned after {elapsed:?} with the producer frozen mid-item (it returns only once the producer is thawed after 5 s); issue 9 point 8")
     });
     check(item_after == Some(4 << 20), || {
         format!("the 4 MiB item was not delivered after the producer was thawed: {item_after:?}")

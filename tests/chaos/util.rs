@@ -2,7 +2,7 @@
 //! memory figures, raw socket writes (a hostile peer) and the role runner.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -356,7 +356,7 @@ pub struct RoleRun {
 
 /// Starts this test binary as `role` with `envs`, stdout piped, stderr captured.
 pub fn start_role(role: &str, envs: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    let mut cmd = Command::new("/proc/self/exe");
     cmd.env(ROLE, role)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
