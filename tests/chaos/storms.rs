@@ -387,7 +387,7 @@ fn sleep_ms(ms: u64) -> u64 {
 /// (issue 9 point 9).
 pub fn pool_frozen_worker() {
     let bound = Duration::from_secs(5);
-    for mode in ["apply_async", "map"] {
+    for mode in ["apply_async", "map", "map (frozen while idle)"] {
         let pool = Pool::builder()
             .processes(2)
             .task_timeout(Duration::from_millis(500))
@@ -416,11 +416,18 @@ pub fn pool_frozen_worker() {
             }
             end = t0.elapsed();
         } else {
+            let idle = mode.contains("idle");
+            if idle {
+                signal(victim, Signal::STOP);
+                wait_for(Duration::from_secs(2), || proc_state(victim) == Some('T'));
+            }
             let th = {
                 std::thread::scope(|s| {
                     let h = s.spawn(|| pool.map(sleep_ms, vec![50u64; 40]));
-                    std::thread::sleep(Duration::from_millis(100));
-                    signal(victim, Signal::STOP);
+                    if !idle {
+                        std::thread::sleep(Duration::from_millis(100));
+                        signal(victim, Signal::STOP);
+                    }
                     h.join().unwrap()
                 })
             };
@@ -885,9 +892,17 @@ pub fn queue_frozen_producer() {
         .capacity_bytes(64 << 10)
         .build()
         .expect("queue");
+    let seg = crate::hostile::segment_of(&q).expect("the queue's segment");
     let p = Process::spawn(q.clone(), big_producer).expect("producer");
-    // The ring fills up and the producer waits for room inside its item.
-    std::thread::sleep(Duration::from_millis(300));
+    // The ring fills up and the producer waits for room inside its item: its tail word
+    // carries the OPEN bit (a chunk of an unfinished item is published).
+    let mid_item = wait_for(Duration::from_secs(20), || {
+        crate::hostile::read_tail(&seg) & 1 == 1
+    });
+    check(mid_item, || {
+        "the producer never started its 4 MiB item".into()
+    });
+    std::thread::sleep(Duration::from_millis(50));
     signal(p.pid(), Signal::STOP);
     wait_for(Duration::from_secs(2), || proc_state(p.pid()) == Some('T'));
     let q2 = q.clone();
