@@ -655,7 +655,7 @@ pub fn queue_scribbled() {
     let mut ran = 0;
     for i in 0..n {
         // Once several victims died the promise is broken; keep the run within its budget.
-        if crashed + hung >= 6 {
+        if crashed + hung >= 4 {
             break;
         }
         ran += 1;
@@ -663,7 +663,7 @@ pub fn queue_scribbled() {
         let run = run_role(
             "victim_scribble",
             &[(SEED, s.to_string())],
-            Duration::from_secs(10),
+            Duration::from_secs(6),
         );
         let clean = run.lines.iter().any(|l| l == "SCRIBBLE OK");
         let stuck = run.lines.iter().any(|l| l == "SCRIBBLE HUNG");
@@ -677,7 +677,7 @@ pub fn queue_scribbled() {
             }
             Some(_) if stuck => {
                 hung += 1;
-                first.push(format!("seed {s}: a bounded call did not return in 5 s"));
+                first.push(format!("seed {s}: a bounded call did not return in 2 s"));
             }
             Some(st) if clean && st.success() => ok += 1,
             Some(st) => {
@@ -737,7 +737,7 @@ pub fn victim_scribble() {
     }
     let _ = (TAIL, HEAD);
     let q2 = q.clone();
-    let r = bounded(Duration::from_secs(5), move || {
+    let r = bounded(Duration::from_secs(2), move || {
         let mut out = Vec::new();
         out.push(wfmt(get_for(&q2, Duration::from_millis(50))));
         out.push(format!(

@@ -125,7 +125,7 @@ pub fn nofile() {
                 (
                     "error",
                     err.as_ref()
-                        .map(|e| format!("{:?}: {}", e.kind(), e))
+                        .map(crate::util::describe)
                         .unwrap_or_else(|| "none".into()),
                 ),
                 ("joins hung", hung.to_string()),
@@ -190,10 +190,11 @@ pub fn nofile() {
             (
                 "error",
                 format!(
-                    "pipe {:?}: {pipe_err}; queue {:?}: {queue_err}; pool {:?}",
-                    pipe_err.kind(),
-                    queue_err.kind(),
-                    pool.as_ref().map(|r| r.as_ref().map_err(|e| e.kind()))
+                    "pipe {}; queue {}; pool {:?}",
+                    crate::util::describe(&pipe_err),
+                    crate::util::describe(&queue_err),
+                    pool.as_ref()
+                        .map(|r| r.as_ref().map_err(crate::util::describe))
                 ),
             ),
         ],
@@ -235,7 +236,7 @@ pub fn nofile() {
     drop(fillers);
     let msg = match &r {
         Ok(_) => "received".to_string(),
-        Err(e) => format!("{:?}: {e}", e.kind()),
+        Err(e) => crate::util::describe(e),
     };
     row(
         "RLIMIT_NOFILE 64",

@@ -228,8 +228,8 @@ fn my_fds(_: ()) -> usize {
         .unwrap_or(0)
 }
 
-/// Children see the same descriptors however they were started: fork-server children forked
-/// on demand hold no extra status socket (ARCHITECTURE.md), counts `[9, 10, 10, ...]` today.
+/// Children started the same way hold the same descriptors: fork-server children forked on
+/// demand hold no extra status socket (ARCHITECTURE.md; issue 9 saw `[9, 10, 10, ...]`).
 pub fn child_fds() {
     for m in [
         StartMethod::ForkServer,
@@ -251,6 +251,11 @@ pub fn child_fds() {
             "Descriptors in a child",
             &[("method", format!("{m:?}")), ("counts", counts.join(", "))],
         );
+        // A Fork child inherits its running siblings' handles, neutralised but open (by
+        // design, ARCHITECTURE.md "Fork"): its count grows with them; not compared.
+        if m == StartMethod::Fork {
+            continue;
+        }
         let first = counts.first().cloned();
         check(counts.iter().all(|c| Some(c) == first.as_ref()), || {
             format!("{m:?}: children started the same way hold different descriptor counts {counts:?}; issue 9 point 5")

@@ -489,3 +489,14 @@ impl Rng {
         self.bytes(n)
     }
 }
+
+/// An error as a table cell: kind, message and the chain of sources.
+pub fn describe(e: &multiproc::Error) -> String {
+    let mut s = format!("{:?}: {e}", e.kind());
+    let mut src = std::error::Error::source(e);
+    while let Some(x) = src {
+        s.push_str(&format!(" <- {x}"));
+        src = x.source();
+    }
+    s
+}
