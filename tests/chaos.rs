@@ -35,6 +35,9 @@ use util::{long, run_role, sweep_leftovers, ROLE, SEED};
 /// A role: what runs in the re-executed binary.
 type Role = fn();
 
+/// One table row: `(column, value)` pairs.
+type Row = Vec<(String, String)>;
+
 /// `(name, entry, time limit in CI, time limit in the long run)`.
 const ROLES: &[(&str, Role, u64, u64)] = &[
     ("pool_kill_storm_map", storms::pool_kill_map, 120, 1800),
@@ -157,7 +160,7 @@ fn main() {
         "chaos suite: seed {seed} ({} run; replay with {SEED}={seed})",
         if long() { "long" } else { "CI" }
     );
-    let mut tables: Vec<(String, Vec<Vec<(String, String)>>)> = Vec::new();
+    let mut tables: Vec<(String, Vec<Row>)> = Vec::new();
     let mut results: Vec<(&str, bool, f64, Vec<String>)> = Vec::new();
     let t_all = Instant::now();
     for &(name, _, ci, long_s) in ROLES {

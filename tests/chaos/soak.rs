@@ -19,12 +19,14 @@ fn plus_one(x: u32) -> u32 {
     x + 1
 }
 
-fn settle() {
-    // Dropped, unjoined children are reaped in the background: give them a bound to finish.
-    wait_for(Duration::from_secs(20), || {
+/// Waits (bounded) for dropped, unjoined children to be reaped in the background; returns
+/// how many `active_children()` still lists.
+fn settle() -> usize {
+    wait_for(Duration::from_secs(5), || {
         multiproc::active_children().is_empty()
     });
     std::thread::sleep(Duration::from_millis(100));
+    multiproc::active_children().len()
 }
 
 fn phase(name: &str, n: u64, mut body: impl FnMut(u64) -> Result<(), String>) {
@@ -44,7 +46,7 @@ fn phase(name: &str, n: u64, mut body: impl FnMut(u64) -> Result<(), String>) {
             first.get_or_insert(format!("#{i}: {e}"));
         }
     }
-    settle();
+    let listed = settle();
     let fds1 = fd_count();
     let rss1 = rss_kib();
     row(
@@ -58,6 +60,7 @@ fn phase(name: &str, n: u64, mut body: impl FnMut(u64) -> Result<(), String>) {
             ("fds after", fds1.to_string()),
             ("RSS KiB before", rss0.to_string()),
             ("RSS KiB after", rss1.to_string()),
+            ("active_children() after", listed.to_string()),
         ],
     );
     check(errors == 0, || {
@@ -143,7 +146,7 @@ pub fn soak() {
         .expect("pool");
     phase(
         "max_tasks_per_child(1): recycled workers",
-        scale(500, 20_000),
+        scale(300, 20_000),
         |i| match recycled.apply(plus_one, i as u32) {
             Ok(v) if v == i as u32 + 1 => Ok(()),
             other => Err(format!("{other:?}")),

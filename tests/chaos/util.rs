@@ -500,3 +500,8 @@ pub fn describe(e: &multiproc::Error) -> String {
     }
     s
 }
+
+/// Locks `m`, ignoring poison (a panicked check thread must not hide the figures).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
