@@ -72,6 +72,12 @@ const ROLES: &[(&str, Role, u64, u64)] = &[
         120,
         1800,
     ),
+    (
+        "fork_server_stop_storm",
+        storms::server_stop_storm,
+        120,
+        1800,
+    ),
     ("queue_kill_storm", storms::queue_kill_storm, 120, 1800),
     ("queue_stop_storm", storms::queue_stop_storm, 120, 1800),
     (
@@ -123,6 +129,7 @@ const HELPERS: &[(&str, Role)] = &[
     ("victim_tree", death::victim_tree),
     ("victim_scribble", hostile::victim_scribble),
     ("victim_as", limits::victim_as),
+    ("victim_bad_locks", hostile::victim_bad_locks),
 ];
 
 fn main() {

@@ -552,6 +552,16 @@ pub fn pool_frozen_server() {
 /// spawn and task ends (a value or a clean error), old children get a final exit code, and
 /// everything works once the storm is over.
 pub fn server_kill_storm() {
+    server_storm(false);
+}
+
+/// SIGSTOP/SIGCONT storm on the fork server: nobody dies, so every spawn and every task
+/// succeeds and nothing hangs.
+pub fn server_stop_storm() {
+    server_storm(true);
+}
+
+fn server_storm(freeze: bool) {
     let stop = AtomicBool::new(false);
     let kills = AtomicU64::new(0);
     let spawned = AtomicU64::new(0);
@@ -599,6 +609,15 @@ pub fn server_kill_storm() {
             let mut rng = Rng::new(seed() ^ 3);
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(150 + rng.below(350)));
+                if freeze {
+                    if let Some(srv) = fork_server() {
+                        signal(srv, Signal::STOP);
+                        std::thread::sleep(Duration::from_millis(10 + rng.below(300)));
+                        signal(srv, Signal::CONT);
+                        kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 let witness = Process::builder()
                     .start_method(StartMethod::ForkServer)
                     .spawn(60_000u64, sleep_ms)
@@ -654,10 +673,17 @@ pub fn server_kill_storm() {
     let h = hung.load(Ordering::Relaxed) + f.hung;
     let stuck = stuck_exitcode.load(Ordering::Relaxed);
     row(
-        "Fork server SIGKILL storm",
+        "Fork server storms",
         &[
+            (
+                "signal",
+                if freeze { "SIGSTOP/SIGCONT" } else { "SIGKILL" }.to_string(),
+            ),
             ("seconds", format!("{:.1}", t0.elapsed().as_secs_f64())),
-            ("server kills", kills.load(Ordering::Relaxed).to_string()),
+            (
+                "server kills/freezes",
+                kills.load(Ordering::Relaxed).to_string(),
+            ),
             ("spawns", spawned.load(Ordering::Relaxed).to_string()),
             ("spawn ok", spawn_ok.load(Ordering::Relaxed).to_string()),
             (
@@ -678,6 +704,15 @@ pub fn server_kill_storm() {
     check(h == 0, || {
         format!("{h} waits hung during the fork-server storm")
     });
+    if freeze {
+        let se = spawn_err.load(Ordering::Relaxed);
+        check(se == 0 && f.failed == 0, || {
+            format!(
+                "{se} spawns and {} pool tasks failed although the fork server was only frozen",
+                f.failed
+            )
+        });
+    }
     check(f.wrong == 0, || format!("{} wrong results", f.wrong));
     check(stuck == 0, || {
         format!("{stuck} of {} children of a killed fork server kept exitcode() == None for 5 s; issue 9 point 2", witnesses.load(Ordering::Relaxed))
