@@ -27,6 +27,7 @@ fn main() -> multiproc::Result<()> {
     }
 
     println!("== Panics come back with their message");
+    println!("  (this task panics ON PURPOSE: the panic is the demo, nothing is broken)");
     let p = Process::spawn(-1i64, |x| -> i64 {
         if x < 0 {
             panic!("negative input {x}");
@@ -34,7 +35,11 @@ fn main() -> multiproc::Result<()> {
         x
     })?;
     let e = p.join().unwrap_err();
-    println!("  {e}\n  exit code {:?}", p.exitcode());
+    assert_eq!(e.kind(), ErrorKind::Panicked);
+    println!(
+        "  the deliberate panic, as the parent sees it: {e}\n  exit code {:?}",
+        p.exitcode()
+    );
 
     println!("== terminate / kill give Python's negative exit codes");
     let p = Process::spawn(60u64, |s| std::thread::sleep(Duration::from_secs(s)))?;
@@ -88,6 +93,7 @@ fn main() -> multiproc::Result<()> {
     );
 
     println!("== Pool: map, imap, apply_async; a crashing task fails alone");
+    println!("  (one task below aborts its worker ON PURPOSE, to show the pool survives it)");
     let pool = multiproc::Pool::new(multiproc::cpu_count())?;
     let t = Instant::now();
     let squares = pool.map(|x: u64| x * x, 0..1_000_000u64)?;
@@ -103,7 +109,10 @@ fn main() -> multiproc::Result<()> {
     println!("  imap over an endless input, first five: {first:?}");
     let crash = pool.apply_async(|()| -> u32 { std::process::abort() }, ());
     let fine = pool.apply_async(|x: u32| x * 10, 4);
-    println!("  aborting task: {}", crash.get().unwrap_err());
+    println!(
+        "  the deliberately aborting task: {}",
+        crash.get().unwrap_err()
+    );
     println!("  its neighbour: {}", fine.get()?);
     println!(
         "  and the pool goes on: {:?}",

@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// The child of [`Fork`](Self::Fork) is a copy of the whole parent taken in the middle of
 /// whatever its other threads were doing, with only the calling thread running. Any lock
 /// another thread held at that moment stays held forever in the child. multiproc's own code in
-/// the child takes no such lock (and glibc resets its allocator's locks for the child), so
-/// **the task is sound under `Fork` when the parent is single-threaded, or when the task
-/// itself takes no lock that another parent thread might have held** (stdout, a `Mutex`,
-/// a logger, a thread pool, a tokio runtime). When in doubt use the default.
+/// the child takes no such lock (and glibc resets its allocator's locks for the child), and
+/// multiproc holds std's stdout and stderr locks across the fork, so printing is safe; beyond
+/// that **the task is sound under `Fork` when the parent is single-threaded, or when the task
+/// itself takes no lock that another parent thread might have held** (a `Mutex`, a logger,
+/// a thread pool, a tokio runtime). When in doubt use the default.
 /// File descriptors the parent has open are inherited by a forked child (as in Python);
-/// multiproc closes its own internal ones.
+/// multiproc neutralises its own (the child keeps only those of its arguments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum StartMethod {
     /// `fork()` the calling process (see the contract above).

@@ -38,10 +38,26 @@
 //! its contract). A program becomes the child *before `main` runs*, through a constructor that
 //! multiproc installs: nothing is needed in `main` or in tests.
 //!
+//! Choose one for the whole program with [`set_start_method`] (Python's
+//! `set_start_method`), or for one process or one pool with its builder (Python's
+//! `get_context(method)`):
+//!
 //! ```
-//! use multiproc::{Process, StartMethod};
+//! use multiproc::{Pool, Process, StartMethod};
+//!
+//! fn pid(_: ()) -> u32 {
+//!     std::process::id()
+//! }
+//!
+//! multiproc::set_start_method(StartMethod::Spawn); // the program's default from now on
+//! assert_eq!(multiproc::get_start_method(), StartMethod::Spawn);
+//! let p = Process::builder().start_method(StartMethod::Fork).spawn((), pid)?;
+//! assert_eq!(p.join()?, p.pid());
+//! let pool = Pool::builder().processes(2).start_method(StartMethod::ForkServer).build()?;
+//! assert_eq!(pool.start_method(), StartMethod::ForkServer);
+//! assert_ne!(pool.apply(pid, ())?, std::process::id());
 //! for m in multiproc::all_start_methods() {
-//!     let p = Process::builder().start_method(*m).spawn((), |()| std::process::id())?;
+//!     let p = Process::builder().start_method(*m).spawn((), pid)?;
 //!     assert_eq!(p.join()?, p.pid());
 //! }
 //! # Ok::<(), multiproc::Error>(())
@@ -53,7 +69,7 @@
 //! harness, or anything only `main` initialises. A `Fork` child runs nothing twice: it
 //! continues from the fork with a copy of the parent's memory.
 //!
-//! ## Pipes
+//! ## Pipes and connections
 //!
 //! [`Pipe::new`] makes a duplex pair of typed [`Connection`]s. Connections are ordinary
 //! arguments: pass one to a child and its descriptor goes along.
@@ -70,6 +86,29 @@
 //! for x in 1..=10 { here.send(&x)?; }
 //! drop(here); // end of stream: the child's loop ends
 //! assert_eq!(p.join()?, 55);
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! A receive can wait with a limit, and raw bytes skip serialisation altogether
+//! (`send_bytes`, `recv_bytes`, `recv_bytes_into`, as in Python):
+//!
+//! ```
+//! use std::time::Duration;
+//! use multiproc::{Connection, ErrorKind, Pipe, Process};
+//!
+//! let (here, there) = Pipe::new::<String>()?;
+//! let echo = Process::spawn(there, |c: Connection<String>| {
+//!     while let Ok(b) = c.recv_bytes() {
+//!         c.send(&format!("{} bytes", b.len())).unwrap();
+//!     }
+//! })?;
+//! // Nothing was sent yet: the wait ends with a `Timeout` error, and the connection stays usable.
+//! let e = here.recv_timeout(Duration::from_millis(10)).unwrap_err();
+//! assert_eq!(e.kind(), ErrorKind::Timeout);
+//! here.send_bytes(b"abc")?;
+//! assert_eq!(here.recv_timeout(Duration::from_secs(30))?, "3 bytes");
+//! drop(here);
+//! echo.join()?;
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
@@ -92,6 +131,9 @@
 //! assert_eq!(pool.apply(|x: u32| x + 1, 41)?, 42); // the pool goes on
 //! # Ok::<(), multiproc::Error>(())
 //! ```
+//!
+//! `examples/crawler.rs` is a larger pool program: a breadth-first web crawl whose frontier
+//! grows as pages come back, one keep-alive HTTP connection per worker.
 //!
 //! ## Queues
 //!
@@ -144,26 +186,146 @@
 //! daemon children are terminated and the others waited for, as in Python. Pipes are anonymous
 //! socket pairs: nothing is created in the file system.
 //!
+//! ## Logging in children
+//!
+//! A child started by [`StartMethod::ForkServer`] (the default) or [`StartMethod::Spawn`], and
+//! every pool worker started by them, never runs `main`: a logger that `main` set up (a global
+//! such as `log::set_logger`, `env_logger::init()` or a `tracing` subscriber) is not set up
+//! there, and the child's log calls go nowhere. Set it up where the child starts: at the top of
+//! the task function for a [`Process`], and in the pool's
+//! [`initializer`](PoolBuilder::initializer), which every worker (and every replacement
+//! worker) runs before its first task. A [`StartMethod::Fork`] child has a copy of the parent's
+//! logger, but not its threads: a logger that writes from a background thread stops writing.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use multiproc::{Pool, Process, StartMethod};
+//!
+//! // Stands in for a real logger's global state (`env_logger::Builder::...init()`).
+//! static LOGGER: AtomicBool = AtomicBool::new(false);
+//!
+//! fn init_logging(_filter: String) {
+//!     LOGGER.store(true, Ordering::SeqCst);
+//! }
+//!
+//! fn logger_is_set(_: ()) -> bool {
+//!     LOGGER.load(Ordering::SeqCst)
+//! }
+//!
+//! init_logging("info".to_string()); // in main
+//! assert!(!Process::spawn((), logger_is_set)?.join()?); // a fork-server child: not set
+//! let forked = Process::builder().start_method(StartMethod::Fork).spawn((), logger_is_set)?;
+//! assert!(forked.join()?); // a copy of the parent: set
+//!
+//! // Every worker runs the initializer first, so every task finds the logger set.
+//! let pool = Pool::builder()
+//!     .processes(2)
+//!     .initializer(init_logging, "info".to_string())
+//!     .build()?;
+//! assert!(pool.map(logger_is_set, vec![(); 8])?.into_iter().all(|set| set));
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! ## Output from several processes
+//!
+//! Children inherit the parent's standard output and error (fork-server children: those the
+//! parent had when the server started), so their lines mix. What keeps a line whole is writing
+//! it with **one** `write(2)`: a single write of at most `PIPE_BUF` bytes (4096 on Linux) to a
+//! pipe is atomic, never interleaved with another process's write (POSIX promises this for
+//! pipes only). `println!` goes through std's line-buffered stdout and writes each line of up
+//! to 1 KiB at once; `eprintln!` writes to the unbuffered stderr **piece by piece** (one write
+//! per formatted argument), so two processes' `eprintln!` lines can tear into each other. For
+//! diagnostics from many processes, format the line first and write it once:
+//!
+//! ```
+//! use std::io::Write;
+//!
+//! fn log_line(msg: &str) {
+//!     let line = format!("[{}] {msg}\n", multiproc::current_process().name);
+//!     let _ = std::io::stderr().write_all(line.as_bytes()); // one write(2) per line
+//! }
+//!
+//! let p = multiproc::Process::spawn((), |()| log_line("hello from the child"))?;
+//! p.join()?;
+//! log_line("hello from the parent");
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! A child flushes its standard output before it exits.
+//!
+//! ## Byte buffers
+//!
+//! serde sees a `Vec<u8>` as a sequence of numbers and (de)serialises it element by element.
+//! For large binary arguments and results wrap the buffer in `serde_bytes::ByteBuf`, or mark
+//! the field `#[serde(with = "serde_bytes")]`: it then crosses as one block of bytes. In the
+//! benchmark (`BENCHMARKS.md`, "Byte buffers"), a 200 MB result through `Pool::apply` took
+//! 270 ms as a `ByteBuf` against 425 ms as a `Vec<u8>` (1.6× faster; 3× at 20 MB), and
+//! Python's `bytes` 594 ms.
+//!
+//! ```ignore
+//! // Cargo.toml: serde_bytes = "0.11"
+//! use serde_bytes::ByteBuf;
+//!
+//! fn render(n: usize) -> ByteBuf {
+//!     ByteBuf::from(vec![0u8; n])
+//! }
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Image {
+//!     width: u32,
+//!     #[serde(with = "serde_bytes")]
+//!     pixels: Vec<u8>,
+//! }
+//!
+//! let frame: ByteBuf = pool.apply(render, 200_000_000)?;
+//! ```
+//!
 //! ## Python → Rust
 //!
 //! | Python | multiproc |
 //! |---|---|
-//! | `Process(target=f, args=(a,))`, `start()` | [`Process::spawn`]`(a, f)` |
-//! | `join()`, `exitcode`, `is_alive()` | [`Process::join`], [`Process::exitcode`], [`Process::is_alive`] |
-//! | `terminate()`, `kill()` | [`Process::terminate`], [`Process::kill`] |
-//! | `Pipe()`, `Pipe(duplex=False)` | [`Pipe::new`], [`Pipe::simplex`] |
-//! | `connection.wait(objs, timeout)` | [`connection::wait`] |
-//! | `Pool(n)`, `map`, `imap`, `starmap`, `apply_async` | [`Pool::new`], [`Pool::map`], [`Pool::imap`], [`Pool::starmap`], [`Pool::apply_async`] |
-//! | `Queue(maxsize)`, `put`, `get(timeout=)` | [`Queue::bounded`], [`Queue::put`], [`Queue::get_timeout`] |
-//! | `SimpleQueue`, `JoinableQueue` | [`SimpleQueue`], [`JoinableQueue`] |
-//! | `set_start_method(m)` | [`set_start_method`] |
-//! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | same names |
+//! | `p = Process(target=f, args=(a,))`, `p.start()` | `let p = Process::spawn(a, f)?;` (`f`: a fn item, or a closure that captures nothing) |
+//! | `p.join()`, then `p.exitcode` | `p.join()?` gives `f`'s return value, or its panic as an error; `p.exitcode()` (negative: the signal that killed it) |
+//! | `p.join(timeout)`, `p.is_alive()` | `p.join_timeout(d)`: the value, or an error of kind `Timeout` while it runs; `p.is_alive()` → `bool` |
+//! | `p.terminate()`, `p.kill()`, `p.pid`, `p.name`, `p.daemon` | the same names, as methods |
+//! | `set_start_method("spawn")`, `get_context("fork").Process(...)` | `set_start_method(StartMethod::Spawn)`, `Process::builder().start_method(StartMethod::Fork).spawn(a, f)?` |
+//! | `a, b = Pipe()`, `Pipe(duplex=False)` | `let (a, b) = Pipe::new::<T>()?;`, `Pipe::simplex::<T>()?` (typed ends; pass them to children as arguments) |
+//! | `conn.send(obj)`, `conn.recv()` | `conn.send(&v)?`, `conn.recv()?` (serde, not pickle) |
+//! | `conn.poll(timeout)` | `conn.poll(d)` → `bool`; or receive with a limit: `conn.recv_timeout(d)` (`Timeout`), `conn.try_recv()` (`WouldBlock`) |
+//! | `conn.send_bytes(b)`, `recv_bytes()`, `recv_bytes_into(buf)` | the same names |
+//! | `multiprocessing.connection.wait(objects, timeout)` | `connection::wait(&[&a, &b], Some(d))?`: the indexes of the ready ones |
+//! | `Pool(4)`, `Pool(4, initializer=f, initargs=(a,), maxtasksperchild=k)` | `Pool::new(4)?`, `Pool::builder().processes(4).initializer(f, a).max_tasks_per_child(k).build()?` |
+//! | `pool.map(f, xs)`, `pool.map(f, xs, chunksize)`, `pool.starmap(f, pairs)` | `pool.map(f, xs)?`, `pool.map_chunked(f, xs, n)?`, `pool.starmap(f, pairs)?` |
+//! | `pool.imap(f, xs)`, `pool.imap_unordered(f, xs)` | `for r in pool.imap(f, xs) { let v = r?; }` (lazy: an endless input works), `pool.imap_unordered(f, xs)` |
+//! | `pool.apply(f, args)` | `pool.apply(f, a)?` |
+//! | `r = pool.apply_async(f, args)`, `r.get()`, `r.get(timeout)`, `r.ready()`, `r.wait(timeout)` | `let r = pool.apply_async(f, a);`, `r.get()?`, `r.get_timeout(d)` (`Timeout`), `r.ready()` → `bool`, `r.wait_timeout(d)` → `bool`; `r.await` (it is a `Future`) |
+//! | `pool.apply_async(f, args, callback=ok, error_callback=err)` | `pool.apply_async_with(f, a, ok, err)`, or `r.then(ok, err)` |
+//! | `pool.map_async(f, xs)`, `pool.starmap_async(f, pairs)` | `pool.map_async(f, xs)`, `pool.starmap_async(f, pairs)`: one `AsyncResult<Vec<R>>` |
+//! | `concurrent.futures.as_completed(futures)` | `for r in as_completed(results) { ... }`; `AsCompleted::new()` and `push` for a set that grows (`examples/crawler.rs`) |
+//! | `pool.close()`, `pool.join()`, `pool.terminate()`, `with Pool() as pool:` | the same names; dropping a `Pool` terminates it, as leaving the `with` block does |
+//! | `Queue()`, `Queue(maxsize)` | `Queue::new()?`, `Queue::bounded(n)?` (cloneable: pass clones to children) |
+//! | `q.put(x)`, `q.get()` | `q.put(x)?`, `q.get()?` |
+//! | `q.get(timeout=t)`, `q.get_nowait()` (raise `queue.Empty`) | `q.get_timeout(d)` (`Timeout`), `q.try_get()` (`WouldBlock`) |
+//! | `q.put(x, timeout=t)`, `q.put_nowait(x)` (raise `queue.Full`) | `q.put_timeout(x, d)`, `q.try_put(x)`: a `PutError` that gives `x` back |
+//! | `SimpleQueue()`, `JoinableQueue()` with `task_done()` and `join()` | `SimpleQueue::new()?`, `JoinableQueue::new()?` with the same methods |
+//! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | the same names |
+//! | a logger configured in `main` | configure it in the task, or in the pool's `initializer` (see "Logging in children") |
+//!
+//! Not yet in multiproc (planned):
+//!
+//! - synchronisation primitives: `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`,
+//!   `Condition`, `Barrier`;
+//! - shared memory: `Value`, `Array`, `shared_memory.SharedMemory`, `ShareableList`;
+//! - `Manager()` and its proxies;
+//! - `connection.Listener` and `connection.Client` (connecting unrelated processes by address);
+//! - running on several machines (MPI-style multi-host).
 #![deny(unsafe_code)]
 
 mod codec;
 pub mod connection;
 mod context;
 mod error;
+mod fdreg;
 mod pool;
 mod process;
 mod queue;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use crate::connection::channel::{Channel, Frame};
 use crate::connection::Waitable;
 use crate::context::{get_start_method, StartMethod};
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::RegisteredFd;
 use crate::spawn::protocol::{self, FromChild};
 use crate::spawn::{self, LaunchOpts, Launched};
 use crate::sys;
@@ -38,7 +39,7 @@ struct Io {
 /// global registry (which outlives a dropped handle until the child is reaped).
 pub(crate) struct ChildShared {
     pid: AtomicI32,
-    pidfd: OnceLock<OwnedFd>,
+    pidfd: OnceLock<RegisteredFd>,
     chan: Channel,
     /// Fork-server children: the socket on which the server reports the exit.
     status: OnceLock<Channel>,
@@ -95,16 +96,6 @@ impl ChildShared {
 
     pub(crate) fn pid(&self) -> i32 {
         self.pid.load(Ordering::Relaxed)
-    }
-
-    /// The descriptors a forked sibling must close.
-    ///
-    /// Only the pidfd: the control and status streams are channels, which the channel
-    /// registry already lists.
-    pub(crate) fn internal_fds(&self, v: &mut Vec<RawFd>) {
-        if let Some(p) = self.pidfd.get() {
-            v.push(p.as_raw_fd());
-        }
     }
 
     /// Gives up on a child whose task could not be sent: kill it, stop reading, reap later.

@@ -15,16 +15,18 @@
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
-use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::fdreg::RegisteredFd;
 
 /// The monomorphised trampoline a child runs: `(args, arg fds, result out, result fds out)`.
-pub(crate) type EntryFn = fn(&[u8], Vec<OwnedFd>, &mut Vec<u8>, &mut Vec<OwnedFd>) -> Outcome;
+pub(crate) type EntryFn =
+    fn(&[u8], Vec<RegisteredFd>, &mut Vec<u8>, &mut Vec<RegisteredFd>) -> Outcome;
 
 /// What became of one call, sent back to the parent (the result bytes travel separately).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,9 +69,9 @@ pub(crate) fn reject_captures<F>() {
 
 fn run<F, A, R>(
     args: &[u8],
-    fds: Vec<OwnedFd>,
+    fds: Vec<RegisteredFd>,
     out: &mut Vec<u8>,
-    out_fds: &mut Vec<OwnedFd>,
+    out_fds: &mut Vec<RegisteredFd>,
 ) -> Outcome
 where
     F: FnOnce(A) -> R + Copy + 'static,
@@ -98,24 +100,62 @@ thread_local! {
     static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
+/// Set in a `Fork` child right after the fork (see [`mark_forked_child`]).
+static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as a `Fork` child: from now on the panic hook reports with plain
+/// `write(2)` calls instead of running the previous hook, whose locks (std's backtrace lock,
+/// the output-capture lock) another thread of the parent may have held at the fork.
+pub(crate) fn mark_forked_child() {
+    FORKED_CHILD.store(true, Ordering::Relaxed);
+}
+
 /// Installs (once) a panic hook that records where a panic happened, then runs the previous
-/// hook (which prints the usual message on stderr).
+/// hook (which prints the usual message on stderr), or in a `Fork` child writes the message
+/// itself, without taking any lock.
+///
+/// A `Fork` launch installs it in the parent, before forking, so a forked child never calls
+/// `take_hook`/`set_hook` (the `Once` is complete in the copy).
 pub(crate) fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if let Some(l) = info.location() {
-                let s = format!("{}:{}:{}", l.file(), l.line(), l.column());
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            if FORKED_CHILD.load(Ordering::Relaxed) {
+                let payload = info.payload();
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("Box<dyn Any>");
+                let thread = std::thread::current();
+                let text = format!(
+                    "\nthread '{}' panicked at {}:\n{msg}\n",
+                    thread.name().unwrap_or("<unnamed>"),
+                    location.as_deref().unwrap_or("<unknown>"),
+                );
+                crate::sys::process::write_stderr_raw(text.as_bytes());
+            }
+            if let Some(s) = location {
                 PANIC_LOCATION.with(|c| *c.borrow_mut() = Some(s));
             }
-            prev(info);
+            if !FORKED_CHILD.load(Ordering::Relaxed) {
+                prev(info);
+            }
         }));
     });
 }
 
 /// Calls `f(a)`, catching a panic, and encodes the result into `out`.
-pub(crate) fn call<F, A, R>(f: F, a: A, out: &mut Vec<u8>, out_fds: &mut Vec<OwnedFd>) -> Outcome
+pub(crate) fn call<F, A, R>(
+    f: F,
+    a: A,
+    out: &mut Vec<u8>,
+    out_fds: &mut Vec<RegisteredFd>,
+) -> Outcome
 where
     F: FnOnce(A) -> R,
     R: Serialize,

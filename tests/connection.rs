@@ -154,3 +154,74 @@ fn wait_on_processes_and_connections() {
     assert_eq!(ready, vec![0]);
     join(&p).unwrap();
 }
+
+/// Open descriptors of this process, read through `dir` (opened on `/proc/self/fd` in
+/// advance, so counting needs no new descriptor).
+fn open_fds(dir: &mut rustix::fs::Dir) -> usize {
+    dir.rewind();
+    let mut n = 0;
+    while let Some(e) = dir.read() {
+        let name = e.unwrap().file_name().to_bytes().to_vec();
+        n += usize::from(name != b"." && name != b"..");
+    }
+    n
+}
+
+/// Runs in a child (a process of its own, so the descriptor limit and the counts are its
+/// alone): receives a message carrying a connection after the process has used up its
+/// descriptors. Returns the error and the descriptor counts before and after the receive.
+fn receive_without_descriptors_left(_: ()) -> (String, bool, usize, usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let (a, b) = Pipe::new::<Connection<u8>>().unwrap();
+    let (x, _y) = Pipe::new::<u8>().unwrap();
+    a.send(&x).unwrap(); // its descriptor is now in flight, in the socket
+    drop(x);
+    let proc_fd = rustix::fs::open(
+        "/proc/self/fd",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let mut dir = rustix::fs::Dir::new(proc_fd).unwrap();
+    // Lower the limit to the highest descriptor in use, then fill every hole below it.
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = Some(highest + 1);
+    setrlimit(Resource::Nofile, limit).unwrap();
+    let mut fillers = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        fillers.push(f);
+    }
+    let before = open_fds(&mut dir);
+    let e = b.recv().unwrap_err();
+    let after = open_fds(&mut dir);
+    drop(fillers);
+    (e.to_string(), e.kind() == ErrorKind::Io, before, after)
+}
+
+#[test]
+fn running_out_of_descriptors_while_receiving_is_reported_as_that() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), receive_without_descriptors_left)
+            .unwrap();
+        let (msg, is_io, before, after) = join(&p).unwrap();
+        assert!(is_io, "{m:?}: {msg}");
+        assert!(msg.contains("ran out of file descriptors"), "{m:?}: {msg}");
+        assert!(msg.contains("ulimit -n"), "{m:?}: {msg}");
+        assert!(
+            !msg.contains("more file descriptors than one frame"),
+            "{m:?}: {msg}"
+        );
+        // The receive installed nothing that stayed.
+        assert_eq!(
+            after, before,
+            "{m:?}: {before} descriptors before, {after} after"
+        );
+    }
+}

@@ -14,14 +14,21 @@ Subcommands:
                  N ints in total; timed from the barrier to the last sentinel
   imap_rss       sum(Pool(2).imap(double, range(N), chunksize=C)): peak RSS
                  (VmHWM) of the parent and of the two workers
+  idle           Pool(N).map(sleep, [T] * N, chunksize=1): the CPU seconds the N
+                 workers use meanwhile (their CPU clocks, clock_getcpuclockid)
+  bytes          Pool(1).apply returning an M MB bytes object, and taking one
 
 Usage: python3 extra.py pipe_rtt [--n 20000]
        python3 extra.py queue_latency [--n 5000]
        python3 extra.py queue22 [--n 200000] [--runs 3]
        python3 extra.py imap_rss [--n 1000000] [--chunksize 1000]
+       python3 extra.py idle [--n 16] [--secs 2.0]
+       python3 extra.py bytes [--mb 200] [--runs 3]
 """
 import argparse
+import ctypes
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -179,21 +186,75 @@ def imap_rss(ctx, a):
           flush=True)
 
 
+# --- idle -------------------------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def cpu_of(pid):
+    clock = ctypes.c_int()
+    if _libc.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+        raise OSError("clock_getcpuclockid(%d) failed" % pid)
+    return time.clock_gettime(clock.value)
+
+
+def sleep_then_pid(secs):
+    time.sleep(secs)
+    return os.getpid()
+
+
+def idle(ctx, a):
+    with ctx.Pool(a.n) as pool:
+        pool.map(len, [()] * (4 * a.n), chunksize=1)  # the workers are up
+        pids = [p.pid for p in pool._pool]
+        before = sum(cpu_of(p) for p in pids)
+        ran = pool.map(sleep_then_pid, [a.secs] * a.n, chunksize=1)
+        used = sum(cpu_of(p) for p in pids) - before
+        assert len(set(ran)) == a.n, "%d sleeping tasks ran on %d workers" % (a.n, len(set(ran)))
+    print("  %-44s value %8.4f cpu s" % ("idle %d workers sleeping" % a.n, used), flush=True)
+
+
+# --- bytes ------------------------------------------------------------------
+def make_bytes(n):
+    return b"\x07" * n
+
+
+def bytes_rows(ctx, a):
+    n = a.mb * 1000000
+    res, arg = [], []
+    with ctx.Pool(1) as pool:
+        pool.apply(make_bytes, (16,))  # warm-up
+        for _ in range(a.runs):
+            t0 = time.perf_counter()
+            b = pool.apply(make_bytes, (n,))
+            res.append(time.perf_counter() - t0)
+            assert len(b) == n and b[-1] == 7
+            t0 = time.perf_counter()
+            assert pool.apply(len, (b,)) == n
+            arg.append(time.perf_counter() - t0)
+            del b
+    for label, xs in (("bytes result Pool.apply", res), ("bytes argument Pool.apply", arg)):
+        print("  %-44s min %8.1f ms  median %8.1f ms" % (
+            label, min(xs) * 1e3, statistics.median(xs) * 1e3), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["pipe_rtt", "queue_latency", "queue22", "imap_rss"])
+    ap.add_argument("what", choices=["pipe_rtt", "queue_latency", "queue22", "imap_rss",
+                                     "idle", "bytes"])
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--chunksize", type=int, default=1000)
+    ap.add_argument("--secs", type=float, default=2.0)
+    ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--start-method", default=None)
     a = ap.parse_args()
     if a.n is None:
         a.n = {"pipe_rtt": 20000, "queue_latency": 5000, "queue22": 200000,
-               "imap_rss": 1000000}[a.what]
+               "imap_rss": 1000000, "idle": 16, "bytes": 0}[a.what]
     ctx = mp.get_context(a.start_method)
     print("python %s, start method=%s, %s n=%d" % (
         platform.python_version(), ctx.get_start_method(), a.what, a.n))
-    globals()[a.what](ctx, a)
+    {"bytes": bytes_rows}.get(a.what, globals().get(a.what))(ctx, a)
 
 
 if __name__ == "__main__":

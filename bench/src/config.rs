@@ -11,7 +11,8 @@ usage: cargo run --release -p multiproc-bench -- [options]
   --quick            smoke run: few rounds, small sizes (well under a minute)
   --out FILE         also write the header and table to FILE
   --rounds N         interleaved rounds per metric group (default 5, quick 2)
-  --only G1,G2       run only these groups: start,pipe,bandwidth,queue,pool,cpu,memory
+  --only G1,G2       run only these groups: start,pipe,bandwidth,queue,pool,cpu,
+                     memory,crawl,idle,bytes
   --no-python        skip the Python peers
   --python-dir DIR   where bench_a..bench_f live (default: ../shared/anchors/python
                      next to the repository, or $MULTIPROC_BENCH_PYTHON_DIR)
@@ -72,6 +73,18 @@ pub struct Config {
     pub imap_items: usize,
     /// Chunk size of that imap.
     pub imap_chunksize: usize,
+    /// Pages of the crawled site (`examples/crawler/site.rs`).
+    pub crawl_pages: u32,
+    /// Pool size of the crawl rows (network-bound work: more workers than CPUs).
+    pub crawl_workers: usize,
+    /// Pool sizes of the CPU-while-idle rows.
+    pub idle_workers: [usize; 2],
+    /// How long each task of the CPU-while-idle rows sleeps, in seconds.
+    pub idle_secs: f64,
+    /// Size of the byte-buffer rows, in MB (1e6 bytes).
+    pub bytes_mb: usize,
+    /// Timed transfers per round in the byte-buffer rows.
+    pub bytes_reps: usize,
 }
 
 impl Config {
@@ -102,6 +115,12 @@ impl Config {
             cpu_reps: 2,
             imap_items: 1_000_000,
             imap_chunksize: 1_000,
+            crawl_pages: 3_000,
+            crawl_workers: 8,
+            idle_workers: [16, 64],
+            idle_secs: 2.0,
+            bytes_mb: 200,
+            bytes_reps: 3,
         }
     }
 
@@ -124,6 +143,10 @@ impl Config {
             py_cpu_work: 150_000,
             cpu_reps: 1,
             imap_items: 100_000,
+            crawl_pages: 1_000,
+            idle_secs: 0.5,
+            bytes_mb: 20,
+            bytes_reps: 2,
             ..Config::full()
         }
     }

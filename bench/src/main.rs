@@ -9,11 +9,22 @@
 //! and goals), `table` (rendering), `floors` (raw syscalls), `python`,
 //! `procspawn_peer`, `rayon_peer`, `multiproc_peer` (where multiproc's
 //! measurements are registered), `rss` (peak memory), `work` (shared
-//! workloads), `machine` (header and contention), `config` (options).
+//! workloads), `machine` (header and contention), `config` (options),
+//! `crawl` (the crawler rows, on the site of `examples/crawler/site.rs`),
+//! `idle_bytes` (CPU while tasks sleep; byte buffers), `cputime`
+//! (per-process CPU clocks).
 
+// TEMP until `multiproc::AsCompleted` lands (then `use multiproc::AsCompleted` in crawl.rs).
+#[path = "../../examples/crawler/as_completed.rs"]
+mod as_completed;
+#[path = "../../examples/crawler/client.rs"]
+mod client;
 mod config;
+mod cputime;
+mod crawl;
 mod floors;
 mod harness;
+mod idle_bytes;
 mod machine;
 mod metrics;
 mod multiproc_peer;
@@ -21,6 +32,8 @@ mod procspawn_peer;
 mod python;
 mod rayon_peer;
 mod rss;
+#[path = "../../examples/crawler/site.rs"]
+mod site;
 mod table;
 mod work;
 
@@ -35,6 +48,8 @@ fn main() {
         // The "fork+exec of this binary" floor.
         std::process::exit(0);
     }
+    // The crawl rows' site server (a separate process, so its CPU time is nobody's).
+    crawl::serve_if_asked();
 
     let mut cfg = Config::from_args();
     let contention = machine::Contention::start();
@@ -60,9 +75,11 @@ fn main() {
     }
 
     let mut jobs = multiproc_peer::jobs(&cfg);
+    jobs.extend(idle_bytes::jobs(&cfg));
     if let Ok(py) = &python {
         jobs.extend(python::jobs(&cfg, py));
     }
+    jobs.extend(crawl::jobs(&cfg, python.as_ref().ok()));
     jobs.extend(procspawn_peer::jobs(&cfg));
     jobs.extend(rayon_peer::jobs(&cfg));
     jobs.extend(floors::jobs(&cfg));

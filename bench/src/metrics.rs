@@ -14,6 +14,9 @@ pub enum Group {
     Pool,
     Cpu,
     Memory,
+    Crawl,
+    Idle,
+    Bytes,
 }
 
 impl Group {
@@ -27,13 +30,18 @@ impl Group {
             Group::Pool => "pool",
             Group::Cpu => "cpu",
             Group::Memory => "memory",
+            Group::Crawl => "crawl",
+            Group::Idle => "idle",
+            Group::Bytes => "bytes",
         }
     }
 
-    /// Rounds for this group: peak memory is not noisy and is measured once.
+    /// Rounds for this group: peak memory is not noisy and is measured once; the idle
+    /// rows sleep for seconds per round, 3 rounds are enough.
     pub fn rounds(self, rounds: usize) -> usize {
         match self {
             Group::Memory => 1,
+            Group::Idle => rounds.min(3),
             _ => rounds,
         }
     }
@@ -63,6 +71,16 @@ pub enum Metric {
     CpuScaling,
     ImapRssParent,
     ImapRssWorkers,
+    CrawlWall,
+    CrawlCpu,
+    IdleSmall,
+    IdleLarge,
+    BytesVecResult,
+    BytesBufResult,
+    BytesVecArg,
+    BytesBufArg,
+    BytesVecProcess,
+    BytesBufProcess,
 }
 
 /// Which direction is better.
@@ -132,7 +150,7 @@ fn at_least(peer: Option<Who>, factor: f64) -> Target {
 
 impl Metric {
     /// Every row, in table order.
-    pub const ALL: [Metric; 21] = [
+    pub const ALL: [Metric; 31] = [
         Metric::SpawnDefault,
         Metric::SpawnFork,
         Metric::SpawnSpawn,
@@ -154,6 +172,16 @@ impl Metric {
         Metric::CpuScaling,
         Metric::ImapRssParent,
         Metric::ImapRssWorkers,
+        Metric::CrawlWall,
+        Metric::CrawlCpu,
+        Metric::IdleSmall,
+        Metric::IdleLarge,
+        Metric::BytesVecResult,
+        Metric::BytesBufResult,
+        Metric::BytesVecArg,
+        Metric::BytesBufArg,
+        Metric::BytesVecProcess,
+        Metric::BytesBufProcess,
     ];
 
     /// Short stable id (used in progress lines and notes).
@@ -180,6 +208,16 @@ impl Metric {
             Metric::CpuScaling => "cpu-scaling",
             Metric::ImapRssParent => "imap-rss-parent",
             Metric::ImapRssWorkers => "imap-rss-workers",
+            Metric::CrawlWall => "crawl-wall",
+            Metric::CrawlCpu => "crawl-cpu",
+            Metric::IdleSmall => "idle-small",
+            Metric::IdleLarge => "idle-large",
+            Metric::BytesVecResult => "bytes-vec-result",
+            Metric::BytesBufResult => "bytes-buf-result",
+            Metric::BytesVecArg => "bytes-vec-arg",
+            Metric::BytesBufArg => "bytes-buf-arg",
+            Metric::BytesVecProcess => "bytes-vec-process",
+            Metric::BytesBufProcess => "bytes-buf-process",
         }
     }
 
@@ -194,6 +232,10 @@ impl Metric {
             PoolCreate | PoolChunk1 | PoolImapChunk1 | PoolMapAuto | ApplyAsyncRtt => Group::Pool,
             CpuScaling => Group::Cpu,
             ImapRssParent | ImapRssWorkers => Group::Memory,
+            CrawlWall | CrawlCpu => Group::Crawl,
+            IdleSmall | IdleLarge => Group::Idle,
+            BytesVecResult | BytesBufResult | BytesVecArg | BytesBufArg | BytesVecProcess
+            | BytesBufProcess => Group::Bytes,
         }
     }
 
@@ -344,6 +386,75 @@ impl Metric {
                     cfg.imap_items, cfg.imap_chunksize
                 ),
                 "MiB",
+                Lower,
+                None,
+            ),
+            CrawlWall => spec(
+                format!(
+                    "crawl {} pages, Pool({}) + keep-alive HTTP: wall",
+                    cfg.crawl_pages, cfg.crawl_workers
+                ),
+                "s",
+                Lower,
+                None,
+            ),
+            CrawlCpu => spec(
+                format!(
+                    "crawl {} pages, Pool({}): CPU of parent + workers",
+                    cfg.crawl_pages, cfg.crawl_workers
+                ),
+                "CPU s",
+                Lower,
+                None,
+            ),
+            IdleSmall | IdleLarge => {
+                let n = cfg.idle_workers[usize::from(self == IdleLarge)];
+                spec(
+                    format!(
+                        "CPU of {n} workers while their tasks sleep {} s",
+                        cfg.idle_secs
+                    ),
+                    "CPU s",
+                    Lower,
+                    None,
+                )
+            }
+            BytesVecResult => spec(
+                format!("{} MB `Vec<u8>` result, Pool.apply", cfg.bytes_mb),
+                "ms",
+                Lower,
+                None,
+            ),
+            BytesBufResult => spec(
+                format!(
+                    "{} MB `serde_bytes::ByteBuf` result, Pool.apply",
+                    cfg.bytes_mb
+                ),
+                "ms",
+                Lower,
+                None,
+            ),
+            BytesVecArg => spec(
+                format!("{} MB `Vec<u8>` argument, Pool.apply", cfg.bytes_mb),
+                "ms",
+                Lower,
+                None,
+            ),
+            BytesBufArg => spec(
+                format!("{} MB `ByteBuf` argument, Pool.apply", cfg.bytes_mb),
+                "ms",
+                Lower,
+                None,
+            ),
+            BytesVecProcess => spec(
+                format!("{} MB `Vec<u8>` result, Process spawn+join", cfg.bytes_mb),
+                "ms",
+                Lower,
+                None,
+            ),
+            BytesBufProcess => spec(
+                format!("{} MB `ByteBuf` result, Process spawn+join", cfg.bytes_mb),
+                "ms",
                 Lower,
                 None,
             ),

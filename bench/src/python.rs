@@ -19,6 +19,8 @@ pub struct Python {
     pub anchors: PathBuf,
     /// `bench/python/extra.py`.
     pub extra: PathBuf,
+    /// `bench/python`: our own scripts.
+    pub ours: PathBuf,
     /// `python3 --version`, for the header.
     pub version: String,
     timeout: Duration,
@@ -42,9 +44,11 @@ impl Python {
             Some(dir) => vec![dir],
             // <repo>/bench -> <repo>/../shared/anchors/python, or relative
             // to the current directory (the repository root).
+            // (A git worktree under <workspace>/wt/<name> sits one level deeper.)
             None => vec![
                 manifest.join("../../shared/anchors/python"),
                 PathBuf::from("../shared/anchors/python"),
+                manifest.join("../../../shared/anchors/python"),
             ],
         };
         let anchors = candidates
@@ -73,6 +77,7 @@ impl Python {
             exe,
             anchors,
             extra: manifest.join("python/extra.py"),
+            ours: manifest.join("python"),
             version,
             timeout: Duration::from_secs(if cfg.quick { 120 } else { 400 }),
         })
@@ -80,7 +85,7 @@ impl Python {
 
     /// Runs a script with arguments; returns its stdout. The script runs in
     /// its own process group, killed as a whole on timeout.
-    fn run(&self, script: &Path, args: &[String]) -> BenchResult<String> {
+    pub fn run(&self, script: &Path, args: &[String]) -> BenchResult<String> {
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(&self.exe)
             .arg(script)
@@ -125,6 +130,11 @@ impl Python {
 
     fn anchor(&self, name: &str) -> PathBuf {
         self.anchors.join(name)
+    }
+
+    /// One of our scripts in `bench/python`.
+    pub fn script(&self, name: &str) -> PathBuf {
+        self.ours.join(name)
     }
 }
 
@@ -446,6 +456,42 @@ pub fn jobs(cfg: &Config, py: &Python) -> Vec<Job> {
                     Metric::ImapRssWorkers,
                     value(&out, "imap peak RSS workers")?,
                 ),
+            ])
+        },
+    ));
+    // CPU of workers whose tasks sleep, one job per pool size.
+    for (metric, n) in [
+        (Metric::IdleSmall, cfg.idle_workers[0]),
+        (Metric::IdleLarge, cfg.idle_workers[1]),
+    ] {
+        let (p, c) = (py.clone(), cfg.clone());
+        jobs.push(Job::one(Who::PythonMp, metric, move || {
+            let args = [s("idle"), s("--n"), s(n), s("--secs"), s(c.idle_secs)];
+            value(&p.run(&p.extra, &args)?, "idle ")
+        }));
+    }
+    // Byte buffers: Python's `bytes` is the peer of both `Vec<u8>` and `ByteBuf`.
+    let (p, c) = (py.clone(), cfg.clone());
+    jobs.push(Job::many(
+        Who::PythonMp,
+        Group::Bytes,
+        "extra bytes",
+        move || {
+            let args = [
+                s("bytes"),
+                s("--mb"),
+                s(c.bytes_mb),
+                s("--runs"),
+                s(c.bytes_reps),
+            ];
+            let out = p.run(&p.extra, &args)?;
+            let result = min_median(&out, "bytes result")?;
+            let argument = min_median(&out, "bytes argument")?;
+            Ok(vec![
+                (Metric::BytesVecResult, result.clone()),
+                (Metric::BytesBufResult, result),
+                (Metric::BytesVecArg, argument.clone()),
+                (Metric::BytesBufArg, argument),
             ])
         },
     ));

@@ -152,6 +152,7 @@ pub fn render(cfg: &Config, results: &Results) -> String {
         }
         row.push(match mp {
             None => "—".into(),
+            Some(_) if peers.is_empty() => "—".into(),
             Some(mp) => peers
                 .iter()
                 .map(|(w, s)| {

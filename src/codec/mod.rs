@@ -11,18 +11,18 @@
 pub(crate) mod frame;
 
 use std::cell::RefCell;
-use std::os::fd::OwnedFd;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind};
+use crate::fdreg::{self, RegisteredFd};
 
 thread_local! {
     /// postcard drops custom error messages; ours are kept here so the caller can show them.
     static LAST_CUSTOM: RefCell<Option<String>> = const { RefCell::new(None) };
-    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
-    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    static OUTGOING: RefCell<Option<Vec<RegisteredFd>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Vec<Option<RegisteredFd>>>> = const { RefCell::new(None) };
 }
 
 /// Restores the previous side table when an encode/decode scope ends (even by panic).
@@ -60,7 +60,7 @@ impl<T: 'static> Drop for Scope<'_, T> {
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
-    fds: &mut Vec<OwnedFd>,
+    fds: &mut Vec<RegisteredFd>,
 ) -> Result<(), Error> {
     let scope = Scope::enter(&OUTGOING, std::mem::take(fds));
     let res = postcard::to_io(value, &mut *out);
@@ -102,8 +102,11 @@ pub(crate) fn custom<E: std::fmt::Display, T>(
 /// Deserialises a `T` from exactly `bytes`, with `fds` as the side table.
 ///
 /// Descriptors the value does not claim are closed.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, Error> {
-    let table: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<RegisteredFd>,
+) -> Result<T, Error> {
+    let table: Vec<Option<RegisteredFd>> = fds.into_iter().map(Some).collect();
     let scope = Scope::enter(&INCOMING, table);
     let res = postcard::take_from_bytes::<T>(bytes);
     drop(scope.finish());
@@ -130,9 +133,7 @@ pub(crate) fn serialize_fd<S: Serializer>(
              arguments or inside Connection messages)"
                 .to_string()
         })?;
-        let dup = fd
-            .try_clone_to_owned()
-            .map_err(|e| format!("duplicating a handle: {e}"))?;
+        let dup = fdreg::duplicate(fd).map_err(|e| format!("duplicating a handle: {e}"))?;
         table.push(dup);
         Ok((table.len() - 1) as u32)
     });
@@ -143,7 +144,7 @@ pub(crate) fn serialize_fd<S: Serializer>(
 }
 
 /// Takes the descriptor a handle refers to out of the side table of the frame being decoded.
-pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<RegisteredFd, D::Error> {
     let index = u32::deserialize(d)? as usize;
     let taken = INCOMING.with(|c| {
         let mut table = c.borrow_mut();

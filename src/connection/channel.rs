@@ -2,7 +2,7 @@
 //! internal control stream (process bootstrap, fork server, pool workers).
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::codec::{self, frame};
 use crate::error::{Error, ErrorKind};
+use crate::fdreg::{self, RegisteredFd};
 use crate::sys::socket;
 
 /// The read buffer starts this small (most channels carry a few small frames: a child's
@@ -26,7 +27,8 @@ const DIRECT_READ: usize = 16 * 1024;
 #[derive(Debug, Default)]
 pub(crate) struct Frame {
     pub(crate) payload: Vec<u8>,
-    pub(crate) fds: Vec<OwnedFd>,
+    /// The descriptors that arrived with this frame (and only those: see [`Reader::claim`]).
+    pub(crate) fds: Vec<RegisteredFd>,
 }
 
 impl Frame {
@@ -36,14 +38,23 @@ impl Frame {
     }
 }
 
+/// Descriptors received but not yet given to a frame: at most this many (two frames' worth)
+/// may wait; more is a peer sending descriptors no frame announces.
+const MAX_PENDING_FDS: usize = 2 * socket::MAX_FDS_PER_FRAME;
+
 #[derive(Debug)]
 struct Reader {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
-    fds: VecDeque<OwnedFd>,
-    /// A frame whose header was read but whose payload is still arriving.
-    partial: Option<(frame::Header, Vec<u8>)>,
+    /// Bytes read from the stream so far: the stream offset of `buf[end]`.
+    received: u64,
+    /// Descriptors not yet given to a frame, each batch with the stream offset of the last
+    /// byte that arrived with it (see [`Reader::claim`]).
+    batches: VecDeque<(u64, Vec<RegisteredFd>)>,
+    /// A frame whose header (at this stream offset) was read but whose payload is still
+    /// arriving.
+    partial: Option<(frame::Header, u64, Vec<u8>)>,
     /// Set after a protocol error: the stream can no longer be trusted.
     broken: Option<ErrorKind>,
 }
@@ -51,47 +62,40 @@ struct Reader {
 #[derive(Debug, Default)]
 struct Writer {
     scratch: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    fds: Vec<RegisteredFd>,
 }
 
 /// A framed, descriptor-carrying byte stream over a Unix stream socket.
 ///
 /// Reading and writing are locked separately, so one thread may send while another receives.
+/// Its descriptors are [`RegisteredFd`]s: closed (and taken off the registry) on drop.
 #[derive(Debug)]
 pub(crate) struct Channel {
-    /// Always `Some` until `drop`, which closes it under the registry lock.
-    fd: Option<OwnedFd>,
+    fd: RegisteredFd,
     /// For a one-way pipe: the socket that carries descriptors beside it (pipes cannot).
-    side: Option<OwnedFd>,
+    side: Option<RegisteredFd>,
     reader: Mutex<Reader>,
     writer: Mutex<Writer>,
     max_message: AtomicUsize,
 }
 
 impl Channel {
-    pub(crate) fn new(fd: OwnedFd) -> Self {
+    /// A channel over a stream socket.
+    pub(crate) fn new(fd: RegisteredFd) -> Self {
         Self::with_side(fd, None)
     }
 
     /// A channel over one end of a pipe, with `side` (a stream socket) for descriptors.
-    pub(crate) fn with_side(fd: OwnedFd, side: Option<OwnedFd>) -> Self {
-        crate::spawn::register_channel_fd(fd.as_raw_fd());
-        if let Some(s) = &side {
-            crate::spawn::register_channel_fd(s.as_raw_fd());
-        }
-        Self::registered(fd, side)
-    }
-
-    /// A channel over descriptors that are already in the registry.
-    fn registered(fd: OwnedFd, side: Option<OwnedFd>) -> Self {
+    pub(crate) fn with_side(fd: RegisteredFd, side: Option<RegisteredFd>) -> Self {
         Channel {
-            fd: Some(fd),
+            fd,
             side,
             reader: Mutex::new(Reader {
                 buf: Box::default(),
                 start: 0,
                 end: 0,
-                fds: VecDeque::new(),
+                received: 0,
+                batches: VecDeque::new(),
                 partial: None,
                 broken: None,
             }),
@@ -100,24 +104,41 @@ impl Channel {
         }
     }
 
+    /// A channel over descriptors received as a handle: `fd` must be a Unix stream socket
+    /// (duplex), or a pipe with `side` a Unix stream socket (one-way). Anything else (a TCP or
+    /// listening socket, a regular file, a pipe without its side socket) is refused with the
+    /// reason, and the descriptors are closed.
+    pub(crate) fn from_handle(
+        fd: RegisteredFd,
+        side: Option<RegisteredFd>,
+    ) -> Result<Channel, &'static str> {
+        match &side {
+            None if socket::is_unix_stream_socket(fd.as_fd()) => Ok(Channel::new(fd)),
+            Some(s) if socket::is_fifo(fd.as_fd()) && socket::is_unix_stream_socket(s.as_fd()) => {
+                Ok(Channel::with_side(fd, side))
+            }
+            _ => Err(
+                "the descriptors sent as a Connection are not a multiproc pipe or socket \
+                 (a connection is a connected Unix stream socket, or a pipe with its side \
+                 socket)",
+            ),
+        }
+    }
+
     /// A connected pair.
     pub(crate) fn pair() -> Result<(Channel, Channel), Error> {
-        let (a, b) = crate::spawn::create_registered(|| {
-            let (a, b) = socket::socketpair()?;
-            let fds = vec![a.as_raw_fd(), b.as_raw_fd()];
-            Ok(((a, b), fds))
-        })
-        .map_err(|e| Error::io(e).context("creating a socket pair"))?;
-        Ok((Channel::registered(a, None), Channel::registered(b, None)))
+        let (a, b) =
+            fdreg::socketpair().map_err(|e| Error::io(e).context("creating a socket pair"))?;
+        Ok((Channel::new(a), Channel::new(b)))
     }
 
     /// A one-way pair `(reader, writer)` over a pipe, with a socket pair beside it for the
     /// descriptors of handles sent through it. Pipes are the fastest kernel transport for
     /// small messages here (about half a socket's round trip).
     pub(crate) fn pipe_pair() -> Result<(Channel, Channel), Error> {
-        let (r, w) = socket::pipe().map_err(|e| Error::io(e).context("creating a pipe"))?;
+        let (r, w) = fdreg::pipe().map_err(|e| Error::io(e).context("creating a pipe"))?;
         let (sr, sw) =
-            socket::socketpair().map_err(|e| Error::io(e).context("creating a socket pair"))?;
+            fdreg::socketpair().map_err(|e| Error::io(e).context("creating a socket pair"))?;
         Ok((
             Channel::with_side(r, Some(sr)),
             Channel::with_side(w, Some(sw)),
@@ -125,10 +146,7 @@ impl Channel {
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd
-            .as_ref()
-            .expect("a channel's descriptor lives until drop")
-            .as_fd()
+        self.fd.as_fd()
     }
 
     /// The descriptor side channel of a pipe-based channel.
@@ -233,19 +251,15 @@ impl Channel {
         deadline: Option<Instant>,
     ) -> Result<usize, Error> {
         let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let (header, at) = r.peek_header(self.link(), self.max_message(), deadline)?;
+        if header.len > dest.len() {
+            return Err(too_short(header.len, dest.len()));
+        }
         if r.partial.is_some() {
             // A timed-out typed receive left a frame half read: finish it the ordinary way.
-            let header = r.peek_header(self.link(), self.max_message(), deadline)?;
-            if header.len > dest.len() {
-                return Err(too_short(header.len, dest.len()));
-            }
             let f = r.recv(self.link(), self.max_message(), deadline)?;
             dest[..f.payload.len()].copy_from_slice(&f.payload);
             return Ok(f.payload.len());
-        }
-        let header = r.peek_header(self.link(), self.max_message(), deadline)?;
-        if header.len > dest.len() {
-            return Err(too_short(header.len, dest.len()));
         }
         r.start += frame::HEADER_LEN;
         let mut filled = 0;
@@ -269,10 +283,10 @@ impl Channel {
                     "the peer closed the stream in the middle of a frame",
                 ));
             }
+            r.received += n as u64;
             filled += n;
         }
-        r.collect_fds(self.link(), header.nfds)?;
-        r.fds.drain(..header.nfds);
+        drop(r.claim(self.link(), header, at)?);
         Ok(header.len)
     }
 
@@ -306,12 +320,6 @@ fn too_short(len: usize, have: usize) -> Error {
     )
 }
 
-impl Drop for Channel {
-    fn drop(&mut self) {
-        crate::spawn::close_registered(self.fd.take().into_iter().chain(self.side.take()));
-    }
-}
-
 /// The descriptors a reader reads from.
 #[derive(Clone, Copy)]
 struct Link<'a> {
@@ -338,17 +346,26 @@ impl Reader {
             return Err(Error::new(ErrorKind::Timeout));
         }
         let n = match link.side {
-            None => socket::recv_some(fd, &mut self.buf[self.end..], &mut self.fds),
+            None => {
+                let mut got = Vec::new();
+                let res = fdreg::recv(fd, &mut self.buf[self.end..], &mut got);
+                if let Ok(n) = res {
+                    if !got.is_empty() {
+                        // Tagged with the last byte that came with them (see `claim`).
+                        self.batches
+                            .push_back((self.received + n.max(1) as u64 - 1, got));
+                    }
+                }
+                res
+            }
             Some(_) => socket::read_into(fd, &mut self.buf[self.end..]),
         }
-        .map_err(|e| {
-            // Descriptors were lost with the bytes read (too many in one frame): the stream
-            // can no longer be trusted.
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                self.broken = Some(ErrorKind::Protocol);
-            }
-            Error::io(e)
-        })?;
+        .map_err(|e| self.recv_error(e))?;
+        if self.batches.iter().map(|(_, b)| b.len()).sum::<usize>() > MAX_PENDING_FDS {
+            self.batches.clear();
+            return Err(self.poison("the peer sent descriptors that no frame announces"));
+        }
+        self.received += n as u64;
         let filled_it = self.end + n == self.buf.len();
         self.end += n;
         if filled_it && self.buf.len() < READ_CHUNK {
@@ -361,28 +378,89 @@ impl Reader {
         Ok(n > 0)
     }
 
-    /// Makes sure the `nfds` descriptors of the current frame have arrived (from the side
-    /// socket of a pipe, where they were sent just before the frame).
-    fn collect_fds(&mut self, link: Link<'_>, nfds: usize) -> Result<(), Error> {
-        while self.fds.len() < nfds {
-            let got = match link.side {
-                Some(side) => {
-                    socket::recv_some(side, &mut [0u8; 1], &mut self.fds).map_err(Error::io)?
-                }
-                None => 0,
-            };
-            if got == 0 {
-                self.broken = Some(ErrorKind::Protocol);
-                return Err(Error::msg(
-                    ErrorKind::Protocol,
-                    format!(
-                        "frame announced {nfds} descriptors but {} arrived",
-                        self.fds.len()
-                    ),
-                ));
+    /// The error for a failed receive. Descriptors lost with the bytes read (too many in one
+    /// frame, or we are out of descriptors) leave a stream that can no longer be trusted.
+    fn recv_error(&mut self, e: std::io::Error) -> Error {
+        match fdreg::is_truncation(&e) {
+            Some(out_of_fds) => {
+                let kind = if out_of_fds {
+                    ErrorKind::Io
+                } else {
+                    ErrorKind::Protocol
+                };
+                self.broken = Some(kind);
+                Error::msg(kind, e.to_string())
             }
+            None => Error::io(e),
         }
-        Ok(())
+    }
+
+    /// Marks the stream broken by a protocol error and returns that error.
+    fn poison(&mut self, msg: impl Into<String>) -> Error {
+        self.broken = Some(ErrorKind::Protocol);
+        Error::msg(ErrorKind::Protocol, msg.into())
+    }
+
+    /// The descriptors of the frame whose header is at stream offset `at`, once all its bytes
+    /// have been read.
+    ///
+    /// On a socket, a sender attaches a frame's descriptors to its first byte, and the kernel
+    /// ends a read right after the bytes that carry descriptors; so a batch belongs to the
+    /// frame that contains the last byte read with it. Batches before this frame belonged to
+    /// frames that announced none: they are closed. On a pipe, a frame that announces
+    /// descriptors has them sent just before it on the side socket, one message per frame.
+    /// Either way the count must be exactly the announced one.
+    fn claim(
+        &mut self,
+        link: Link<'_>,
+        header: frame::Header,
+        at: u64,
+    ) -> Result<Vec<RegisteredFd>, Error> {
+        let nfds = header.nfds;
+        let mut fds = Vec::new();
+        match link.side {
+            None => {
+                let end = at + (frame::HEADER_LEN + header.len) as u64;
+                while let Some((last, _)) = self.batches.front() {
+                    if *last >= end {
+                        break;
+                    }
+                    let (last, batch) = self.batches.pop_front().expect("checked above");
+                    if last >= at {
+                        fds.extend(batch);
+                    }
+                    // else: descriptors that came with no frame announcing them: closed.
+                }
+                if nfds == 0 {
+                    // Sent along with a frame that announces none: closed, never kept.
+                    fds.clear();
+                }
+            }
+            Some(side) if nfds > 0 => {
+                // The writer sends them before the frame, so they are there already: never
+                // wait for them (a peer that announces descriptors and sends none would
+                // otherwise hold the reader forever).
+                let mut byte = [0u8; 1];
+                match fdreg::try_recv(side, &mut byte, &mut fds) {
+                    Ok(0) => {
+                        return Err(self.poison(format!(
+                            "frame announced {nfds} descriptors but the side socket is closed"
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(self.recv_error(e)),
+                }
+            }
+            Some(_) => {}
+        }
+        if fds.len() != nfds {
+            return Err(self.poison(format!(
+                "frame announced {nfds} descriptors but {} arrived with it",
+                fds.len()
+            )));
+        }
+        Ok(fds)
     }
 
     fn peek_header(
@@ -390,15 +468,16 @@ impl Reader {
         link: Link<'_>,
         max: usize,
         deadline: Option<Instant>,
-    ) -> Result<frame::Header, Error> {
+    ) -> Result<(frame::Header, u64), Error> {
         if let Some(kind) = self.broken {
             return Err(Error::msg(
                 kind,
-                "the stream was abandoned after an earlier protocol error",
+                "the stream was abandoned after an earlier error (its framing or its \
+                 descriptors were lost)",
             ));
         }
-        if let Some((h, _)) = &self.partial {
-            return Ok(*h);
+        if let Some((h, at, _)) = &self.partial {
+            return Ok((*h, *at));
         }
         while self.end - self.start < frame::HEADER_LEN {
             if !self.fill(link, deadline)? {
@@ -415,8 +494,9 @@ impl Reader {
         }
         let mut hb = [0u8; frame::HEADER_LEN];
         hb.copy_from_slice(&self.buf[self.start..self.start + frame::HEADER_LEN]);
+        let at = self.received - (self.end - self.start) as u64;
         match frame::decode_header(&hb, max) {
-            Ok(h) => Ok(h),
+            Ok(h) => Ok((h, at)),
             Err(e) => {
                 self.broken = Some(e.kind());
                 Err(e)
@@ -430,10 +510,10 @@ impl Reader {
         max: usize,
         deadline: Option<Instant>,
     ) -> Result<Frame, Error> {
-        let (header, mut payload) = match self.partial.take() {
+        let (header, at, mut payload) = match self.partial.take() {
             Some(p) => p,
             None => {
-                let h = self.peek_header(link, max, deadline)?;
+                let (h, at) = self.peek_header(link, max, deadline)?;
                 self.start += frame::HEADER_LEN;
                 // Capacity is reserved up to the announced length, which is within the limit;
                 // pages are only touched as bytes arrive.
@@ -441,7 +521,7 @@ impl Reader {
                 if h.len >= 4 << 20 {
                     socket::advise_huge_pages(&mut v);
                 }
-                (h, v)
+                (h, at, v)
             }
         };
         let fd = link.fd;
@@ -458,11 +538,15 @@ impl Reader {
                 continue;
             }
             if deadline.is_some() && !socket::wait_fd(fd, false, deadline).map_err(Error::io)? {
-                self.partial = Some((header, payload));
+                self.partial = Some((header, at, payload));
                 return Err(Error::new(ErrorKind::Timeout));
             }
             let got = if want >= DIRECT_READ {
-                socket::read_into_vec(fd, &mut payload, want).map_err(Error::io)?
+                // Plain reads: the frame's descriptors came with its header, and `want` stops
+                // at the frame's end, so no descriptor is ever read (and lost) here.
+                let n = socket::read_into_vec(fd, &mut payload, want).map_err(Error::io)?;
+                self.received += n as u64;
+                n
             } else {
                 match self.fill(link, None) {
                     Ok(true) => self.end - self.start,
@@ -482,8 +566,10 @@ impl Reader {
                 ));
             }
         }
-        self.collect_fds(link, header.nfds)?;
-        let fds = self.fds.drain(..header.nfds).collect();
+        let fds = self.claim(link, header, at)?;
         Ok(Frame { payload, fds })
     }
 }
+
+#[cfg(test)]
+mod tests;

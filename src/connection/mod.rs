@@ -22,7 +22,7 @@ pub(crate) mod channel;
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -262,7 +262,7 @@ impl Serialize for FdRef<'_> {
     }
 }
 
-struct FdOwned(OwnedFd);
+struct FdOwned(crate::fdreg::RegisteredFd);
 
 impl<'de> Deserialize<'de> for FdOwned {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -291,17 +291,13 @@ impl<T> Serialize for Connection<T> {
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let (FdOwned(fd), flags, side) = <(FdOwned, u8, Option<FdOwned>)>::deserialize(d)?;
-        let chan = match side {
-            None if socket::is_stream_socket(fd.as_fd()) => Channel::new(fd),
-            Some(FdOwned(side))
-                if socket::is_fifo(fd.as_fd()) && socket::is_stream_socket(side.as_fd()) =>
-            {
-                Channel::with_side(fd, Some(side))
-            }
-            _ => {
-                return Err(serde::de::Error::custom(
-                    "the descriptors sent as a Connection are not a multiproc pipe or socket",
-                ))
+        let chan = match Channel::from_handle(fd, side.map(|FdOwned(s)| s)) {
+            Ok(c) => c,
+            Err(msg) => {
+                return crate::codec::custom(
+                    msg.to_string(),
+                    <D::Error as serde::de::Error>::custom,
+                )
             }
         };
         Ok(Connection::from_channel(

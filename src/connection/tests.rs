@@ -1,5 +1,5 @@
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use super::*;
@@ -7,7 +7,10 @@ use super::*;
 fn raw_pair() -> (std::os::unix::net::UnixStream, Connection<Vec<u64>>) {
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
     let fd: OwnedFd = b.into();
-    (a, Connection::from_channel(Channel::new(fd), true, true))
+    (
+        a,
+        Connection::from_channel(Channel::new(crate::fdreg::adopt(fd)), true, true),
+    )
 }
 
 #[test]

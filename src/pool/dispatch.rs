@@ -2,7 +2,7 @@
 //! dead workers. The thread that drives it is in `supervisor.rs`; see `README.md`.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use super::task::{
 use crate::connection::channel::{Channel, Frame};
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::RegisteredFd;
 use crate::process::Process;
 use crate::sys;
 
@@ -48,7 +49,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) struct Init {
     pub(super) entry: u64,
     pub(super) bytes: Vec<u8>,
-    pub(super) fds: Vec<OwnedFd>,
+    pub(super) fds: Vec<RegisteredFd>,
 }
 
 /// A pool's fixed settings.
@@ -123,7 +124,7 @@ pub(super) struct Task {
     pub(super) entry: u64,
     /// postcard `Vec<A>`.
     pub(super) args: Vec<u8>,
-    pub(super) fds: Vec<OwnedFd>,
+    pub(super) fds: Vec<RegisteredFd>,
     /// Re-run alone after an ambiguous crash, to find out whether it is the one that crashes.
     pub(super) suspect: bool,
 }
@@ -153,7 +154,7 @@ pub(super) enum Delivery {
         frame: Arc<Vec<u8>>,
         start: usize,
         end: usize,
-        fds: Vec<OwnedFd>,
+        fds: Vec<RegisteredFd>,
     },
     Failed {
         index: u64,
@@ -290,7 +291,7 @@ pub(super) struct Outgoing {
     worker: u64,
     conn: Arc<Conn>,
     frame: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    fds: Vec<RegisteredFd>,
 }
 
 fn target_window(est: Option<f64>) -> usize {
@@ -850,7 +851,7 @@ impl State {
 }
 
 /// Appends task `t` to `frame` for worker `w` and records it in flight.
-fn push_task(w: &mut Worker, frame: &mut Vec<u8>, t: Task, with_entry: bool) -> Vec<OwnedFd> {
+fn push_task(w: &mut Worker, frame: &mut Vec<u8>, t: Task, with_entry: bool) -> Vec<RegisteredFd> {
     let first = frame.is_empty();
     frame.reserve(TASK_HEADER_MAX + t.args.len());
     if with_entry || first {

@@ -2,7 +2,7 @@
 //! state it works on, and dispatch, are in `dispatch.rs`; see `README.md`.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,31 +14,21 @@ use super::task::TAG_INIT;
 use super::worker::{self, ChanFd, WorkerArgs};
 use crate::connection::channel::{Channel, Frame};
 use crate::connection::Waitable;
-use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg;
 use crate::process::Process;
 use crate::sys;
 
 /// Starts one worker process (outside the lock).
-fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
+fn spawn_worker(shared: &Shared, id: u64) -> Result<Worker> {
     let cfg = &shared.cfg;
     let (ours, theirs) =
-        sys::socket::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
+        fdreg::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
     let chan = Channel::new(ours);
-    let close_fds = if cfg.method == StartMethod::Fork {
-        let mut v = others;
-        v.push(shared.wake_rx.fd().as_raw_fd());
-        v.push(shared.wake_tx.fd().as_raw_fd());
-        v.push(chan.fd().as_raw_fd());
-        v
-    } else {
-        Vec::new()
-    };
     let args = WorkerArgs {
         chan: ChanFd(theirs),
         max_tasks: cfg.max_tasks,
         tick_us: cfg.tick.as_micros() as u64,
-        close_fds,
     };
     let process = Process::builder()
         .name(format!("{}-{id}", cfg.name))
@@ -80,18 +70,13 @@ fn spawn_worker(shared: &Shared, id: u64, others: Vec<i32>) -> Result<Worker> {
 /// Starts `n` workers and adds them to the state.
 fn start_workers(shared: &Shared, n: usize) -> Result<()> {
     for _ in 0..n {
-        let (id, others) = {
+        let id = {
             let mut st = shared.lock();
             let id = st.next_worker;
             st.next_worker += 1;
-            let others = st
-                .workers
-                .iter()
-                .map(|w| w.conn.chan.fd().as_raw_fd())
-                .collect();
-            (id, others)
+            id
         };
-        let w = spawn_worker(shared, id, others)?;
+        let w = spawn_worker(shared, id)?;
         let mut st = shared.lock();
         if st.phase == Phase::Terminated || st.broken.is_some() {
             let _ = w.conn.process.kill();

@@ -26,13 +26,12 @@
 //! The element range lets the parent re-send part of a chunk after a crash without
 //! understanding the (typed) argument bytes.
 
-use std::os::fd::OwnedFd;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, ErrorKind};
+use crate::fdreg::RegisteredFd;
 use crate::task::{self, EntryFn, Outcome};
 
 pub(super) const TAG_TASK: u8 = 1;
@@ -177,9 +176,9 @@ where
 /// the call to learn whether some element failed.
 fn run_chunk<F, A, R>(
     args: &[u8],
-    fds: Vec<OwnedFd>,
+    fds: Vec<RegisteredFd>,
     out: &mut Vec<u8>,
-    out_fds: &mut Vec<OwnedFd>,
+    out_fds: &mut Vec<RegisteredFd>,
 ) -> Outcome
 where
     F: Fn(A) -> R + Copy + Send + 'static,
@@ -226,7 +225,7 @@ where
 fn encode_results<R: Serialize>(
     results: &[Result<R, Failure>],
     out: &mut Vec<u8>,
-    out_fds: &mut Vec<OwnedFd>,
+    out_fds: &mut Vec<RegisteredFd>,
 ) -> bool {
     let start = out.len();
     let fstart = out_fds.len();
@@ -269,9 +268,9 @@ where
 
 fn run_init<F, A, S>(
     args: &[u8],
-    fds: Vec<OwnedFd>,
+    fds: Vec<RegisteredFd>,
     _out: &mut Vec<u8>,
-    _out_fds: &mut Vec<OwnedFd>,
+    _out_fds: &mut Vec<RegisteredFd>,
 ) -> Outcome
 where
     F: Fn(A) -> S + Copy + Send + 'static,

@@ -12,7 +12,7 @@
 
 #![allow(unsafe_code)] // one block: `task::from_offset` on offsets from the pool channel
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,11 +25,12 @@ use super::task::{
 };
 use crate::codec;
 use crate::connection::channel::Channel;
+use crate::fdreg::RegisteredFd;
 use crate::sys;
 use crate::task::{self, EntryFn, Outcome};
 
 /// The worker's end of its pool channel, as a spawn argument (the descriptor travels).
-pub(super) struct ChanFd(pub(super) OwnedFd);
+pub(super) struct ChanFd(pub(super) RegisteredFd);
 
 impl Serialize for ChanFd {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -51,8 +52,6 @@ pub(super) struct WorkerArgs {
     pub(super) max_tasks: u64,
     /// Watchdog period while a task runs, in microseconds.
     pub(super) tick_us: u64,
-    /// (Fork only) descriptors of the parent's other pool channels, inherited by the fork.
-    pub(super) close_fds: Vec<i32>,
 }
 
 /// 1 + the number of the running task; 0 while idle.
@@ -84,7 +83,7 @@ const FLUSH_FDS: usize = sys::socket::MAX_FDS_PER_FRAME;
 #[derive(Default)]
 struct Outbox {
     buf: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    fds: Vec<RegisteredFd>,
 }
 
 /// The channel plus the outbox; every send happens with the outbox locked, so records leave
@@ -127,7 +126,13 @@ fn put_failure(buf: &mut Vec<u8>, tag_and_status: &[u8], busy: u64, f: &Failure)
 }
 
 /// Appends one RESULT record.
-fn put_result(o: &mut Outbox, outcome: Outcome, out: &[u8], out_fds: &mut Vec<OwnedFd>, busy: u64) {
+fn put_result(
+    o: &mut Outbox,
+    outcome: Outcome,
+    out: &[u8],
+    out_fds: &mut Vec<RegisteredFd>,
+    busy: u64,
+) {
     let failed_elem = ANY_FAILED.swap(false, Ordering::Relaxed);
     let failure = match Failure::from_outcome(outcome) {
         Some(f) => Some(f),
@@ -159,9 +164,6 @@ fn put_result(o: &mut Outbox, outcome: Outcome, out: &[u8], out_fds: &mut Vec<Ow
 
 /// The worker process's function.
 pub(super) fn worker_main(args: WorkerArgs) {
-    for fd in &args.close_fds {
-        sys::process::close_raw(*fd);
-    }
     task::install_panic_hook();
     let link = Arc::new(Link {
         chan: Channel::new(args.chan.0),
@@ -209,7 +211,7 @@ pub(super) fn worker_main(args: WorkerArgs) {
                 sys::process::exit_now(70);
             };
             let (f, nfds, targs) = t;
-            let task_fds: Vec<OwnedFd> = fds.by_ref().take(nfds).collect();
+            let task_fds: Vec<RegisteredFd> = fds.by_ref().take(nfds).collect();
             SEQ.store(seq + 1, Ordering::Release);
             let t0 = Instant::now();
             out.clear();
@@ -275,7 +277,7 @@ fn parse_task<'a>(
 }
 
 /// Runs the initializer frame; `Err` if it failed.
-fn run_init(payload: &[u8], fds: Vec<OwnedFd>) -> Result<(), Failure> {
+fn run_init(payload: &[u8], fds: Vec<RegisteredFd>) -> Result<(), Failure> {
     let bad = |m: &str| Failure::BadArgs(format!("malformed initializer message: {m}"));
     let mut cur = Cursor::new(payload);
     if cur.u8().map_err(|_| bad("empty"))? != TAG_INIT {

@@ -25,7 +25,7 @@ pub use simple::SimpleQueue;
 
 use std::cell::Cell;
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -177,7 +177,7 @@ impl Handle {
         d: D,
         kind: Kind,
     ) -> std::result::Result<Handle, D::Error> {
-        let fd: OwnedFd = crate::codec::deserialize_fd(d)?;
+        let fd = crate::codec::deserialize_fd(d)?;
         let opened = match mapped::find(fd.as_fd()) {
             // Already mapped here (sent to ourselves, or received again): share it.
             Some(ring) => ring.check(kind, type_hash::<T>()).map(|()| ring),

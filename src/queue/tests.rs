@@ -11,7 +11,7 @@ use crate::error::ErrorKind;
 fn decode_as_queue(fd: OwnedFd) -> crate::Result<Queue<u64>> {
     let mut bytes = Vec::new();
     postcard::to_io(&0u32, &mut bytes).unwrap(); // handle index 0
-    codec::decode::<Queue<u64>>(&bytes, vec![fd])
+    codec::decode::<Queue<u64>>(&bytes, vec![crate::fdreg::adopt(fd)])
 }
 
 fn message(r: crate::Result<Queue<u64>>) -> String {

@@ -13,11 +13,12 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 
 use super::protocol::{control_tail, FromChild, Ident, TaskSpec};
 use super::{child_exit, exit_code_for, fingerprint, global, report, watch_lifeline};
 use crate::connection::channel::Channel;
+use crate::fdreg::{self, RegisteredFd};
 use crate::sys;
 use crate::task;
 
@@ -53,9 +54,10 @@ fn boot() {
     }
 }
 
-fn adopt(fd: RawFd) -> OwnedFd {
+fn adopt(fd: RawFd) -> RegisteredFd {
     match sys::process::adopt_inherited_fd(fd) {
-        Ok(fd) => fd,
+        // Before `main`, with one thread: no fork can copy it before it is listed.
+        Ok(fd) => fdreg::adopt(fd),
         Err(e) => {
             eprintln!(
                 "multiproc: inherited descriptor {fd} is not usable ({e}); refusing to start"
@@ -70,7 +72,7 @@ fn adopt(fd: RawFd) -> OwnedFd {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     /// Our own pidfd, announced to the parent with `Hello` (fork-server children).
-    pidfd: Option<OwnedFd>,
+    pidfd: Option<RegisteredFd>,
     hello: bool,
 }
 
@@ -81,9 +83,7 @@ pub(crate) fn child_prepare(hello: bool) -> Prepared {
     task::install_panic_hook();
     drop(global());
     let pidfd = if hello {
-        sys::process::pidfd_open(sys::process::getpid())
-            .ok()
-            .flatten()
+        fdreg::pidfd_open(sys::process::getpid()).ok().flatten()
     } else {
         None
     };
@@ -94,15 +94,15 @@ pub(crate) fn child_prepare(hello: bool) -> Prepared {
 ///
 /// `hello`: announce our pid (and pidfd) first (fork-server children, whose pid the parent
 /// does not know). `close`: a descriptor inherited from the fork server to close first.
-pub(crate) fn child_main(ctrl: OwnedFd, hello: bool, close: Option<RawFd>) -> ! {
+pub(crate) fn child_main(ctrl: RegisteredFd, hello: bool, close: Option<RawFd>) -> ! {
     if let Some(fd) = close {
-        sys::process::close_raw(fd);
+        fdreg::close_forgotten(fd);
     }
     child_run(ctrl, child_prepare(hello))
 }
 
 /// The second half of [`child_main`], for a prepared child.
-pub(crate) fn child_run(ctrl: OwnedFd, prepared: Prepared) -> ! {
+pub(crate) fn child_run(ctrl: RegisteredFd, prepared: Prepared) -> ! {
     let chan = Channel::new(ctrl);
     let pid = sys::process::getpid();
     if prepared.hello {

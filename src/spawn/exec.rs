@@ -7,6 +7,7 @@ use super::bootstrap::BOOT_ENV;
 use super::Launched;
 use crate::connection::channel::Channel;
 use crate::error::{Error, Result};
+use crate::fdreg;
 use crate::sys;
 
 /// Builds the command that re-executes this program with `boot` as its boot variable,
@@ -24,7 +25,7 @@ pub(super) fn self_command(boot: String, keep: Vec<RawFd>) -> Command {
 
 /// Starts a child that will read its task from the returned control stream.
 pub(super) fn launch(lifeline_read: RawFd) -> Result<Launched> {
-    let (parent_end, child_end) = sys::socket::socketpair().map_err(Error::io)?;
+    let (parent_end, child_end) = fdreg::socketpair().map_err(Error::io)?;
     let c = child_end.as_raw_fd();
     let mut cmd = self_command(format!("child:{c}:{lifeline_read}"), vec![c, lifeline_read]);
     let child = cmd
@@ -33,7 +34,7 @@ pub(super) fn launch(lifeline_read: RawFd) -> Result<Launched> {
     let pid = child.id() as i32;
     drop(child_end);
     // Without a pidfd (out of descriptors) waitpid still works; never lose the child.
-    let pidfd = sys::process::pidfd_open(pid).ok().flatten();
+    let pidfd = fdreg::pidfd_open(pid).ok().flatten();
     Ok(Launched {
         pid,
         pidfd,

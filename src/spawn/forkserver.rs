@@ -13,7 +13,7 @@
 //! When the parent's stream reaches end of file (the parent exited or was killed) the server
 //! SIGKILLs every child it has and exits.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use super::bootstrap;
@@ -21,6 +21,7 @@ use super::protocol::{control_tail, FromChild, FromServer, ToServer};
 use super::{fingerprint, Global, Launched};
 use crate::connection::channel::Channel;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::{self, RegisteredFd};
 use crate::sys;
 
 /// The parent's handle on its fork server.
@@ -49,7 +50,7 @@ impl Drop for Client {
 }
 
 fn start() -> Result<Client> {
-    let (parent_end, server_end) = sys::socket::socketpair().map_err(Error::io)?;
+    let (parent_end, server_end) = fdreg::socketpair().map_err(Error::io)?;
     let s = server_end.as_raw_fd();
     let mut cmd = super::exec::self_command(format!("server:{s}"), vec![s]);
     cmd.stdin(std::process::Stdio::null());
@@ -84,7 +85,7 @@ pub(super) fn launch(g: &mut Global) -> Result<Launched> {
         if g.server.is_none() {
             g.server = Some(start()?);
         }
-        let (parent_end, child_end) = sys::socket::socketpair().map_err(Error::io)?;
+        let (parent_end, child_end) = fdreg::socketpair().map_err(Error::io)?;
         let server = g.server.as_ref().expect("started above");
         let mut payload = Vec::new();
         crate::codec::encode(&ToServer::Spawn, &mut payload, &mut Vec::new())?;
@@ -116,7 +117,7 @@ pub(super) fn launch(g: &mut Global) -> Result<Launched> {
 /// server took ~125 µs of the ~340 µs a spawn+join cost).
 struct Spare {
     pid: i32,
-    pidfd: Option<OwnedFd>,
+    pidfd: Option<RegisteredFd>,
     link: Channel,
 }
 
@@ -127,7 +128,7 @@ const SPARES: usize = 1;
 
 struct Kid {
     pid: i32,
-    pidfd: Option<OwnedFd>,
+    pidfd: Option<RegisteredFd>,
     /// The server's end of this child's *status* socket, on which it reports the exit. The
     /// child never holds it, so a child killed in the middle of a frame on its control stream
     /// cannot garble the report.
@@ -136,7 +137,7 @@ struct Kid {
 }
 
 /// The server's main loop (runs in the re-executed program, never returns).
-pub(crate) fn serve(fd: OwnedFd) -> ! {
+pub(crate) fn serve(fd: RegisteredFd) -> ! {
     sys::process::ignore_sigint();
     sys::process::ignore_sigpipe();
     sys::process::default_sigchld();
@@ -266,8 +267,8 @@ pub(crate) fn serve(fd: OwnedFd) -> ! {
 /// that a child forked on demand can announce itself on it instead.
 fn hand_to_spare(
     sp: Spare,
-    ctrl: OwnedFd,
-) -> std::result::Result<Option<(i32, Option<OwnedFd>)>, OwnedFd> {
+    ctrl: RegisteredFd,
+) -> std::result::Result<Option<(i32, Option<RegisteredFd>)>, RegisteredFd> {
     match sp.link.send_raw(&[], &[ctrl.as_fd()]) {
         Ok(()) => Ok(Some((sp.pid, sp.pidfd))),
         Err(_) => {
@@ -285,7 +286,7 @@ fn make_spare(
     spares: &mut Vec<Spare>,
     server_pid: i32,
 ) -> Option<Spare> {
-    let (here, there) = sys::socket::socketpair().ok()?;
+    let (here, there) = fdreg::socketpair().ok()?;
     match super::fork::fork_single_threaded() {
         Err(_) => None,
         Ok(None) => {
@@ -310,7 +311,7 @@ fn make_spare(
         }
         Ok(Some(pid)) => Some(Spare {
             pid,
-            pidfd: sys::process::pidfd_open(pid).ok().flatten(),
+            pidfd: fdreg::pidfd_open(pid).ok().flatten(),
             link: Channel::new(here),
         }),
     }
@@ -322,8 +323,7 @@ fn become_server_child(chan: &Channel, server_pid: i32) {
         sys::process::exit_now(71);
     }
     sys::process::default_sigint();
-    super::unregister_channel_fd(chan.fd().as_raw_fd());
-    sys::process::close_raw(chan.fd().as_raw_fd());
+    fdreg::close_forgotten(chan.fd().as_raw_fd());
 }
 
 fn shutdown(kids: &mut [Kid], spares: Vec<Spare>) -> ! {
@@ -353,8 +353,8 @@ fn shutdown(kids: &mut [Kid], spares: Vec<Spare>) -> ! {
 
 /// Creates the status socket of a new child and sends the parent its end, first on the
 /// control stream (before the child can write anything).
-fn open_status(ctrl: &OwnedFd) -> Option<Channel> {
-    let (here, there) = sys::socket::socketpair().ok()?;
+fn open_status(ctrl: &RegisteredFd) -> Option<Channel> {
+    let (here, there) = fdreg::socketpair().ok()?;
     let msg = control_tail(&FromChild::Status);
     let header = crate::codec::frame::encode_header(msg.len(), 1).ok()?;
     sys::socket::send_frame(ctrl.as_fd(), &[&header, &msg], &[there.as_fd()], true).ok()?;
@@ -365,9 +365,9 @@ fn fork_child(
     chan: &Channel,
     kids: &mut Vec<Kid>,
     spares: &mut Vec<Spare>,
-    ctrl: OwnedFd,
+    ctrl: RegisteredFd,
     server_pid: i32,
-) -> Option<(i32, Option<OwnedFd>)> {
+) -> Option<(i32, Option<RegisteredFd>)> {
     // The server is single-threaded: `fork` here has no lock hazards.
     match super::fork::fork_single_threaded() {
         Err(e) => {
@@ -384,7 +384,7 @@ fn fork_child(
         }
         Ok(Some(pid)) => {
             drop(ctrl);
-            Some((pid, sys::process::pidfd_open(pid).ok().flatten()))
+            Some((pid, fdreg::pidfd_open(pid).ok().flatten()))
         }
     }
 }

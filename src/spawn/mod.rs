@@ -16,11 +16,12 @@
 //! # Global state and `fork`
 //!
 //! All process-wide state lives in [`GLOBAL`]: our identity, the lifeline pipe, the fork
-//! server client and the registry of live children. Launching holds that lock from the
-//! creation of the control socket pair until the child's end is closed in the parent, and a
-//! `Fork` launch holds it across `fork()` itself, so a forked child always knows every internal
-//! descriptor it inherited and closes them (otherwise it would keep other children's streams
-//! open and hide their end-of-stream from us).
+//! server client and the registry of live children. Every multiproc descriptor is on the
+//! descriptor registry's list (`crate::fdreg`) from its creation to its close. A `Fork` launch
+//! holds std's stdio locks, this lock and the registry across `fork()` itself, so a forked
+//! child sees a consistent state and neutralises every multiproc descriptor it inherited but
+//! its own (otherwise it would keep other children's streams open and hide their
+//! end-of-stream from us). `README.md` next to this file is the whole protocol.
 //!
 //! # No orphans
 //!
@@ -36,7 +37,7 @@ mod fork;
 mod forkserver;
 pub(crate) mod protocol;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::de::DeserializeOwned;
@@ -46,6 +47,7 @@ use crate::codec;
 use crate::connection::channel::Channel;
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::{self, RegisteredFd};
 use crate::process::ChildShared;
 use crate::sys;
 use crate::task;
@@ -58,7 +60,7 @@ pub(crate) struct Global {
     /// Our parent, when we are a multiproc child.
     pub(crate) parent: Option<Ident>,
     /// `(read, write)` ends of the lifeline pipe, created on first use.
-    lifeline: Option<(OwnedFd, OwnedFd)>,
+    lifeline: Option<(RegisteredFd, RegisteredFd)>,
     /// The fork server client, started on first use.
     server: Option<forkserver::Client>,
     /// Children that are not reaped yet.
@@ -79,24 +81,11 @@ impl Global {
         }
     }
 
-    /// Descriptors of ours that are not channels (those are in [`CHANNEL_FDS`]) and that a
-    /// forked child must not keep: the lifeline's write end and the children's pidfds.
-    fn internal_fds(&self) -> Vec<RawFd> {
-        let mut v = Vec::new();
-        if let Some((_, w)) = &self.lifeline {
-            v.push(w.as_raw_fd());
-        }
-        for c in &self.children {
-            c.internal_fds(&mut v);
-        }
-        v
-    }
-
     /// The read end of the lifeline, creating the pipe on first use.
     fn lifeline_read(&mut self) -> Result<RawFd> {
         if self.lifeline.is_none() {
-            let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                .map_err(|e| Error::io(e.into()).context("creating the lifeline pipe"))?;
+            let (r, w) =
+                fdreg::pipe().map_err(|e| Error::io(e).context("creating the lifeline pipe"))?;
             self.lifeline = Some((r, w));
         }
         Ok(self
@@ -114,51 +103,6 @@ impl Global {
 }
 
 static GLOBAL: OnceLock<Mutex<Global>> = OnceLock::new();
-
-/// Every descriptor owned by a live [`Channel`] in this process (connections, control
-/// streams). Lock order: [`GLOBAL`] before this. A `Fork` launch holds both across `fork()`.
-static CHANNEL_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
-
-pub(crate) fn register_channel_fd(fd: RawFd) {
-    CHANNEL_FDS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(fd);
-}
-
-pub(crate) fn unregister_channel_fd(fd: RawFd) {
-    let mut v = CHANNEL_FDS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(i) = v.iter().rposition(|&x| x == fd) {
-        v.swap_remove(i);
-    }
-}
-
-/// Creates descriptors and registers them in one step under the registry lock, so a
-/// concurrent `Fork` never copies them unregistered.
-pub(crate) fn create_registered<T>(
-    make: impl FnOnce() -> std::io::Result<(T, Vec<RawFd>)>,
-) -> std::io::Result<T> {
-    let mut v = channel_fds();
-    let (made, fds) = make()?;
-    v.extend(fds);
-    Ok(made)
-}
-
-/// Unregisters and closes descriptors in one step under the registry lock (the counterpart of
-/// [`create_registered`]: a concurrent `Fork` sees them either registered or closed).
-pub(crate) fn close_registered(fds: impl IntoIterator<Item = OwnedFd>) {
-    let mut v = channel_fds();
-    for fd in fds {
-        if let Some(i) = v.iter().rposition(|&x| x == fd.as_raw_fd()) {
-            v.swap_remove(i);
-        }
-        drop(fd);
-    }
-}
-
-fn channel_fds() -> MutexGuard<'static, Vec<RawFd>> {
-    CHANNEL_FDS.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Locks the global state (poisoning is ignored: the state stays consistent between calls).
 pub(crate) fn global() -> MutexGuard<'static, Global> {
@@ -193,7 +137,7 @@ pub(crate) fn fingerprint() -> Result<&'static [u8]> {
 #[derive(Debug)]
 pub(crate) struct Launched {
     pub(crate) pid: i32,
-    pub(crate) pidfd: Option<OwnedFd>,
+    pub(crate) pidfd: Option<RegisteredFd>,
     pub(crate) chan: Channel,
     /// Reaped by the fork server (exit status arrives on `chan`) rather than by us.
     pub(crate) via_server: bool,
@@ -232,10 +176,12 @@ where
     codec::encode(&args, &mut payload, &mut fds)?;
     drop(args);
     let fp = fingerprint()?.to_vec();
+    // Lock order (README.md): std's stdio locks, then the global state, then the registry.
+    let stdio = (opts.method == StartMethod::Fork).then(fork::prepare);
     let mut g = global();
     let name = opts.name.clone().unwrap_or_else(|| g.next_name());
-    if opts.method == StartMethod::Fork {
-        let (mut g, launched) = fork::launch(g, &name, entry, &payload, fds)?;
+    if let Some(stdio) = stdio {
+        let (mut g, launched) = fork::launch(stdio, g, &name, entry, &payload, fds)?;
         return Ok(register(&mut g, launched, name));
     }
     let spec = TaskSpec {
@@ -262,7 +208,7 @@ where
     Ok(shared)
 }
 
-fn send_task(chan: &Channel, spec: &TaskSpec, payload: &[u8], fds: &[OwnedFd]) -> Result<()> {
+fn send_task(chan: &Channel, spec: &TaskSpec, payload: &[u8], fds: &[RegisteredFd]) -> Result<()> {
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     chan.send(spec)
         .and_then(|()| chan.send_raw(payload, &borrowed))
@@ -272,7 +218,12 @@ fn send_task(chan: &Channel, spec: &TaskSpec, payload: &[u8], fds: &[OwnedFd]) -
 /// Runs in the child: report `outcome` (and the result bytes) to the parent.
 ///
 /// A parent that stopped listening is not an error worth more than a quiet exit.
-pub(crate) fn report(chan: &Channel, outcome: &task::Outcome, out: &[u8], out_fds: &[OwnedFd]) {
+pub(crate) fn report(
+    chan: &Channel,
+    outcome: &task::Outcome,
+    out: &[u8],
+    out_fds: &[RegisteredFd],
+) {
     let tail = protocol::control_tail(&FromChild::Done(outcome.clone()));
     let _ = if *outcome == task::Outcome::Ok {
         let borrowed: Vec<_> = out_fds.iter().map(|f| f.as_fd()).collect();
@@ -291,6 +242,9 @@ pub(crate) fn exit_code_for(outcome: &task::Outcome) -> i32 {
 }
 
 /// Flushes Rust's standard streams and leaves without running the parent's exit handlers.
+///
+/// In a `Fork` child the stdio locks are free here: the parent held them across `fork()` and
+/// the child released them (see `fork.rs`), so only the child's own threads can hold them.
 pub(crate) fn child_exit(code: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -299,7 +253,7 @@ pub(crate) fn child_exit(code: i32) -> ! {
 }
 
 /// Starts a thread that kills this process when `lifeline` reports hang-up (the parent died).
-pub(crate) fn watch_lifeline(lifeline: OwnedFd) {
+pub(crate) fn watch_lifeline(lifeline: RegisteredFd) {
     let res = std::thread::Builder::new()
         .name("multiproc-lifeline".into())
         .stack_size(64 * 1024)

@@ -4,9 +4,12 @@
 //!
 //! * **sockets** ([`socket`]): a connected, close-on-exec stream socket pair; `send_frame`
 //!   writes a header and payload with optional file descriptors attached to the first byte
-//!   (SCM_RIGHTS on Unix), never raising SIGPIPE; `recv_some` reads whatever is available into
-//!   a buffer and hands over any descriptors that arrived with it; `wait_readable` /
-//!   `wait_writable` block until an fd is ready or a deadline passes.
+//!   (SCM_RIGHTS on Unix), never raising SIGPIPE; `recv_with_fds` reads whatever is available
+//!   into a buffer without blocking and hands over any descriptors that arrived with it
+//!   (telling a truncation by an exhausted descriptor table from one by a peer that sent too
+//!   many); `wait_fd` blocks until an fd is ready or a deadline passes. The creators here
+//!   (socket pairs, pipes, memfds, pidfds) are called only by `fdreg`, which lists what they
+//!   make before anyone can fork.
 //! * **processes** ([`process`]): `fork` (unsafe: see its contract), `exit_now` (leave without
 //!   running exit handlers), race-free process handles (pidfd on Linux) that can be signalled
 //!   and polled for exit, `waitpid`, the parent-death signal, and `atexit`.

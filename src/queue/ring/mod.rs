@@ -19,10 +19,11 @@ mod repair;
 mod wait;
 
 use std::mem::size_of;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::{self, RegisteredFd};
 use crate::sys::{robust, shm};
 use layout::*;
 pub(crate) use layout::{Kind, DEFAULT_CAPACITY, MAX_CAPACITY, MIN_CAPACITY};
@@ -71,7 +72,7 @@ impl Drop for Guard<'_> {
 /// One process's view of a queue segment.
 #[derive(Debug)]
 pub(crate) struct Ring {
-    fd: OwnedFd,
+    fd: RegisteredFd,
     map: shm::Mapping,
     /// `C`: ring size, a power of two.
     cap: u64,
@@ -137,7 +138,7 @@ impl Ring {
             .clamp(MIN_CAPACITY, MAX_CAPACITY)
             .next_power_of_two();
         let resident = cap.min(RESIDENT);
-        let fd = shm::create("multiproc-queue", HEADER_LEN as u64 + cap)
+        let fd = fdreg::memfd("multiproc-queue", HEADER_LEN as u64 + cap)
             .map_err(|e| Error::io(e).context("creating the queue's shared memory"))?;
         let map = shm::Mapping::map(fd.as_fd(), HEADER_LEN + cap as usize, HEADER_LEN)
             .map_err(|e| Error::io(e).context("mapping the queue's shared memory"))?;
@@ -167,7 +168,7 @@ impl Ring {
 
     #[allow(clippy::too_many_arguments)] // a private constructor, called twice
     fn new(
-        fd: OwnedFd,
+        fd: RegisteredFd,
         map: shm::Mapping,
         cap: u64,
         resident: u64,
@@ -195,7 +196,7 @@ impl Ring {
     /// Opens a segment received from another process, checking that it is a queue of the
     /// expected flavour and item type before touching anything in it.
     pub(crate) fn open(
-        fd: OwnedFd,
+        fd: RegisteredFd,
         kind: Kind,
         type_hash: u64,
     ) -> std::result::Result<Ring, String> {

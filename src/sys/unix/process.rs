@@ -200,12 +200,29 @@ pub(crate) fn at_exit(f: extern "C" fn()) {
     unsafe { libc::atexit(f) };
 }
 
-/// Closes a raw descriptor inherited from the fork server whose owning value is never used
-/// again in this process (fork-server children).
+/// Closes a raw descriptor whose owning value is never used again in this process (the
+/// fork server's stream, in a freshly forked child of the server; see
+/// `fdreg::close_forgotten`).
 pub(crate) fn close_raw(fd: i32) {
-    // SAFETY: called once, right after fork in a fork-server child, on the server's socket
-    // whose owning `Channel` lives on the server's stack frame and is never touched again.
+    // SAFETY: the caller guarantees that the value owning `fd` is never used or dropped
+    // again, so nothing can act on the number after it is closed (and possibly reused).
     unsafe { libc::close(fd) };
+}
+
+/// Writes `bytes` to standard error with plain `write(2)` calls: no lock, no allocation
+/// (for a forked child, where std's stderr lock may be held by a thread that is gone).
+/// Errors are ignored: there is nowhere to report them.
+pub(crate) fn write_stderr_raw(mut bytes: &[u8]) {
+    // SAFETY: fd 2 is only written to; `BorrowedFd` does not close it.
+    let fd = unsafe { BorrowedFd::borrow_raw(2) };
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Makes each descriptor in `fds` refer to a dead socket (reads: end of file; writes: EPIPE)

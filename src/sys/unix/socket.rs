@@ -1,6 +1,5 @@
 //! Stream sockets that carry frames and file descriptors.
 
-use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -128,38 +127,89 @@ pub(crate) fn send_frame(
     Ok(())
 }
 
-/// Reads what is available (blocking until at least one byte or end of stream) into `buf`.
+/// What one [`recv_with_fds`] call received.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    /// Bytes read (0: end of stream).
+    pub(crate) bytes: usize,
+    /// Descriptors installed in this process.
+    pub(crate) fds: usize,
+    /// The kernel dropped descriptors (`MSG_CTRUNC`): see [`truncation_error`].
+    pub(crate) truncated: bool,
+    /// With `truncated`: because this process is out of descriptors (`EMFILE`/`ENFILE`), not
+    /// because the peer sent more than the buffer holds.
+    pub(crate) out_of_fds: bool,
+}
+
+/// One `recvmsg` that never blocks (`MSG_DONTWAIT`: `WouldBlock` when nothing is there),
+/// into `buf`; descriptors that arrive with the bytes are appended to `fds`, close-on-exec.
 ///
-/// Descriptors that arrive with the data are appended to `fds`, close-on-exec. Returns 0 at
-/// end of stream.
-pub(crate) fn recv_some(
+/// Used by the descriptor registry only, which registers `fds` before anyone can fork.
+pub(crate) fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
-    fds: &mut VecDeque<OwnedFd>,
-) -> io::Result<usize> {
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<Received> {
     let mut space =
         [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
     loop {
         let mut cmsg = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [io::IoSliceMut::new(buf)];
-        match rustix::net::recvmsg(fd, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC) {
+        match rustix::net::recvmsg(
+            fd,
+            &mut iov,
+            &mut cmsg,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        ) {
             Ok(r) => {
+                let before = fds.len();
                 for msg in cmsg.drain() {
                     if let RecvAncillaryMessage::ScmRights(received) = msg {
                         fds.extend(received);
                     }
                 }
-                if r.flags.contains(ReturnFlags::CTRUNC) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the peer sent more file descriptors than one frame may carry",
-                    ));
-                }
-                return Ok(r.bytes);
+                let truncated = r.flags.contains(ReturnFlags::CTRUNC);
+                // Which cause: can this process make one more descriptor right now?
+                let out_of_fds = truncated
+                    && matches!(
+                        rustix::io::fcntl_dupfd_cloexec(fd, 0),
+                        Err(Errno::MFILE | Errno::NFILE)
+                    );
+                return Ok(Received {
+                    bytes: r.bytes,
+                    fds: fds.len() - before,
+                    truncated,
+                    out_of_fds,
+                });
             }
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// The error for a receive whose descriptors the kernel truncated (see [`Received`]), after
+/// `installed` of them arrived.
+pub(crate) fn truncation_error(r: Received) -> io::Error {
+    let installed = r.fds;
+    if r.out_of_fds {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+        io::Error::other(format!(
+            "this process ran out of file descriptors while receiving a message's \
+                 descriptors (only {installed} could be installed; the limit is {limit}); \
+                 raise the limit (`ulimit -n`, RLIMIT_NOFILE) or close descriptors no longer \
+                 needed; the stream's descriptors are lost, so it was abandoned"
+        ))
+    } else {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the peer sent more file descriptors than one frame may carry \
+                 ({MAX_FDS_PER_FRAME}); the stream was abandoned"
+            ),
+        )
     }
 }
 
@@ -287,12 +337,14 @@ pub(crate) fn poll_each(
 /// Poll flags re-exported for callers of [`wait_any`].
 pub(crate) use rustix::event::PollFlags as Events;
 
-/// Whether `fd` is a stream socket (used to reject foreign descriptors posing as handles).
-pub(crate) fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
-    matches!(
-        rustix::net::sockopt::socket_type(fd),
-        Ok(SocketType::STREAM)
-    )
+/// Whether `fd` is a connected-or-connectable Unix stream socket, the only kind multiproc
+/// creates (used to reject foreign descriptors posing as handles: a TCP socket, a listening
+/// socket, a datagram socket, a file all fail).
+pub(crate) fn is_unix_stream_socket(fd: BorrowedFd<'_>) -> bool {
+    use rustix::net::sockopt;
+    matches!(sockopt::socket_type(fd), Ok(SocketType::STREAM))
+        && matches!(sockopt::socket_domain(fd), Ok(AddressFamily::UNIX))
+        && matches!(sockopt::socket_acceptconn(fd), Ok(false))
 }
 
 /// Asks the kernel to back a large receive buffer with transparent huge pages, so filling it
