@@ -22,6 +22,17 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// a thread pool, a tokio runtime). When in doubt use the default.
 /// File descriptors the parent has open are inherited by a forked child (as in Python);
 /// multiproc neutralises its own (the child keeps only those of its arguments).
+///
+/// # What every child starts with
+///
+/// Whatever the method, a child runs in the parent's working directory and environment *as
+/// they are at the time of the spawn*: `Fork` and `Spawn` children inherit them, and a
+/// `ForkServer` child is sent the directory and the changes to the environment since the
+/// server started (Python's forkserver sends the directory but keeps the server's
+/// environment; we follow the parent, like the other two methods). An ignored SIGINT or SIGHUP
+/// stays ignored in the child, under every method, as in Python; [`ProcessBuilder::ignore_sigint`](crate::ProcessBuilder::ignore_sigint)
+/// makes a child ignore SIGINT on its own. In the child, [`get_start_method`] returns the
+/// method that made it, so its own children use the same one by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum StartMethod {
     /// `fork()` the calling process (see the contract above).
@@ -34,14 +45,14 @@ pub enum StartMethod {
 }
 
 impl StartMethod {
-    fn to_u8(self) -> u8 {
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             StartMethod::Fork => 1,
             StartMethod::Spawn => 2,
             StartMethod::ForkServer => 3,
         }
     }
-    fn from_u8(v: u8) -> Self {
+    pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             1 => StartMethod::Fork,
             2 => StartMethod::Spawn,
@@ -72,6 +83,9 @@ pub fn set_start_method(method: StartMethod) {
 }
 
 /// The start method used when a builder does not choose one.
+///
+/// In a multiproc child this is the method that started it (as in Python), until the child
+/// calls [`set_start_method`].
 pub fn get_start_method() -> StartMethod {
     StartMethod::from_u8(DEFAULT.load(Ordering::Relaxed))
 }

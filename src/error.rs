@@ -35,7 +35,8 @@ pub enum ErrorKind {
     Encode,
     /// The bytes received could not be deserialised into the expected type.
     Decode,
-    /// A frame was larger than the configured maximum message size.
+    /// A message (an argument, a return value, a frame on a stream) was larger than the
+    /// configured maximum message size; [`Error`]'s message says which limit to raise.
     TooLarge,
     /// The peer broke the wire protocol (garbage bytes, a forged handle, a truncated frame).
     Protocol,
@@ -45,7 +46,7 @@ pub enum ErrorKind {
     Closed,
     /// The task was cancelled because its pool was terminated.
     Cancelled,
-    /// The result of this process was already taken by an earlier `join`.
+    /// The result was already taken (a second `get` on a pool's `AsyncResult`).
     AlreadyJoined,
     /// `recv_bytes_into` was given a buffer smaller than the message (the message stays queued).
     BufferTooShort,
@@ -62,6 +63,8 @@ enum Detail {
     Panic {
         message: String,
         location: Option<String>,
+        /// The signal that ended the child after the panic (`panic = "abort"` builds).
+        signal: Option<i32>,
     },
     Signal(i32),
     Code(i32),
@@ -108,7 +111,28 @@ impl Error {
     pub(crate) fn panicked(message: String, location: Option<String>) -> Self {
         Error {
             kind: ErrorKind::Panicked,
-            detail: Detail::Panic { message, location },
+            detail: Detail::Panic {
+                message,
+                location,
+                signal: None,
+            },
+            context: None,
+        }
+    }
+    /// A child killed by `signal` right after it panicked (a `panic = "abort"` build: the
+    /// hook sent the message before the abort).
+    pub(crate) fn killed_after_panic(
+        signal: i32,
+        message: String,
+        location: Option<String>,
+    ) -> Self {
+        Error {
+            kind: ErrorKind::Killed,
+            detail: Detail::Panic {
+                message,
+                location,
+                signal: Some(signal),
+            },
             context: None,
         }
     }
@@ -179,6 +203,7 @@ impl Error {
     pub fn signal(&self) -> Option<i32> {
         match self.detail {
             Detail::Signal(s) => Some(s),
+            Detail::Panic { signal, .. } => signal,
             _ => None,
         }
     }
@@ -256,7 +281,14 @@ impl fmt::Display for Error {
         match &self.detail {
             Detail::None | Detail::Io(_) => Ok(()),
             Detail::Message(m) => write!(f, ": {m}"),
-            Detail::Panic { message, location } => {
+            Detail::Panic {
+                message,
+                location,
+                signal,
+            } => {
+                if let Some(s) = signal {
+                    write!(f, " by signal {s} ({}) after it panicked", signal_name(*s))?;
+                }
                 write!(f, ": '{message}'")?;
                 if let Some(l) = location {
                     write!(f, " at {l}")?;
@@ -267,18 +299,21 @@ impl fmt::Display for Error {
             Detail::Code(c) => write!(f, " (exit code {c})"),
             Detail::Size { size, limit } => write!(
                 f,
-                ": {size} bytes, limit {limit}; raise it with set_max_message_size if the peer is trusted"
+                ": {size} bytes, limit {limit}; if the value is expected, raise the limit \
+                 (`max_message_size` on `ProcessBuilder` or `PoolBuilder`, \
+                 `set_max_message_size` on a `Connection`)"
             ),
         }
     }
 }
 
+/// Reads like [`Display`](fmt::Display), with the kind: `unwrap()` on a failed call shows
+/// `Error { kind: Timeout, message: "timed out: ..." }`.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Error")
             .field("kind", &self.kind)
-            .field("detail", &self.detail)
-            .field("context", &self.context)
+            .field("message", &self.to_string())
             .finish()
     }
 }

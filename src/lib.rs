@@ -25,7 +25,7 @@
 //! Everything a task needs comes through its arguments, so a closure that captures its
 //! environment does not compile:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0080
 //! let base = 10u32;
 //! let p = multiproc::Process::spawn(5u32, move |x| x + base); // captures `base`
 //! ```
@@ -339,8 +339,11 @@ mod wait;
 pub use connection::{Connection, Pipe};
 pub use context::{all_start_methods, cpu_count, get_start_method, set_start_method, StartMethod};
 pub use error::{Error, ErrorKind, PutError, Result};
-pub use pool::{with_worker_state, AsyncResult, IMap, Pool, PoolBuilder};
+pub use pool::{
+    as_completed, with_worker_state, AsCompleted, AsyncResult, IMap, Pool, PoolBuilder,
+};
 pub use process::{
     active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use task::{TaskArg, TaskResult};

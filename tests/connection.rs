@@ -2,7 +2,8 @@
 
 mod common;
 
-use std::time::Duration;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use common::{join, METHODS, WAIT};
 use multiproc::{Connection, ErrorKind, Pipe, Process, StartMethod};
@@ -222,6 +223,144 @@ fn running_out_of_descriptors_while_receiving_is_reported_as_that() {
         assert_eq!(
             after, before,
             "{m:?}: {before} descriptors before, {after} after"
+        );
+    }
+}
+
+/// Runs in a child: the address space is limited to what the process uses plus 256 MiB, and
+/// a peer announces a 1 GiB message, sends 100 bytes of it and closes. The receive must fail
+/// with an error, not abort on an allocation of the announced size (issue 9.11).
+fn lying_length_under_rlimit_as(_: ()) -> (String, bool) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let (a, b) = Pipe::new::<()>().unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let mut limit = getrlimit(Resource::As);
+    limit.current = Some(vm_kib * 1024 + (256 << 20));
+    setrlimit(Resource::As, limit).unwrap();
+    // Proof that the limit bites: the announced size cannot be reserved.
+    assert!(Vec::<u8>::new().try_reserve_exact(1 << 30).is_err());
+    let len = (1u32 << 30).to_le_bytes();
+    let header = [0xA7, 1, 0, 0, len[0], len[1], len[2], len[3]];
+    rustix::io::write(a.as_fd(), &header).unwrap();
+    rustix::io::write(a.as_fd(), &[1u8; 100]).unwrap();
+    drop(a);
+    let e = b.recv_bytes().unwrap_err();
+    (e.to_string(), e.kind() == ErrorKind::Disconnected)
+}
+
+#[test]
+fn a_frame_announcing_a_gigabyte_allocates_what_arrives() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), lying_length_under_rlimit_as)
+            .unwrap();
+        let (msg, disconnected) = join(&p).unwrap_or_else(|e| panic!("{m:?}: {e}"));
+        assert!(disconnected, "{m:?}: {msg}");
+        assert!(msg.contains("100 of 1073741824 bytes"), "{m:?}: {msg}");
+    }
+}
+
+/// Sends `SIGSTOP` or `SIGCONT` to process `pid`.
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+#[test]
+fn a_sender_frozen_in_the_middle_of_a_message_does_not_hold_a_timed_receive() {
+    // Issue 9.8: a peer stopped (SIGSTOP) mid-frame; the receiver's timeouts still hold, and
+    // once the peer goes on the message arrives whole.
+    use rustix::process::Signal;
+    const LEN: usize = 16 << 20;
+    let (here, there) = Pipe::new::<Vec<u8>>().unwrap();
+    let p = Process::spawn(there, |c: Connection<Vec<u8>>| {
+        c.send(&vec![5u8; LEN]).unwrap();
+    })
+    .unwrap();
+    // The message has started; it is far larger than the socket buffer, so the child is
+    // still writing it when it is stopped.
+    assert!(here.poll(WAIT).unwrap());
+    signal(p.pid(), Signal::STOP);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let receiver = std::thread::spawn(move || {
+        // Drain what is buffered; each call returns at its deadline.
+        let mut results = Vec::new();
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let r = here.recv_timeout(Duration::from_millis(200));
+            results.push((r.map(|v| v.len()), t0.elapsed()));
+        }
+        tx.send(results).unwrap();
+        here
+    });
+    let results = rx.recv_timeout(Duration::from_secs(10));
+    signal(p.pid(), Signal::CONT);
+    let results = results.expect("a timed receive hung behind the frozen sender");
+    for (r, took) in &results {
+        let e = r.as_ref().unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert!(*took >= Duration::from_millis(200), "{took:?}");
+    }
+    let here = receiver.join().unwrap();
+    let v = here.recv_timeout(WAIT).unwrap();
+    assert_eq!(v.len(), LEN);
+    assert!(v.iter().all(|&b| b == 5));
+    join(&p).unwrap();
+}
+
+/// A value whose own `Serialize` fails with its own words (issue 9.4); any other value of it
+/// goes through.
+#[derive(Debug, serde::Deserialize)]
+struct Refuses(u32);
+
+impl serde::Serialize for Refuses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            return Err(serde::ser::Error::custom("refuses: 13 is unlucky"));
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+fn unlucky_result(n: u32) -> Vec<Refuses> {
+    vec![Refuses(1), Refuses(n)]
+}
+
+#[test]
+fn a_users_serialize_message_survives_send_argument_and_return() {
+    // send
+    let (a, b) = Pipe::new::<Refuses>().unwrap();
+    let e = a.send(&Refuses(13)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Encode);
+    assert!(e.to_string().contains("refuses: 13 is unlucky"), "{e}");
+    a.send(&Refuses(12)).unwrap(); // nothing of the failed one was sent
+    assert_eq!(b.recv_timeout(WAIT).unwrap().0, 12);
+    for m in METHODS {
+        // a Process argument
+        let e = Process::builder()
+            .start_method(m)
+            .spawn(Refuses(13), |r: Refuses| r.0)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Encode, "{m:?}: {e}");
+        assert!(
+            e.to_string().contains("refuses: 13 is unlucky"),
+            "{m:?}: {e}"
+        );
+        // a return value, encoded in the child
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(13u32, unlucky_result)
+            .unwrap();
+        let e = join(&p).unwrap_err();
+        assert!(
+            e.to_string().contains("refuses: 13 is unlucky"),
+            "{m:?}: {e}"
         );
     }
 }

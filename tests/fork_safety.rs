@@ -269,6 +269,9 @@ fn children_finish_while_other_threads_print_and_panic() {
 #[test]
 #[ignore = "run by buffered_output_is_printed_once_and_child_panics_are_reported"]
 fn print_partial_line_then_fork() {
+    // A reported panic is printed only on request (MULTIPROC_CHILD_PANIC_OUTPUT): ask, so the
+    // forked child's lock-free printing is exercised. This test runs alone in its process.
+    std::env::set_var("MULTIPROC_CHILD_PANIC_OUTPUT", "1");
     print!("<parent-partial-line>");
     let p = Process::builder()
         .start_method(StartMethod::Fork)

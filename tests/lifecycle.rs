@@ -80,7 +80,7 @@ fn role_clean() {
             .unwrap();
         a.send(&1).unwrap();
         assert_eq!(a.recv_timeout(Duration::from_secs(30)).unwrap(), 2);
-        p.join_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        p.join_timeout(Duration::from_secs(30)).unwrap();
         let q = Process::builder()
             .start_method(m)
             .spawn(1u8, |x| -> u8 { panic!("{x}") })
@@ -139,7 +139,278 @@ fn role_clean() {
         after <= before + 3,
         "descriptors leaked: {before} before, {after} after"
     );
-    println!("CLEAN fds {before} -> {after}");
+    println!("CLEAN fds {before} -> {after} server {}", fork_server_pid());
+}
+
+/// The parent pid of `pid`, from `/proc`.
+fn ppid(pid: u32) -> u32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The fork server's pid: the parent of a running fork-server child.
+fn fork_server_pid() -> u32 {
+    let p = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn(60_000u64, sleep_ms)
+        .unwrap();
+    let server = ppid(p.pid());
+    p.kill().unwrap();
+    let _ = p.join_timeout(Duration::from_secs(30));
+    assert!(server > 1 && server != std::process::id());
+    server
+}
+
+/// Helper role: the fork server is SIGKILLed under two of its children; both get a final
+/// state (Python's 255 for the one whose status died with the server), joins return, and the
+/// next spawn starts a new server.
+fn role_server_killed() {
+    let wait = Duration::from_secs(30);
+    let running = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn(120_000u64, sleep_ms)
+        .unwrap();
+    let finished = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn((), |()| 5u32)
+        .unwrap();
+    let server = ppid(running.pid());
+    assert!(
+        server > 1 && server != std::process::id(),
+        "server pid {server}"
+    );
+    let t0 = Instant::now();
+    while finished.is_alive() {
+        assert!(t0.elapsed() < wait, "the quick child never exited");
+        sleep_ms(2);
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    while running.exitcode().is_none() {
+        assert!(
+            t0.elapsed() < wait,
+            "exitcode() stayed None after the server died"
+        );
+        sleep_ms(5);
+    }
+    assert_eq!(running.exitcode(), Some(255), "status lost with the server");
+    let e = running.join_timeout(wait).unwrap_err();
+    assert_eq!(e.exit_code(), Some(255), "{e}");
+    assert_eq!(finished.join_timeout(wait).unwrap(), 5);
+    assert!(finished.exitcode().is_some());
+    let again = Process::spawn(1u8, |x| x + 1).unwrap();
+    assert_eq!(again.join_timeout(wait).unwrap(), 2);
+    println!("SERVER OK");
+}
+
+/// Whether signal `sig` is ignored in this process (the `SigIgn` mask of /proc/self/status).
+fn ignores(sig: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or(0);
+    mask & (1 << (sig - 1)) != 0
+}
+
+/// What a child sees of its surroundings: cwd, one variable, SIGINT and SIGHUP ignored.
+type Surroundings = (String, Option<String>, bool, bool);
+
+fn surroundings(_: ()) -> Surroundings {
+    (
+        std::env::current_dir().unwrap().display().to_string(),
+        std::env::var("MULTIPROC_TEST_VAR").ok(),
+        ignores(2),
+        ignores(1),
+    )
+}
+
+#[allow(unsafe_code)] // signal(2), to set the dispositions the children must inherit
+fn set_ignored(sig: i32, ignored: bool) {
+    let h = if ignored {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: SIG_IGN and SIG_DFL install no handler code.
+    unsafe { libc::signal(sig, h) };
+}
+
+/// Helper role: every start method's child runs in the parent's *current* working directory
+/// and environment and inherits its SIGINT/SIGHUP dispositions, even when the fork server
+/// started before they changed; `ignore_sigint(true)` makes a child ignore SIGINT.
+fn role_inherit() {
+    let wait = Duration::from_secs(30);
+    // Start the fork server first, in the original surroundings.
+    let first = Process::spawn((), surroundings).unwrap();
+    let (start_dir, _, _, _) = first.join_timeout(wait).unwrap();
+    let dir = std::env::temp_dir().join(format!("multiproc-cwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    std::env::set_current_dir(&dir).unwrap();
+    std::env::set_var("MULTIPROC_TEST_VAR", "changed");
+    let check = |ignored: bool| {
+        set_ignored(libc::SIGINT, ignored);
+        set_ignored(libc::SIGHUP, ignored);
+        for m in METHODS {
+            let p = Process::builder()
+                .start_method(m)
+                .spawn((), surroundings)
+                .unwrap();
+            let got = p.join_timeout(wait).unwrap();
+            let want = (
+                dir.display().to_string(),
+                Some("changed".to_string()),
+                ignored,
+                ignored,
+            );
+            assert_eq!(got, want, "{m:?}, parent ignoring SIGINT/SIGHUP: {ignored}");
+            let p = Process::builder()
+                .start_method(m)
+                .ignore_sigint(true)
+                .spawn((), surroundings)
+                .unwrap();
+            let got = p.join_timeout(wait).unwrap();
+            assert!(got.2, "{m:?}: ignore_sigint(true) not applied");
+            assert_eq!(got.3, ignored, "{m:?}: SIGHUP");
+        }
+    };
+    check(true);
+    check(false);
+    std::env::remove_var("MULTIPROC_TEST_VAR");
+    let p = Process::spawn((), surroundings).unwrap();
+    assert_eq!(
+        p.join_timeout(wait).unwrap().1,
+        None,
+        "a removed variable stays removed"
+    );
+    std::env::set_current_dir(&start_dir).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+    println!("INHERIT OK");
+}
+
+/// Helper role: children that panic, under every start method; the panics are reported to
+/// us as errors. Whether they are also printed is up to MULTIPROC_CHILD_PANIC_OUTPUT.
+fn role_panics() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), |()| -> u8 { panic!("reported-panic-marker") })
+            .unwrap();
+        let e = p.join_timeout(Duration::from_secs(30)).unwrap_err();
+        assert_eq!(e.panic_message(), Some("reported-panic-marker"), "{m:?}");
+    }
+    // A panic the parent never hears of (another thread of the child) is still printed.
+    let p = Process::spawn((), |()| {
+        let _ = std::thread::spawn(|| panic!("other-thread-marker")).join();
+    })
+    .unwrap();
+    p.join_timeout(Duration::from_secs(30)).unwrap();
+    println!("PANICS OK");
+}
+
+/// Helper role: hundreds of processes per start method, each polled and dropped (after
+/// `exitcode()`, `is_alive()` or `join`): our descriptor count stays flat; and fork-server
+/// children hold the same descriptors whether forked in advance or on demand.
+fn role_fds_flat() {
+    let wait = Duration::from_secs(30);
+    let until_exited = |p: &Process<u8>, how: usize| {
+        let t0 = Instant::now();
+        loop {
+            let done = match how {
+                0 => p.exitcode().is_some(),
+                1 => !p.is_alive(),
+                _ => p.join_timeout(wait).is_ok(),
+            };
+            if done {
+                return;
+            }
+            assert!(t0.elapsed() < wait, "child never exited");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    };
+    for m in METHODS {
+        // Warm up: the fork server, the lifeline pipe, the reaper.
+        for how in 0..3 {
+            let p = Process::builder()
+                .start_method(m)
+                .spawn(1u8, |x| x)
+                .unwrap();
+            until_exited(&p, how);
+        }
+        let before = fd_count();
+        for i in 0..300 {
+            let p = Process::builder()
+                .start_method(m)
+                .spawn(1u8, |x| x)
+                .unwrap();
+            until_exited(&p, i % 3);
+        }
+        let after = fd_count();
+        assert_eq!(before, after, "{m:?}: descriptors grew over 300 processes");
+    }
+    // Many at once from several threads: the first takes the spare, most of the others are
+    // forked on demand (the server makes no spare while requests wait).
+    let fd_count_in_child = |()| {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..8)
+                    .map(|_| {
+                        Process::builder()
+                            .start_method(StartMethod::ForkServer)
+                            .spawn((), fd_count_in_child)
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let counts: Vec<usize> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .map(|p| p.join_timeout(wait).unwrap())
+        .collect();
+    assert!(
+        counts.iter().all(|&c| c == counts[0]),
+        "fork-server children hold different descriptors: {counts:?}"
+    );
+    println!("FDS OK {counts:?}");
+}
+
+/// Helper role: a dropped child is reaped by the reaper thread alone (nothing else here
+/// launches or calls `active_children`), woken by the child's exit rather than by a timer.
+fn role_reaper() {
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(50u64, sleep_ms)
+            .unwrap();
+        let pid = p.pid();
+        drop(p);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+            assert!(Instant::now() < deadline, "{m:?}: child {pid} never reaped");
+            sleep_ms(5);
+        }
+    }
+    println!("REAPER OK");
 }
 
 /// Helper role: started with SIGCHLD ignored (inherited across exec), every method must still
@@ -152,7 +423,7 @@ fn role_sigchld_ignored() {
             .unwrap();
         assert_eq!(
             p.join_timeout(Duration::from_secs(30)).unwrap(),
-            Some(21),
+            21,
             "{m:?}"
         );
         let q = Process::builder()
@@ -285,7 +556,21 @@ fn normal_exit_leaves_nothing() -> Result<(), String> {
     }
     println!("  {}", line.trim());
     let res = wait_gone(&tree, Duration::from_secs(1));
+    // The helper waited for its fork server at exit: it is not even a zombie (an orphan would
+    // have been re-parented to us, the subreaper, and linger until we reap it).
+    let server: Option<u32> = line
+        .split_whitespace()
+        .skip_while(|w| *w != "server")
+        .nth(1)
+        .and_then(|p| p.parse().ok());
+    let lingering = server.filter(|p| std::fs::metadata(format!("/proc/{p}")).is_ok());
     reap_zombies();
+    if server.is_none() {
+        return Err(format!("the helper did not name its fork server: {line:?}"));
+    }
+    if let Some(p) = lingering {
+        return Err(format!("the fork server {p} was not waited for at exit"));
+    }
     if let Err(alive) = res {
         return Err(format!("left behind after a normal exit: {alive:?}"));
     }
@@ -337,8 +622,105 @@ fn sigchld_ignored_still_joins() -> Result<(), String> {
     }
 }
 
+fn server_killed_gives_final_states() -> Result<(), String> {
+    let mut child = spawn_role("server_killed");
+    let line = read_line_with_timeout(&mut child, Duration::from_secs(120));
+    let status = child.wait().unwrap();
+    reap_zombies();
+    if status.success() && line.starts_with("SERVER OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "helper killing its fork server: {status}, said {line:?}"
+        ))
+    }
+}
+
+fn children_inherit_cwd_env_and_signals() -> Result<(), String> {
+    let mut child = spawn_role("inherit");
+    let line = read_line_with_timeout(&mut child, Duration::from_secs(120));
+    let status = child.wait().unwrap();
+    reap_zombies();
+    if status.success() && line.starts_with("INHERIT OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "helper checking inheritance: {status}, said {line:?}"
+        ))
+    }
+}
+
+fn reported_panics_are_quiet_unless_asked() -> Result<(), String> {
+    for (output, want_printed) in [(None, false), (Some("1"), true)] {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(ROLE, "panics")
+            .env_remove("MULTIPROC_CHILD_PANIC_OUTPUT");
+        if let Some(v) = output {
+            cmd.env("MULTIPROC_CHILD_PANIC_OUTPUT", v);
+        }
+        let out = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        reap_zombies();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || !stdout.starts_with("PANICS OK") {
+            return Err(format!(
+                "helper: {}, said {stdout:?} {stderr:?}",
+                out.status
+            ));
+        }
+        let printed = stderr.matches("reported-panic-marker").count();
+        if want_printed != (printed == METHODS.len()) || (!want_printed && printed > 0) {
+            return Err(format!(
+                "MULTIPROC_CHILD_PANIC_OUTPUT={output:?}: reported panics printed {printed} times: {stderr}"
+            ));
+        }
+        if !stderr.contains("other-thread-marker") {
+            return Err(format!(
+                "a panic outside the task was not printed: {stderr:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn descriptors_stay_flat() -> Result<(), String> {
+    let mut child = spawn_role("fds");
+    let line = read_line_with_timeout(&mut child, Duration::from_secs(300));
+    let status = child.wait().unwrap();
+    reap_zombies();
+    if status.success() && line.starts_with("FDS OK") {
+        println!("  {}", line.trim());
+        Ok(())
+    } else {
+        Err(format!(
+            "helper counting descriptors: {status}, said {line:?}"
+        ))
+    }
+}
+
+fn dropped_children_are_reaped_by_the_reaper() -> Result<(), String> {
+    let mut child = spawn_role("reaper");
+    let line = read_line_with_timeout(&mut child, Duration::from_secs(120));
+    let status = child.wait().unwrap();
+    reap_zombies();
+    if status.success() && line.starts_with("REAPER OK") {
+        Ok(())
+    } else {
+        Err(format!("helper dropping children: {status}, said {line:?}"))
+    }
+}
+
 fn main() {
     match std::env::var(ROLE).as_deref() {
+        Ok("reaper") => return role_reaper(),
+        Ok("fds") => return role_fds_flat(),
+        Ok("inherit") => return role_inherit(),
+        Ok("panics") => return role_panics(),
+        Ok("server_killed") => return role_server_killed(),
         Ok("victim") => return role_victim(),
         Ok("clean") => return role_clean(),
         Ok("sigchld") => return role_sigchld_ignored(),
@@ -347,7 +729,24 @@ fn main() {
     // Orphans of our helpers are re-parented to us, so we can see and reap them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     type Check = fn() -> Result<(), String>;
-    let tests: [(&str, Check); 3] = [
+    let tests: [(&str, Check); 8] = [
+        (
+            "dropped_children_are_reaped_by_the_reaper",
+            dropped_children_are_reaped_by_the_reaper,
+        ),
+        ("descriptors_stay_flat", descriptors_stay_flat),
+        (
+            "children_inherit_cwd_env_and_signals",
+            children_inherit_cwd_env_and_signals,
+        ),
+        (
+            "reported_panics_are_quiet_unless_asked",
+            reported_panics_are_quiet_unless_asked,
+        ),
+        (
+            "server_killed_gives_final_states",
+            server_killed_gives_final_states,
+        ),
         (
             "parent_killed_takes_children_along",
             parent_killed_takes_children_along,

@@ -9,6 +9,7 @@
 //! a descriptor.
 
 pub(crate) mod frame;
+mod keep;
 
 use std::cell::RefCell;
 
@@ -19,9 +20,12 @@ use crate::error::{Error, ErrorKind};
 use crate::fdreg::{self, RegisteredFd};
 
 thread_local! {
-    /// postcard drops custom error messages; ours are kept here so the caller can show them.
+    /// The text of the last `custom` error on this thread while an encode or decode runs
+    /// (postcard drops it; see `keep.rs`).
     static LAST_CUSTOM: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The side table of the message being encoded on this thread (see [`serialize_fd`]).
     static OUTGOING: RefCell<Option<Vec<RegisteredFd>>> = const { RefCell::new(None) };
+    /// The side table of the frame being decoded on this thread (see [`deserialize_fd`]).
     static INCOMING: RefCell<Option<Vec<Option<RegisteredFd>>>> = const { RefCell::new(None) };
 }
 
@@ -57,13 +61,27 @@ impl<T: 'static> Drop for Scope<'_, T> {
 }
 
 /// Serialises `value` by appending to `out`; descriptors of handles inside it go to `fds`.
+///
+/// A failure carries the message of the `Serialize` code that failed (the value's own, or a
+/// handle's), which postcard alone would drop: when postcard reports a message it dropped,
+/// the value is encoded once more through `keep.rs`'s wrapper, which keeps it. (Plain
+/// postcard first, because the wrapper costs a few nanoseconds per element, which is a
+/// quarter of a pool's time per trivial task.)
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
     fds: &mut Vec<RegisteredFd>,
 ) -> Result<(), Error> {
+    let (start, had) = (out.len(), fds.len());
     let scope = Scope::enter(&OUTGOING, std::mem::take(fds));
-    let res = postcard::to_io(value, &mut *out);
+    let mut res = postcard::to_io(value, &mut *out).map(drop);
+    if matches!(res, Err(postcard::Error::SerdeSerCustom)) {
+        out.truncate(start);
+        // The first try's duplicates go; the caller's own entries stay.
+        OUTGOING.with(|c| c.borrow_mut().as_mut().map(|t| t.truncate(had)));
+        keep::clear();
+        res = postcard::to_io(&keep::Keep(value), &mut *out).map(drop);
+    }
     *fds = scope.finish().unwrap_or_default();
     match res {
         Ok(_) => {
@@ -83,32 +101,54 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     }
 }
 
+/// The message of a failed encode or decode: the one a `custom` call gave, when there was
+/// one (see `keep.rs`), else postcard's own.
 fn explain(e: postcard::Error) -> String {
-    LAST_CUSTOM
-        .with(|c| c.borrow_mut().take())
-        .unwrap_or_else(|| e.to_string())
+    match e {
+        postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom => {
+            keep::take().unwrap_or_else(|| e.to_string())
+        }
+        _ => e.to_string(),
+    }
 }
 
-/// Fails a (de)serialisation with `msg`, keeping the message for the caller (postcard would
-/// drop it). Handle types use it for their validation errors.
+/// Fails a (de)serialisation with `msg`. Handle types use it for their validation errors;
+/// the message reaches the caller like any `custom` error's (see `keep.rs`).
 pub(crate) fn custom<E: std::fmt::Display, T>(
     msg: String,
     make: impl FnOnce(String) -> E,
 ) -> Result<T, E> {
-    LAST_CUSTOM.with(|c| *c.borrow_mut() = Some(msg.clone()));
     Err(make(msg))
 }
 
 /// Deserialises a `T` from exactly `bytes`, with `fds` as the side table.
 ///
-/// Descriptors the value does not claim are closed.
+/// Descriptors the value does not claim are closed. A failure carries the message of the
+/// `Deserialize` code that failed (serde's "invalid value: ...", the type's own), which
+/// postcard alone would drop: a frame without descriptors is decoded with plain postcard and,
+/// if postcard reports a message it dropped, once more through `keep.rs`'s wrapper; a frame
+/// with descriptors goes through the wrapper at once (a first try would have consumed them).
 pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<RegisteredFd>,
 ) -> Result<T, Error> {
+    let plain_first = fds.is_empty();
     let table: Vec<Option<RegisteredFd>> = fds.into_iter().map(Some).collect();
     let scope = Scope::enter(&INCOMING, table);
-    let res = postcard::take_from_bytes::<T>(bytes);
+    let mut res = if plain_first {
+        postcard::take_from_bytes::<T>(bytes)
+    } else {
+        Err(postcard::Error::SerdeDeCustom)
+    };
+    if matches!(res, Err(postcard::Error::SerdeDeCustom)) {
+        keep::clear();
+        let mut de = postcard::Deserializer::from_bytes(bytes);
+        res = serde::de::DeserializeSeed::deserialize(
+            keep::Seed(std::marker::PhantomData::<T>),
+            &mut de,
+        )
+        .and_then(|v| Ok((v, de.finalize()?)));
+    }
     drop(scope.finish());
     match res {
         Ok((v, [])) => Ok(v),

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
@@ -14,6 +14,7 @@ use crate::codec::{self, frame};
 use crate::error::{Error, ErrorKind};
 use crate::fdreg::{self, RegisteredFd};
 use crate::sys::socket;
+use crate::wait::lock;
 
 /// The read buffer starts this small (most channels carry a few small frames: a child's
 /// task and report) and is allocated on the first read, not at creation.
@@ -22,6 +23,11 @@ const READ_FIRST: usize = 4 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Payloads at least this large are read straight into their destination.
 const DIRECT_READ: usize = 16 * 1024;
+/// A payload's buffer starts at most this large and doubles as bytes arrive, up to the
+/// announced length: memory follows what the peer actually sent, never what it announced.
+const PAYLOAD_FIRST: usize = 256 * 1024;
+/// Buffers this large are backed by transparent huge pages where the kernel allows.
+const HUGE_PAGES_FROM: usize = 4 << 20;
 
 /// One received frame.
 #[derive(Debug, Default)]
@@ -63,6 +69,133 @@ struct Reader {
 struct Writer {
     scratch: Vec<u8>,
     fds: Vec<RegisteredFd>,
+    /// Set when a deadline passed in the middle of a frame: the peer has part of a message,
+    /// so nothing more may be written (it would be read as the rest of that message).
+    broken: Option<String>,
+}
+
+/// A mutex that a waiter can give up on at a deadline (std's cannot), so a `recv_timeout`
+/// behind another thread's blocking `recv` still returns in time.
+///
+/// Without a deadline it is a plain mutex. With one, taking it is one `try_lock` when it is
+/// free (the common case: one thread per end) and a short spin when it is about to be; then
+/// the waiter counts itself in `waiters` and sleeps on `freed` under `gate`, and a holder
+/// that leaves while someone waits wakes one under `gate`, so no wake-up falls between a
+/// waiter's failed try and its sleep.
+#[derive(Debug, Default)]
+struct Turn<T> {
+    inner: Mutex<T>,
+    waiters: AtomicUsize,
+    gate: Mutex<()>,
+    freed: Condvar,
+}
+
+/// How often a timed [`Turn::take`] tries before it sleeps.
+const SPIN_TRIES: usize = 64;
+
+/// Holds a [`Turn`]; gives it to the next waiter on drop.
+struct TurnGuard<'a, T> {
+    turn: &'a Turn<T>,
+    guard: Option<MutexGuard<'a, T>>,
+}
+
+impl<T> Turn<T> {
+    fn new(value: T) -> Self {
+        Turn {
+            inner: Mutex::new(value),
+            waiters: AtomicUsize::new(0),
+            gate: Mutex::new(()),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn try_take(&self) -> Option<MutexGuard<'_, T>> {
+        match self.inner.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Waits for the turn until `deadline` (`None`: as long as it takes); `None` if the
+    /// deadline passed first.
+    fn take(&self, deadline: Option<Instant>) -> Option<TurnGuard<'_, T>> {
+        let guard = match deadline {
+            // No deadline: std's own contended path (it spins briefly, then sleeps); the
+            // holder's unlock wakes us.
+            None => lock(&self.inner),
+            Some(deadline) => self.take_until_instant(deadline)?,
+        };
+        Some(TurnGuard {
+            turn: self,
+            guard: Some(guard),
+        })
+    }
+
+    fn take_until_instant(&self, deadline: Instant) -> Option<MutexGuard<'_, T>> {
+        // A holder usually leaves within microseconds (a send or receive that does not
+        // wait): try a little before sleeping.
+        for _ in 0..SPIN_TRIES {
+            if let Some(g) = self.try_take() {
+                return Some(g);
+            }
+            std::hint::spin_loop();
+        }
+        let mut gate = lock(&self.gate);
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let got = loop {
+            if let Some(g) = self.try_take() {
+                break Some(g);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            gate = self
+                .freed
+                .wait_timeout(gate, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        got
+    }
+
+    /// Waits for the turn until `deadline`, or fails with `Timeout`.
+    fn take_until(&self, deadline: Option<Instant>) -> Result<TurnGuard<'_, T>, Error> {
+        self.take(deadline).ok_or_else(|| {
+            Error::msg(
+                ErrorKind::Timeout,
+                "another thread was using this end of the connection until the deadline",
+            )
+        })
+    }
+}
+
+impl<T> std::ops::Deref for TurnGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.guard.as_ref().expect("held until drop")
+    }
+}
+
+impl<T> std::ops::DerefMut for TurnGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.guard.as_mut().expect("held until drop")
+    }
+}
+
+impl<T> Drop for TurnGuard<'_, T> {
+    fn drop(&mut self) {
+        self.guard.take();
+        // The unlock above comes before the look at `waiters` (a waiter counts itself
+        // before its last try).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.turn.waiters.load(Ordering::SeqCst) > 0 {
+            let _gate = lock(&self.turn.gate);
+            self.turn.freed.notify_one();
+        }
+    }
 }
 
 /// A framed, descriptor-carrying byte stream over a Unix stream socket.
@@ -74,8 +207,8 @@ pub(crate) struct Channel {
     fd: RegisteredFd,
     /// For a one-way pipe: the socket that carries descriptors beside it (pipes cannot).
     side: Option<RegisteredFd>,
-    reader: Mutex<Reader>,
-    writer: Mutex<Writer>,
+    reader: Turn<Reader>,
+    writer: Turn<Writer>,
     max_message: AtomicUsize,
 }
 
@@ -90,7 +223,7 @@ impl Channel {
         Channel {
             fd,
             side,
-            reader: Mutex::new(Reader {
+            reader: Turn::new(Reader {
                 buf: Box::default(),
                 start: 0,
                 end: 0,
@@ -99,7 +232,7 @@ impl Channel {
                 partial: None,
                 broken: None,
             }),
-            writer: Mutex::new(Writer::default()),
+            writer: Turn::new(Writer::default()),
             max_message: AtomicUsize::new(frame::DEFAULT_MAX_MESSAGE),
         }
     }
@@ -163,22 +296,88 @@ impl Channel {
 
     /// Writes one frame: on a socket, descriptors ride with its first byte; on a pipe, they go
     /// first through the side socket and the frame's header says how many to collect.
+    ///
+    /// With a `deadline`, either the whole frame is written in time, or nothing of it (a
+    /// `Timeout` that leaves the stream as it was), or the deadline passed in the middle: then
+    /// the writer is poisoned (a `Timeout` saying so; later sends fail with `Closed`) and a
+    /// socket's sending half is shut down, so the peer sees the message cut off instead of
+    /// waiting for its rest. `dontwait` (without a deadline) fails with `WouldBlock` when not
+    /// a byte could be written, and otherwise finishes the frame.
     fn write_frame(
         &self,
+        w: &mut Writer,
         parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
+        deadline: Option<Instant>,
         dontwait: bool,
     ) -> Result<(), Error> {
-        match &self.side {
-            None => socket::send_frame(self.fd(), parts, fds, dontwait),
-            Some(side) => {
-                if !fds.is_empty() {
-                    socket::send_frame(side.as_fd(), &[&[0]], fds, false).map_err(Error::io)?;
-                }
-                socket::write_all(self.fd(), parts)
-            }
+        if let Some(why) = &w.broken {
+            return Err(Error::msg(ErrorKind::Closed, why.clone()));
         }
-        .map_err(Error::io)
+        let Some(deadline) = deadline else {
+            return match &self.side {
+                None => socket::send_frame(self.fd(), parts, fds, dontwait),
+                Some(side) => {
+                    if !fds.is_empty() {
+                        socket::send_frame(side.as_fd(), &[&[0]], fds, false).map_err(Error::io)?;
+                    }
+                    socket::write_all(self.fd(), parts)
+                }
+            }
+            .map_err(Error::io);
+        };
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let (started, sent) = match &self.side {
+            None => {
+                let sent =
+                    socket::send_frame_until(self.fd(), parts, fds, deadline).map_err(Error::io)?;
+                (sent > 0, sent)
+            }
+            Some(side) => {
+                // Room in the pipe first, so descriptors never go out ahead of a frame that
+                // then cannot start.
+                if !socket::wait_fd(self.fd(), true, Some(deadline)).map_err(Error::io)? {
+                    return Err(unsent_timeout());
+                }
+                let mut started = false;
+                if !fds.is_empty() {
+                    if socket::send_frame_until(side.as_fd(), &[&[0]], fds, deadline)
+                        .map_err(Error::io)?
+                        == 0
+                    {
+                        return Err(unsent_timeout());
+                    }
+                    // The descriptors are on their way: the frame must follow them.
+                    started = true;
+                }
+                let sent =
+                    socket::write_all_until(self.fd(), parts, deadline).map_err(Error::io)?;
+                (started || sent > 0, sent)
+            }
+        };
+        if sent == total {
+            return Ok(());
+        }
+        if !started {
+            return Err(unsent_timeout());
+        }
+        let why = format!(
+            "this connection can no longer send: an earlier send ran out of time after \
+             {sent} of the {total} bytes of its message were written, so the peer holds part \
+             of a message; make a new connection"
+        );
+        w.broken = Some(why);
+        if self.side.is_none() {
+            let _ = socket::shutdown(self.fd(), socket::Half::Write);
+        }
+        Err(Error::msg(
+            ErrorKind::Timeout,
+            format!(
+                "the deadline passed after {sent} of the {total} bytes of the message were \
+                 written; the rest was not sent and this end can no longer send (the peer \
+                 sees the message cut off)"
+            ),
+        ))
     }
 
     /// Sends one frame whose payload is `parts` concatenated (no copy), with `fds` attached.
@@ -188,8 +387,8 @@ impl Channel {
         let mut all = Vec::with_capacity(parts.len() + 1);
         all.push(&header[..]);
         all.extend_from_slice(parts);
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_frame(&all, fds, false)
+        let mut w = self.writer.take_until(None)?;
+        self.write_frame(&mut w, &all, fds, None, false)
     }
 
     pub(crate) fn set_max_message(&self, n: usize) {
@@ -202,42 +401,66 @@ impl Channel {
 
     /// Sends raw `payload` with `fds` attached as one frame.
     pub(crate) fn send_raw(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        self.send_raw_until(payload, fds, None)
+    }
+
+    /// Sends raw `payload` with `fds` attached as one frame, giving up at `deadline` (see
+    /// [`write_frame`](Self::write_frame) for what a deadline in the middle of it does).
+    pub(crate) fn send_raw_until(
+        &self,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
         let header = frame::encode_header(payload.len(), fds.len())?;
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_frame(&[&header, payload], fds, false)
+        let mut w = self.writer.take_until(deadline)?;
+        self.write_frame(&mut w, &[&header, payload], fds, deadline, false)
     }
 
     /// Serialises `value` and sends it as one frame (handles inside travel as descriptors).
     pub(crate) fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Writer { scratch, fds } = &mut *w;
+        self.send_until(value, None)
+    }
+
+    /// [`send`](Self::send), giving up at `deadline` (see [`write_frame`](Self::write_frame)).
+    pub(crate) fn send_until<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let mut guard = self.writer.take_until(deadline)?;
+        let w = &mut *guard;
+        let mut scratch = std::mem::take(&mut w.scratch);
+        let mut fds = std::mem::take(&mut w.fds);
         scratch.clear();
         fds.clear();
         scratch.extend_from_slice(&[0u8; frame::HEADER_LEN]);
-        codec::encode(value, scratch, fds)?;
-        let len = scratch.len() - frame::HEADER_LEN;
-        let header = frame::encode_header(len, fds.len())?;
-        scratch[..frame::HEADER_LEN].copy_from_slice(&header);
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        let res = self.write_frame(&[scratch], &borrowed, false);
-        drop(borrowed);
+        let res = codec::encode(value, &mut scratch, &mut fds).and_then(|()| {
+            let len = scratch.len() - frame::HEADER_LEN;
+            let header = frame::encode_header(len, fds.len())?;
+            scratch[..frame::HEADER_LEN].copy_from_slice(&header);
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            self.write_frame(w, &[&scratch], &borrowed, deadline, false)
+        });
         fds.clear();
         if scratch.capacity() > 1 << 20 {
-            *scratch = Vec::new();
+            scratch = Vec::new();
         }
+        w.scratch = scratch;
+        w.fds = fds;
         res
     }
 
     /// Sends a small frame without blocking; `WouldBlock` if the socket buffer is full.
     pub(crate) fn try_send_raw(&self, payload: &[u8]) -> Result<(), Error> {
         let header = frame::encode_header(payload.len(), 0)?;
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_frame(&[&header, payload], &[], true)
+        let mut w = self.writer.take_until(None)?;
+        self.write_frame(&mut w, &[&header, payload], &[], None, true)
     }
 
     /// Receives one frame, waiting until `deadline` (forever with `None`).
     pub(crate) fn recv_frame(&self, deadline: Option<Instant>) -> Result<Frame, Error> {
-        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.reader.take_until(deadline)?;
         r.recv(self.link(), self.max_message(), deadline)
     }
 
@@ -250,7 +473,7 @@ impl Channel {
         dest: &mut [u8],
         deadline: Option<Instant>,
     ) -> Result<usize, Error> {
-        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.reader.take_until(deadline)?;
         let (header, at) = r.peek_header(self.link(), self.max_message(), deadline)?;
         if header.len > dest.len() {
             return Err(too_short(header.len, dest.len()));
@@ -296,21 +519,77 @@ impl Channel {
     }
 
     /// Whether a frame (or end of stream) can be read without blocking, waiting until `deadline`.
+    ///
+    /// While another thread is receiving on this end, this waits for it (until `deadline`)
+    /// and then looks again.
     pub(crate) fn poll(&self, deadline: Option<Instant>) -> Result<bool, Error> {
-        {
-            let r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-            if r.end > r.start || r.broken.is_some() {
-                return Ok(true);
-            }
+        let Some(r) = self.reader.take(deadline) else {
+            return Ok(false);
+        };
+        if r.end > r.start || r.broken.is_some() {
+            return Ok(true);
         }
+        // Not holding the turn while waiting: that would stall another thread's receive.
+        drop(r);
         socket::wait_fd(self.fd(), false, deadline).map_err(Error::io)
     }
 
-    /// Whether buffered bytes are waiting (so `wait` must not block on the fd).
-    pub(crate) fn has_buffered(&self) -> bool {
-        let r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        r.end > r.start || r.partial.is_some()
+    /// Whether a thread is receiving on this end right now.
+    #[cfg(test)]
+    pub(crate) fn is_receiving(&self) -> bool {
+        self.reader.take(Some(Instant::now())).is_none()
     }
+
+    /// The capacity of a partly received frame's payload buffer.
+    #[cfg(test)]
+    pub(crate) fn partial_capacity(&self) -> Option<usize> {
+        let r = self.reader.take(None)?;
+        r.partial.as_ref().map(|p| p.2.capacity())
+    }
+
+    /// How many payload bytes of a partly received frame have arrived.
+    #[cfg(test)]
+    pub(crate) fn partial_len(&self) -> Option<usize> {
+        let r = self.reader.take(None)?;
+        r.partial.as_ref().map(|p| p.2.len())
+    }
+
+    /// Whether a thread is sending on this end right now.
+    #[cfg(test)]
+    pub(crate) fn is_sending(&self) -> bool {
+        self.writer.take(Some(Instant::now())).is_none()
+    }
+
+    /// Whether buffered bytes are waiting (so `wait` must not block on the fd). `false`
+    /// while another thread is receiving on this end (its bytes are its own).
+    pub(crate) fn has_buffered(&self) -> bool {
+        match self.reader.take(Some(Instant::now())) {
+            Some(r) => r.end > r.start || r.partial.is_some(),
+            None => false,
+        }
+    }
+}
+
+/// Doubles `payload`'s capacity (at least to [`PAYLOAD_FIRST`]), never past `len`, the
+/// announced length: the buffer is at most twice what has arrived.
+fn grow(payload: &mut Vec<u8>, len: usize) {
+    let target = payload
+        .capacity()
+        .saturating_mul(2)
+        .max(PAYLOAD_FIRST)
+        .min(len);
+    payload.reserve_exact(target - payload.len());
+    if target >= HUGE_PAGES_FROM {
+        socket::advise_huge_pages(payload);
+    }
+}
+
+/// The error of a timed send that wrote nothing: the stream is as it was.
+fn unsent_timeout() -> Error {
+    Error::msg(
+        ErrorKind::Timeout,
+        "the peer did not take the message in time (nothing of it was sent)",
+    )
 }
 
 fn too_short(len: usize, have: usize) -> Error {
@@ -515,13 +794,9 @@ impl Reader {
             None => {
                 let (h, at) = self.peek_header(link, max, deadline)?;
                 self.start += frame::HEADER_LEN;
-                // Capacity is reserved up to the announced length, which is within the limit;
-                // pages are only touched as bytes arrive.
-                let mut v = Vec::with_capacity(h.len);
-                if h.len >= 4 << 20 {
-                    socket::advise_huge_pages(&mut v);
-                }
-                (h, at, v)
+                // Never more than what arrives (see `grow`): a peer announcing a gigabyte
+                // and sending a few bytes costs a few bytes.
+                (h, at, Vec::with_capacity(h.len.min(PAYLOAD_FIRST)))
             }
         };
         let fd = link.fd;
@@ -544,6 +819,9 @@ impl Reader {
             let got = if want >= DIRECT_READ {
                 // Plain reads: the frame's descriptors came with its header, and `want` stops
                 // at the frame's end, so no descriptor is ever read (and lost) here.
+                if payload.len() == payload.capacity() {
+                    grow(&mut payload, header.len);
+                }
                 let n = socket::read_into_vec(fd, &mut payload, want).map_err(Error::io)?;
                 self.received += n as u64;
                 n

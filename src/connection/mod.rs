@@ -30,6 +30,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::socket;
+use crate::wait::deadline_after;
 use channel::Channel;
 
 /// One end of a [`Pipe`]: sends and receives values of type `T`.
@@ -87,12 +88,6 @@ impl Pipe {
     }
 }
 
-fn deadline_after(timeout: Duration) -> Instant {
-    Instant::now()
-        .checked_add(timeout)
-        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365))
-}
-
 impl<T> Connection<T> {
     fn from_channel(chan: Channel, readable: bool, writable: bool) -> Self {
         Connection {
@@ -134,6 +129,24 @@ impl<T> Connection<T> {
         self.chan.send_raw(buf, &[])
     }
 
+    /// Sends raw bytes as one message, waiting at most `timeout` for the peer to take them.
+    ///
+    /// # Errors
+    /// As [`send_deadline`](Self::send_deadline): a message is written whole or not at all.
+    pub fn send_bytes_timeout(&self, buf: &[u8], timeout: Duration) -> Result<()> {
+        self.check_write()?;
+        self.chan.send_raw_until(buf, &[], deadline_after(timeout))
+    }
+
+    /// Sends raw bytes as one message, waiting until `deadline` for the peer to take them.
+    ///
+    /// # Errors
+    /// As [`send_deadline`](Self::send_deadline): a message is written whole or not at all.
+    pub fn send_bytes_deadline(&self, buf: &[u8], deadline: Instant) -> Result<()> {
+        self.check_write()?;
+        self.chan.send_raw_until(buf, &[], Some(deadline))
+    }
+
     /// Receives one message as raw bytes, blocking until it arrives (`recv_bytes`).
     ///
     /// # Errors
@@ -142,6 +155,41 @@ impl<T> Connection<T> {
     pub fn recv_bytes(&self) -> Result<Vec<u8>> {
         self.check_read()?;
         Ok(self.chan.recv_frame(None)?.payload)
+    }
+
+    /// Receives one message as raw bytes if a whole one is there now.
+    ///
+    /// # Errors
+    /// [`ErrorKind::WouldBlock`] if not (a message that has partly arrived stays, and a later
+    /// call continues it); otherwise as [`recv_bytes`](Self::recv_bytes).
+    pub fn try_recv_bytes(&self) -> Result<Vec<u8>> {
+        self.check_read()?;
+        would_block_for_now(
+            self.chan
+                .recv_frame(Some(Instant::now()))
+                .map(|f| f.payload),
+        )
+    }
+
+    /// Receives one message as raw bytes, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv_bytes_deadline`](Self::recv_bytes_deadline).
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
+        self.check_read()?;
+        Ok(self.chan.recv_frame(deadline_after(timeout))?.payload)
+    }
+
+    /// Receives one message as raw bytes, waiting until `deadline`; like
+    /// [`recv_deadline`](Self::recv_deadline), a message that has partly arrived by then is
+    /// kept for the next receive.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] if no whole message arrived in time, otherwise as
+    /// [`recv_bytes`](Self::recv_bytes).
+    pub fn recv_bytes_deadline(&self, deadline: Instant) -> Result<Vec<u8>> {
+        self.check_read()?;
+        Ok(self.chan.recv_frame(Some(deadline))?.payload)
     }
 
     /// Receives one message into `buf`, returning its length (`recv_bytes_into`).
@@ -160,7 +208,7 @@ impl<T> Connection<T> {
     /// [`ErrorKind::Io`] only on operating-system failures.
     pub fn poll(&self, timeout: Duration) -> Result<bool> {
         self.check_read()?;
-        self.chan.poll(Some(deadline_after(timeout)))
+        self.chan.poll(deadline_after(timeout))
     }
 
     /// The largest message this end accepts (default 1 GiB). Larger frames fail with
@@ -188,11 +236,62 @@ impl<T> Connection<T> {
 impl<T: Serialize> Connection<T> {
     /// Sends a value (`send` in Python). Handles inside it (connections, queues) travel too.
     ///
+    /// Blocks while the peer's buffer is full (the peer is not reading).
+    ///
     /// # Errors
-    /// [`ErrorKind::Disconnected`] if the peer is gone; [`ErrorKind::Encode`] if serde fails.
+    /// [`ErrorKind::Disconnected`] if the peer is gone; [`ErrorKind::Encode`] if serde fails
+    /// (with the message of the value's own `Serialize` error); [`ErrorKind::Closed`] after a
+    /// timed send stopped in the middle of a message (see [`send_deadline`](Self::send_deadline)).
     pub fn send(&self, value: &T) -> Result<()> {
         self.check_write()?;
         self.chan.send(value)
+    }
+
+    /// Sends a value, waiting at most `timeout` for the peer to take it.
+    ///
+    /// # Errors
+    /// As [`send_deadline`](Self::send_deadline).
+    pub fn send_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
+        self.check_write()?;
+        self.chan.send_until(value, deadline_after(timeout))
+    }
+
+    /// Sends a value, waiting until `deadline` for the peer to take it.
+    ///
+    /// A message is written whole or not at all, as far as the peer can tell:
+    ///
+    /// - if the peer took none of it by the deadline, the result is [`ErrorKind::Timeout`] and
+    ///   the connection is as it was (sending again is safe);
+    /// - if the deadline passes in the middle of the message (the peer took part of it and
+    ///   then stopped reading), the result is [`ErrorKind::Timeout`] too, but this end can no
+    ///   longer send: its later sends fail with [`ErrorKind::Closed`], and the peer's receive
+    ///   reports the message cut off ([`ErrorKind::Disconnected`]) rather than a garbled one
+    ///   (on a duplex connection at once, on a one-way pipe once the writing end is closed).
+    ///   Receiving on a duplex end still works.
+    ///
+    /// A message larger than the kernel's buffer needs the peer to be reading while it is
+    /// sent.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{ErrorKind, Pipe};
+    ///
+    /// let (a, _b) = Pipe::new::<Vec<u8>>()?;
+    /// // Nobody reads `_b`: small messages fill its buffer, then a send times out.
+    /// let e = loop {
+    ///     if let Err(e) = a.send_timeout(&vec![0; 1000], Duration::from_millis(10)) {
+    ///         break e;
+    ///     }
+    /// };
+    /// assert_eq!(e.kind(), ErrorKind::Timeout);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] as above; otherwise as [`send`](Self::send).
+    pub fn send_deadline(&self, value: &T, deadline: Instant) -> Result<()> {
+        self.check_write()?;
+        self.chan.send_until(value, Some(deadline))
     }
 }
 
@@ -208,30 +307,43 @@ impl<T: DeserializeOwned> Connection<T> {
         self.chan.recv(None)
     }
 
-    /// Receives a value if one is ready now.
+    /// Receives a value if one is ready now, without waiting.
+    ///
+    /// ```
+    /// use multiproc::{ErrorKind, Pipe};
+    /// let (a, b) = Pipe::new::<u32>()?;
+    /// assert_eq!(b.try_recv().unwrap_err().kind(), ErrorKind::WouldBlock);
+    /// a.send(&5)?;
+    /// # b.poll(std::time::Duration::from_secs(30))?;
+    /// assert_eq!(b.try_recv()?, 5);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     ///
     /// # Errors
-    /// As [`recv`](Self::recv), except that "nothing yet" is `Ok(None)`.
-    pub fn try_recv(&self) -> Result<Option<T>> {
-        match self.recv_deadline(Instant::now()) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_timeout() => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// [`ErrorKind::WouldBlock`] if no whole message is there yet (a message that has partly
+    /// arrived stays, and a later call continues it); otherwise as [`recv`](Self::recv).
+    pub fn try_recv(&self) -> Result<T> {
+        would_block_for_now(self.recv_deadline(Instant::now()))
     }
 
-    /// Receives a value, waiting at most `timeout`.
+    /// Receives a value, waiting at most `timeout` (`Duration::MAX`: as long as it takes).
     ///
     /// # Errors
-    /// [`ErrorKind::Timeout`] if nothing arrived in time, otherwise as [`recv`](Self::recv).
+    /// As [`recv_deadline`](Self::recv_deadline).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
-        self.recv_deadline(deadline_after(timeout))
+        self.check_read()?;
+        self.chan.recv(deadline_after(timeout))
     }
 
     /// Receives a value, waiting until `deadline`.
     ///
+    /// Returns by the deadline (plus scheduling delay) whatever the peer does: a message
+    /// that has only partly arrived by then (a header, part of its payload) is kept, and the
+    /// next receive continues it, so nothing is lost or misframed.
+    ///
     /// # Errors
-    /// [`ErrorKind::Timeout`] if nothing arrived in time, otherwise as [`recv`](Self::recv).
+    /// [`ErrorKind::Timeout`] if no whole message arrived in time (or another thread was
+    /// receiving on this end until then), otherwise as [`recv`](Self::recv).
     pub fn recv_deadline(&self, deadline: Instant) -> Result<T> {
         self.check_read()?;
         self.chan.recv(Some(deadline))
@@ -308,9 +420,40 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
     }
 }
 
+mod sealed {
+    /// Only multiproc's types are [`Waitable`](super::Waitable).
+    pub trait Sealed {}
+}
+
+impl<T> sealed::Sealed for Connection<T> {}
+impl<R> sealed::Sealed for crate::Process<R> {}
+
+/// A receive with a deadline of now: "nothing in time" is `WouldBlock` (the `try_` shape).
+fn would_block_for_now<T>(r: Result<T>) -> Result<T> {
+    r.map_err(|e| {
+        if e.is_timeout() {
+            Error::new(ErrorKind::WouldBlock)
+        } else {
+            e
+        }
+    })
+}
+
 /// Something [`wait`] can wait on: a [`Connection`] (a message is ready) or a
 /// [`Process`](crate::Process) (it has exited).
-pub trait Waitable {
+///
+/// The trait is sealed: only multiproc's types implement it.
+///
+/// ```compile_fail,E0277
+/// use std::os::fd::BorrowedFd;
+/// struct Mine;
+/// impl multiproc::connection::Waitable for Mine {
+///     fn wait_handle(&self) -> (BorrowedFd<'_>, bool) {
+///         unimplemented!()
+///     }
+/// }
+/// ```
+pub trait Waitable: sealed::Sealed {
     /// The descriptor that becomes readable, and whether the object is ready already.
     #[doc(hidden)]
     fn wait_handle(&self) -> (BorrowedFd<'_>, bool);
@@ -355,7 +498,7 @@ pub fn wait<W: Waitable + ?Sized>(objects: &[&W], timeout: Option<Duration>) -> 
     socket::poll_many(
         &fds,
         socket::Events::IN | socket::Events::RDHUP,
-        timeout.map(deadline_after),
+        timeout.and_then(deadline_after),
     )
     .map_err(Error::io)
 }

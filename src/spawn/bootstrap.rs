@@ -16,7 +16,7 @@
 use std::os::fd::{AsFd, RawFd};
 
 use super::protocol::{control_tail, FromChild, Ident, TaskSpec};
-use super::{child_exit, exit_code_for, fingerprint, global, report, watch_lifeline};
+use super::{child_exit, fingerprint, global, watch_lifeline};
 use crate::connection::channel::Channel;
 use crate::fdreg::{self, RegisteredFd};
 use crate::sys;
@@ -36,22 +36,44 @@ fn boot() {
     // SAFETY-free in edition 2021, and sound here: no other thread exists before `main`.
     std::env::remove_var(BOOT_ENV);
     let value = value.to_string_lossy().into_owned();
-    let mut parts = value.split(':');
-    let role = parts.next().unwrap_or("");
-    let nums: Vec<RawFd> = parts.filter_map(|p| p.parse().ok()).collect();
-    match (role, nums.as_slice()) {
-        ("child", [ctrl, lifeline]) => {
-            let ctrl = adopt(*ctrl);
-            let lifeline = adopt(*lifeline);
+    let parts: Vec<&str> = value.split(':').collect();
+    let fd = |s: &str| s.parse::<RawFd>().ok();
+    match parts.as_slice() {
+        ["child", ctrl, lifeline, key] => {
+            let (Some(ctrl), Some(lifeline), Some(key)) = (fd(ctrl), fd(lifeline), parse_key(key))
+            else {
+                eprintln!("multiproc: malformed {BOOT_ENV}={value:?}; refusing to start");
+                child_exit(EXIT_BOOT_FAILED)
+            };
+            task::adopt_key(key);
+            let ctrl = adopt(ctrl);
+            let lifeline = adopt(lifeline);
             watch_lifeline(lifeline);
             child_main(ctrl, false, None)
         }
-        ("server", [fd]) => super::forkserver::serve(adopt(*fd)),
+        ["server", server] if fd(server).is_some() => {
+            super::forkserver::serve(adopt(fd(server).unwrap_or(-1)))
+        }
         _ => {
             eprintln!("multiproc: malformed {BOOT_ENV}={value:?}; refusing to start");
             child_exit(EXIT_BOOT_FAILED)
         }
     }
+}
+
+/// The entry key in the boot variable: 32 hex digits.
+pub(crate) fn format_key(k: [u64; 2]) -> String {
+    format!("{:016x}{:016x}", k[0], k[1])
+}
+
+fn parse_key(s: &str) -> Option<[u64; 2]> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    Some([
+        u64::from_str_radix(&s[..16], 16).ok()?,
+        u64::from_str_radix(&s[16..], 16).ok()?,
+    ])
 }
 
 fn adopt(fd: RawFd) -> RegisteredFd {
@@ -103,7 +125,8 @@ pub(crate) fn child_main(ctrl: RegisteredFd, hello: bool, close: Option<RawFd>) 
 
 /// The second half of [`child_main`], for a prepared child.
 pub(crate) fn child_run(ctrl: RegisteredFd, prepared: Prepared) -> ! {
-    let chan = Channel::new(ctrl);
+    // The stream lives until this child exits (the panic hook may report on it).
+    let chan: &'static Channel = Box::leak(Box::new(Channel::new(ctrl)));
     let pid = sys::process::getpid();
     if prepared.hello {
         let msg = FromChild::Hello {
@@ -116,36 +139,39 @@ pub(crate) fn child_run(ctrl: RegisteredFd, prepared: Prepared) -> ! {
         let _ = chan.send_parts(&[&control_tail(&msg)], &fds);
         drop(prepared);
     }
+    let refuse = |msg: FromChild| -> ! {
+        let _ = chan.send_parts(&[&control_tail(&msg)], &[]);
+        child_exit(EXIT_BOOT_FAILED)
+    };
     let spec: TaskSpec = match chan.recv(None) {
         Ok(s) => s,
         Err(_) => child_exit(EXIT_BOOT_FAILED),
     };
     match fingerprint() {
         Ok(mine) if mine == spec.fingerprint.as_slice() => {}
-        _ => {
-            let _ = chan.send_parts(&[&control_tail(&FromChild::Mismatch)], &[]);
-            child_exit(EXIT_BOOT_FAILED)
-        }
+        _ => refuse(FromChild::Mismatch),
     }
+    // Before anything else uses the offset: only an entry our parent sealed is ever called.
+    let Ok(entry) = task::from_sealed(spec.entry, spec.seal) else {
+        refuse(FromChild::BadEntry)
+    };
     {
         let mut g = global();
         g.me = Ident {
             pid,
-            name: spec.name,
+            name: spec.setup.name.clone(),
         };
         g.parent = Some(spec.parent);
     }
+    if let Err(m) = super::child_setup(&spec.setup, chan) {
+        refuse(FromChild::SetupFailed(m))
+    }
     let args = match chan.recv_frame(None) {
         Ok(f) => f,
+        Err(e) if e.kind() == crate::ErrorKind::TooLarge => refuse(FromChild::SetupFailed(
+            format!("the arguments are too large for this child: {e}"),
+        )),
         Err(_) => child_exit(EXIT_BOOT_FAILED),
     };
-    // SAFETY: `spec.entry` came from `task::to_offset` in our parent, over the socket our
-    // parent created for this child alone, and the fingerprint check above proved that the
-    // parent runs this very executable.
-    let entry = unsafe { task::from_offset(spec.entry) };
-    let mut out = Vec::new();
-    let mut out_fds = Vec::new();
-    let outcome = entry(&args.payload, args.fds, &mut out, &mut out_fds);
-    report(&chan, &outcome, &out, &out_fds);
-    child_exit(exit_code_for(&outcome))
+    super::run_task(chan, entry, &args.payload, args.fds)
 }

@@ -27,7 +27,11 @@ pub(super) fn self_command(boot: String, keep: Vec<RawFd>) -> Command {
 pub(super) fn launch(lifeline_read: RawFd) -> Result<Launched> {
     let (parent_end, child_end) = fdreg::socketpair().map_err(Error::io)?;
     let c = child_end.as_raw_fd();
-    let mut cmd = self_command(format!("child:{c}:{lifeline_read}"), vec![c, lifeline_read]);
+    let key = super::bootstrap::format_key(crate::task::key());
+    let mut cmd = self_command(
+        format!("child:{c}:{lifeline_read}:{key}"),
+        vec![c, lifeline_read],
+    );
     let child = cmd
         .spawn()
         .map_err(|e| Error::io(e).context("re-executing this program"))?;

@@ -18,8 +18,8 @@ use std::io::{StderrLock, StdoutLock, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::MutexGuard;
 
-use super::protocol::Ident;
-use super::{child_exit, exit_code_for, report, watch_lifeline, Global, Launched};
+use super::protocol::{control_tail, FromChild, Ident, Setup};
+use super::{child_exit, child_setup, run_task, watch_lifeline, Global, Launched};
 use crate::connection::channel::Channel;
 use crate::error::{Error, Result};
 use crate::fdreg::{self, RegisteredFd};
@@ -57,11 +57,13 @@ pub(super) fn prepare() -> Stdio {
 pub(super) fn launch(
     stdio: Stdio,
     mut g: MutexGuard<'static, Global>,
-    name: &str,
+    setup: &Setup,
     entry: EntryFn,
     payload: &[u8],
     fds: Vec<RegisteredFd>,
 ) -> Result<(MutexGuard<'static, Global>, Launched)> {
+    // The queue locks' fork handler is registered (its `Once` complete) before we fork.
+    sys::robust::prepare_fork();
     let (parent_end, child_end) = fdreg::socketpair().map_err(Error::io)?;
     let from_main = sys::process::is_main_thread();
     if !from_main {
@@ -90,7 +92,7 @@ pub(super) fn launch(
             task::mark_forked_child();
             let me = Ident {
                 pid: sys::process::getpid(),
-                name: name.to_string(),
+                name: setup.name.clone(),
             };
             let parent = g.me.clone();
             let parent_pid = parent.pid;
@@ -115,12 +117,13 @@ pub(super) fn launch(
             } else if let Some(l) = lifeline {
                 watch_lifeline(l);
             }
-            let chan = Channel::new(child_end);
-            let mut out = Vec::new();
-            let mut out_fds = Vec::new();
-            let outcome = entry(payload, fds, &mut out, &mut out_fds);
-            report(&chan, &outcome, &out, &out_fds);
-            child_exit(exit_code_for(&outcome))
+            // The stream lives until this child exits (the panic hook may report on it).
+            let chan: &'static Channel = Box::leak(Box::new(Channel::new(child_end)));
+            if let Err(m) = child_setup(setup, chan) {
+                let _ = chan.send_parts(&[&control_tail(&FromChild::SetupFailed(m))], &[]);
+                child_exit(70);
+            }
+            run_task(chan, entry, payload, fds)
         }
         Ok(sys::process::Forked::Parent(pid)) => {
             drop(registry);

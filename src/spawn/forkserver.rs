@@ -13,6 +13,8 @@
 //! When the parent's stream reaches end of file (the parent exited or was killed) the server
 //! SIGKILLs every child it has and exits.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,29 @@ use crate::sys;
 pub(super) struct Client {
     chan: Channel,
     pid: i32,
+    /// The environment the server started with (its children's, unless told otherwise).
+    env: HashMap<OsString, OsString>,
+}
+
+impl Client {
+    /// How our environment differs from the server's now: what each child must set or remove
+    /// to run in the parent's current environment (Python's forkserver keeps the server's;
+    /// we follow the parent, as `Spawn` and `Fork` children do).
+    pub(super) fn env_changes(&self) -> Vec<(OsString, Option<OsString>)> {
+        let now: HashMap<OsString, OsString> = std::env::vars_os().collect();
+        let mut changes: Vec<(OsString, Option<OsString>)> = now
+            .iter()
+            .filter(|(k, v)| self.env.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        changes.extend(
+            self.env
+                .keys()
+                .filter(|k| !now.contains_key(*k))
+                .map(|k| (k.clone(), None)),
+        );
+        changes
+    }
 }
 
 impl Drop for Client {
@@ -54,6 +79,7 @@ fn start() -> Result<Client> {
     let s = server_end.as_raw_fd();
     let mut cmd = super::exec::self_command(format!("server:{s}"), vec![s]);
     cmd.stdin(std::process::Stdio::null());
+    let env: HashMap<OsString, OsString> = std::env::vars_os().collect();
     let child = cmd
         .spawn()
         .map_err(|e| Error::io(e).context("starting the fork server"))?;
@@ -62,9 +88,11 @@ fn start() -> Result<Client> {
     let client = Client {
         chan: Channel::new(parent_end),
         pid,
+        env,
     };
     client.chan.send(&ToServer::Hello {
         fingerprint: fingerprint()?.to_vec(),
+        key: crate::task::key(),
     })?;
     match client
         .chan
@@ -136,103 +164,27 @@ struct Kid {
     exit: Option<i32>,
 }
 
-/// The server's main loop (runs in the re-executed program, never returns).
+/// The server's main loop (runs in the re-executed program, never returns). Each round has
+/// four phases: [`wait`] for a request, a child's exit or a dead spare; [`handle_request`];
+/// reap the exited children; keep a spare ready and send the exit reports ([`report_exits`]).
 pub(crate) fn serve(fd: RegisteredFd) -> ! {
     sys::process::ignore_sigint();
     sys::process::ignore_sigpipe();
     sys::process::default_sigchld();
     let chan = Channel::new(fd);
     let me = sys::process::getpid();
-    match chan.recv::<ToServer>(None) {
-        Ok(ToServer::Hello { fingerprint: fp }) => {
-            let ok = fingerprint()
-                .map(|mine| mine == fp.as_slice())
-                .unwrap_or(false);
-            let reply = if ok {
-                FromServer::Ready { pid: me }
-            } else {
-                FromServer::Mismatch
-            };
-            if chan.send(&reply).is_err() || !ok {
-                sys::process::exit_now(0);
-            }
-        }
-        _ => sys::process::exit_now(0),
-    }
+    handshake(&chan, me);
     let mut kids: Vec<Kid> = Vec::new();
     let mut spares: Vec<Spare> = Vec::new();
     loop {
-        // Which kids to reap: those whose pidfd reported their exit (or all, without pidfds).
-        let mut exited: Vec<usize> = Vec::new();
-        if !chan.has_buffered() {
-            let mut set = vec![(
-                chan.fd(),
-                sys::socket::Events::IN | sys::socket::Events::RDHUP,
-            )];
-            // (is a spare, index) of each entry after the first.
-            let mut owner = vec![(false, usize::MAX)];
-            for (i, sp) in spares.iter().enumerate() {
-                if let Some(p) = &sp.pidfd {
-                    set.push((p.as_fd(), sys::socket::Events::IN));
-                    owner.push((true, i));
-                }
-            }
-            for (i, k) in kids.iter().enumerate() {
-                match (&k.exit, &k.pidfd) {
-                    (Some(_), _) => set.push((k.status.fd(), sys::socket::Events::OUT)),
-                    (None, Some(p)) => set.push((p.as_fd(), sys::socket::Events::IN)),
-                    (None, None) => continue,
-                }
-                owner.push((false, i));
-            }
-            // Children without a pidfd (old kernels) are polled for exit every 20 ms.
-            let slow = kids.iter().any(|k| k.exit.is_none() && k.pidfd.is_none());
-            let deadline = slow.then(|| Instant::now() + Duration::from_millis(20));
-            let ready = sys::socket::poll_each(&set, deadline).unwrap_or_default();
-            let mut dead_spares = Vec::new();
-            for j in ready.into_iter().filter(|&j| j > 0) {
-                match owner[j] {
-                    (true, i) => dead_spares.push(i),
-                    (false, i) => exited.push(i),
-                }
-            }
-            // A spare died (killed from outside): reap it; another is made later.
-            for i in dead_spares.into_iter().rev() {
-                let sp = spares.swap_remove(i);
-                let _ = sys::process::wait_child(sp.pid, true);
-            }
-            if slow {
-                exited.extend((0..kids.len()).filter(|&i| kids[i].pidfd.is_none()));
-            }
-        }
-        // 1. A request from the parent, or its end of file.
+        let exited = if chan.has_buffered() {
+            Vec::new()
+        } else {
+            wait(&chan, &kids, &mut spares)
+        };
         if chan.poll(Some(Instant::now())).unwrap_or(true) {
-            match chan.recv_frame(None) {
-                Ok(mut frame) => {
-                    let req = crate::codec::decode::<ToServer>(&frame.payload, Vec::new());
-                    if let (Ok(ToServer::Spawn), Some(ctrl)) = (req, frame.fds.pop()) {
-                        let Some(status) = open_status(&ctrl) else {
-                            continue;
-                        };
-                        let kid = match spares.pop() {
-                            Some(sp) => hand_to_spare(sp, ctrl).unwrap_or_else(|ctrl| {
-                                fork_child(&chan, &mut kids, &mut spares, ctrl, me)
-                            }),
-                            None => fork_child(&chan, &mut kids, &mut spares, ctrl, me),
-                        };
-                        let kid = kid.map(|(pid, pidfd)| Kid {
-                            pid,
-                            pidfd,
-                            status,
-                            exit: None,
-                        });
-                        kids.extend(kid);
-                    }
-                }
-                Err(_) => shutdown(&mut kids, spares),
-            }
+            handle_request(&chan, &mut kids, &mut spares, me);
         }
-        // 2. Reap the children that exited and report their status (never blocking).
         for i in exited {
             let k = &mut kids[i];
             if k.exit.is_none() {
@@ -251,16 +203,120 @@ pub(crate) fn serve(fd: RegisteredFd) -> ! {
                 None => break,
             }
         }
-        kids.retain(|k| match k.exit {
-            None => true,
-            Some(code) => {
-                let payload = control_tail(&FromChild::Exit { code });
-                // Keep the child only while its report could not be sent yet (socket full);
-                // sent, or the parent's end gone: done with it.
-                matches!(k.status.try_send_raw(&payload), Err(e) if e.kind() == ErrorKind::WouldBlock)
-            }
-        });
+        report_exits(&mut kids);
     }
+}
+
+/// The parent's `Hello`: same executable? Adopts the parent's entry key. Exits on mismatch.
+fn handshake(chan: &Channel, me: i32) {
+    match chan.recv::<ToServer>(None) {
+        Ok(ToServer::Hello {
+            fingerprint: fp,
+            key,
+        }) => {
+            // Our children check the entries they are sent against the parent's key.
+            crate::task::adopt_key(key);
+            let ok = fingerprint()
+                .map(|mine| mine == fp.as_slice())
+                .unwrap_or(false);
+            let reply = if ok {
+                FromServer::Ready { pid: me }
+            } else {
+                FromServer::Mismatch
+            };
+            if chan.send(&reply).is_err() || !ok {
+                sys::process::exit_now(0);
+            }
+        }
+        _ => sys::process::exit_now(0),
+    }
+}
+
+/// Sleeps until the parent writes, a child exits (its pidfd), a report can be written, or a
+/// spare dies (reaped here). Returns the indices of the kids to reap (all kids without a
+/// pidfd, which are polled every 20 ms).
+fn wait(chan: &Channel, kids: &[Kid], spares: &mut Vec<Spare>) -> Vec<usize> {
+    let mut set = vec![(
+        chan.fd(),
+        sys::socket::Events::IN | sys::socket::Events::RDHUP,
+    )];
+    // (is a spare, index) of each entry after the first.
+    let mut owner = vec![(false, usize::MAX)];
+    for (i, sp) in spares.iter().enumerate() {
+        if let Some(p) = &sp.pidfd {
+            set.push((p.as_fd(), sys::socket::Events::IN));
+            owner.push((true, i));
+        }
+    }
+    for (i, k) in kids.iter().enumerate() {
+        match (&k.exit, &k.pidfd) {
+            (Some(_), _) => set.push((k.status.fd(), sys::socket::Events::OUT)),
+            (None, Some(p)) => set.push((p.as_fd(), sys::socket::Events::IN)),
+            (None, None) => continue,
+        }
+        owner.push((false, i));
+    }
+    let slow = kids.iter().any(|k| k.exit.is_none() && k.pidfd.is_none());
+    let deadline = slow.then(|| Instant::now() + Duration::from_millis(20));
+    let ready = sys::socket::poll_each(&set, deadline).unwrap_or_default();
+    drop(set);
+    let mut exited = Vec::new();
+    let mut dead_spares = Vec::new();
+    for j in ready.into_iter().filter(|&j| j > 0) {
+        match owner[j] {
+            (true, i) => dead_spares.push(i),
+            (false, i) => exited.push(i),
+        }
+    }
+    // A spare died (killed from outside): reap it; another is made later.
+    for i in dead_spares.into_iter().rev() {
+        let sp = spares.swap_remove(i);
+        let _ = sys::process::wait_child(sp.pid, true);
+    }
+    if slow {
+        exited.extend((0..kids.len()).filter(|&i| kids[i].pidfd.is_none()));
+    }
+    exited
+}
+
+/// One request from the parent (a child to start), or its end of file (shut down).
+fn handle_request(chan: &Channel, kids: &mut Vec<Kid>, spares: &mut Vec<Spare>, me: i32) {
+    let mut frame = match chan.recv_frame(None) {
+        Ok(f) => f,
+        Err(_) => shutdown(kids, std::mem::take(spares)),
+    };
+    let req = crate::codec::decode::<ToServer>(&frame.payload, Vec::new());
+    let (Ok(ToServer::Spawn), Some(ctrl)) = (req, frame.fds.pop()) else {
+        return;
+    };
+    let Some(status) = open_status(&ctrl) else {
+        return;
+    };
+    let kid = match spares.pop() {
+        Some(sp) => match hand_to_spare(sp, ctrl) {
+            Ok((pid, pidfd)) => Some(Kid {
+                pid,
+                pidfd,
+                status,
+                exit: None,
+            }),
+            Err(ctrl) => fork_child(chan, kids, spares, ctrl, status, me),
+        },
+        None => fork_child(chan, kids, spares, ctrl, status, me),
+    };
+    kids.extend(kid);
+}
+
+/// Sends each exited kid's report (never blocking) and forgets it once sent, or once the
+/// parent's end is gone; a kid whose socket is full is retried when it becomes writable.
+fn report_exits(kids: &mut Vec<Kid>) {
+    kids.retain(|k| match k.exit {
+        None => true,
+        Some(code) => {
+            let payload = control_tail(&FromChild::Exit { code });
+            matches!(k.status.try_send_raw(&payload), Err(e) if e.kind() == ErrorKind::WouldBlock)
+        }
+    });
 }
 
 /// Gives `ctrl` to the spare; on failure (the spare died) gives `ctrl` back untouched, so
@@ -268,9 +324,9 @@ pub(crate) fn serve(fd: RegisteredFd) -> ! {
 fn hand_to_spare(
     sp: Spare,
     ctrl: RegisteredFd,
-) -> std::result::Result<Option<(i32, Option<RegisteredFd>)>, RegisteredFd> {
+) -> std::result::Result<(i32, Option<RegisteredFd>), RegisteredFd> {
     match sp.link.send_raw(&[], &[ctrl.as_fd()]) {
-        Ok(()) => Ok(Some((sp.pid, sp.pidfd))),
+        Ok(()) => Ok((sp.pid, sp.pidfd)),
         Err(_) => {
             let _ = sys::process::signal_pid(sp.pid, sys::process::SIGKILL);
             let _ = sys::process::wait_child(sp.pid, true);
@@ -361,13 +417,16 @@ fn open_status(ctrl: &RegisteredFd) -> Option<Channel> {
     Some(Channel::new(here))
 }
 
+/// Forks a child on demand for `ctrl` (no spare was ready). `status` is the server's end of
+/// the child's status socket: the child drops its copy at once (it must never hold it).
 fn fork_child(
     chan: &Channel,
     kids: &mut Vec<Kid>,
     spares: &mut Vec<Spare>,
     ctrl: RegisteredFd,
+    status: Channel,
     server_pid: i32,
-) -> Option<(i32, Option<RegisteredFd>)> {
+) -> Option<Kid> {
     // The server is single-threaded: `fork` here has no lock hazards.
     match super::fork::fork_single_threaded() {
         Err(e) => {
@@ -379,12 +438,18 @@ fn fork_child(
             // Child: drop everything of the server's (single-threaded, so plain drops are fine).
             kids.clear();
             spares.clear();
+            drop(status);
             become_server_child(chan, server_pid);
             bootstrap::child_main(ctrl, true, None)
         }
         Ok(Some(pid)) => {
             drop(ctrl);
-            Some((pid, fdreg::pidfd_open(pid).ok().flatten()))
+            Some(Kid {
+                pid,
+                pidfd: fdreg::pidfd_open(pid).ok().flatten(),
+                status,
+                exit: None,
+            })
         }
     }
 }

@@ -51,7 +51,7 @@ use crate::fdreg::{self, RegisteredFd};
 use crate::process::ChildShared;
 use crate::sys;
 use crate::task;
-use protocol::{FromChild, Ident, TaskSpec};
+use protocol::{FromChild, Ident, Setup, TaskSpec};
 
 /// Process-wide state (see the module docs for why it is one lock).
 pub(crate) struct Global {
@@ -67,6 +67,8 @@ pub(crate) struct Global {
     pub(crate) children: Vec<Arc<ChildShared>>,
     /// For default names `Process-N`.
     counter: u64,
+    /// The reaper of detached children (`process.rs`).
+    pub(crate) reaper: crate::process::ReaperState,
 }
 
 impl Global {
@@ -78,6 +80,7 @@ impl Global {
             server: None,
             children: Vec::new(),
             counter: 0,
+            reaper: Default::default(),
         }
     }
 
@@ -149,6 +152,37 @@ pub(crate) struct LaunchOpts {
     pub(crate) method: StartMethod,
     pub(crate) name: Option<String>,
     pub(crate) daemon: bool,
+    /// The child ignores SIGINT whatever the parent does (pool workers finishing their tasks
+    /// on Ctrl-C).
+    pub(crate) ignore_sigint: bool,
+    /// The largest argument and return value, in encoded bytes (both directions).
+    pub(crate) max_message: usize,
+}
+
+impl LaunchOpts {
+    /// What the child applies to itself (`child_setup`), computed in the parent at spawn time.
+    fn setup(&self, name: &str, server_env: Option<&forkserver::Client>) -> Setup {
+        let parent_ignores = |sig| sys::process::is_ignored(sig);
+        // Fork and Spawn children inherit the dispositions (an ignored signal stays ignored
+        // across fork and exec); a fork-server child would get the server's, so it is told.
+        let (sigint, sighup) = match self.method {
+            StartMethod::ForkServer => (
+                Some(self.ignore_sigint || parent_ignores(sys::process::SIGINT)),
+                Some(parent_ignores(sys::process::SIGHUP)),
+            ),
+            _ => (self.ignore_sigint.then_some(true), None),
+        };
+        Setup {
+            name: name.to_string(),
+            method: self.method.to_u8(),
+            cwd: server_env.and_then(|_| std::env::current_dir().ok().map(|d| d.into_os_string())),
+            env: server_env.map(|c| c.env_changes()).unwrap_or_default(),
+            ignore_sigint: sigint,
+            ignore_sighup: sighup,
+            max_message: self.max_message as u64,
+            panic_output: task::panic_output_requested(),
+        }
+    }
 }
 
 /// Starts `f(args)` in a new child. Returns the child and its (resolved) name.
@@ -168,6 +202,8 @@ where
 {
     let entry = task::entry_of::<F, A, R>();
     crate::process::reap_detached();
+    // Sealing needs the key; drawing it costs one read of /dev/urandom the first time.
+    let seal = task::seal(task::to_offset(entry));
     // Every method sends the arguments encoded, even `Fork`: that way a forked child gets
     // fresh descriptors for exactly the handles among its arguments, and multiproc closes all
     // the other ones it inherited.
@@ -175,28 +211,41 @@ where
     let mut fds = Vec::new();
     codec::encode(&args, &mut payload, &mut fds)?;
     drop(args);
+    if payload.len() > opts.max_message {
+        return Err(
+            Error::too_large(payload.len() as u64, opts.max_message as u64)
+                .context("encoding the child's arguments"),
+        );
+    }
     let fp = fingerprint()?.to_vec();
+    // A `Fork` child's setup is computed before any lock (it reads the environment).
+    let fork_setup = (opts.method == StartMethod::Fork).then(|| opts.setup("", None));
     // Lock order (README.md): std's stdio locks, then the global state, then the registry.
     let stdio = (opts.method == StartMethod::Fork).then(fork::prepare);
     let mut g = global();
     let name = opts.name.clone().unwrap_or_else(|| g.next_name());
     if let Some(stdio) = stdio {
-        let (mut g, launched) = fork::launch(stdio, g, &name, entry, &payload, fds)?;
+        let mut setup = fork_setup.unwrap_or_else(|| opts.setup("", None));
+        setup.name = name.clone();
+        let (mut g, launched) = fork::launch(stdio, g, &setup, entry, &payload, fds)?;
+        launched.chan.set_max_message(opts.max_message);
         return Ok(register(&mut g, launched, name));
     }
-    let spec = TaskSpec {
-        fingerprint: fp,
-        entry: task::to_offset(entry),
-        name: name.clone(),
-        daemon: opts.daemon,
-        parent: g.me.clone(),
-    };
     let launched = if opts.method == StartMethod::Spawn {
         let lifeline = g.lifeline_read()?;
         exec::launch(lifeline)?
     } else {
         forkserver::launch(&mut g)?
     };
+    let spec = TaskSpec {
+        fingerprint: fp,
+        entry: task::to_offset(entry),
+        seal,
+        setup: opts.setup(&name, g.server.as_ref().filter(|_| launched.via_server)),
+        daemon: opts.daemon,
+        parent: g.me.clone(),
+    };
+    launched.chan.set_max_message(opts.max_message);
     let shared = register(&mut g, launched, name);
     drop(g);
     // Talk to the child outside the lock (the arguments may be large).
@@ -215,30 +264,92 @@ fn send_task(chan: &Channel, spec: &TaskSpec, payload: &[u8], fds: &[RegisteredF
         .map_err(|e| e.context("sending the task to the child"))
 }
 
-/// Runs in the child: report `outcome` (and the result bytes) to the parent.
+/// Runs in every child before its task (all start methods): takes the start method as the
+/// default (as Python), enters the parent's working directory and environment (fork-server
+/// children), applies the signal dispositions, names the process and its main thread, and
+/// sets up the panic hook (quiet for a reported panic; in a `panic = "abort"` build it reports
+/// on `chan` before the abort).
 ///
-/// A parent that stopped listening is not an error worth more than a quiet exit.
-pub(crate) fn report(
+/// The child is single-threaded here, except a `Fork` child's lifeline thread. A `Fork`
+/// child's setup has no environment or directory to apply and takes no lock: another thread
+/// of the parent may have held any lock at the fork.
+pub(crate) fn child_setup(
+    setup: &Setup,
+    chan: &'static Channel,
+) -> std::result::Result<(), String> {
+    crate::context::set_start_method(StartMethod::from_u8(setup.method));
+    for (k, v) in &setup.env {
+        match v {
+            Some(v) => std::env::set_var(k, v),
+            None => std::env::remove_var(k),
+        }
+    }
+    if let Some(dir) = &setup.cwd {
+        std::env::set_current_dir(dir)
+            .map_err(|e| format!("could not enter the parent's working directory {dir:?}: {e}"))?;
+    }
+    if let Some(i) = setup.ignore_sigint {
+        sys::process::set_ignored(sys::process::SIGINT, i);
+    }
+    if let Some(i) = setup.ignore_sighup {
+        sys::process::set_ignored(sys::process::SIGHUP, i);
+    }
+    sys::process::set_thread_name(&setup.name);
+    task::set_process_name(&setup.name);
+    chan.set_max_message(usize::try_from(setup.max_message).unwrap_or(usize::MAX));
+    task::set_abort_reporter(chan, report_abort);
+    task::install_panic_hook();
+    task::set_panic_output(setup.panic_output);
+    Ok(())
+}
+
+/// The abort reporter of a process child: the panic goes to the parent as `Aborting`.
+fn report_abort(chan: &Channel, message: &str, location: Option<&str>) {
+    let msg = FromChild::Aborting {
+        message: message.to_string(),
+        location: location.map(str::to_string),
+    };
+    let _ = chan.send_parts(&[&protocol::control_tail(&msg)], &[]);
+}
+
+/// Runs in the child: calls `entry` on the arguments, reports the outcome (and the result
+/// bytes) to the parent and exits with Python's code (0, or 1 after a panic or a result that
+/// could not be sent). The parent's half of this protocol is `ChildShared::pump`.
+pub(crate) fn run_task(
     chan: &Channel,
-    outcome: &task::Outcome,
-    out: &[u8],
-    out_fds: &[RegisteredFd],
-) {
-    let tail = protocol::control_tail(&FromChild::Done(outcome.clone()));
-    let _ = if *outcome == task::Outcome::Ok {
+    entry: task::EntryFn,
+    args: &[u8],
+    fds: Vec<RegisteredFd>,
+) -> ! {
+    let mut out = Vec::new();
+    let mut out_fds = Vec::new();
+    let outcome = entry(args, fds, &mut out, &mut out_fds);
+    child_exit(report(chan, &outcome, &out, &out_fds))
+}
+
+/// Reports `outcome` to the parent; returns the exit code. A parent that stopped listening is
+/// not an error worth more than a quiet exit.
+fn report(chan: &Channel, outcome: &task::Outcome, out: &[u8], out_fds: &[RegisteredFd]) -> i32 {
+    let limit = chan.max_message();
+    let (msg, code) = match outcome {
+        task::Outcome::Ok if out.len() > limit => (
+            FromChild::TooLarge {
+                size: out.len() as u64,
+                limit: limit as u64,
+            },
+            1,
+        ),
+        task::Outcome::Ok => (FromChild::Done(outcome.clone()), 0),
+        _ => (FromChild::Done(outcome.clone()), 1),
+    };
+    let tail = protocol::control_tail(&msg);
+    let _ = if code == 0 {
         let borrowed: Vec<_> = out_fds.iter().map(|f| f.as_fd()).collect();
         chan.send_parts(&[out, &tail], &borrowed)
     } else {
         chan.send_parts(&[&tail], &[])
     };
-}
-
-/// Exit code a child uses for each outcome (Python uses 1 for an exception).
-pub(crate) fn exit_code_for(outcome: &task::Outcome) -> i32 {
-    match outcome {
-        task::Outcome::Ok => 0,
-        _ => 1,
-    }
+    code
 }
 
 /// Flushes Rust's standard streams and leaves without running the parent's exit handlers.
@@ -272,6 +383,16 @@ pub(crate) fn watch_lifeline(lifeline: RegisteredFd) {
         eprintln!("multiproc: could not start the lifeline thread in the child; exiting");
         child_exit(71);
     }
+}
+
+/// At exit: closes our stream to the fork server and waits for it (it kills what is left of
+/// its children and exits), so it never lingers as a zombie re-parented to init.
+pub(crate) fn stop_server_at_exit() {
+    let server = match try_global() {
+        Some(mut g) => g.server.take(),
+        None => None,
+    };
+    drop(server);
 }
 
 /// Locks the global state if it is free right now (used at exit).

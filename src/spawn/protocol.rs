@@ -27,12 +27,38 @@ pub(crate) struct TaskSpec {
     pub(crate) fingerprint: Vec<u8>,
     /// `task::to_offset` of the entry point.
     pub(crate) entry: u64,
-    /// The child's name.
-    pub(crate) name: String,
+    /// `task::seal` of `entry`: the child runs only entries sealed with its parent's key.
+    pub(crate) seal: u64,
+    /// How the child sets itself up before the task.
+    pub(crate) setup: Setup,
     /// Whether the child is a daemon.
     pub(crate) daemon: bool,
     /// The parent, for `parent_process()`.
     pub(crate) parent: Ident,
+}
+
+/// What every child applies to itself before its task runs (all start methods; `Fork`
+/// children get it in memory). See `spawn::child_setup`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Setup {
+    /// The child's name (`current_process().name`, its thread name).
+    pub(crate) name: String,
+    /// The start method that made the child (`StartMethod::to_u8`), which becomes the child's
+    /// default, as in Python.
+    pub(crate) method: u8,
+    /// (Fork-server children) the parent's working directory at the time of the spawn.
+    pub(crate) cwd: Option<std::ffi::OsString>,
+    /// (Fork-server children) the parent's environment as changes to the server's:
+    /// `(name, Some(value))` to set, `(name, None)` to remove.
+    pub(crate) env: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)>,
+    /// Whether SIGINT is ignored (`None`: keep what the child inherited).
+    pub(crate) ignore_sigint: Option<bool>,
+    /// Whether SIGHUP is ignored (`None`: keep what the child inherited).
+    pub(crate) ignore_sighup: Option<bool>,
+    /// The largest argument frame the child accepts and result it sends.
+    pub(crate) max_message: u64,
+    /// Print the panics the child reports (`MULTIPROC_CHILD_PANIC_OUTPUT` in the parent).
+    pub(crate) panic_output: bool,
 }
 
 /// Frames a parent reads from a child's control stream.
@@ -44,6 +70,18 @@ pub(crate) enum FromChild {
     Done(Outcome),
     /// The child refused to run: its executable differs from the parent's.
     Mismatch,
+    /// The child refused to run: the entry point was not sealed with its parent's key.
+    BadEntry,
+    /// The child could not set itself up as asked (e.g. enter the parent's directory).
+    SetupFailed(String),
+    /// The return value is larger than the maximum message size (it was not sent).
+    TooLarge { size: u64, limit: u64 },
+    /// The function panicked in a `panic = "abort"` build: the message, sent from the panic
+    /// hook just before the process aborts.
+    Aborting {
+        message: String,
+        location: Option<String>,
+    },
     /// (From the fork server, first on the stream) the attached descriptor is the status
     /// socket on which the server will report the exit.
     Status,
@@ -60,6 +98,8 @@ pub(crate) enum ToServer {
     Hello {
         #[serde(with = "crate::codec::bytes")]
         fingerprint: Vec<u8>,
+        /// The key the server's children check entry seals with (`task::seal`).
+        key: [u64; 2],
     },
     /// Fork a child whose control stream is the attached descriptor.
     Spawn,

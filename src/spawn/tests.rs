@@ -9,10 +9,19 @@ fn entry_for<F: FnOnce(()) + Copy + 'static>(_: F) -> task::EntryFn {
 
 fn spec(fingerprint: Vec<u8>) -> TaskSpec {
     fn noop(_: ()) {}
+    let entry = task::to_offset(entry_for(noop));
     TaskSpec {
         fingerprint,
-        entry: task::to_offset(entry_for(noop)),
-        name: "probe".into(),
+        entry,
+        seal: task::seal(entry),
+        setup: LaunchOpts {
+            method: StartMethod::Spawn,
+            name: None,
+            daemon: false,
+            ignore_sigint: false,
+            max_message: crate::codec::frame::DEFAULT_MAX_MESSAGE,
+        }
+        .setup("probe", None),
         daemon: false,
         parent: Ident {
             pid: sys::process::getpid(),
@@ -82,6 +91,34 @@ fn child_with_matching_fingerprint_runs() {
         "{reply:?}"
     );
     assert_eq!(wait_exit(child.pid), sys::process::Exit::Code(0));
+}
+
+#[test]
+fn child_refuses_a_forged_entry_offset() {
+    // The right build-id but an offset (and seal) nobody with the key made: the child must
+    // refuse with a clear report instead of jumping there.
+    for (entry, seal) in [
+        (0x1234_5678u64, 0u64),
+        (u64::MAX - 7, 42),
+        // A real entry with a seal for another offset.
+        {
+            let good = spec(Vec::new());
+            (good.entry, task::seal(good.entry.wrapping_add(16)))
+        },
+    ] {
+        let child = exec_child();
+        let mut forged = spec(fingerprint().unwrap().to_vec());
+        forged.entry = entry;
+        forged.seal = seal;
+        child.chan.send(&forged).unwrap();
+        let mut frame = child
+            .chan
+            .recv_frame(Some(Instant::now() + Duration::from_secs(30)))
+            .unwrap();
+        let reply = protocol::split_control(&mut frame).unwrap();
+        assert!(matches!(reply, FromChild::BadEntry), "{reply:?}");
+        assert_eq!(wait_exit(child.pid), sys::process::Exit::Code(70));
+    }
 }
 
 #[test]

@@ -17,10 +17,11 @@
 //!   on Linux) so a child can check it runs the very same program as its parent.
 //! * **shared memory** ([`shm`]): anonymous segments whose size cannot change after creation
 //!   (a sealed memfd on Linux), passable as descriptors and checkable on receipt; shared
-//!   mappings with a control region (atomics, mutexes) and a data region (copies); giving
+//!   mappings with a control region (atomics) and a data region (copies); giving
 //!   pages back (`PUNCH_HOLE`).
-//! * **robust locks** ([`robust`]): process-shared mutexes in shared memory that tell the next
-//!   locker when the previous owner died holding one (glibc robust mutexes on Linux).
+//! * **robust locks** ([`robust`]): process-shared locks in shared memory that tell the next
+//!   locker when the previous owner died holding one, whatever the memory holds (a futex lock
+//!   whose owner word names a thread, checked in `/proc` on Linux).
 //! * **futexes** ([`futex`]): sleep while a 32-bit word in shared memory holds a value, and
 //!   wake sleepers, across processes (shared futexes on Linux).
 //!
@@ -28,12 +29,73 @@
 //! `EVFILT_PROC` in place of pidfds; Windows would need a handle-based backend. One `cfg`
 //! switch picks the backend below; nothing outside `sys` names a platform API.
 //!
-//! Unsafe code is allowed in this module only; every block carries a `// SAFETY:` comment.
+//! Almost all of the crate's unsafe code is here (ARCHITECTURE.md, "Unsafe code", lists the
+//! few other places); every block carries a `// SAFETY:` comment.
 
 #[cfg(target_os = "linux")]
 mod unix;
 #[cfg(target_os = "linux")]
-pub(crate) use unix::*;
+use unix as backend;
+
+// The interface, item by item: a second backend that lacks one (or names it differently)
+// fails to compile here, not somewhere in the crate above. Add an item here when a backend
+// gains one that the crate uses.
+
+/// Stream sockets, pipes, descriptor passing and readiness.
+pub(crate) mod socket {
+    /// What `recv_with_fds` returns (named only by tests; the crate uses its fields).
+    #[allow(unused_imports)]
+    pub(crate) use super::backend::socket::Received;
+    pub(crate) use super::backend::socket::{
+        advise_huge_pages, is_fifo, is_unix_stream_socket, pipe, poll_each, poll_many, read_into,
+        read_into_vec, recv_with_fds, send_frame, send_frame_until, shutdown, socketpair,
+        truncation_error, wait_fd, write_all, write_all_until, Events, Half, MAX_FDS_PER_FRAME,
+    };
+}
+
+/// Processes: fork, exit, handles, signals, waiting, inherited descriptors.
+pub(crate) mod process {
+    /// What `wait_child` returns (named only by tests; the crate uses its methods).
+    #[allow(unused_imports)]
+    pub(crate) use super::backend::process::Exit;
+    pub(crate) use super::backend::process::{
+        adopt_inherited_fd, at_exit, close_raw, default_sigchld, default_sigint, exit_now, fork,
+        getpid, getppid, ignore_sigint, ignore_sigpipe, inherit_fds, is_main_thread,
+        kill_me_with_parent, neutralize, pidfd_open, signal_pid, signal_pidfd, wait_child,
+        write_stderr_raw, Forked, SIGKILL, SIGTERM,
+    };
+    pub(crate) use super::backend::process::{
+        is_ignored, set_ignored, set_thread_name, SIGHUP, SIGINT, STATUS_LOST,
+    };
+}
+
+/// The running executable's identity.
+pub(crate) mod exe {
+    pub(crate) use super::backend::exe::fingerprint;
+}
+
+/// Sealed shared-memory segments and their mappings.
+pub(crate) mod shm {
+    pub(crate) use super::backend::shm::{
+        create, discard, identity, page_size, read_at, sealed_len, Mapping,
+    };
+}
+
+/// Process-shared robust mutexes.
+pub(crate) mod robust {
+    pub(crate) use super::backend::robust::{
+        init, lock, owner_died, prepare_fork, process_alive, process_identity, try_lock,
+        try_lock_or_take_over, unlock, Acquired, FORMAT, SLOT,
+    };
+}
+
+/// Cross-process futex waits and wakes.
+pub(crate) mod futex {
+    pub(crate) use super::backend::futex::{wait, wake, Woken};
+}
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("multiproc currently supports Linux only; macOS and Windows backends are planned");

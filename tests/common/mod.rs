@@ -18,12 +18,11 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// Joins with the test timeout, failing the test on a hang.
 pub fn join<R: serde::de::DeserializeOwned>(p: &Process<R>) -> multiproc::Result<R> {
     match p.join_timeout(WAIT) {
-        Ok(Some(v)) => Ok(v),
-        Ok(None) => {
+        Err(e) if e.is_timeout() => {
             let _ = p.kill();
             panic!("child {} did not finish within {WAIT:?}", p.pid())
         }
-        Err(e) => Err(e),
+        r => r,
     }
 }
 

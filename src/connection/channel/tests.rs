@@ -237,3 +237,37 @@ fn a_one_way_frame_announcing_descriptors_it_never_sent_is_refused_not_awaited()
         "{e}"
     );
 }
+
+#[test]
+fn memory_follows_the_bytes_that_arrived_not_the_announced_length() {
+    use std::io::Write;
+    let (mut peer, chan) = raw_pair();
+    let header = frame::encode_header(1 << 30, 0).unwrap();
+    peer.write_all(&header).unwrap();
+    peer.write_all(&[1u8; 100]).unwrap();
+    let soon = || Some(std::time::Instant::now() + std::time::Duration::from_millis(20));
+    assert!(chan.recv_frame(soon()).unwrap_err().is_timeout());
+    let cap = chan.partial_capacity().unwrap();
+    assert!(
+        cap <= PAYLOAD_FIRST,
+        "{cap} bytes reserved for 100 that arrived"
+    );
+    // More arrives: the buffer grows with it, at most twice what is there.
+    let more = vec![2u8; 3 << 20];
+    let writer = std::thread::spawn(move || {
+        peer.write_all(&more).unwrap();
+        peer
+    });
+    let mut received = 0;
+    while received < (3 << 20) + 100 {
+        assert!(chan.recv_frame(soon()).unwrap_err().is_timeout());
+        received = chan.partial_len().unwrap();
+        let cap = chan.partial_capacity().unwrap();
+        assert!(
+            cap <= (2 * received).max(PAYLOAD_FIRST),
+            "{cap} bytes reserved for {received} that arrived"
+        );
+    }
+    drop(writer.join().unwrap());
+    assert!(chan.recv_frame(None).unwrap_err().is_disconnected());
+}

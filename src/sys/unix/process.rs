@@ -277,3 +277,40 @@ pub(crate) fn adopt_inherited_fd(raw: i32) -> io::Result<OwnedFd> {
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
     Ok(fd)
 }
+
+/// SIGINT.
+pub(crate) const SIGINT: i32 = libc::SIGINT;
+/// SIGHUP.
+pub(crate) const SIGHUP: i32 = libc::SIGHUP;
+
+/// Whether signal `sig` is currently ignored (`SIG_IGN`) in this process.
+pub(crate) fn is_ignored(sig: i32) -> bool {
+    // SAFETY: an all-zero `sigaction` is a valid value of the plain C struct; with a null new
+    // action, `sigaction` only writes the current one into `old` and changes nothing.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Sets signal `sig` to "ignore" or back to its default action (a child applying the
+/// dispositions its parent sent).
+pub(crate) fn set_ignored(sig: i32, ignored: bool) {
+    let action = if ignored {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: SIG_IGN and SIG_DFL install no handler code.
+    unsafe { libc::signal(sig, action) };
+}
+
+/// Names the calling thread (`/proc/self/task/*/comm`, shown by `ps` and `top`); the kernel
+/// keeps the first 15 bytes.
+pub(crate) fn set_thread_name(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+    bytes.push(0);
+    if let Ok(c) = std::ffi::CStr::from_bytes_with_nul(&bytes) {
+        let _ = rustix::thread::set_name(c);
+    }
+}

@@ -46,6 +46,34 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes a pipe write may carry and still complete at once whenever `poll` reports the pipe
+/// writable (one free page; POSIX `PIPE_BUF`).
+const PIPE_CHUNK: usize = 4096;
+
+/// Like [`write_all`] but gives up at `deadline`: returns how many bytes were written (all of
+/// them, or fewer when the deadline passed first). Writes at most one page after each
+/// readiness check, so the call never blocks past the deadline on a pipe whose reader
+/// stalls (a blocking pipe write of more would wait for room for all of it).
+pub(crate) fn write_all_until(
+    fd: BorrowedFd<'_>,
+    parts: &[&[u8]],
+    deadline: Instant,
+) -> io::Result<usize> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut done = 0;
+    while done < total {
+        if !wait_fd(fd, true, Some(deadline))? {
+            break;
+        }
+        match rustix::io::writev(fd, &remaining_upto(parts, done, PIPE_CHUNK)) {
+            Ok(n) => done += n,
+            Err(Errno::INTR | Errno::AGAIN) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
 /// Whether `fd` is a pipe (used to validate a one-way connection received as a handle).
 pub(crate) fn is_fifo(fd: BorrowedFd<'_>) -> bool {
     rustix::fs::fstat(fd).is_ok_and(|st| {
@@ -72,13 +100,23 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, half: Half) -> io::Result<()> {
 }
 
 /// The unsent tail of `parts` after `done` bytes, as I/O slices.
-fn remaining<'a>(parts: &[&'a [u8]], mut done: usize) -> Vec<io::IoSlice<'a>> {
+fn remaining<'a>(parts: &[&'a [u8]], done: usize) -> Vec<io::IoSlice<'a>> {
+    remaining_upto(parts, done, usize::MAX)
+}
+
+/// At most `max` bytes of the unsent tail of `parts` after `done` bytes, as I/O slices.
+fn remaining_upto<'a>(parts: &[&'a [u8]], mut done: usize, mut max: usize) -> Vec<io::IoSlice<'a>> {
     let mut v = Vec::with_capacity(parts.len());
     for p in parts {
+        if max == 0 {
+            break;
+        }
         if done >= p.len() {
             done -= p.len();
         } else {
-            v.push(io::IoSlice::new(&p[done..]));
+            let end = p.len().min(done.saturating_add(max));
+            v.push(io::IoSlice::new(&p[done..end]));
+            max -= end - done;
             done = 0;
         }
     }
@@ -125,6 +163,48 @@ pub(crate) fn send_frame(
         }
     }
     Ok(())
+}
+
+/// Like [`send_frame`] but gives up at `deadline`: returns how many bytes were written (all
+/// of them, or fewer, possibly none, when the deadline passed first). The descriptors ride
+/// with the first byte, so they were sent exactly when the result is not 0.
+pub(crate) fn send_frame_until(
+    fd: BorrowedFd<'_>,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+    deadline: Instant,
+) -> io::Result<usize> {
+    debug_assert!(fds.len() <= MAX_FDS_PER_FRAME);
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut sent = 0usize;
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+    while sent < total {
+        let iov = remaining(parts, sent);
+        let mut cmsg = SendAncillaryBuffer::new(&mut space);
+        if sent == 0 && !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many file descriptors",
+            ));
+        }
+        match rustix::net::sendmsg(
+            fd,
+            &iov,
+            &mut cmsg,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
+            Ok(n) => sent += n,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                if !wait_fd(fd, true, Some(deadline))? {
+                    break;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(sent)
 }
 
 /// What one [`recv_with_fds`] call received.
@@ -213,7 +293,8 @@ pub(crate) fn truncation_error(r: Received) -> io::Error {
     }
 }
 
-/// Reads at most `max` bytes straight into the spare capacity of `vec` (no zeroing).
+/// Reads at most `max` bytes straight into the spare capacity of `vec` (no zeroing): the
+/// caller decides how much to reserve (at least one byte, so that 0 means end of stream).
 ///
 /// Returns the number of bytes appended; 0 means end of stream.
 pub(crate) fn read_into_vec(
@@ -221,10 +302,12 @@ pub(crate) fn read_into_vec(
     vec: &mut Vec<u8>,
     max: usize,
 ) -> io::Result<usize> {
-    if vec.capacity() - vec.len() < max {
-        vec.reserve_exact(max);
+    if vec.capacity() == vec.len() {
+        vec.reserve(1);
     }
-    let spare = &mut vec.spare_capacity_mut()[..max];
+    let spare = vec.spare_capacity_mut();
+    let n = max.min(spare.len());
+    let spare = &mut spare[..n];
     loop {
         match rustix::io::read(fd, &mut *spare) {
             Ok((filled, _)) => {
