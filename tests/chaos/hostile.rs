@@ -725,8 +725,12 @@ pub fn victim_scribble() {
         .capacity_bytes(64 << 10)
         .build()
         .expect("queue");
+    // Up to 240 KB into a 64 KiB ring with no consumer: a blocking put would wait for good.
     for i in 0..rng.below(6) {
-        let _ = q.put(vec![i as u8; rng.below(40_000) as usize]);
+        let _ = q.put_timeout(
+            vec![i as u8; rng.below(40_000) as usize],
+            Duration::from_millis(20),
+        );
     }
     let f = segment_of(&q).expect("segment");
     let len = f.metadata().map(|m| m.len()).unwrap_or(RING);
