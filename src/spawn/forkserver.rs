@@ -36,6 +36,11 @@ pub(super) struct Client {
 }
 
 impl Client {
+    /// The server's pid.
+    pub(super) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// How our environment differs from the server's now: what each child must set or remove
     /// to run in the parent's current environment (Python's forkserver keeps the server's;
     /// we follow the parent, as `Spawn` and `Fork` children do).

@@ -554,13 +554,10 @@ where
     ))
 }
 
-/// Byte offsets in the control page (`ring/layout.rs`: 128-byte groups).
-const PUT_LOCK: u64 = 128;
-const TAIL: u64 = 256;
-const GET_LOCK: u64 = 512;
-const HEAD: u64 = 640;
-const RING: u64 = 4096;
-const TAG: u64 = 0x7155 << 48;
+/// Where things live in a queue segment: the library's own layout (`ring/layout.rs`).
+use multiproc::__chaos::queue::{
+    FIRST, GET_LOCK, HEAD, LOCK_SLOT, PUT_LOCK, RECORD_TAG, RING, TAIL,
+};
 
 /// The producer's `tail` word of a queue segment (bit 0: an item is open).
 pub fn read_tail(f: &File) -> u64 {
@@ -584,7 +581,7 @@ where
     let cap = f.metadata()?.len() - RING;
     let pos = RING + tail % cap;
     let body_len = 16u64;
-    let header = body_len | (1u64 << 32) | TAG; // FIRST
+    let header = body_len | FIRST | RECORD_TAG;
     let mut rec = header.to_le_bytes().to_vec();
     rec.extend_from_slice(&total.to_le_bytes());
     rec.extend_from_slice(&[0x55; 8]);
@@ -736,8 +733,8 @@ pub fn victim_scribble() {
     let len = f.metadata().map(|m| m.len()).unwrap_or(RING);
     for _ in 0..1 + rng.below(6) {
         let (off, n) = match rng.below(4) {
-            0 => (PUT_LOCK + rng.below(64), 1 + rng.below(40)),
-            1 => (GET_LOCK + rng.below(64), 1 + rng.below(40)),
+            0 => (PUT_LOCK + rng.below(LOCK_SLOT), 1 + rng.below(40)),
+            1 => (GET_LOCK + rng.below(LOCK_SLOT), 1 + rng.below(40)),
             2 => (rng.below(RING), 1 + rng.below(64)),
             _ => (RING + rng.below(len - RING), 1 + rng.below(256)),
         };
@@ -835,8 +832,8 @@ pub fn victim_bad_locks() {
         .expect("read the control page");
     drop(seg);
     for off in [PUT_LOCK, GET_LOCK] {
-        let garbage = rng.bytes(64);
-        page[off as usize..off as usize + 64].copy_from_slice(&garbage);
+        let garbage = rng.bytes(LOCK_SLOT as usize);
+        page[off as usize..(off + LOCK_SLOT) as usize].copy_from_slice(&garbage);
     }
     let fd = rustix::fs::memfd_create(
         "multiproc-chaos-forged",
@@ -880,22 +877,6 @@ pub fn victim_bad_locks() {
 // A child's control socket
 // ------------------------------------------------------------------------------------------
 
-#[derive(Serialize, Clone)]
-struct Ident {
-    pid: i32,
-    name: String,
-}
-
-/// Mirror of `spawn::protocol::TaskSpec` (postcard: bytes encode as a length and the bytes).
-#[derive(Serialize, Clone)]
-struct TaskSpec {
-    fingerprint: Vec<u8>,
-    entry: u64,
-    name: String,
-    daemon: bool,
-    parent: Ident,
-}
-
 /// Forged task specs on a re-executed child's control socket (as `Spawn` starts it): the
 /// child refuses or fails cleanly; it never crashes (issue 9 point 13) or hangs.
 pub fn control_specs() {
@@ -907,24 +888,24 @@ pub fn control_specs() {
     let mut crashed: std::collections::BTreeMap<i32, u64> = Default::default();
     let mut hung = 0u64;
     let mut first_crash = None;
+    // Replies to well-formed specs whose seal is forged: each must be `BadEntry`.
+    let mut refusals: std::collections::BTreeMap<String, u64> = Default::default();
     let t0 = Instant::now();
     for i in 0..n {
         let kind = rng.below(5);
-        let spec = TaskSpec {
-            fingerprint: if kind == 1 { rng.bytes(20) } else { fp.clone() },
-            entry: match rng.below(3) {
-                0 => rng.next(),
-                1 => rng.below(1 << 24),
-                _ => (rng.below(1 << 20) as i64 - (1 << 19)) as u64,
-            },
-            name: "forged".into(),
-            daemon: false,
-            parent: Ident {
-                pid: std::process::id() as i32,
-                name: "MainProcess".into(),
-            },
+        let entry = match rng.below(3) {
+            0 => rng.next(),
+            1 => rng.below(1 << 24),
+            _ => (rng.below(1 << 20) as i64 - (1 << 19)) as u64,
         };
-        let mut payload = postcard::to_allocvec(&spec).unwrap();
+        // The library's own encoder: a spec that decodes, with a seal nobody made.
+        let mut payload = multiproc::__chaos::task_spec(entry, rng.next());
+        if kind == 1 {
+            // Another executable's fingerprint: its bytes follow a one-byte length.
+            for b in &mut payload[1..=fp.len()] {
+                *b ^= 0x5a;
+            }
+        }
         if kind == 2 {
             mutate(&mut rng, &mut payload);
         }
@@ -950,20 +931,19 @@ pub fn control_specs() {
         let _ = rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty());
         let _ = rustix::io::fcntl_setfd(&life_r, rustix::io::FdFlags::empty());
         let mut cmd = Command::new("/proc/self/exe");
-        cmd.env(
-            "__MULTIPROC_BOOT",
-            format!("child:{}:{}", theirs.as_raw_fd(), life_r.as_raw_fd()),
-        )
-        .env_remove(crate::util::ROLE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        let (boot_name, boot_value) =
+            multiproc::__chaos::spawn_boot(theirs.as_raw_fd(), life_r.as_raw_fd());
+        cmd.env(boot_name, boot_value)
+            .env_remove(crate::util::ROLE)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let mut child = cmd.spawn().expect("spawn");
         drop(theirs);
         drop(life_r);
         raw_send(ours.as_fd(), &bytes, &[]);
         // End of stream after the case: a child waiting for more sees it and must leave.
-        drop(ours);
+        let _ = rustix::net::shutdown(&ours, rustix::net::Shutdown::Write);
         let t_case = Instant::now();
         let status = loop {
             if let Ok(Some(s)) = child.try_wait() {
@@ -984,13 +964,20 @@ pub fn control_specs() {
                 Some(sig) => {
                     *crashed.entry(sig).or_default() += 1;
                     if first_crash.is_none() {
-                        first_crash =
-                            Some(format!("case {i}: entry {:#x} -> signal {sig}", spec.entry));
+                        first_crash = Some(format!("case {i}: entry {entry:#x} -> signal {sig}"));
                     }
                 }
                 None => *exited.entry(s.code().unwrap_or(-1)).or_default() += 1,
             },
         }
+        // What the child said before it left (kinds 0 and 4 decode, with a forged seal).
+        let reply = read_reply(&ours);
+        if kind == 0 || kind == 4 {
+            *refusals
+                .entry(reply.unwrap_or_else(|| "no reply".into()))
+                .or_default() += 1;
+        }
+        drop(ours);
         drop(life_w);
         if hung >= 5 {
             println!("NOTE stopped after {} of {n} cases: 5 children hung", i + 1);
@@ -1013,8 +1000,19 @@ pub fn control_specs() {
             ("exited (code:count)", fmt_map(&exited)),
             ("crashed (signal:count)", fmt_map(&crashed)),
             ("hung", hung.to_string()),
+            (
+                "replies to forged seals",
+                refusals
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
         ],
     );
+    check(refusals.keys().all(|k| k == "BadEntry"), || {
+        format!("well-formed specs with a forged seal were not all refused as BadEntry: {refusals:?}; issue 9 point 13")
+    });
     check(n_crashed == 0, || {
         format!(
             "{n_crashed} children crashed on forged specs, first: {}; issue 9 point 13",
@@ -1024,6 +1022,20 @@ pub fn control_specs() {
     check(hung == 0, || {
         format!("{hung} children hung on forged specs")
     });
+}
+
+/// The control message of the first frame a child wrote on `sock` (it has exited), if any.
+fn read_reply(sock: &OwnedFd) -> Option<String> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = rustix::io::read(sock, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    let len = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?) as usize;
+    multiproc::__chaos::child_reply(bytes.get(8..8 + len)?)
 }
 
 // ------------------------------------------------------------------------------------------

@@ -83,9 +83,8 @@ pub fn nofile() {
         let unkillable = kept.iter().filter(|p| p.kill().is_err()).count();
         let mut hung = 0;
         for p in &kept {
-            match join_for(p, Duration::from_secs(20)) {
-                Waited::TimedOut => hung += 1,
-                _ => {}
+            if matches!(join_for(p, Duration::from_secs(20)), Waited::TimedOut) {
+                hung += 1;
             }
         }
         drop(kept);

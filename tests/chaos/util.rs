@@ -179,22 +179,9 @@ pub fn live_descendants() -> Vec<u32> {
         .collect()
 }
 
-/// Whether `pid`'s initial environment holds `needle` (the fork server keeps its boot
-/// variable there: `remove_var` does not rewrite the original strings).
-pub fn environ_has(pid: u32, needle: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .any(|kv| kv.starts_with(needle.as_bytes()))
-        })
-        .unwrap_or(false)
-}
-
 /// The fork server among this process's children (found by its boot variable), if it runs.
 pub fn fork_server() -> Option<u32> {
-    children(std::process::id())
-        .into_iter()
-        .find(|&p| !is_gone(p) && environ_has(p, "__MULTIPROC_BOOT=server:"))
+    multiproc::__chaos::fork_server_pid().filter(|&p| !is_gone(p))
 }
 
 /// Sends `sig` to `pid`, ignoring a process that is already gone.
