@@ -180,6 +180,7 @@ pub(crate) fn reply_name(payload: &[u8]) -> Option<String> {
     let mut frame = crate::connection::channel::Frame {
         payload: payload.to_vec(),
         fds: Vec::new(),
+        fds_lost: false,
     };
     let msg = split_control(&mut frame).ok()?;
     let name = format!("{msg:?}");
