@@ -513,7 +513,9 @@ pub fn connection_frames() {
             t.cases
         )
     });
-    check(rss_after <= rss_before + 32 * 1024, || {
+    // Flat: measured +0.2 MiB over 30,000 and over 150,000 cases (the first run of this suite
+    // saw +9 MiB and +23 MiB); 4 MiB leaves room for allocator noise, not for a leak.
+    check(rss_after <= rss_before + 4 * 1024, || {
         format!(
             "memory grew over {} cases: {rss_before} -> {rss_after} KiB",
             t.cases
