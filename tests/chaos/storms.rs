@@ -649,7 +649,12 @@ fn server_storm(freeze: bool) {
                     Ok(v) if v == i * 3 + 1 => f.ok += 1,
                     Ok(_) => f.wrong += 1,
                     Err(e) if e.is_timeout() => f.hung += 1,
-                    Err(e) => f.failure(e.kind()),
+                    Err(e) => {
+                        if !f.kinds.contains_key(&format!("{:?}", e.kind())) {
+                            println!("NOTE server storm, first pool failure of its kind: {e}");
+                        }
+                        f.failure(e.kind())
+                    }
                 }
             }
         }
@@ -698,6 +703,11 @@ fn server_storm(freeze: bool) {
             ("pool tasks", f.tasks.to_string()),
             ("pool ok", f.ok.to_string()),
             ("pool failed", f.failed.to_string()),
+            ("failure kinds", {
+                let mut k: Vec<_> = f.kinds.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                k.sort();
+                k.join(" ")
+            }),
             ("wrong", f.wrong.to_string()),
             ("hung", h.to_string()),
             ("witnesses", witnesses.load(Ordering::Relaxed).to_string()),
