@@ -201,7 +201,12 @@ fn main() {
         match run.status {
             None => fails.push(format!("hung: killed after its limit of {limit:?}")),
             Some(s) if !s.success() || !done => fails.push(format!(
-                "the role died before finishing: {s} (stderr: {})",
+                "the role died {}: {s} (stderr: {})",
+                if done {
+                    "at exit, after finishing"
+                } else {
+                    "before finishing"
+                },
                 run.stderr_tail.replace('\n', " / ")
             )),
             Some(_) => {}

@@ -373,7 +373,14 @@ pub fn run_role(role: &str, envs: &[(&str, String)], limit: Duration) -> RoleRun
         let mut s = Vec::new();
         let _ = BufReader::new(err).read_to_end(&mut s);
         let s = String::from_utf8_lossy(&s).into_owned();
-        let lines: Vec<&str> = s.lines().collect();
+        // Backtrace frames hide the panic message: keep the other lines.
+        let frame = |l: &str| {
+            let t = l.trim_start();
+            t.starts_with("at ")
+                || t.split_once(':')
+                    .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let lines: Vec<&str> = s.lines().filter(|l| !frame(l)).collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     });
     let mut lines = Vec::new();
