@@ -714,6 +714,51 @@ fn dropped_children_are_reaped_by_the_reaper() -> Result<(), String> {
     }
 }
 
+/// Returns from `main` at once after starting children whose first frames were never read:
+/// the exit-time reaper must decode them without the main thread's (destroyed) thread-locals.
+fn role_exit_unread() {
+    let mut keep = Vec::new();
+    for i in 0..4u64 {
+        let daemon = i % 2 == 0;
+        let p = Process::builder()
+            .daemon(daemon)
+            .spawn(i, |x: u64| x + 1)
+            .expect("spawn");
+        keep.push(p);
+    }
+    // Leak the handles: at exit they are still registered, and nothing has been read yet.
+    std::mem::forget(keep);
+    println!("started");
+}
+
+/// At exit, children whose frames were never read are finished without an abort (the
+/// exit-time reaper must not touch the exiting thread's destroyed thread-locals).
+fn exit_with_unread_children_is_clean() -> Result<(), String> {
+    for round in 0..10 {
+        let mut child = spawn_role("exit_unread");
+        let line = read_line_with_timeout(&mut child, Duration::from_secs(20));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("round {round}: the program did not exit"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        reap_zombies();
+        if line.trim() != "started" || !status.success() {
+            return Err(format!(
+                "round {round}: printed {line:?}, exited with {status} (an abort at exit?)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     match std::env::var(ROLE).as_deref() {
         Ok("reaper") => return role_reaper(),
@@ -724,12 +769,13 @@ fn main() {
         Ok("victim") => return role_victim(),
         Ok("clean") => return role_clean(),
         Ok("sigchld") => return role_sigchld_ignored(),
+        Ok("exit_unread") => return role_exit_unread(),
         _ => {}
     }
     // Orphans of our helpers are re-parented to us, so we can see and reap them.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     type Check = fn() -> Result<(), String>;
-    let tests: [(&str, Check); 8] = [
+    let tests: [(&str, Check); 9] = [
         (
             "dropped_children_are_reaped_by_the_reaper",
             dropped_children_are_reaped_by_the_reaper,
@@ -753,6 +799,10 @@ fn main() {
         ),
         ("normal_exit_leaves_nothing", normal_exit_leaves_nothing),
         ("sigchld_ignored_still_joins", sigchld_ignored_still_joins),
+        (
+            "exit_with_unread_children_is_clean",
+            exit_with_unread_children_is_clean,
+        ),
     ];
     let mut failed = 0;
     for (name, t) in tests {

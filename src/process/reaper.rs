@@ -122,6 +122,21 @@ fn reaper_loop(wake: &(Channel, Channel)) {
 
 /// At normal exit: terminate daemon children, wait for the others (Python's semantics).
 pub(crate) extern "C" fn at_exit() {
+    // glibc destroys the exiting thread's thread-locals before it runs `atexit` handlers, and
+    // decoding a child's last frame uses the codec's thread-local tables: an access here would
+    // panic, and a panic cannot leave an `extern "C"` function (the process would abort). So
+    // the work runs on a fresh thread, or, if none can be started, under `catch_unwind`.
+    let worker = std::thread::Builder::new()
+        .name("multiproc-exit".into())
+        .spawn(finish_children);
+    match worker {
+        Ok(h) => drop(h.join()),
+        Err(_) => drop(std::panic::catch_unwind(finish_children)),
+    }
+}
+
+/// Terminates daemon children and waits for the others, then stops the fork server.
+fn finish_children() {
     let children: Vec<Arc<ChildShared>> = {
         // Another thread may hold the lock forever (it is being torn down with us): give up
         // rather than hang the exit.
