@@ -474,9 +474,10 @@ impl<'de> Deserialize<'de> for FdOwned {
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        if self.chan.is_tls() {
+        if self.chan.is_network() {
             return Err(serde::ser::Error::custom(
-                "a TLS connection cannot be sent to another process (its session keys live in                  this one); let the child connect by itself",
+                "a network (TCP or TLS) connection cannot be sent to another process (a TLS \
+                 session's keys live in this one); let the other process connect by itself",
             ));
         }
         if self.chan.has_buffered() {

@@ -55,8 +55,8 @@ pub(crate) mod socket {
     };
     // Network and named sockets (connection::Listener / Client).
     pub(crate) use super::backend::socket::{
-        accept, bind_listen, connect_until, is_tcp_stream_socket, local_inet_addr, random_bytes,
-        recv_nowait, send_nowait, set_nodelay, stream_socket, SockAddr,
+        accept, bind_listen, connect_until, local_inet_addr, random_bytes, recv_nowait,
+        send_nowait, set_nodelay, stream_socket, SockAddr,
     };
 }
 

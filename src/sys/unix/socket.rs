@@ -586,17 +586,6 @@ pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::net::sockopt::set_tcp_nodelay(fd, true)?)
 }
 
-/// Whether `fd` is a connected TCP stream socket (a network connection received as a handle).
-pub(crate) fn is_tcp_stream_socket(fd: BorrowedFd<'_>) -> bool {
-    use rustix::net::sockopt;
-    matches!(sockopt::socket_type(fd), Ok(SocketType::STREAM))
-        && matches!(
-            sockopt::socket_domain(fd),
-            Ok(AddressFamily::INET | AddressFamily::INET6)
-        )
-        && matches!(sockopt::socket_acceptconn(fd), Ok(false))
-}
-
 /// One `send` that never blocks and never raises SIGPIPE: `WouldBlock` when the buffer is full.
 pub(crate) fn send_nowait(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     loop {
