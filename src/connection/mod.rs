@@ -533,8 +533,8 @@ fn would_block_for_now<T>(r: Result<T>) -> Result<T> {
     })
 }
 
-/// Something [`wait`] can wait on: a [`Connection`] (a message is ready) or a
-/// [`Process`](crate::Process) (it has exited).
+/// Something [`wait`] can wait on: a [`Connection`] (a message is ready), a
+/// [`Process`](crate::Process) (it has exited) or a [`Listener`] (`accept` has work).
 ///
 /// The trait is sealed: only multiproc's types implement it.
 ///

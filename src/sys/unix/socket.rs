@@ -622,3 +622,41 @@ pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A close-on-exec readiness set (an epoll instance on Linux): a descriptor that polls
+/// readable while any descriptor watched in it is ready for what it is watched for.
+///
+/// Called only by `fdreg`, which registers it.
+pub(crate) fn readiness_set() -> io::Result<OwnedFd> {
+    Ok(rustix::event::epoll::create(
+        rustix::event::epoll::CreateFlags::CLOEXEC,
+    )?)
+}
+
+/// Watches `fd` in `set` (level-triggered) for writability (`write`) or readability and
+/// hang-up; `add` for a descriptor not watched yet, otherwise its interest changes.
+pub(crate) fn watch(
+    set: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    write: bool,
+    add: bool,
+) -> io::Result<()> {
+    use rustix::event::epoll::{self, EventData, EventFlags};
+    let flags = if write {
+        EventFlags::OUT
+    } else {
+        EventFlags::IN | EventFlags::RDHUP
+    };
+    let data = EventData::new_u64(0);
+    if add {
+        epoll::add(set, fd, data, flags)?;
+    } else {
+        epoll::modify(set, fd, data, flags)?;
+    }
+    Ok(())
+}
+
+/// Stops watching `fd` in `set`.
+pub(crate) fn unwatch(set: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::event::epoll::delete(set, fd)?)
+}
