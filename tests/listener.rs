@@ -652,6 +652,158 @@ mod tls {
     }
 
     #[test]
+    fn tls_both_directions_at_once_timeouts_and_poll() {
+        let (sc, cc) = configs();
+        let l = Listener::<Vec<u8>>::bind_tls(&tcp(), KEY, sc).unwrap();
+        let a = l.local_addr().clone();
+        let t =
+            std::thread::spawn(move || Client::connect_tls::<Vec<u8>>(&a, KEY, cc, name(), WAIT));
+        let server = std::sync::Arc::new(l.accept_timeout(WAIT).unwrap());
+        let client = std::sync::Arc::new(t.join().unwrap().unwrap());
+        // Nothing sent yet: a timed receive times out, poll says no.
+        assert_eq!(
+            server
+                .recv_timeout(Duration::from_millis(20))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Timeout
+        );
+        assert!(!server.poll(Duration::ZERO).unwrap());
+        // Each side sends 8 MiB while the other does too: neither may wait on the other's
+        // reading (a receiving thread per side).
+        let big = vec![0xabu8; 8 << 20];
+        let mut threads = Vec::new();
+        for (tx, rx) in [
+            (server.clone(), client.clone()),
+            (client.clone(), server.clone()),
+        ] {
+            let m = big.clone();
+            threads.push(std::thread::spawn(move || tx.send(&m).unwrap()));
+            threads.push(std::thread::spawn(move || {
+                assert_eq!(rx.recv_timeout(WAIT).unwrap().len(), 8 << 20);
+            }));
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        client.send(&vec![1, 2, 3]).unwrap();
+        assert!(server.poll(WAIT).unwrap());
+        assert_eq!(server.recv_timeout(WAIT).unwrap(), vec![1, 2, 3]);
+    }
+
+    /// A forwarding proxy in the middle: records what goes from the client to the server, and
+    /// flips one byte of it when `flip` is set.
+    struct Proxy {
+        addr: Address,
+        seen: Arc<std::sync::Mutex<Vec<u8>>>,
+        flip: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    fn proxy_to(target: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let front = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = front.local_addr().unwrap().into();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let flip = Arc::new(AtomicBool::new(false));
+        let (seen2, flip2) = (seen.clone(), flip.clone());
+        std::thread::spawn(move || {
+            let (mut c, _) = front.accept().unwrap();
+            let mut s = TcpStream::connect(target).unwrap();
+            let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(Shutdown::Write);
+            });
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = c.read(&mut buf) {
+                seen2.lock().unwrap().extend_from_slice(&buf[..n]);
+                if flip2.swap(false, Ordering::SeqCst) {
+                    buf[n - 1] ^= 0x01;
+                }
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = s.shutdown(Shutdown::Write);
+        });
+        Proxy { addr, seen, flip }
+    }
+
+    const SECRET: &[u8] = b"TOP-SECRET-PAYLOAD-0123456789";
+
+    fn through_proxy(tls: bool) -> (bool, ErrorKind) {
+        use std::sync::atomic::Ordering;
+        let (sc, cc) = configs();
+        let l = if tls {
+            Listener::<Vec<u8>>::bind_tls(&tcp(), KEY, sc).unwrap()
+        } else {
+            Listener::<Vec<u8>>::bind(&tcp(), KEY).unwrap()
+        };
+        let p = proxy_to(tcp_addr(&l));
+        let a = p.addr.clone();
+        let t = std::thread::spawn(move || {
+            if tls {
+                Client::connect_tls::<Vec<u8>>(&a, KEY, cc, name(), WAIT).unwrap()
+            } else {
+                Client::connect_timeout::<Vec<u8>>(&a, KEY, WAIT).unwrap()
+            }
+        });
+        let server = l.accept_timeout(WAIT).unwrap();
+        let client = t.join().unwrap();
+        client.send(&SECRET.to_vec()).unwrap();
+        assert_eq!(server.recv_timeout(WAIT).unwrap(), SECRET);
+        let visible = p
+            .seen
+            .lock()
+            .unwrap()
+            .windows(SECRET.len())
+            .any(|w| w == SECRET);
+        // Tampering: one flipped bit in the next message.
+        p.flip.store(true, Ordering::SeqCst);
+        client.send(&SECRET.to_vec()).unwrap();
+        let kind = match server.recv_timeout(WAIT) {
+            Ok(v) => {
+                assert_ne!(v, SECRET, "the proxy did not flip anything");
+                ErrorKind::Decode // stands for "a changed value was delivered"
+            }
+            Err(e) => e.kind(),
+        };
+        (visible, kind)
+    }
+
+    #[test]
+    fn tls_hides_and_protects_what_plain_tcp_does_not() {
+        // Plain TCP: an on-path attacker reads the message and changes it undetected.
+        let (visible, tampered) = through_proxy(false);
+        assert!(visible, "the plain message should be visible to the proxy");
+        assert_eq!(tampered, ErrorKind::Decode, "a changed value arrived");
+        // TLS: the attacker sees ciphertext, and a changed record is refused.
+        let (visible, tampered) = through_proxy(true);
+        assert!(!visible, "TLS leaked the plaintext");
+        assert_eq!(
+            tampered,
+            ErrorKind::Protocol,
+            "a tampered TLS record must fail the receive"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_refused_before_the_authkey() {
+        let (sc, _) = configs();
+        let (_, other_cc) = configs(); // trusts a different self-signed certificate
+        let l = Listener::<u8>::bind_tls(&tcp(), KEY, sc).unwrap();
+        let a = l.local_addr().clone();
+        let t = std::thread::spawn(move || {
+            Client::connect_tls::<u8>(&a, KEY, other_cc, name(), WAIT).unwrap_err()
+        });
+        let e = l.accept_timeout(Duration::from_millis(1500)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        let e = t.join().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains("TLS"), "{e}");
+    }
+
+    #[test]
     fn tls_still_checks_the_authkey() {
         let (sc, cc) = configs();
         let l = Listener::<u8>::bind_tls(&tcp(), KEY, sc).unwrap();

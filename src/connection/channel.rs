@@ -678,7 +678,7 @@ impl Link<'_> {
             None => socket::wait_fd(self.fd, false, deadline),
             Some(t) => t.wait_readable(self.fd, deadline),
         }
-        .map_err(Error::io)
+        .map_err(stream_error)
     }
 
     /// Reads what is there into `buf`, blocking; 0 at end of stream (plain reads: no
@@ -688,7 +688,17 @@ impl Link<'_> {
             None => socket::read_into(self.fd, buf),
             Some(t) => t.read(self.fd, buf, None).map(|n| n.unwrap_or(0)),
         }
-        .map_err(Error::io)
+        .map_err(stream_error)
+    }
+}
+
+/// An I/O error of a read; a failed TLS session (a tampered record, say: `InvalidData` with
+/// its reason) is the peer breaking the protocol.
+fn stream_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::InvalidData && e.raw_os_error().is_none() {
+        Error::msg(ErrorKind::Protocol, e.to_string())
+    } else {
+        Error::io(e)
     }
 }
 

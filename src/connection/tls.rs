@@ -141,6 +141,33 @@ mod imp {
         conn: rustls::Connection,
         /// The socket reached end of stream (no more ciphertext will come).
         eof: bool,
+        /// The session failed (a bad record, a failed handshake): every later read and
+        /// write reports this, so no caller waits on a session that cannot go on.
+        failed: Option<String>,
+    }
+
+    impl State {
+        fn check(&self) -> io::Result<()> {
+            match &self.failed {
+                None => Ok(()),
+                Some(m) => Err(io::Error::new(io::ErrorKind::InvalidData, m.clone())),
+            }
+        }
+
+        /// Decrypts what arrived; a failure is kept (see `failed`).
+        fn process(&mut self) -> io::Result<rustls::IoState> {
+            self.check()?;
+            match self.conn.process_new_packets() {
+                Ok(s) => Ok(s),
+                Err(e) => {
+                    self.failed = Some(format!(
+                        "the TLS session failed: {e} (a tampered or corrupt record, a \
+                         certificate not trusted, or a peer not speaking TLS)"
+                    ));
+                    self.check().map(|()| unreachable!("just set"))
+                }
+            }
+        }
     }
 
     /// A rustls session over a connection's socket.
@@ -162,7 +189,11 @@ mod imp {
         fn with(mut conn: rustls::Connection) -> Self {
             conn.set_buffer_limit(Some(SEND_BUFFER));
             TlsStream {
-                state: Mutex::new(State { conn, eof: false }),
+                state: Mutex::new(State {
+                    conn,
+                    eof: false,
+                    failed: None,
+                }),
             }
         }
 
@@ -183,6 +214,7 @@ mod imp {
 
         /// Sends queued records without blocking; `true` when none are left.
         fn flush_locked(st: &mut State, fd: BorrowedFd<'_>) -> io::Result<bool> {
+            // (A failed session still sends its alert, then reports the failure.)
             while st.conn.wants_write() {
                 match st.conn.write_tls(&mut NoWait(fd)) {
                     Ok(_) => {}
@@ -195,6 +227,7 @@ mod imp {
 
         /// Takes in the ciphertext the socket has now; `WouldBlock` when it has none.
         fn pull(st: &mut State, fd: BorrowedFd<'_>) -> io::Result<()> {
+            st.check()?;
             if st.eof {
                 return Ok(());
             }
@@ -202,7 +235,7 @@ mod imp {
             if n == 0 {
                 st.eof = true;
             }
-            st.conn.process_new_packets().map_err(tls_error)?;
+            st.process()?;
             // Alerts and handshake replies go out at once where the socket allows.
             Self::flush_locked(st, fd)?;
             Ok(())
@@ -211,6 +244,7 @@ mod imp {
         pub(crate) fn try_read(&self, fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
             let mut st = lock(&self.state);
             loop {
+                st.check()?;
                 match st.conn.reader().read(buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
@@ -226,6 +260,7 @@ mod imp {
 
         pub(crate) fn try_write(&self, fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
             let mut st = lock(&self.state);
+            st.check()?;
             let n = st.conn.writer().write(buf)?;
             let _ = Self::flush_locked(&mut st, fd)?;
             if n == 0 && !buf.is_empty() {
@@ -242,10 +277,9 @@ mod imp {
         pub(crate) fn has_plaintext(&self) -> bool {
             let mut st = lock(&self.state);
             st.eof
-                || st
-                    .conn
-                    .process_new_packets()
-                    .is_ok_and(|s| s.plaintext_bytes_to_read() > 0 || s.peer_has_closed())
+                || st.process().map_or(true, |s| {
+                    s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
+                })
         }
 
         /// Waits until a read would not block (plaintext, end of stream or an error), or
@@ -262,11 +296,12 @@ mod imp {
                         if st.eof {
                             return Ok(true);
                         }
-                        match st.conn.process_new_packets() {
+                        match st.process() {
                             Ok(s) if s.plaintext_bytes_to_read() > 0 || s.peer_has_closed() => {
                                 return Ok(true)
                             }
                             Ok(_) => {}
+                            // The read reports it.
                             Err(_) => return Ok(true),
                         }
                         match Self::pull(&mut st, fd) {
