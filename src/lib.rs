@@ -342,6 +342,7 @@ mod fdreg;
 mod pool;
 mod process;
 mod queue;
+pub mod shm;
 mod spawn;
 #[allow(unsafe_code)] // the platform layer: every unsafe block there has a SAFETY comment
 mod sys;
@@ -359,4 +360,5 @@ pub use process::{
     active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use shm::{SharedBytes, SharedMemory, SharedVec};
 pub use task::{TaskArg, TaskResult};

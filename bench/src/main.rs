@@ -30,6 +30,7 @@ mod procspawn_peer;
 mod python;
 mod rayon_peer;
 mod rss;
+mod shm_peer;
 #[path = "../../examples/crawler/site.rs"]
 mod site;
 mod table;

@@ -87,6 +87,9 @@ pub(crate) mod exe {
 /// Sealed shared-memory segments and their mappings.
 pub(crate) mod shm {
     pub(crate) use super::backend::shm::{
+        allocate, open_named, regular_len, unlink_named, write_at, NAMED_DIR,
+    };
+    pub(crate) use super::backend::shm::{
         create, discard, identity, page_size, read_at, sealed_len, Mapping,
     };
 }

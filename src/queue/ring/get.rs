@@ -182,7 +182,19 @@ impl Ring {
                     "consumer position {head} and producer position {tail} are inconsistent"
                 )));
             }
-            let (len, flags) = self.read_header(head, tail)?;
+            let (len, flags) = if self.is_skip_mark(head, tail) {
+                // The last SKIP written: its bytes may already hold the next lap's records
+                // (README "Memory"), so it is known by its position, not read.
+                let lap_end = (head | (self.cap - 1)) + 1;
+                if lap_end >= tail || tail - lap_end > self.cap {
+                    return Err(corrupt(format!(
+                        "a SKIP at position {head} followed by records up to {tail}"
+                    )));
+                }
+                (0, SKIP)
+            } else {
+                self.read_header(head, tail)?
+            };
             let size = 8 + len.next_multiple_of(8);
             if flags & SKIP != 0 {
                 let next = (head & !(self.cap - 1)) + self.cap;
@@ -287,11 +299,17 @@ impl Ring {
         let ok = tag == TAG
             && known
             && if control {
-                len == 0 && (flags == ABORT || (flags == SKIP && lap_end < tail))
+                len == 0
+                    && if flags == SKIP {
+                        lap_end < tail && tail - head <= self.cap
+                    } else {
+                        flags == ABORT && tail - head <= self.cap
+                    }
             } else {
                 size <= self.max_record
                     && off + size <= self.cap
                     && head + size <= tail
+                    && tail - head <= self.cap
                     && (flags & (FIRST | LAST) != FIRST || len >= 8)
             };
         if !ok {

@@ -179,6 +179,7 @@ impl Ring {
         ring.u32(at!(config.lock_format))
             .store(robust::FORMAT, Relaxed);
         ring.u64(at!(config.type_hash)).store(type_hash, Relaxed);
+        ring.u64(at!(skip.at)).store(NO_SKIP, Relaxed);
         ring.u64(at!(config.magic)).store(MAGIC, Release);
         Ok(ring)
     }
@@ -336,9 +337,11 @@ impl Ring {
     }
 
     /// Whether `head <= tail` are positions the protocol can produce: the published records
-    /// fit in the ring, and neither is near overflowing (`2^62` bytes are centuries of traffic).
+    /// fit in the ring (`tail - head <= C`, or up to `2C` when the record at `head` is the
+    /// last SKIP written: `get_locked` and `read_header` check which), and neither is near
+    /// overflowing (`2^62` bytes are centuries of traffic).
     fn positions_ok(&self, head: u64, tail: u64) -> bool {
-        head <= tail && tail < POS_LIMIT && tail - head <= self.cap
+        head <= tail && tail < POS_LIMIT && tail - head <= 2 * self.cap
     }
 
     /// Where ring position `pos` lives in the mapping.
