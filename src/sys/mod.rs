@@ -7,7 +7,11 @@
 //!   (SCM_RIGHTS on Unix), never raising SIGPIPE; `recv_with_fds` reads whatever is available
 //!   into a buffer without blocking and hands over any descriptors that arrived with it
 //!   (telling a truncation by an exhausted descriptor table from one by a peer that sent too
-//!   many); `wait_fd` blocks until an fd is ready or a deadline passes. The creators here
+//!   many); `wait_fd` blocks until an fd is ready or a deadline passes. For
+//!   `connection::Listener`/`Client`: TCP and Unix (path or abstract) stream sockets that
+//!   bind, listen, accept without blocking and connect with a deadline, `TCP_NODELAY`,
+//!   non-blocking `send`/`recv`, a readiness set (one descriptor that polls ready while
+//!   any watched one is: epoll), and random bytes from the kernel for the handshake's nonces. The creators here
 //!   (socket pairs, pipes, memfds, pidfds) are called only by `fdreg`, which lists what they
 //!   make before anyone can fork.
 //! * **processes** ([`process`]): `fork` (unsafe: see its contract), `exit_now` (leave without
@@ -51,6 +55,12 @@ pub(crate) mod socket {
         read_into_vec, recv_with_fds, send_frame, send_frame_until, shutdown, socketpair,
         truncation_error, wait_fd, write_all, write_all_until, Events, Half, MAX_FDS_PER_FRAME,
     };
+    // Network and named sockets (connection::Listener / Client).
+    pub(crate) use super::backend::socket::{
+        accept, bind_listen, connect_until, local_inet_addr, random_bytes, recv_nowait,
+        send_nowait, set_nodelay, stream_socket, SockAddr,
+    };
+    pub(crate) use super::backend::socket::{readiness_set, unwatch, watch};
 }
 
 /// Processes: fork, exit, handles, signals, waiting, inherited descriptors.
