@@ -326,6 +326,7 @@ pub mod connection;
 mod context;
 mod error;
 mod fdreg;
+pub mod manager;
 mod pool;
 mod process;
 mod queue;
@@ -339,6 +340,7 @@ mod wait;
 pub use connection::{Connection, Pipe};
 pub use context::{all_start_methods, cpu_count, get_start_method, set_start_method, StartMethod};
 pub use error::{Error, ErrorKind, PutError, Result};
+pub use manager::{Manager, ManagerBuilder};
 pub use pool::{with_worker_state, AsyncResult, IMap, Pool, PoolBuilder};
 pub use process::{
     active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo,
