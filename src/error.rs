@@ -40,6 +40,9 @@ pub enum ErrorKind {
     TooLarge,
     /// The peer broke the wire protocol (garbage bytes, a forged handle, a truncated frame).
     Protocol,
+    /// A network peer did not prove it knows the authkey (a
+    /// [`Listener`](crate::connection::Listener) refused ours, or could not prove its own).
+    AuthenticationFailed,
     /// The child is not running the same executable as the parent.
     ExecutableMismatch,
     /// The object was closed, or the pool no longer accepts work.
@@ -267,6 +270,7 @@ impl fmt::Display for Error {
             ErrorKind::Decode => "could not deserialise the received bytes into the expected type",
             ErrorKind::TooLarge => "message larger than the maximum message size",
             ErrorKind::Protocol => "protocol error",
+            ErrorKind::AuthenticationFailed => "authentication failed",
             ErrorKind::ExecutableMismatch => {
                 "the child is not running the same executable as the parent"
             }

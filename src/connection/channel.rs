@@ -16,6 +16,8 @@ use crate::fdreg::{self, RegisteredFd};
 use crate::sys::socket;
 use crate::wait::lock;
 
+use super::tls::TlsStream;
+
 /// The read buffer starts this small (most channels carry a few small frames: a child's
 /// task and report) and is allocated on the first read, not at creation.
 const READ_FIRST: usize = 4 * 1024;
@@ -83,7 +85,7 @@ struct Writer {
 /// that leaves while someone waits wakes one under `gate`, so no wake-up falls between a
 /// waiter's failed try and its sleep.
 #[derive(Debug, Default)]
-struct Turn<T> {
+pub(crate) struct Turn<T> {
     inner: Mutex<T>,
     waiters: AtomicUsize,
     gate: Mutex<()>,
@@ -94,13 +96,13 @@ struct Turn<T> {
 const SPIN_TRIES: usize = 64;
 
 /// Holds a [`Turn`]; gives it to the next waiter on drop.
-struct TurnGuard<'a, T> {
+pub(crate) struct TurnGuard<'a, T> {
     turn: &'a Turn<T>,
     guard: Option<MutexGuard<'a, T>>,
 }
 
 impl<T> Turn<T> {
-    fn new(value: T) -> Self {
+    pub(crate) fn new(value: T) -> Self {
         Turn {
             inner: Mutex::new(value),
             waiters: AtomicUsize::new(0),
@@ -119,7 +121,7 @@ impl<T> Turn<T> {
 
     /// Waits for the turn until `deadline` (`None`: as long as it takes); `None` if the
     /// deadline passed first.
-    fn take(&self, deadline: Option<Instant>) -> Option<TurnGuard<'_, T>> {
+    pub(crate) fn take(&self, deadline: Option<Instant>) -> Option<TurnGuard<'_, T>> {
         let guard = match deadline {
             // No deadline: std's own contended path (it spins briefly, then sleeps); the
             // holder's unlock wakes us.
@@ -198,7 +200,9 @@ impl<T> Drop for TurnGuard<'_, T> {
     }
 }
 
-/// A framed, descriptor-carrying byte stream over a Unix stream socket.
+/// A framed byte stream: over a Unix stream socket (descriptors ride along), a pipe with a
+/// side socket for descriptors, or a network connection (TCP, or TLS over TCP or a Unix
+/// socket: no descriptors).
 ///
 /// Reading and writing are locked separately, so one thread may send while another receives.
 /// Its descriptors are [`RegisteredFd`]s: closed (and taken off the registry) on drop.
@@ -207,6 +211,10 @@ pub(crate) struct Channel {
     fd: RegisteredFd,
     /// For a one-way pipe: the socket that carries descriptors beside it (pipes cannot).
     side: Option<RegisteredFd>,
+    /// A network connection: descriptors cannot travel (sending a handle is an error).
+    net: bool,
+    /// The TLS session of a TLS connection: every byte goes through it.
+    tls: Option<Box<TlsStream>>,
     reader: Turn<Reader>,
     writer: Turn<Writer>,
     max_message: AtomicUsize,
@@ -223,6 +231,8 @@ impl Channel {
         Channel {
             fd,
             side,
+            net: false,
+            tls: None,
             reader: Turn::new(Reader {
                 buf: Box::default(),
                 start: 0,
@@ -237,16 +247,36 @@ impl Channel {
         }
     }
 
+    /// A network connection that has passed the authkey handshake (over `tls` if given):
+    /// frames as usual, no descriptors when `tcp` or TLS, and the network's smaller default
+    /// maximum message.
+    pub(crate) fn network(fd: RegisteredFd, tls: Option<Box<TlsStream>>, tcp: bool) -> Self {
+        let mut c = Self::new(fd);
+        c.net = tcp || tls.is_some();
+        c.tls = tls;
+        c.set_max_message(super::listener::NET_MAX_MESSAGE);
+        c
+    }
+
+    /// Whether this is a TLS connection (which cannot move to another process).
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// A channel over descriptors received as a handle: `fd` must be a Unix stream socket
-    /// (duplex), or a pipe with `side` a Unix stream socket (one-way). Anything else (a TCP or
-    /// listening socket, a regular file, a pipe without its side socket) is refused with the
-    /// reason, and the descriptors are closed.
+    /// (duplex), a connected TCP socket (a network connection, no descriptors) or a pipe with
+    /// `side` a Unix stream socket (one-way). Anything else (a listening socket, a regular
+    /// file, a pipe without its side socket) is refused with the reason, and the descriptors
+    /// are closed.
     pub(crate) fn from_handle(
         fd: RegisteredFd,
         side: Option<RegisteredFd>,
     ) -> Result<Channel, &'static str> {
         match &side {
             None if socket::is_unix_stream_socket(fd.as_fd()) => Ok(Channel::new(fd)),
+            None if socket::is_tcp_stream_socket(fd.as_fd()) => {
+                Ok(Channel::network(fd, None, true))
+            }
             Some(s) if socket::is_fifo(fd.as_fd()) && socket::is_unix_stream_socket(s.as_fd()) => {
                 Ok(Channel::with_side(fd, side))
             }
@@ -291,7 +321,19 @@ impl Channel {
         Link {
             fd: self.fd(),
             side: self.side(),
+            tls: self.tls.as_deref(),
         }
+    }
+
+    /// Refuses descriptors on a network connection, before anything is written.
+    fn check_fds(&self, n: usize) -> Result<(), Error> {
+        if n > 0 && self.net {
+            return Err(Error::msg(
+                ErrorKind::Unsupported,
+                "this message holds a handle (a Connection, a Queue, ...), and handles cannot                  travel over a network (TCP or TLS) connection: only a Unix-socket connection                  carries descriptors; send the data instead, or connect over a `unix:` address",
+            ));
+        }
+        Ok(())
     }
 
     /// Writes one frame: on a socket, descriptors ride with its first byte; on a pipe, they go
@@ -314,6 +356,14 @@ impl Channel {
         if let Some(why) = &w.broken {
             return Err(Error::msg(ErrorKind::Closed, why.clone()));
         }
+        self.check_fds(fds.len())?;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some(tls) = &self.tls {
+            let sent = tls
+                .write_all_until(self.fd(), parts, deadline)
+                .map_err(Error::io)?;
+            return self.after_timed_write(w, sent > 0, sent, total);
+        }
         let Some(deadline) = deadline else {
             return match &self.side {
                 None => socket::send_frame(self.fd(), parts, fds, dontwait),
@@ -326,7 +376,6 @@ impl Channel {
             }
             .map_err(Error::io);
         };
-        let total: usize = parts.iter().map(|p| p.len()).sum();
         let (started, sent) = match &self.side {
             None => {
                 let sent =
@@ -355,6 +404,18 @@ impl Channel {
                 (started || sent > 0, sent)
             }
         };
+        self.after_timed_write(w, started, sent, total)
+    }
+
+    /// The outcome of a timed write that wrote `sent` of `total` bytes (`started`: the peer
+    /// may hold part of the frame): done, nothing sent, or the writer poisoned.
+    fn after_timed_write(
+        &self,
+        w: &mut Writer,
+        started: bool,
+        sent: usize,
+        total: usize,
+    ) -> Result<(), Error> {
         if sent == total {
             return Ok(());
         }
@@ -368,6 +429,7 @@ impl Channel {
         );
         w.broken = Some(why);
         if self.side.is_none() {
+            // (Over TLS too: the peer then sees the stream end in the middle of the frame.)
             let _ = socket::shutdown(self.fd(), socket::Half::Write);
         }
         Err(Error::msg(
@@ -497,8 +559,7 @@ impl Channel {
             }
             // Into the caller's buffer directly; a timeout here would lose the frame's
             // position, so the rest of a started frame is read without a deadline.
-            let n =
-                socket::read_into(self.fd(), &mut dest[filled..header.len]).map_err(Error::io)?;
+            let n = self.link().read_plain(&mut dest[filled..header.len])?;
             if n == 0 {
                 r.broken = Some(ErrorKind::Disconnected);
                 return Err(Error::msg(
@@ -531,7 +592,7 @@ impl Channel {
         }
         // Not holding the turn while waiting: that would stall another thread's receive.
         drop(r);
-        socket::wait_fd(self.fd(), false, deadline).map_err(Error::io)
+        self.link().wait_read(deadline)
     }
 
     /// Whether a thread is receiving on this end right now.
@@ -564,7 +625,11 @@ impl Channel {
     /// while another thread is receiving on this end (its bytes are its own).
     pub(crate) fn has_buffered(&self) -> bool {
         match self.reader.take(Some(Instant::now())) {
-            Some(r) => r.end > r.start || r.partial.is_some(),
+            Some(r) => {
+                r.end > r.start
+                    || r.partial.is_some()
+                    || self.tls.as_ref().is_some_and(|t| t.has_plaintext())
+            }
             None => false,
         }
     }
@@ -604,6 +669,29 @@ fn too_short(len: usize, have: usize) -> Error {
 struct Link<'a> {
     fd: BorrowedFd<'a>,
     side: Option<BorrowedFd<'a>>,
+    /// A TLS connection's session: bytes are read through it.
+    tls: Option<&'a TlsStream>,
+}
+
+impl Link<'_> {
+    /// Waits until a read would not block, or `deadline`: `false` then.
+    fn wait_read(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+        match self.tls {
+            None => socket::wait_fd(self.fd, false, deadline),
+            Some(t) => t.wait_readable(self.fd, deadline),
+        }
+        .map_err(Error::io)
+    }
+
+    /// Reads what is there into `buf`, blocking; 0 at end of stream (plain reads: no
+    /// descriptors).
+    fn read_plain(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        match self.tls {
+            None => socket::read_into(self.fd, buf),
+            Some(t) => t.read(self.fd, buf, None).map(|n| n.unwrap_or(0)),
+        }
+        .map_err(Error::io)
+    }
 }
 
 impl Reader {
@@ -621,11 +709,14 @@ impl Reader {
             self.end -= self.start;
             self.start = 0;
         }
-        if deadline.is_some() && !socket::wait_fd(fd, false, deadline).map_err(Error::io)? {
+        if deadline.is_some() && !link.wait_read(deadline)? {
             return Err(Error::new(ErrorKind::Timeout));
         }
-        let n = match link.side {
-            None => {
+        let n = match (link.side, link.tls) {
+            (_, Some(t)) => t
+                .read(fd, &mut self.buf[self.end..], None)
+                .map(|n| n.unwrap_or(0)),
+            (None, None) => {
                 let mut got = Vec::new();
                 let res = fdreg::recv(fd, &mut self.buf[self.end..], &mut got);
                 if let Ok(n) = res {
@@ -637,7 +728,7 @@ impl Reader {
                 }
                 res
             }
-            Some(_) => socket::read_into(fd, &mut self.buf[self.end..]),
+            (Some(_), None) => socket::read_into(fd, &mut self.buf[self.end..]),
         }
         .map_err(|e| self.recv_error(e))?;
         if self.batches.iter().map(|(_, b)| b.len()).sum::<usize>() > MAX_PENDING_FDS {
@@ -812,11 +903,11 @@ impl Reader {
                 self.start += n;
                 continue;
             }
-            if deadline.is_some() && !socket::wait_fd(fd, false, deadline).map_err(Error::io)? {
+            if deadline.is_some() && !link.wait_read(deadline)? {
                 self.partial = Some((header, at, payload));
                 return Err(Error::new(ErrorKind::Timeout));
             }
-            let got = if want >= DIRECT_READ {
+            let got = if want >= DIRECT_READ && link.tls.is_none() {
                 // Plain reads: the frame's descriptors came with its header, and `want` stops
                 // at the frame's end, so no descriptor is ever read (and lost) here.
                 if payload.len() == payload.capacity() {

@@ -17,8 +17,96 @@
 //! p.join()?;
 //! # Ok::<(), multiproc::Error>(())
 //! ```
+//!
+//! # Network connections: Listener and Client
+//!
+//! [`Listener`] and [`Client`] connect unrelated processes by address, with an authkey
+//! (Python's `multiprocessing.connection.Listener` / `Client`).
+//!
+//! ```
+//! use multiproc::connection::{Address, Client, Listener};
+//!
+//! let listener = Listener::<String>::bind(&"127.0.0.1:0".parse()?, b"secret key")?;
+//! let addr = listener.local_addr().clone(); // the real port
+//! let t = std::thread::spawn(move || {
+//!     let conn = Client::connect::<String>(&addr, b"secret key").unwrap();
+//!     conn.send(&"hello".to_string()).unwrap();
+//! });
+//! let conn = listener.accept()?;
+//! assert_eq!(conn.recv()?, "hello");
+//! # t.join().unwrap();
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! ## Addresses
+//!
+//! [`Address`] is a TCP address (`"127.0.0.1:5000"`, `"[::1]:0"`; port 0 picks a free port,
+//! which [`Listener::local_addr`] reports), a Unix socket path (`"unix:/run/app.sock"`) or,
+//! on Linux, a name in the abstract namespace (`"unix:@app"`: no file at all). A Unix socket
+//! file is removed when its `Listener` drops (if it is still the one the listener made), and
+//! a stale file left by a killed server is replaced at `bind`, so a restarted server binds
+//! the same path again; TCP listeners set `SO_REUSEADDR` for the same reason.
+//!
+//! ## The connection
+//!
+//! Both ends get an ordinary [`Connection<T>`]: `send`/`recv`/`recv_timeout`/`poll`/
+//! `send_bytes`..., and [`wait`] works on it. Every TCP connection has
+//! `TCP_NODELAY` set (a small message leaves at once; Python's ~40 ms connect stall is
+//! Nagle's algorithm waiting for a delayed acknowledgement). Over a Unix socket, handles
+//! (connections, queues) inside messages travel as between parent and child; over TCP (or
+//! TLS) they cannot, and sending one fails with [`ErrorKind::Unsupported`] before anything
+//! is written.
+//!
+//! ## Security
+//!
+//! **What the authkey protects: who may connect.** Before a connection is handed to either
+//! side, both prove they know the key, by HMAC-SHA256 over fresh random nonces (32 bytes
+//! each from the kernel's `getrandom`, checked in constant time; `auth.rs` has the exact
+//! exchange). A client with the wrong key is refused, and a client refuses a server that
+//! cannot prove the key, before any message is sent. The key never crosses the wire, and a
+//! recorded handshake cannot be replayed. Use a long random key (32 bytes); an empty one is
+//! refused.
+//!
+//! **What it does not protect.** Without TLS, messages travel in clear and unauthenticated
+//! after the handshake: an attacker on the network path can read them, and can take over or
+//! relay a connection once it is authenticated. **TLS** (the `tls` feature,
+//! [`Listener::bind_tls`], [`Client::connect_tls`]) adds confidentiality and integrity
+//! against such an attacker, and server authentication by certificate; the authkey
+//! handshake still runs inside it (the key says who may connect, TLS protects the bytes).
+//! On one machine, a Unix socket path's file permissions (or a private directory) limit who
+//! can even try.
+//!
+//! **No code runs from received bytes.** Unlike Python's pickle, a message is decoded with
+//! postcard into the `T` the connection was typed with: bytes can be a wrong value (an
+//! [`ErrorKind::Decode`] error), never a function call. Nothing from a peer is decoded at all
+//! before it has authenticated: the handshake reads fixed-size messages (40, 72 and 33 bytes)
+//! into fixed buffers.
+//!
+//! **The bounds.** A connection made here accepts messages up to 64 MiB by default
+//! ([`NET_MAX_MESSAGE`]; [`Listener::set_max_message_size`] for what a listener accepts,
+//! [`Connection::set_max_message_size`] on either end); a larger frame header fails with
+//! [`ErrorKind::TooLarge`] before anything is allocated, and memory then follows the bytes
+//! that actually arrive. A garbage, truncated or oversized handshake or frame closes only
+//! that connection. The handshake has a deadline (5 s by default,
+//! [`Listener::set_handshake_timeout`]), and handshakes run side by side, so a silent or slow
+//! client holds only its own slot, never `accept` for others; at most [`MAX_PENDING`]
+//! handshakes are in progress at once (beyond that the oldest is dropped).
+//!
+//! ## Errors
+//!
+//! A wrong key is [`ErrorKind::AuthenticationFailed`] on the client; the listener drops such
+//! clients (and garbage) and keeps accepting. A server that is not there is
+//! [`ErrorKind::Io`] (connection refused) at connect; a server that goes away later is
+//! [`ErrorKind::Disconnected`] on the next receive, never a hang.
 
+mod auth;
 pub(crate) mod channel;
+mod listener;
+mod tls;
+
+pub use listener::{
+    Address, Client, Listener, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_PENDING, NET_MAX_MESSAGE,
+};
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -386,6 +474,11 @@ impl<'de> Deserialize<'de> for FdOwned {
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
+        if self.chan.is_tls() {
+            return Err(serde::ser::Error::custom(
+                "a TLS connection cannot be sent to another process (its session keys live in                  this one); let the child connect by itself",
+            ));
+        }
         if self.chan.has_buffered() {
             return Err(serde::ser::Error::custom(
                 "this connection has received bytes that were not read yet; read them before \

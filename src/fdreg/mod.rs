@@ -15,7 +15,8 @@
 //! [`ForkGuard::into_child`]). `spawn/README.md` has the whole fork-safety protocol.
 //!
 //! The creators: [`socketpair`], [`pipe`], [`memfd`], [`pidfd_open`], [`duplicate`] (and
-//! [`RegisteredFd::try_clone`]) and [`recv`] for descriptors that arrive by `recvmsg`. The
+//! [`RegisteredFd::try_clone`]), [`stream_socket`] and [`accept`] (network and named
+//! sockets) and [`recv`] for descriptors that arrive by `recvmsg`. The
 //! last one is the subtle one: a received descriptor exists as soon as the kernel installs
 //! it, inside the `recvmsg` call. Receivers therefore hold the *fork gate* (a read lock, so
 //! they do not serialise each other) across the call, which never blocks under it
@@ -209,6 +210,23 @@ pub(crate) fn duplicate(fd: BorrowedFd<'_>) -> io::Result<RegisteredFd> {
     let mut l = list();
     let dup = fd.try_clone_to_owned()?;
     Ok(RegisteredFd::on(&mut l, dup))
+}
+
+/// A new close-on-exec stream socket for `addr`'s family (TCP or Unix), not yet bound or
+/// connected: `connection::Listener` binds it, `connection::Client` connects it.
+pub(crate) fn stream_socket(addr: sys::socket::SockAddr<'_>) -> io::Result<RegisteredFd> {
+    let mut l = list();
+    let fd = sys::socket::stream_socket(addr)?;
+    Ok(RegisteredFd::on(&mut l, fd))
+}
+
+/// Accepts one waiting connection on the non-blocking listening socket `fd` (never blocks:
+/// `WouldBlock` when none waits). The new descriptor exists from inside `accept4`, so it is
+/// made under the list, like every creator's.
+pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<RegisteredFd> {
+    let mut l = list();
+    let s = sys::socket::accept(fd)?;
+    Ok(RegisteredFd::on(&mut l, s))
 }
 
 /// Registers a descriptor that was created without the registry.

@@ -7,7 +7,10 @@
 //!   (SCM_RIGHTS on Unix), never raising SIGPIPE; `recv_with_fds` reads whatever is available
 //!   into a buffer without blocking and hands over any descriptors that arrived with it
 //!   (telling a truncation by an exhausted descriptor table from one by a peer that sent too
-//!   many); `wait_fd` blocks until an fd is ready or a deadline passes. The creators here
+//!   many); `wait_fd` blocks until an fd is ready or a deadline passes. For
+//!   `connection::Listener`/`Client`: TCP and Unix (path or abstract) stream sockets that
+//!   bind, listen, accept without blocking and connect with a deadline, `TCP_NODELAY`,
+//!   non-blocking `send`/`recv`, and random bytes from the kernel for the handshake's nonces. The creators here
 //!   (socket pairs, pipes, memfds, pidfds) are called only by `fdreg`, which lists what they
 //!   make before anyone can fork.
 //! * **processes** ([`process`]): `fork` (unsafe: see its contract), `exit_now` (leave without
@@ -49,6 +52,11 @@ pub(crate) mod socket {
         advise_huge_pages, is_fifo, is_unix_stream_socket, pipe, poll_each, poll_many, read_into,
         read_into_vec, recv_with_fds, send_frame, send_frame_until, shutdown, socketpair,
         truncation_error, wait_fd, write_all, write_all_until, Events, Half, MAX_FDS_PER_FRAME,
+    };
+    // Network and named sockets (connection::Listener / Client).
+    pub(crate) use super::backend::socket::{
+        accept, bind_listen, connect_until, is_tcp_stream_socket, local_inet_addr, random_bytes,
+        recv_nowait, send_nowait, set_nodelay, stream_socket, SockAddr,
     };
 }
 

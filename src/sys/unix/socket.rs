@@ -452,3 +452,184 @@ pub(crate) fn advise_huge_pages(buf: &mut Vec<u8>) {
         )
     };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Network and named sockets (connection::Listener / Client)
+// ---------------------------------------------------------------------------------------------
+
+/// Where a listening or connecting stream socket is: the platform form of
+/// `connection::Address`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SockAddr<'a> {
+    /// A TCP address (IPv4 or IPv6).
+    Inet(std::net::SocketAddr),
+    /// A Unix socket at a path in the file system.
+    Path(&'a std::path::Path),
+    /// A Unix socket in Linux's abstract namespace (no file; gone with its last descriptor).
+    Abstract(&'a [u8]),
+}
+
+fn unix_addr(addr: SockAddr<'_>) -> io::Result<Option<rustix::net::SocketAddrUnix>> {
+    Ok(match addr {
+        SockAddr::Inet(_) => None,
+        SockAddr::Path(p) => Some(rustix::net::SocketAddrUnix::new(p)?),
+        SockAddr::Abstract(n) => Some(rustix::net::SocketAddrUnix::new_abstract_name(n)?),
+    })
+}
+
+/// A new close-on-exec stream socket of the family `addr` needs (blocking, unconnected).
+///
+/// Called only by `fdreg`, which registers it.
+pub(crate) fn stream_socket(addr: SockAddr<'_>) -> io::Result<OwnedFd> {
+    let family = match addr {
+        SockAddr::Inet(std::net::SocketAddr::V4(_)) => AddressFamily::INET,
+        SockAddr::Inet(std::net::SocketAddr::V6(_)) => AddressFamily::INET6,
+        SockAddr::Path(_) | SockAddr::Abstract(_) => AddressFamily::UNIX,
+    };
+    Ok(rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Binds `fd` to `addr` and listens, with the socket non-blocking (so `accept` never
+/// blocks: callers poll first). TCP sockets get `SO_REUSEADDR`, so a restarted server can
+/// bind its port again while old connections linger in `TIME_WAIT`.
+pub(crate) fn bind_listen(fd: BorrowedFd<'_>, addr: SockAddr<'_>, backlog: i32) -> io::Result<()> {
+    match (addr, unix_addr(addr)?) {
+        (SockAddr::Inet(a), _) => {
+            rustix::net::sockopt::set_socket_reuseaddr(fd, true)?;
+            rustix::net::bind(fd, &a)?;
+        }
+        (_, Some(u)) => rustix::net::bind(fd, &u)?,
+        (_, None) => unreachable!("unix_addr gives an address for every Unix form"),
+    }
+    rustix::net::listen(fd, backlog)?;
+    set_nonblocking(fd, true)
+}
+
+/// Sets or clears `O_NONBLOCK`.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let mut fl = rustix::fs::fcntl_getfl(fd)?;
+    fl.set(rustix::fs::OFlags::NONBLOCK, on);
+    Ok(rustix::fs::fcntl_setfl(fd, fl)?)
+}
+
+/// Accepts one pending connection on the (non-blocking) listening socket `fd`: a blocking,
+/// close-on-exec socket, or `WouldBlock` when none is waiting. Connections the peer reset
+/// before we took them are skipped.
+///
+/// Called only by `fdreg`, which registers the result.
+pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    loop {
+        match rustix::net::accept_with(fd, SocketFlags::CLOEXEC) {
+            Ok(s) => return Ok(s),
+            Err(Errno::INTR | Errno::CONNABORTED) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The address a TCP socket is bound to (the real port after binding port 0).
+pub(crate) fn local_inet_addr(fd: BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
+    let any = rustix::net::getsockname(fd)?;
+    std::net::SocketAddr::try_from(any)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not an internet socket"))
+}
+
+/// Connects `fd` (from [`stream_socket`]) to `addr`, giving up at `deadline` with
+/// `TimedOut`. The socket is blocking again afterwards.
+pub(crate) fn connect_until(
+    fd: BorrowedFd<'_>,
+    addr: SockAddr<'_>,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    let unix = unix_addr(addr)?;
+    set_nonblocking(fd, true)?;
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connecting timed out");
+    loop {
+        let res = match (addr, &unix) {
+            (SockAddr::Inet(a), _) => rustix::net::connect(fd, &a),
+            (_, Some(u)) => rustix::net::connect(fd, u),
+            (_, None) => unreachable!("unix_addr gives an address for every Unix form"),
+        };
+        match res {
+            Ok(()) => break,
+            Err(Errno::INPROGRESS | Errno::INTR) => {
+                // A TCP connect under way: writable once it is settled either way.
+                if !wait_fd(fd, true, deadline)? {
+                    return Err(timed_out());
+                }
+                match rustix::net::sockopt::socket_error(fd)? {
+                    Ok(()) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(Errno::AGAIN) => {
+                // A Unix listener whose backlog is full: try again shortly, until the deadline.
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(timed_out());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    set_nonblocking(fd, false)
+}
+
+/// Turns Nagle's algorithm off (`TCP_NODELAY`): a small message goes out at once instead of
+/// waiting up to 40 ms for the peer's delayed acknowledgement.
+pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::net::sockopt::set_tcp_nodelay(fd, true)?)
+}
+
+/// Whether `fd` is a connected TCP stream socket (a network connection received as a handle).
+pub(crate) fn is_tcp_stream_socket(fd: BorrowedFd<'_>) -> bool {
+    use rustix::net::sockopt;
+    matches!(sockopt::socket_type(fd), Ok(SocketType::STREAM))
+        && matches!(
+            sockopt::socket_domain(fd),
+            Ok(AddressFamily::INET | AddressFamily::INET6)
+        )
+        && matches!(sockopt::socket_acceptconn(fd), Ok(false))
+}
+
+/// One `send` that never blocks and never raises SIGPIPE: `WouldBlock` when the buffer is full.
+pub(crate) fn send_nowait(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        match rustix::net::send(fd, buf, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// One `recv` that never blocks: `WouldBlock` when nothing is there, 0 at end of stream.
+/// (No descriptors: used on network sockets and during the authkey handshake.)
+pub(crate) fn recv_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::net::recv(fd, &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return Ok(n),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Fills `buf` with random bytes from the kernel's generator (`getrandom(2)`), for the
+/// handshake's nonces.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::rand::getrandom(&mut buf[done..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
