@@ -290,6 +290,7 @@
 //! | `p.terminate()`, `p.kill()`, `p.pid`, `p.name`, `p.daemon` | the same names, as methods |
 //! | `set_start_method("spawn")`, `get_context("fork").Process(...)` | `set_start_method(StartMethod::Spawn)`, `Process::builder().start_method(StartMethod::Fork).spawn(a, f)?` |
 //! | `a, b = Pipe()`, `Pipe(duplex=False)` | `let (a, b) = Pipe::new::<T>()?;`, `Pipe::simplex::<T>()?` (typed ends; pass them to children as arguments) |
+//! | `Listener(("127.0.0.1", 0), authkey=k)`, `l.accept()`, `Client(addr, authkey=k)` | `Listener::<T>::bind(&"127.0.0.1:0".parse()?, k)?`, `l.accept()?`, `Client::connect::<T>(&addr, k)?` (in `multiproc::connection`; also `unix:/path` and `unix:@name`; TLS with the `tls` feature) |
 //! | `conn.send(obj)`, `conn.recv()` | `conn.send(&v)?`, `conn.recv()?` (serde, not pickle) |
 //! | `conn.poll(timeout)` | `conn.poll(d)` → `bool`; or receive with a limit: `conn.recv_timeout(d)` (`Timeout`), `conn.try_recv()` (`WouldBlock`) |
 //! | `conn.send_bytes(b)`, `recv_bytes()`, `recv_bytes_into(buf)` | the same names |
@@ -317,7 +318,6 @@
 //!   `Condition`, `Barrier`;
 //! - shared memory: `Value`, `Array`, `shared_memory.SharedMemory`, `ShareableList`;
 //! - `Manager()` and its proxies;
-//! - `connection.Listener` and `connection.Client` (connecting unrelated processes by address);
 //! - running on several machines (MPI-style multi-host).
 #![deny(unsafe_code)]
 

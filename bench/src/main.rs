@@ -28,6 +28,7 @@ mod idle_bytes;
 mod machine;
 mod metrics;
 mod multiproc_peer;
+mod net;
 mod procspawn_peer;
 mod python;
 mod rayon_peer;
@@ -83,6 +84,7 @@ fn main() {
     jobs.extend(procspawn_peer::jobs(&cfg));
     jobs.extend(rayon_peer::jobs(&cfg));
     jobs.extend(floors::jobs(&cfg));
+    jobs.extend(net::jobs(&cfg, python.as_ref().ok()));
     jobs.retain(|j| cfg.wants(j.group.name()));
 
     harness::run_all(jobs, cfg.rounds, &mut results);

@@ -17,6 +17,7 @@ pub enum Group {
     Crawl,
     Idle,
     Bytes,
+    Net,
 }
 
 impl Group {
@@ -33,6 +34,7 @@ impl Group {
             Group::Crawl => "crawl",
             Group::Idle => "idle",
             Group::Bytes => "bytes",
+            Group::Net => "net",
         }
     }
 
@@ -81,6 +83,9 @@ pub enum Metric {
     BytesBufArg,
     BytesVecProcess,
     BytesBufProcess,
+    NetConnect,
+    NetTcpRtt,
+    NetUnixRtt,
 }
 
 /// Which direction is better.
@@ -150,7 +155,7 @@ fn at_least(peer: Option<Who>, factor: f64) -> Target {
 
 impl Metric {
     /// Every row, in table order.
-    pub const ALL: [Metric; 31] = [
+    pub const ALL: [Metric; 34] = [
         Metric::SpawnDefault,
         Metric::SpawnFork,
         Metric::SpawnSpawn,
@@ -182,6 +187,9 @@ impl Metric {
         Metric::BytesBufArg,
         Metric::BytesVecProcess,
         Metric::BytesBufProcess,
+        Metric::NetConnect,
+        Metric::NetTcpRtt,
+        Metric::NetUnixRtt,
     ];
 
     /// Short stable id (used in progress lines and notes).
@@ -218,6 +226,9 @@ impl Metric {
             Metric::BytesBufArg => "bytes-buf-arg",
             Metric::BytesVecProcess => "bytes-vec-process",
             Metric::BytesBufProcess => "bytes-buf-process",
+            Metric::NetConnect => "net-connect",
+            Metric::NetTcpRtt => "net-tcp-rtt",
+            Metric::NetUnixRtt => "net-unix-rtt",
         }
     }
 
@@ -236,6 +247,7 @@ impl Metric {
             IdleSmall | IdleLarge => Group::Idle,
             BytesVecResult | BytesBufResult | BytesVecArg | BytesBufArg | BytesVecProcess
             | BytesBufProcess => Group::Bytes,
+            NetConnect | NetTcpRtt | NetUnixRtt => Group::Net,
         }
     }
 
@@ -455,6 +467,31 @@ impl Metric {
             BytesBufProcess => spec(
                 format!("{} MB `ByteBuf` result, Process spawn+join", cfg.bytes_mb),
                 "ms",
+                Lower,
+                None,
+            ),
+            NetConnect => spec(
+                "Listener/Client connect + authkey, TCP loopback".into(),
+                "ms",
+                Lower,
+                Some(Goal {
+                    text: "≤ 2 ms",
+                    targets: vec![Target {
+                        peer: None,
+                        cmp: Cmp::AtMost,
+                        factor: 2.0,
+                    }],
+                }),
+            ),
+            NetTcpRtt => spec(
+                "Listener/Client u64 round trip, TCP loopback".into(),
+                "µs",
+                Lower,
+                None,
+            ),
+            NetUnixRtt => spec(
+                "Listener/Client u64 round trip, Unix socket".into(),
+                "µs",
                 Lower,
                 None,
             ),

@@ -459,12 +459,6 @@ impl<T> Listener<T> {
     fn server_tls(&self) -> Result<Option<Box<TlsStream>>> {
         Ok(None)
     }
-
-    /// How many handshakes are in progress (for tests).
-    #[cfg(test)]
-    pub(crate) fn pending(&self) -> usize {
-        self.state.take(None).map_or(0, |s| s.pending.len())
-    }
 }
 
 impl<T> Drop for Listener<T> {
