@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use multiproc::manager::Address;
+use multiproc::connection::Address;
 use multiproc::Manager;
 
 /// Takes tasks until the `None` sentinel; returns how many it did.

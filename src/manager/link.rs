@@ -10,8 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::protocol::{
     decode_response, encode, Init, Kind, Op, Owner, Request, Response, Wait, VERSION,
 };
-use super::transport::{authenticate_server, connect, Address};
-use crate::connection::channel::Channel;
+use super::transport::{connect, recv, Wire};
+use crate::connection::Address;
 use crate::error::{Error, ErrorKind, Result};
 use crate::wait::lock;
 
@@ -37,9 +37,12 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// A fresh authenticated connection that has said hello.
-    pub(crate) fn open(&self) -> Result<Channel> {
-        let chan = connect(&self.address, crate::wait::deadline_after(GRACE))?;
-        authenticate_server(&chan, &self.authkey, &self.address).map_err(|e| self.gone(e))?;
+    pub(crate) fn open(&self) -> Result<Wire> {
+        let chan = connect(
+            &self.address,
+            &self.authkey,
+            crate::wait::deadline_after(GRACE),
+        )?;
         roundtrip(&chan, &Request::Hello { version: VERSION }, None)
             .map_err(|e| self.gone(e))?
             .done()?;
@@ -64,14 +67,9 @@ impl Endpoint {
 }
 
 /// Sends `req` and waits for its answer (`deadline`: give up then).
-pub(crate) fn roundtrip(
-    chan: &Channel,
-    req: &Request,
-    deadline: Option<Instant>,
-) -> Result<Response> {
-    chan.send_raw(&encode(req)?, &[])?;
-    let frame = chan.recv_frame(deadline)?;
-    decode_response(&frame.payload)
+pub(crate) fn roundtrip(chan: &Wire, req: &Request, deadline: Option<Instant>) -> Result<Response> {
+    chan.send_bytes(&encode(req)?)?;
+    decode_response(&recv(chan, deadline)?)
 }
 
 /// What one proxy (and its clones) share.
@@ -83,7 +81,7 @@ pub(crate) struct Link {
     /// Identifies this proxy instance to the server's locks (with a hash of the thread).
     nonce: u64,
     /// Connections not in use right now, each with the object attached under the id.
-    idle: Mutex<Vec<(Channel, u32)>>,
+    idle: Mutex<Vec<(Wire, u32)>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -119,7 +117,7 @@ impl Link {
         Ok(link)
     }
 
-    fn open(&self, init: Init) -> Result<(Channel, u32)> {
+    fn open(&self, init: Init) -> Result<(Wire, u32)> {
         let chan = self.endpoint.open()?;
         let req = Request::Attach {
             kind: self.kind,
@@ -146,9 +144,7 @@ impl Link {
             let c = lock(&self.idle).pop();
             match c {
                 // An idle connection the server closed (it restarted, or left): drop it.
-                Some((chan, id)) if !chan.poll(Some(Instant::now())).unwrap_or(true) => {
-                    break (chan, id)
-                }
+                Some((chan, id)) if !chan.poll(Duration::ZERO).unwrap_or(true) => break (chan, id),
                 Some(_) => continue,
                 None => break self.open(Init::Existing)?,
             }

@@ -52,6 +52,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::connection::Address;
 use crate::error::{Error, ErrorKind, Result};
 use crate::{Pipe, Process};
 use link::{roundtrip, Endpoint, Link};
@@ -64,7 +65,6 @@ pub use proxy::{
     RLock, Semaphore, Value,
 };
 pub use registry::SharedObject;
-pub use transport::Address;
 
 /// How long `start`/`serve` wait for the server process to report that it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -144,7 +144,7 @@ impl<R: Registry> ManagerBuilder<R> {
     /// # Errors
     /// [`ErrorKind::Io`] if the address cannot be bound (in use, no permission).
     pub fn serve(self, address: &Address, authkey: &[u8]) -> Result<Manager> {
-        let (ready, child_end) = Pipe::new::<std::result::Result<Address, String>>()?;
+        let (ready, child_end): (Ready, Ready) = Pipe::new()?;
         let server = Process::builder()
             .name("multiproc-manager")
             .daemon(true)
@@ -154,9 +154,14 @@ impl<R: Registry> ManagerBuilder<R> {
             )?;
         let bound = match ready.recv_timeout(START_TIMEOUT) {
             Ok(Ok(a)) => a,
-            Ok(Err(msg)) => {
+            Ok(Err((unsupported, msg))) => {
                 let _ = server.join();
-                return Err(Error::msg(ErrorKind::Io, msg));
+                let kind = if unsupported {
+                    ErrorKind::Unsupported
+                } else {
+                    ErrorKind::Io
+                };
+                return Err(Error::msg(kind, msg));
             }
             Err(e) => {
                 let _ = server.kill();
@@ -173,25 +178,23 @@ impl<R: Registry> ManagerBuilder<R> {
     }
 }
 
+/// How the server reports that it listens (its address), or why it cannot (whether the
+/// error was `Unsupported`, and its message).
+type Ready = crate::Connection<std::result::Result<Address, (bool, String)>>;
+
 /// The server process: bind, report, serve until killed.
-fn server_main<R: Registry>(
-    (address, authkey, limits, ready): (
-        Address,
-        Vec<u8>,
-        Limits,
-        crate::Connection<std::result::Result<Address, String>>,
-    ),
-) {
-    match transport::bind(&address) {
-        Ok((listening, bound)) => {
-            if ready.send(&Ok(bound)).is_err() {
+fn server_main<R: Registry>((address, authkey, limits, ready): (Address, Vec<u8>, Limits, Ready)) {
+    match transport::bind(&address, &authkey, limits.max_message) {
+        Ok(listener) => {
+            if ready.send(&Ok(listener.local_addr().clone())).is_err() {
                 return;
             }
             drop(ready);
-            server::serve::<R>(listening, authkey, limits);
+            server::serve::<R>(listener, limits);
         }
         Err(e) => {
-            let _ = ready.send(&Err(e.to_string()));
+            let unsupported = e.kind() == ErrorKind::Unsupported;
+            let _ = ready.send(&Err((unsupported, e.to_string())));
         }
     }
 }

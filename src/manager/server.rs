@@ -14,8 +14,8 @@ use super::protocol::{
     WireKind, VERSION,
 };
 use super::registry::{Erased, Failure, Registry};
-use super::transport::{authenticate_client, Listening};
-use crate::connection::channel::Channel;
+use super::transport::Wire;
+use crate::connection::Listener;
 use crate::wait::lock;
 
 /// How a server is set up.
@@ -177,7 +177,6 @@ impl Holders {
 
 /// Everything the connection threads share.
 struct Shared {
-    authkey: Vec<u8>,
     limits: Limits,
     registry: fn(&str) -> Option<Box<dyn Erased>>,
     objects: Mutex<HashMap<String, Arc<Object>>>,
@@ -186,9 +185,11 @@ struct Shared {
 }
 
 /// Serves forever on `listening`.
-pub(crate) fn serve<R: Registry>(listening: Listening, authkey: Vec<u8>, limits: Limits) {
+///
+/// The listener authenticates every client before its connection reaches this loop, so
+/// nothing from an unauthenticated peer is ever decoded here.
+pub(crate) fn serve<R: Registry>(listening: Listener<()>, limits: Limits) {
     let shared = Arc::new(Shared {
-        authkey,
         limits,
         registry: R::make,
         objects: Mutex::new(HashMap::new()),
@@ -222,20 +223,14 @@ pub(crate) fn serve<R: Registry>(listening: Listening, authkey: Vec<u8>, limits:
     }
 }
 
-/// One client: authenticate, then answer requests in order until it leaves or misbehaves.
-fn serve_connection(shared: &Shared, chan: &Channel, conn: u64) {
-    chan.set_max_message(shared.limits.max_message);
-    if authenticate_client(chan, &shared.authkey).is_err() {
-        return;
-    }
+/// One client: answer requests in order until it leaves or misbehaves.
+fn serve_connection(shared: &Shared, chan: &Wire, conn: u64) {
+    chan.set_max_message_size(shared.limits.max_message);
     let mut attached: Vec<Arc<Object>> = Vec::new();
     let mut greeted = false;
-    loop {
-        // Garbage, a truncated or oversized frame, or end of stream: this connection ends.
-        let Ok(frame) = chan.recv_frame(None) else {
-            break;
-        };
-        let response = match decode_request(&frame.payload) {
+    // Garbage, a truncated or oversized frame, or end of stream: this connection ends.
+    while let Ok(frame) = chan.recv_bytes() {
+        let response = match decode_request(&frame) {
             Ok(Request::Hello { version }) => {
                 greeted = version == VERSION;
                 if greeted {
@@ -288,7 +283,7 @@ fn serve_connection(shared: &Shared, chan: &Channel, conn: u64) {
         let Ok(bytes) = encode(&response) else {
             break;
         };
-        if chan.send_raw(&bytes, &[]).is_err() {
+        if chan.send_bytes(&bytes).is_err() {
             break;
         }
     }
@@ -393,7 +388,7 @@ fn attach(
 
 /// The client a blocked operation is waiting for.
 struct Peer<'a> {
-    chan: &'a Channel,
+    chan: &'a Wire,
     conn: u64,
 }
 
@@ -401,7 +396,7 @@ impl Peer<'_> {
     /// A client waits for its answer and sends nothing meanwhile: anything readable (end of
     /// stream above all) means it is gone.
     fn gone(&self) -> bool {
-        self.chan.poll(Some(Instant::now())).unwrap_or(true)
+        self.chan.poll(Duration::ZERO).unwrap_or(true)
     }
 }
 
@@ -411,9 +406,15 @@ fn deadline(wait: Wait) -> Option<Instant> {
 
 fn expired(wait: Wait) -> WireError {
     if wait == Some(0) {
-        WireError::new(WireKind::WouldBlock, "not available now")
+        WireError::new(
+            WireKind::WouldBlock,
+            "the manager's object is not ready now",
+        )
     } else {
-        WireError::new(WireKind::Timeout, "timed out")
+        WireError::new(
+            WireKind::Timeout,
+            "the wait in the manager ended before the object was ready",
+        )
     }
 }
 

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use super::link::{roundtrip, Endpoint};
 use super::protocol::{encode, Request, Response, VERSION};
-use super::transport::connect;
+use std::os::fd::AsFd;
+
+use super::transport::Wire;
 use super::Manager;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -40,14 +42,14 @@ fn endpoint(m: &Manager) -> Endpoint {
 }
 
 /// An authenticated connection that said hello, as a client would have it.
-fn raw(m: &Manager) -> crate::connection::channel::Channel {
+fn raw(m: &Manager) -> Wire {
     endpoint(m).open().unwrap()
 }
 
 /// Whether the server closed `chan` (end of stream within the test's wait).
-fn closed(chan: &crate::connection::channel::Channel) -> bool {
+fn closed(chan: &Wire) -> bool {
     let deadline = Instant::now() + WAIT;
-    matches!(chan.recv_frame(Some(deadline)), Err(e) if e.kind() != crate::ErrorKind::Timeout)
+    matches!(chan.recv_bytes_deadline(deadline), Err(e) if e.kind() != crate::ErrorKind::Timeout)
 }
 
 #[test]
@@ -61,17 +63,17 @@ fn garbage_truncated_and_oversized_requests_close_only_that_connection() {
 
     // Garbage that is a well-framed message but no request.
     let g = raw(&m);
-    g.send_raw(&[0xff, 0xff, 0xff, 0xff, 0x07], &[]).unwrap();
+    g.send_bytes(&[0xff, 0xff, 0xff, 0xff, 0x07]).unwrap();
     assert!(closed(&g));
 
     // A frame header announcing more than the limit.
     let big = raw(&m);
-    big.send_raw(&vec![0u8; 1 << 17], &[]).unwrap_or(());
+    big.send_bytes(&vec![0u8; 1 << 17]).unwrap_or(());
     assert!(closed(&big));
 
     // Garbage before the frame layer: a bad header.
     let bad = raw(&m);
-    crate::sys::socket::write_all(bad.fd(), &[b"not a frame header at all"]).unwrap();
+    crate::sys::socket::write_all(bad.as_fd(), &[b"not a frame header at all"]).unwrap();
     assert!(closed(&bad));
 
     // A truncated frame, then the client leaves: its thread ends, nothing else changes.
@@ -81,7 +83,7 @@ fn garbage_truncated_and_oversized_requests_close_only_that_connection() {
     crate::codec::frame::encode_header(req.len() + 10, 0)
         .map(|h| header.extend_from_slice(&h))
         .unwrap();
-    crate::sys::socket::write_all(t.fd(), &[&header, &req]).unwrap();
+    crate::sys::socket::write_all(t.as_fd(), &[&header, &req]).unwrap();
     drop(t);
 
     // Everyone else is served as before.
@@ -98,11 +100,18 @@ fn a_stalled_client_does_not_block_others() {
     let m = Manager::start().unwrap();
     let d = m.dict::<u32, u32>("d").unwrap();
     // One client connects and never authenticates; another sends half a request and stops.
-    let silent = connect(&m.endpoint.address, None).unwrap();
+    let crate::connection::Address::Abstract(name) = &m.endpoint.address else {
+        panic!("a local manager listens on an abstract socket")
+    };
+    let silent = {
+        use std::os::linux::net::SocketAddrExt;
+        let a = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+        std::os::unix::net::UnixStream::connect_addr(&a).unwrap()
+    };
     let half = raw(&m);
     let req = encode(&Request::Hello { version: VERSION }).unwrap();
     let header = crate::codec::frame::encode_header(req.len(), 0).unwrap();
-    crate::sys::socket::write_all(half.fd(), &[&header[..4]]).unwrap();
+    crate::sys::socket::write_all(half.as_fd(), &[&header[..4]]).unwrap();
     // A third holds a lock and does nothing more.
     let lock = m.lock("l").unwrap();
     let _ = lock.acquire().unwrap();
@@ -152,11 +161,11 @@ fn random_requests_on_a_live_connection_never_break_the_server() {
             bytes[0] = 2; // Call
             bytes[1] = 0; // id 0
         }
-        if chan.send_raw(&bytes, &[]).is_err() {
+        if chan.send_bytes(&bytes).is_err() {
             chan = attached();
             continue;
         }
-        match chan.recv_frame(Some(Instant::now() + WAIT)) {
+        match chan.recv_bytes_deadline(Instant::now() + WAIT) {
             Ok(_) => answered += 1,
             Err(e) => {
                 assert_ne!(e.kind(), crate::ErrorKind::Timeout, "the server hung");
