@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{join, METHODS, WAIT};
+use common::{is_gone, join, METHODS, WAIT};
 use multiproc::manager::{
     Barrier, Condition, Dict, Event, JoinableQueue, Lock, Object, Queue, SharedObject, Value,
 };
@@ -253,6 +253,7 @@ enum TallyOp {
     Add(String, i64),
     Total,
     Seen,
+    Panic,
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
@@ -273,6 +274,10 @@ impl SharedObject for Tally {
             }
             TallyOp::Total => TallyReply::Total(self.total),
             TallyOp::Seen => TallyReply::Seen(self.seen.clone()),
+            TallyOp::Panic => {
+                self.total += 100;
+                panic!("tally refuses")
+            }
         }
     }
 }
@@ -301,9 +306,47 @@ fn custom_objects_are_typed_and_registered() {
         t.call(&TallyOp::Seen).unwrap(),
         TallyReply::Seen(vec!["child".into(), "parent".into()])
     );
+    // A panic fails that request; the object keeps the state the panic left.
+    let e = t.call(&TallyOp::Panic).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(e.to_string().contains("tally refuses"), "{e}");
+    assert_eq!(t.call(&TallyOp::Total).unwrap(), TallyReply::Total(103));
     let e = m.object::<Unregistered>("u").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
     assert!(e.to_string().contains("register"), "{e}");
+}
+
+#[test]
+fn semaphore_permits_of_a_killed_holder_come_back() {
+    let m = Manager::start().unwrap();
+    let s = m.semaphore("s", 2).unwrap();
+    let held = m.event("held").unwrap();
+    let p = Process::spawn(
+        (s.clone(), held.clone()),
+        |(s, e): (multiproc::manager::Semaphore, Event)| {
+            let _ = s.acquire().unwrap();
+            let _ = s.acquire().unwrap();
+            e.set().unwrap();
+            std::thread::sleep(WAIT * 4); // killed before this ends
+        },
+    )
+    .unwrap();
+    assert!(held.wait_timeout(WAIT).unwrap());
+    assert!(s.try_acquire().unwrap_err().is_would_block());
+    p.kill().unwrap();
+    let _ = p.join_timeout(WAIT);
+    assert!(s.acquire_timeout(WAIT).unwrap().previous_owner_died());
+    let _ = s.acquire_timeout(WAIT).unwrap();
+}
+
+#[test]
+fn a_lock_may_be_released_by_another_process() {
+    let m = Manager::start().unwrap();
+    let lock = m.lock("l").unwrap();
+    let _ = lock.acquire().unwrap();
+    let p = Process::spawn(lock.clone(), |l: Lock| l.release().unwrap()).unwrap();
+    join(&p).unwrap();
+    let _ = lock.try_acquire().unwrap();
 }
 
 #[test]
@@ -384,11 +427,43 @@ fn the_server_going_away_is_a_clear_error_and_a_restart_is_reachable() {
 }
 
 #[test]
-fn a_wrong_key_is_refused() {
+fn a_wrong_key_is_refused_and_nothing_listening_is_disconnected() {
     let m = Manager::serve(&"127.0.0.1:0".parse().unwrap(), b"right").unwrap();
     let e = Manager::connect(m.address(), b"wrong").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AuthenticationFailed, "{e}");
     assert!(Manager::connect(m.address(), b"right").is_ok());
+    let addr = m.address().clone();
+    drop(m);
+    let e = Manager::connect(&addr, b"right").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+}
+
+#[test]
+fn dropping_a_manager_stops_its_server_but_a_connected_one_does_not() {
+    let m = Manager::serve(&"127.0.0.1:0".parse().unwrap(), b"k").unwrap();
+    let c = Manager::connect(m.address(), b"k").unwrap();
+    c.list::<u8>("a").unwrap().push(1).unwrap();
+    m.event("b").unwrap();
+    drop(c);
+    assert_eq!(
+        m.names().unwrap(),
+        [
+            ("a".to_string(), "List".to_string()),
+            ("b".to_string(), "Event".to_string())
+        ]
+    );
+    let pid = m.server().unwrap().pid();
+    drop(m);
+    assert!(is_gone(pid));
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused() {
+    let m = Manager::builder().max_connections(1).start().unwrap();
+    let d = m.dict::<u8, u8>("d").unwrap(); // keeps its connection open
+    let e = m.dict::<u8, u8>("e").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+    d.insert(1, 1).unwrap();
 }
 
 /// The classic distributed program: a master serves a task queue and a result queue on

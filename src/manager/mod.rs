@@ -33,8 +33,11 @@
 //!
 //! # Security
 //!
-//! The authkey authenticates both sides (challenge-response) before anything is decoded; it
-//! does not encrypt: on an untrusted network, put the port behind a tunnel or TLS. A proxy
+//! Connections are made by [`Listener`](crate::connection::Listener) and
+//! [`Client`](crate::connection::Client): the authkey authenticates both sides (a mutual
+//! HMAC challenge-response) before the manager decodes anything, and a wrong key is
+//! [`ErrorKind::AuthenticationFailed`]. It does not encrypt, and managers do not use the
+//! listener's TLS yet: on an untrusted network, reach the port through a tunnel. A proxy
 //! carries its manager's address and key (so a child can reconnect), so a proxy is as
 //! secret as the key.
 
@@ -236,8 +239,8 @@ impl Manager {
     /// authkey).connect()`), checking that it answers and accepts the key.
     ///
     /// # Errors
-    /// [`ErrorKind::Disconnected`] if nothing listens there; [`ErrorKind::Protocol`] if the
-    /// key is refused.
+    /// [`ErrorKind::Disconnected`] if nothing listens there;
+    /// [`ErrorKind::AuthenticationFailed`] if the key is refused.
     pub fn connect(address: &Address, authkey: &[u8]) -> Result<Manager> {
         let endpoint = Endpoint {
             address: address.clone(),

@@ -929,8 +929,8 @@ impl Event {
 proxy! {
     /// A barrier for a fixed number of parties (Python's `manager.Barrier(n)`).
     ///
-    /// A wait that times out, or whose client goes away, breaks the barrier for everyone (as
-    /// in Python); [`reset`](Barrier::reset) mends it.
+    /// A wait that times out breaks the barrier for everyone (as in Python);
+    /// [`reset`](Barrier::reset) mends it.
     Barrier<>
 }
 
