@@ -180,3 +180,25 @@ fn random_requests_on_a_live_connection_never_break_the_server() {
     );
     assert_eq!(d.get(&7).unwrap(), Some(7));
 }
+
+#[test]
+fn a_request_before_hello_or_for_an_unknown_object_closes_the_connection() {
+    let m = Manager::start().unwrap();
+    let ep = endpoint(&m);
+    let c = super::transport::connect(&ep.address, &ep.authkey, None).unwrap();
+    c.send_bytes(&encode(&Request::List).unwrap()).unwrap();
+    assert!(closed(&c));
+
+    let c = raw(&m);
+    let call = Request::Call {
+        id: 3,
+        op: super::protocol::Op::Len,
+    };
+    c.send_bytes(&encode(&call).unwrap()).unwrap();
+    assert!(closed(&c));
+    // The server goes on.
+    assert!(matches!(
+        roundtrip(&raw(&m), &Request::List, Some(Instant::now() + WAIT)).unwrap(),
+        Response::Names(_)
+    ));
+}
