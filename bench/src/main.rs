@@ -14,9 +14,6 @@
 //! `idle_bytes` (CPU while tasks sleep; byte buffers), `cputime`
 //! (per-process CPU clocks).
 
-// TEMP until `multiproc::AsCompleted` lands (then `use multiproc::AsCompleted` in crawl.rs).
-#[path = "../../examples/crawler/as_completed.rs"]
-mod as_completed;
 #[path = "../../examples/crawler/client.rs"]
 mod client;
 mod config;
