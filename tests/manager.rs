@@ -403,7 +403,13 @@ fn the_server_going_away_is_a_clear_error_and_a_restart_is_reachable() {
     let client = Manager::connect(&addr, key).unwrap();
     let d = client.dict::<u8, u8>("d").unwrap();
     d.insert(1, 1).unwrap();
+    // A call blocked in the server when it goes away returns too (and one that had not
+    // reached the server yet finds nobody listening): `Disconnected` either way.
+    let q = client.queue::<u8>("q").unwrap();
+    let blocked = std::thread::spawn(move || q.get());
     m.shutdown().unwrap();
+    let e = blocked.join().unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
     let t0 = Instant::now();
     let e = d.get(&1).unwrap_err();
     assert!(t0.elapsed() < WAIT);
