@@ -258,25 +258,23 @@ impl Channel {
         c
     }
 
-    /// Whether this is a TLS connection (which cannot move to another process).
-    pub(crate) fn is_tls(&self) -> bool {
-        self.tls.is_some()
+    /// Whether this is a network connection made by a `Listener` or `Client` (which
+    /// cannot move to another process: it is checked as TCP or TLS, and stays here).
+    pub(crate) fn is_network(&self) -> bool {
+        self.net
     }
 
     /// A channel over descriptors received as a handle: `fd` must be a Unix stream socket
-    /// (duplex), a connected TCP socket (a network connection, no descriptors) or a pipe with
-    /// `side` a Unix stream socket (one-way). Anything else (a listening socket, a regular
-    /// file, a pipe without its side socket) is refused with the reason, and the descriptors
-    /// are closed.
+    /// (duplex), or a pipe with `side` a Unix stream socket (one-way). Anything else (a TCP or
+    /// listening socket, a regular file, a pipe without its side socket) is refused with the
+    /// reason, and the descriptors are closed.
     pub(crate) fn from_handle(
         fd: RegisteredFd,
         side: Option<RegisteredFd>,
     ) -> Result<Channel, &'static str> {
         match &side {
             None if socket::is_unix_stream_socket(fd.as_fd()) => Ok(Channel::new(fd)),
-            None if socket::is_tcp_stream_socket(fd.as_fd()) => {
-                Ok(Channel::network(fd, None, true))
-            }
+
             Some(s) if socket::is_fifo(fd.as_fd()) && socket::is_unix_stream_socket(s.as_fd()) => {
                 Ok(Channel::with_side(fd, side))
             }

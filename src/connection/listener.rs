@@ -179,6 +179,9 @@ struct Accepting {
 /// model.
 pub struct Listener<T> {
     fd: RegisteredFd,
+    /// What [`AsFd`] gives: watches the listening socket, every handshake in progress (for
+    /// what it waits for) and every finished one not yet returned (writable, so at once).
+    readiness: RegisteredFd,
     addr: Address,
     key: Arc<[u8]>,
     #[cfg(feature = "tls")]
@@ -240,8 +243,13 @@ impl<T> Listener<T> {
             ),
             Address::Abstract(_) => (addr.clone(), None),
         };
+        let readiness = fdreg::readiness_set()
+            .map_err(|e| Error::io(e).context("creating the listener's readiness set"))?;
+        socket::watch(readiness.as_fd(), fd.as_fd(), false, true)
+            .map_err(|e| Error::io(e).context("watching the listening socket"))?;
         Ok(Listener {
             fd,
+            readiness,
             addr: local,
             key,
             #[cfg(feature = "tls")]
@@ -369,10 +377,19 @@ impl<T> Listener<T> {
         let mut st = self.state.take(deadline).ok_or_else(timeout)?;
         loop {
             if let Some(p) = st.ready.pop_front() {
+                self.unwatch(&p);
                 return Ok(self.finish(p));
             }
             let now = Instant::now();
-            st.pending.retain(|p| p.deadline > now);
+            let mut i = 0;
+            while i < st.pending.len() {
+                if st.pending[i].deadline <= now {
+                    let p = st.pending.swap_remove(i);
+                    self.unwatch(&p);
+                } else {
+                    i += 1;
+                }
+            }
             let wake = st.pending.iter().map(|p| p.deadline).chain(deadline).min();
             let ready = {
                 let mut set = vec![(self.fd.as_fd(), Events::IN)];
@@ -390,9 +407,16 @@ impl<T> Listener<T> {
             for &i in ready.iter().rev().filter(|&&i| i > 0) {
                 let mut p = st.pending.swap_remove(i - 1);
                 match p.advance() {
-                    Ok(true) => st.ready.push_back(p),
-                    Ok(false) => st.pending.push(p),
-                    Err(_) => {} // dropped: closes that connection only
+                    Ok(true) => {
+                        self.watch(&p, false)?;
+                        st.ready.push_back(p);
+                    }
+                    Ok(false) => {
+                        self.watch(&p, false)?;
+                        st.pending.push(p);
+                    }
+                    // Dropped: closes that connection only.
+                    Err(_) => self.unwatch(&p),
                 }
             }
             if ready.first() == Some(&0) {
@@ -427,21 +451,41 @@ impl<T> Listener<T> {
                 deadline,
             };
             match p.advance() {
-                Ok(true) => st.ready.push_back(p),
+                Ok(true) => {
+                    self.watch(&p, true)?;
+                    st.ready.push_back(p);
+                }
                 Ok(false) => {
                     if st.pending.len() >= MAX_PENDING {
                         // The oldest (nearest its deadline) makes room.
                         let oldest = (0..st.pending.len())
                             .min_by_key(|&i| st.pending[i].deadline)
                             .expect("the list is full");
-                        st.pending.swap_remove(oldest);
+                        let p = st.pending.swap_remove(oldest);
+                        self.unwatch(&p);
                     }
+                    self.watch(&p, true)?;
                     st.pending.push(p);
                 }
                 Err(_) => {}
             }
         }
         Ok(())
+    }
+
+    /// Watches `p` in the readiness set for what it waits for (`add`: not watched yet). A
+    /// finished handshake is watched for writability: ready at once, so a poller comes back
+    /// for it.
+    fn watch(&self, p: &Pending, add: bool) -> Result<()> {
+        let write = p.waits != Progress::Read;
+        socket::watch(self.readiness.as_fd(), p.fd.as_fd(), write, add)
+            .map_err(|e| Error::io(e).context("watching a connection's handshake"))
+    }
+
+    fn unwatch(&self, p: &Pending) {
+        // Closing the descriptor would end the watch too (it is never duplicated); this
+        // keeps the set exact meanwhile.
+        let _ = socket::unwatch(self.readiness.as_fd(), p.fd.as_fd());
     }
 
     #[cfg(feature = "tls")]
@@ -472,10 +516,26 @@ impl<T> Drop for Listener<T> {
 }
 
 impl<T> AsFd for Listener<T> {
-    /// The listening socket: readable when a client is waiting to be accepted (poll it, then
-    /// call [`accept_timeout`](Listener::accept_timeout)).
+    /// A descriptor that polls readable while `accept` has work: a client waiting to be
+    /// taken, a handshake that can go on, or an authenticated connection waiting to be
+    /// returned. A server that polls it (beside its connections) calls
+    /// [`accept_timeout`](Listener::accept_timeout)`(Duration::ZERO)` when it is readable:
+    /// that returns a connection, or [`ErrorKind::Timeout`] when a handshake needs more from
+    /// its client (the descriptor becomes readable again when it has sent it). Handshake
+    /// deadlines are checked while `accept` runs; between calls, at most [`MAX_PENDING`]
+    /// handshakes wait.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.readiness.as_fd()
+    }
+}
+
+impl<T> super::sealed::Sealed for Listener<T> {}
+
+/// [`wait`](super::wait) on a listener: ready when [`accept`](Listener::accept) has work
+/// (see [`AsFd`](Listener#impl-AsFd-for-Listener<T>)).
+impl<T> super::Waitable for Listener<T> {
+    fn wait_handle(&self) -> (BorrowedFd<'_>, bool) {
+        (self.readiness.as_fd(), false)
     }
 }
 

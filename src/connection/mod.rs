@@ -474,9 +474,10 @@ impl<'de> Deserialize<'de> for FdOwned {
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        if self.chan.is_tls() {
+        if self.chan.is_network() {
             return Err(serde::ser::Error::custom(
-                "a TLS connection cannot be sent to another process (its session keys live in                  this one); let the child connect by itself",
+                "a network (TCP or TLS) connection cannot be sent to another process (a TLS \
+                 session's keys live in this one); let the other process connect by itself",
             ));
         }
         if self.chan.has_buffered() {
@@ -532,8 +533,8 @@ fn would_block_for_now<T>(r: Result<T>) -> Result<T> {
     })
 }
 
-/// Something [`wait`] can wait on: a [`Connection`] (a message is ready) or a
-/// [`Process`](crate::Process) (it has exited).
+/// Something [`wait`] can wait on: a [`Connection`] (a message is ready), a
+/// [`Process`](crate::Process) (it has exited) or a [`Listener`] (`accept` has work).
 ///
 /// The trait is sealed: only multiproc's types implement it.
 ///

@@ -15,8 +15,8 @@
 //! [`ForkGuard::into_child`]). `spawn/README.md` has the whole fork-safety protocol.
 //!
 //! The creators: [`socketpair`], [`pipe`], [`memfd`], [`pidfd_open`], [`duplicate`] (and
-//! [`RegisteredFd::try_clone`]), [`stream_socket`] and [`accept`] (network and named
-//! sockets) and [`recv`] for descriptors that arrive by `recvmsg`. The
+//! [`RegisteredFd::try_clone`]), [`stream_socket`], [`accept`] and [`readiness_set`]
+//! (network and named sockets) and [`recv`] for descriptors that arrive by `recvmsg`. The
 //! last one is the subtle one: a received descriptor exists as soon as the kernel installs
 //! it, inside the `recvmsg` call. Receivers therefore hold the *fork gate* (a read lock, so
 //! they do not serialise each other) across the call, which never blocks under it
@@ -227,6 +227,14 @@ pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<RegisteredFd> {
     let mut l = list();
     let s = sys::socket::accept(fd)?;
     Ok(RegisteredFd::on(&mut l, s))
+}
+
+/// A readiness set (see `sys::socket::readiness_set`): what a `Listener` exposes to be
+/// polled.
+pub(crate) fn readiness_set() -> io::Result<RegisteredFd> {
+    let mut l = list();
+    let fd = sys::socket::readiness_set()?;
+    Ok(RegisteredFd::on(&mut l, fd))
 }
 
 /// Registers a descriptor that was created without the registry.

@@ -10,7 +10,8 @@
 //!   many); `wait_fd` blocks until an fd is ready or a deadline passes. For
 //!   `connection::Listener`/`Client`: TCP and Unix (path or abstract) stream sockets that
 //!   bind, listen, accept without blocking and connect with a deadline, `TCP_NODELAY`,
-//!   non-blocking `send`/`recv`, and random bytes from the kernel for the handshake's nonces. The creators here
+//!   non-blocking `send`/`recv`, a readiness set (one descriptor that polls ready while
+//!   any watched one is: epoll), and random bytes from the kernel for the handshake's nonces. The creators here
 //!   (socket pairs, pipes, memfds, pidfds) are called only by `fdreg`, which lists what they
 //!   make before anyone can fork.
 //! * **processes** ([`process`]): `fork` (unsafe: see its contract), `exit_now` (leave without
@@ -56,9 +57,10 @@ pub(crate) mod socket {
     };
     // Network and named sockets (connection::Listener / Client).
     pub(crate) use super::backend::socket::{
-        accept, bind_listen, connect_until, is_tcp_stream_socket, local_inet_addr, random_bytes,
-        recv_nowait, send_nowait, set_nodelay, stream_socket, SockAddr,
+        accept, bind_listen, connect_until, local_inet_addr, random_bytes, recv_nowait,
+        send_nowait, set_nodelay, stream_socket, SockAddr,
     };
+    pub(crate) use super::backend::socket::{readiness_set, unwatch, watch};
 }
 
 /// Processes: fork, exit, handles, signals, waiting, inherited descriptors.

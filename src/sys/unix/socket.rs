@@ -586,17 +586,6 @@ pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::net::sockopt::set_tcp_nodelay(fd, true)?)
 }
 
-/// Whether `fd` is a connected TCP stream socket (a network connection received as a handle).
-pub(crate) fn is_tcp_stream_socket(fd: BorrowedFd<'_>) -> bool {
-    use rustix::net::sockopt;
-    matches!(sockopt::socket_type(fd), Ok(SocketType::STREAM))
-        && matches!(
-            sockopt::socket_domain(fd),
-            Ok(AddressFamily::INET | AddressFamily::INET6)
-        )
-        && matches!(sockopt::socket_acceptconn(fd), Ok(false))
-}
-
 /// One `send` that never blocks and never raises SIGPIPE: `WouldBlock` when the buffer is full.
 pub(crate) fn send_nowait(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     loop {
@@ -632,4 +621,42 @@ pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A close-on-exec readiness set (an epoll instance on Linux): a descriptor that polls
+/// readable while any descriptor watched in it is ready for what it is watched for.
+///
+/// Called only by `fdreg`, which registers it.
+pub(crate) fn readiness_set() -> io::Result<OwnedFd> {
+    Ok(rustix::event::epoll::create(
+        rustix::event::epoll::CreateFlags::CLOEXEC,
+    )?)
+}
+
+/// Watches `fd` in `set` (level-triggered) for writability (`write`) or readability and
+/// hang-up; `add` for a descriptor not watched yet, otherwise its interest changes.
+pub(crate) fn watch(
+    set: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    write: bool,
+    add: bool,
+) -> io::Result<()> {
+    use rustix::event::epoll::{self, EventData, EventFlags};
+    let flags = if write {
+        EventFlags::OUT
+    } else {
+        EventFlags::IN | EventFlags::RDHUP
+    };
+    let data = EventData::new_u64(0);
+    if add {
+        epoll::add(set, fd, data, flags)?;
+    } else {
+        epoll::modify(set, fd, data, flags)?;
+    }
+    Ok(())
+}
+
+/// Stops watching `fd` in `set`.
+pub(crate) fn unwatch(set: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::event::epoll::delete(set, fd)?)
 }
