@@ -530,3 +530,17 @@ fn concurrent_threads_share_one_proxy() {
     });
     assert_eq!(d.len().unwrap(), 50);
 }
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Manager>();
+    check::<Dict<String, u64>>();
+    check::<Queue<Vec<u8>>>();
+    check::<JoinableQueue<u8>>();
+    check::<Lock>();
+    check::<Condition>();
+    check::<Barrier>();
+    check::<Value<u8>>();
+    check::<Object<Tally>>();
+}
