@@ -342,6 +342,7 @@ pub mod connection;
 mod context;
 mod error;
 mod fdreg;
+pub mod manager;
 mod pool;
 mod process;
 mod queue;
@@ -356,6 +357,7 @@ mod wait;
 pub use connection::{Connection, Pipe};
 pub use context::{all_start_methods, cpu_count, get_start_method, set_start_method, StartMethod};
 pub use error::{Error, ErrorKind, PutError, Result};
+pub use manager::{Manager, ManagerBuilder};
 pub use pool::{
     as_completed, with_worker_state, AsCompleted, AsyncResult, IMap, Pool, PoolBuilder,
 };

@@ -23,6 +23,7 @@ mod floors;
 mod harness;
 mod idle_bytes;
 mod machine;
+mod manager;
 mod metrics;
 mod multiproc_peer;
 mod net;
@@ -83,6 +84,7 @@ fn main() {
     jobs.extend(rayon_peer::jobs(&cfg));
     jobs.extend(floors::jobs(&cfg));
     jobs.extend(net::jobs(&cfg, python.as_ref().ok()));
+    jobs.extend(manager::jobs(&cfg, python.as_ref().ok()));
     jobs.retain(|j| cfg.wants(j.group.name()));
 
     harness::run_all(jobs, cfg.rounds, &mut results);

@@ -18,6 +18,7 @@ pub enum Group {
     Idle,
     Bytes,
     Net,
+    Manager,
 }
 
 impl Group {
@@ -35,6 +36,7 @@ impl Group {
             Group::Idle => "idle",
             Group::Bytes => "bytes",
             Group::Net => "net",
+            Group::Manager => "manager",
         }
     }
 
@@ -86,6 +88,9 @@ pub enum Metric {
     NetConnect,
     NetTcpRtt,
     NetUnixRtt,
+    MgrUnixOp,
+    MgrTcpOp,
+    MgrConcurrent,
 }
 
 /// Which direction is better.
@@ -155,7 +160,7 @@ fn at_least(peer: Option<Who>, factor: f64) -> Target {
 
 impl Metric {
     /// Every row, in table order.
-    pub const ALL: [Metric; 34] = [
+    pub const ALL: [Metric; 37] = [
         Metric::SpawnDefault,
         Metric::SpawnFork,
         Metric::SpawnSpawn,
@@ -190,6 +195,9 @@ impl Metric {
         Metric::NetConnect,
         Metric::NetTcpRtt,
         Metric::NetUnixRtt,
+        Metric::MgrUnixOp,
+        Metric::MgrTcpOp,
+        Metric::MgrConcurrent,
     ];
 
     /// Short stable id (used in progress lines and notes).
@@ -229,6 +237,9 @@ impl Metric {
             Metric::NetConnect => "net-connect",
             Metric::NetTcpRtt => "net-tcp-rtt",
             Metric::NetUnixRtt => "net-unix-rtt",
+            Metric::MgrUnixOp => "manager-unix-op",
+            Metric::MgrTcpOp => "manager-tcp-op",
+            Metric::MgrConcurrent => "manager-8-clients",
         }
     }
 
@@ -248,6 +259,7 @@ impl Metric {
             BytesVecResult | BytesBufResult | BytesVecArg | BytesBufArg | BytesVecProcess
             | BytesBufProcess => Group::Bytes,
             NetConnect | NetTcpRtt | NetUnixRtt => Group::Net,
+            MgrUnixOp | MgrTcpOp | MgrConcurrent => Group::Manager,
         }
     }
 
@@ -497,6 +509,36 @@ impl Metric {
                 "µs",
                 Lower,
                 None,
+            ),
+            MgrUnixOp => spec(
+                "Manager dict insert/get, Unix socket".into(),
+                "µs",
+                Lower,
+                Some(Goal {
+                    text: "≤ 2× socket RTT",
+                    targets: vec![at_most(Who::Floor, 2.0)],
+                }),
+            ),
+            MgrTcpOp => spec(
+                "Manager dict insert/get, TCP loopback".into(),
+                "µs",
+                Lower,
+                Some(Goal {
+                    text: "≤ python mp",
+                    targets: vec![at_most(Who::PythonMp, 1.0)],
+                }),
+            ),
+            MgrConcurrent => spec(
+                format!(
+                    "Manager dict ops, {} concurrent clients",
+                    crate::manager::CLIENTS
+                ),
+                "ops/s",
+                Higher,
+                Some(Goal {
+                    text: "≥ python mp",
+                    targets: vec![at_least(Some(Who::PythonMp), 1.0)],
+                }),
             ),
         }
     }
