@@ -311,6 +311,15 @@
 //! | `SimpleQueue()`, `JoinableQueue()` with `task_done()` and `join()` | `SimpleQueue::new()?`, `JoinableQueue::new()?` with the same methods |
 //! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | the same names |
 //! | a logger configured in `main` | configure it in the task, or in the pool's `initializer` (see "Logging in children") |
+//! | `shared_memory.SharedMemory(create=True, size=n)`, `SharedMemory(name=...)`, `unlink()` | `SharedMemory::new(n)?` (anonymous: freed with its last holder, even after `SIGKILL`), `SharedMemory::create_named(name, n)?`, `open_named(name)?`, `unlink()`; views `as_slice()`, `as_slice_of::<T>()` (in `multiproc::shm`) |
+//! | a large array handed to a worker | `SharedVec::from_slice(&v)?` or `SharedVec::zeroed(n)?` as the argument or result: the receiver maps it instead of copying it through a pipe |
+//! | `m = Manager()`, `with Manager() as m:` | `let m = Manager::start()?;` (the server is a child process; dropping `m` stops it) |
+//! | `m.dict()`, `m.list()`, `m.Namespace()` | `m.dict::<K, V>("name")?`, `m.list::<T>("name")?`, `m.namespace("name")?` (named and typed: a proxy with other element types is refused) |
+//! | `m.Queue()`, `m.JoinableQueue()`, `m.Value(t, v)` | `m.queue::<T>("q")?`, `m.joinable_queue::<T>("q")?`, `m.value("v", x)?` (`v.update(\|n\| n + 1)?` is atomic) |
+//! | `m.Lock()`, `RLock`, `Semaphore(n)`, `BoundedSemaphore(n)`, `Event`, `Condition`, `Barrier(n)` | `m.lock("l")?`, `rlock`, `semaphore("s", n)`, `bounded_semaphore`, `event`, `condition`, `barrier("b", n)`; `acquire()?` tells `previous_owner_died()` when a holder was killed |
+//! | `BaseManager.register("T", T)`, `m.T()` | `Manager::builder().register::<T>().start()?`, `m.object::<T>("name")?.call(&request)?` (`T: SharedObject`: typed requests, no method names) |
+//! | `BaseManager(("", 5000), authkey=k).get_server().serve_forever()`, `.connect()` | `Manager::serve(&"0.0.0.0:5000".parse()?, k)?` (the server runs in a child), `Manager::connect(&addr, k)?` |
+//! | passing a proxy to `Process(args=(d,))` | pass it as an argument; it reconnects in the child (locally or on another host) |
 //! | `Future.cancel()` on a pending task | `r.cancel()` → `bool` (dropping an `AsyncResult` never cancels: the task runs, its result is discarded) |
 //! | workers that finish their task on Ctrl-C (`signal(SIGINT, SIG_IGN)` in the initializer) | `Pool::builder().ignore_sigint(true)`; `Process::builder().ignore_sigint(true)`; an ignored SIGINT/SIGHUP in the parent stays ignored in every child |
 //! | a message over the size limit | `ErrorKind::TooLarge`; raise it with `max_message_size(n)` on `ProcessBuilder`/`PoolBuilder`, `set_max_message_size` on a `Connection` |
@@ -329,8 +338,7 @@
 //!
 //! - synchronisation primitives: `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`,
 //!   `Condition`, `Barrier`;
-//! - shared memory: `Value`, `Array`, `shared_memory.SharedMemory`, `ShareableList`;
-//! - `Manager()` and its proxies;
+//! - shared memory: `Value`, `Array`, `ShareableList`;
 //! - running on several machines (MPI-style multi-host).
 #![deny(unsafe_code)]
 
