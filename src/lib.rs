@@ -359,7 +359,6 @@ mod spawn;
 #[allow(unsafe_code)] // the platform layer: every unsafe block there has a SAFETY comment
 mod sys;
 mod task;
-#[allow(dead_code)] // adopted layer by layer
 mod wait;
 
 pub use connection::{Connection, Pipe};
