@@ -1,0 +1,248 @@
+//! Promises of the README, ARCHITECTURE.md and the docs that no other test checked
+//! (issue 9 point 15). `tests/PROMISES.md` maps every promise to the test that keeps it; the
+//! ones that had none are here, one `#[test]` per promise, each quoting its sentence.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{join, METHODS, WAIT};
+use multiproc::{Connection, ErrorKind, Pipe, Process, Queue, SharedMemory, StartMethod};
+
+/// The descriptors open in this process now.
+fn open_fds() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Where descriptor `fd` of this process points (`socket:[123]`, `/dev/null`, ...).
+fn fd_target(fd: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The `flags:` of descriptor `fd` (octal in `/proc/self/fdinfo`), if it is still open.
+fn fd_flags(fd: i32) -> Option<u32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    let line = info.lines().find(|l| l.starts_with("flags:"))?;
+    u32::from_str_radix(line["flags:".len()..].trim(), 8).ok()
+}
+
+/// "Pipes are anonymous socket pairs: nothing is created in the file system."
+/// (`src/lib.rs`, "Resources")
+#[test]
+fn pipes_are_anonymous_socket_pairs() {
+    let (a, b) = Pipe::new::<u8>().unwrap();
+    let (r, w) = Pipe::simplex::<u8>().unwrap();
+    for (what, fd) in [
+        ("duplex end a", a.as_fd()),
+        ("duplex end b", b.as_fd()),
+        ("simplex reader", r.as_fd()),
+        ("simplex writer", w.as_fd()),
+    ] {
+        use std::os::fd::AsRawFd;
+        let target = fd_target(fd.as_raw_fd()).expect("an open end has a /proc entry");
+        assert!(
+            target.starts_with("socket:[") || target.starts_with("pipe:["),
+            "{what} is {target:?}, not an anonymous socket or pipe"
+        );
+    }
+    for (what, fd) in [("duplex end a", a.as_fd()), ("duplex end b", b.as_fd())] {
+        use std::os::fd::AsRawFd;
+        let target = fd_target(fd.as_raw_fd()).unwrap();
+        assert!(target.starts_with("socket:["), "{what} is {target:?}");
+    }
+}
+
+/// "**Every descriptor is close-on-exec** unless passed on purpose (`inherit_fds` clears the
+/// flag in the exec'd child only)." (`ARCHITECTURE.md`, "Invariants")
+#[test]
+fn every_descriptor_multiproc_creates_is_close_on_exec() {
+    const O_CLOEXEC: u32 = 0o2000000;
+    let before = open_fds();
+    let (a, b) = Pipe::new::<u64>().unwrap();
+    let (r, w) = Pipe::simplex::<u64>().unwrap();
+    let q: Queue<u64> = Queue::new().unwrap();
+    let shm = SharedMemory::new(4096).unwrap();
+    // A child under each start method: the fork server's sockets, status sockets, pidfds.
+    let kids: Vec<Process<u64>> = METHODS
+        .iter()
+        .map(|&m| {
+            Process::builder()
+                .start_method(m)
+                .spawn(3u64, |x: u64| x + 1)
+                .unwrap()
+        })
+        .collect();
+    // A descriptor received with a frame.
+    let (x, y) = Pipe::new::<Connection<u8>>().unwrap();
+    let (inner, _inner_peer) = Pipe::new::<u8>().unwrap();
+    x.send(&inner).unwrap();
+    let received = y.recv_timeout(WAIT).unwrap();
+    let mut checked = 0;
+    for fd in open_fds() {
+        if before.contains(&fd) {
+            continue;
+        }
+        // Other tests of this binary run at the same time; what they open is multiproc's or
+        // std's, and both promise close-on-exec, so every new descriptor must have it.
+        if let Some(flags) = fd_flags(fd) {
+            checked += 1;
+            assert_ne!(
+                flags & O_CLOEXEC,
+                0,
+                "descriptor {fd} ({:?}) is not close-on-exec",
+                fd_target(fd)
+            );
+        }
+    }
+    assert!(checked >= 8, "only {checked} new descriptors were seen");
+    for p in &kids {
+        assert_eq!(join(p).unwrap(), 4);
+    }
+    drop((a, b, r, w, q, shm, received, inner, x, y));
+}
+
+/// "Every message is `header ‖ payload`: magic `0xA7`, version `1`, descriptor count (u16),
+/// payload length (u32)." (`ARCHITECTURE.md`, "Wire format")
+#[test]
+fn a_message_on_the_wire_is_the_eight_byte_header_then_the_payload() {
+    let (a, b) = Pipe::new::<u8>().unwrap();
+    let mut raw_b = UnixStream::from(b.as_fd().try_clone_to_owned().unwrap());
+    raw_b.set_read_timeout(Some(WAIT)).unwrap();
+    a.send_bytes(b"hello").unwrap();
+    let mut got = [0u8; 13];
+    raw_b.read_exact(&mut got).unwrap();
+    assert_eq!(got[0], 0xA7, "magic");
+    assert_eq!(got[1], 1, "version");
+    assert_eq!(u16::from_le_bytes([got[2], got[3]]), 0, "descriptor count");
+    assert_eq!(
+        u32::from_le_bytes([got[4], got[5], got[6], got[7]]),
+        5,
+        "payload length"
+    );
+    assert_eq!(&got[8..], b"hello");
+    // The other way: a frame written by hand is one message.
+    let mut frame = vec![0xA7, 1, 0, 0];
+    frame.extend_from_slice(&3u32.to_le_bytes());
+    frame.extend_from_slice(b"abc");
+    raw_b.write_all(&frame).unwrap();
+    assert_eq!(a.recv_bytes_timeout(WAIT).unwrap(), b"abc");
+    // A wrong magic is refused, not read as a message.
+    raw_b.write_all(&[0x42, 1, 0, 0, 1, 0, 0, 0, b'x']).unwrap();
+    let e = a.recv_bytes_timeout(WAIT).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+}
+
+/// "The largest message this end accepts (default 1 GiB)." (`src/connection/mod.rs`,
+/// `Connection::max_message_size`), and "The receiver checks ... the length against its
+/// maximum message size (default 1 GiB)" (`ARCHITECTURE.md`, "Wire format").
+#[test]
+fn the_default_maximum_message_size_is_one_gib() {
+    let (a, b) = Pipe::new::<u8>().unwrap();
+    assert_eq!(a.max_message_size(), 1 << 30);
+    assert_eq!(b.max_message_size(), 1 << 30);
+    // A header announcing one byte more is refused before anything is allocated.
+    let mut raw = UnixStream::from(a.as_fd().try_clone_to_owned().unwrap());
+    let mut header = vec![0xA7, 1, 0, 0];
+    header.extend_from_slice(&((1u32 << 30) + 1).to_le_bytes());
+    raw.write_all(&header).unwrap();
+    let e = b.recv_bytes_timeout(WAIT).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+}
+
+/// "Waits up to `timeout` for a message (or end of stream); `Duration::ZERO` just checks."
+/// (`src/connection/mod.rs`, `Connection::poll`)
+#[test]
+fn poll_with_zero_just_checks_and_consumes_nothing() {
+    let (a, b) = Pipe::new::<u32>().unwrap();
+    assert!(!b.poll(Duration::ZERO).unwrap());
+    a.send(&9).unwrap();
+    assert!(b.poll(WAIT).unwrap());
+    assert!(b.poll(Duration::ZERO).unwrap(), "poll consumed the message");
+    assert_eq!(b.try_recv().unwrap(), 9);
+    drop(a);
+    assert!(b.poll(WAIT).unwrap(), "end of stream counts as ready");
+}
+
+/// The pid of the process in which this binary's constructor last ran (0: never).
+static CTOR_PID: AtomicU32 = AtomicU32::new(0);
+
+#[ctor::ctor(unsafe)]
+fn record_constructor_pid() {
+    CTOR_PID.store(std::process::id(), Ordering::SeqCst);
+}
+
+fn ctor_pid_and_pid(_: ()) -> (u32, u32) {
+    (CTOR_PID.load(Ordering::SeqCst), std::process::id())
+}
+
+/// "a re-executed child (`Spawn`, and the fork server) runs the program's static constructors
+/// again ... A `Fork` child runs nothing twice: it continues from the fork with a copy of the
+/// parent's memory." (`src/lib.rs`, "Start methods"; `ARCHITECTURE.md`, "What runs twice")
+#[test]
+fn constructors_run_again_only_in_re_executed_processes() {
+    let me = std::process::id();
+    assert_eq!(CTOR_PID.load(Ordering::SeqCst), me);
+    let run = |m: StartMethod| {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn((), ctor_pid_and_pid)
+            .unwrap();
+        join(&p).unwrap()
+    };
+    let (ctor, child) = run(StartMethod::Spawn);
+    assert_eq!(ctor, child, "a Spawn child runs the constructors itself");
+    let (ctor, _) = run(StartMethod::Fork);
+    assert_eq!(ctor, me, "a Fork child ran a constructor again");
+    let (ctor, child) = run(StartMethod::ForkServer);
+    assert_ne!(ctor, me, "the fork server did not re-execute");
+    assert_ne!(ctor, child, "a fork-server child re-ran a constructor");
+    if let Some(server) = multiproc::__chaos::fork_server_pid() {
+        assert_eq!(ctor, server, "the constructors ran in the fork server");
+    }
+}
+
+fn send_when_told(c: Connection<u32>) {
+    // Waits for the parent's word (sent after it dropped the handle), then answers.
+    if let Ok(x) = c.recv_timeout(WAIT) {
+        let _ = c.send(&(x + 1));
+    }
+}
+
+/// "Dropping a `Process` that was not joined does not kill the child: it runs on, its return
+/// value is discarded, and multiproc reaps it in the background (no zombie)."
+/// (`src/process/mod.rs`, `Process`, "Dropping")
+#[test]
+fn a_dropped_process_runs_on() {
+    for m in METHODS {
+        let (here, there) = Pipe::new::<u32>().unwrap();
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(there, send_when_told)
+            .unwrap();
+        let pid = p.pid();
+        drop(p);
+        here.send(&41).unwrap();
+        assert_eq!(
+            here.recv_timeout(WAIT).unwrap(),
+            42,
+            "{m:?}: the dropped child did not run on"
+        );
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{m:?}: {pid} never reaped"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
