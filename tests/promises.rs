@@ -246,3 +246,100 @@ fn a_dropped_process_runs_on() {
         }
     }
 }
+
+fn nap_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn nap_then_touch((ms, path): (u64, String)) {
+    nap_ms(ms);
+    std::fs::write(path, b"done").unwrap();
+}
+
+/// The program run by [`at_normal_exit_daemons_are_terminated_and_the_others_waited_for`]
+/// (this test binary again, with `PROMISES_EXIT_DIR` set): starts a daemon child that would
+/// sleep for a minute and a non-daemon child that finishes a moment later, drops both handles
+/// and returns, so the program exits normally.
+#[test]
+#[ignore = "a role, run by at_normal_exit_daemons_are_terminated_and_the_others_waited_for"]
+fn role_exit_with_children() {
+    let Ok(dir) = std::env::var("PROMISES_EXIT_DIR") else {
+        return;
+    };
+    let mut pids = String::new();
+    for m in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let daemon = Process::builder()
+            .start_method(m)
+            .daemon(true)
+            .spawn(60_000u64, nap_ms)
+            .unwrap();
+        let marker = format!("{dir}/{m:?}");
+        let other = Process::builder()
+            .start_method(m)
+            .spawn((300u64, marker), nap_then_touch)
+            .unwrap();
+        pids.push_str(&format!("{} {}\n", daemon.pid(), other.pid()));
+    }
+    std::fs::write(format!("{dir}/pids"), pids).unwrap();
+}
+
+/// "At normal exit, daemon children are terminated and the others waited for, as in Python."
+/// (`src/lib.rs`, "Resources"; `ARCHITECTURE.md`, "No zombies"; `src/process/mod.rs`,
+/// "Dropping")
+#[test]
+fn at_normal_exit_daemons_are_terminated_and_the_others_waited_for() {
+    let dir = std::env::temp_dir().join(format!("multiproc-promises-exit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let mut program = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "role_exit_with_children",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("PROMISES_EXIT_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = program.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = program.kill();
+            let _ = program.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("the program did not exit within {WAIT:?}: were its daemons waited for?");
+        }
+        nap_ms(10);
+    };
+    let pids = std::fs::read_to_string(dir.join("pids")).unwrap_or_default();
+    let waited: Vec<bool> = METHODS
+        .iter()
+        .map(|m| dir.join(format!("{m:?}")).exists())
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "the program failed: {status}");
+    assert_eq!(pids.lines().count(), 3, "{pids:?}");
+    assert_eq!(
+        waited, [true; 3],
+        "non-daemon children were not waited for at exit (ForkServer, Spawn, Fork)"
+    );
+    for line in pids.lines() {
+        let daemon: u32 = line.split_whitespace().next().unwrap().parse().unwrap();
+        let until = std::time::Instant::now() + WAIT;
+        while !common::is_gone(daemon) {
+            assert!(
+                std::time::Instant::now() < until,
+                "daemon {daemon} outlived the program"
+            );
+            nap_ms(10);
+        }
+    }
+}
