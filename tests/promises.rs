@@ -343,3 +343,75 @@ fn at_normal_exit_daemons_are_terminated_and_the_others_waited_for() {
         }
     }
 }
+
+/// "Methods take `&self`: one thread may send while another receives. Two threads receiving at
+/// once are serialised (each gets whole messages)." (`src/connection/mod.rs`, `Connection`)
+#[test]
+fn two_threads_receiving_on_one_end_each_get_whole_messages() {
+    const N: u64 = 2000;
+    let (a, b) = Pipe::new::<Vec<u64>>().unwrap();
+    let b = std::sync::Arc::new(b);
+    let receivers: Vec<_> = (0..2)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                // Both receivers stop at the end marker (sent twice) or at a bounded wait.
+                while let Ok(v) = b.recv_timeout(WAIT) {
+                    if v.is_empty() {
+                        break;
+                    }
+                    got.push(v);
+                }
+                got
+            })
+        })
+        .collect();
+    // Meanwhile this thread sends on the other end and also receives on `a`: one thread may
+    // send while another receives.
+    let (echo_a, echo_b) = (&a, b.clone());
+    echo_b.send(&vec![7]).unwrap();
+    for i in 0..N {
+        // Messages of varying length, each a pattern a torn or merged read would break.
+        let len = 1 + (i * 7919 % 3000) as usize;
+        echo_a.send(&vec![i; len]).unwrap();
+    }
+    assert_eq!(echo_a.recv_timeout(WAIT).unwrap(), vec![7]);
+    echo_a.send(&Vec::new()).unwrap();
+    echo_a.send(&Vec::new()).unwrap();
+    let mut seen = vec![false; N as usize];
+    for r in receivers {
+        for v in r.join().unwrap() {
+            let i = v[0];
+            assert!(v.iter().all(|&x| x == i), "a message was torn: {}", i);
+            assert_eq!(v.len(), 1 + (i * 7919 % 3000) as usize, "message {i} cut");
+            assert!(!seen[i as usize], "message {i} arrived twice");
+            seen[i as usize] = true;
+        }
+    }
+    assert!(seen.iter().all(|&s| s), "messages were lost");
+}
+
+/// "the fork server is
+/// single-threaded by construction (it never starts a thread), so its
+/// `fork` has no lock hazard." (`src/spawn/README.md`; `ARCHITECTURE.md`, "Start method":
+/// "(single-threaded, small)")
+#[test]
+fn the_fork_server_has_one_thread() {
+    let p = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn(1u64, |x: u64| x + 1)
+        .unwrap();
+    assert_eq!(join(&p).unwrap(), 2);
+    let server = multiproc::__chaos::fork_server_pid().expect("a fork server runs");
+    let status = std::fs::read_to_string(format!("/proc/{server}/status")).unwrap();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(|t| t.trim().to_string());
+    assert_eq!(
+        threads.as_deref(),
+        Some("1"),
+        "fork server {server}: {status}"
+    );
+}
