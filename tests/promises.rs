@@ -415,3 +415,69 @@ fn the_fork_server_has_one_thread() {
         "fork server {server}: {status}"
     );
 }
+
+fn print_partial(marker: String) {
+    print!("{marker}"); // no newline: it stays in std's line buffer until flushed
+}
+
+/// The program run by [`a_child_flushes_its_standard_output_before_it_exits`] (with
+/// `--nocapture`, so the output goes to the real standard output).
+#[test]
+#[ignore = "a role, run by a_child_flushes_its_standard_output_before_it_exits"]
+fn role_children_print_partial_lines() {
+    if std::env::var("PROMISES_PRINT_ROLE").is_err() {
+        return;
+    }
+    for m in METHODS {
+        let p = Process::builder()
+            .start_method(m)
+            .spawn(format!("<partial-{m:?}>"), print_partial)
+            .unwrap();
+        join(&p).unwrap();
+    }
+}
+
+/// "A child flushes its standard output before it exits." (`src/lib.rs`, "Output from several
+/// processes"); "Children inherit the parent's standard output and error" (same section).
+#[test]
+fn a_child_flushes_its_standard_output_before_it_exits() {
+    use std::process::{Command, Stdio};
+    let mut program = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "role_children_print_partial_lines",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PROMISES_PRINT_ROLE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = program.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    let text = match rx.recv_timeout(WAIT) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = program.kill();
+            let _ = program.wait();
+            panic!("the program's standard output stayed open for {WAIT:?}");
+        }
+    };
+    let status = program.wait().unwrap();
+    assert!(status.success(), "the program failed: {status}\n{text}");
+    for m in METHODS {
+        let marker = format!("<partial-{m:?}>");
+        assert_eq!(
+            text.matches(&marker).count(),
+            1,
+            "{m:?}: the child's unflushed output was lost or doubled:\n{text}"
+        );
+    }
+}
