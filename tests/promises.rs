@@ -481,3 +481,17 @@ fn a_child_flushes_its_standard_output_before_it_exits() {
         );
     }
 }
+
+/// "A pool that no longer accepts work yields one [`ErrorKind::Closed`] error."
+/// (`src/pool/mod.rs`, `Pool::imap`)
+#[test]
+fn imap_on_a_closed_pool_yields_one_closed_error_then_ends() {
+    let pool = multiproc::Pool::new(1).unwrap();
+    pool.close();
+    let mut it = pool.imap(|x: u64| x + 1, 0..);
+    let first = it.next().expect("one item");
+    assert_eq!(first.unwrap_err().kind(), ErrorKind::Closed);
+    assert!(it.next().is_none(), "more than one item from a closed pool");
+    drop(it);
+    pool.join_timeout(WAIT).unwrap();
+}
