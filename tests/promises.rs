@@ -495,3 +495,35 @@ fn imap_on_a_closed_pool_yields_one_closed_error_then_ends() {
     drop(it);
     pool.join_timeout(WAIT).unwrap();
 }
+
+/// "Every queue also has a byte ring, 1 GiB by default ([`QueueBuilder::capacity_bytes`]):
+/// `put` blocks while the queued items fill it. An item takes its encoded size rounded up to
+/// 8, plus 8 bytes." (`src/queue/queue.rs`, `Queue`, "Capacity and memory")
+#[test]
+fn a_queue_item_takes_its_encoded_size_rounded_up_to_8_plus_8_bytes() {
+    const RING: usize = 64 << 10;
+    // A `Vec<u8>` of 1015 bytes encodes as a 2-byte length and its bytes: 1017, rounded up to
+    // 1024, plus 8: 1032 bytes of ring per item, so 63 fit in 64 KiB (65,016 bytes) and a 64th
+    // does not.
+    let q: Queue<Vec<u8>> = Queue::builder().capacity_bytes(RING).build().unwrap();
+    let per_item = (2 + 1015usize).div_ceil(8) * 8 + 8;
+    let fit = RING / per_item;
+    for i in 0..fit {
+        q.try_put(vec![i as u8; 1015])
+            .unwrap_or_else(|e| panic!("item {i} of {fit} did not fit: {}", e.error()));
+    }
+    let e = q.try_put(vec![0; 1015]).unwrap_err();
+    assert!(e.error().is_would_block(), "{}", e.error());
+    let e = q
+        .put_timeout(vec![0; 1015], Duration::from_millis(20))
+        .unwrap_err();
+    assert!(
+        e.error().is_timeout(),
+        "a full ring did not block put: {}",
+        e.error()
+    );
+    // One item out makes room for one item in.
+    assert_eq!(q.get_timeout(WAIT).unwrap(), vec![0u8; 1015]);
+    q.try_put(vec![1; 1015]).unwrap();
+    assert_eq!(q.len(), fit);
+}
