@@ -186,6 +186,18 @@
 //! daemon children are terminated and the others waited for, as in Python. Pipes are anonymous
 //! socket pairs: nothing is created in the file system.
 //!
+//! What survives a `SIGKILL` of the process that created it:
+//!
+//! | resource | after a `SIGKILL` |
+//! |---|---|
+//! | children, pool workers, the fork server, a manager's server | killed within milliseconds |
+//! | queues, anonymous [`SharedMemory`], [`SharedVec`], pipes | freed with their last holder (the kernel closes a dead process's descriptors); nothing has a name |
+//! | a named [`SharedMemory`] | its name is removed by the creator's watcher, moments later |
+//! | a named [`SharedMemory`] that was [`persist`](SharedMemory::persist)ed | **stays in `/dev/shm`** until someone unlinks it: that is what `persist` is for |
+//! | a Unix-socket [`Listener`](connection::Listener)'s socket file | stays (an abstract `unix:@name` address leaves nothing); the next `bind` to the path replaces a stale file |
+//!
+//! The [`shm`] module docs have the details.
+//!
 //! ## Logging in children
 //!
 //! A child started by [`StartMethod::ForkServer`] (the default) or [`StartMethod::Spawn`], and
