@@ -46,7 +46,7 @@ fn fifo_len_and_timeouts_in_one_process() {
     for i in 0..1000 {
         assert_eq!(q.get().unwrap(), i);
     }
-    assert!(q.try_get().unwrap().is_none());
+    assert!(q.try_get().unwrap_err().is_would_block());
     let t = Instant::now();
     let e = q.get_timeout(Duration::from_millis(100)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
@@ -649,13 +649,10 @@ fn producer_killed_inside_put_loses_at_most_its_item() {
         let (len, unfinished) = (q.len(), q.unfinished_tasks());
         assert_eq!(len, unfinished, "round {round}");
         for i in 0..len as u64 {
-            assert_eq!(q.try_get().unwrap(), Some(i), "round {round}");
+            assert_eq!(q.try_get().unwrap(), i, "round {round}");
         }
-        assert_eq!(
-            q.try_get().unwrap(),
-            None,
-            "round {round}: more than counted"
-        );
+        let e = q.try_get().unwrap_err();
+        assert!(e.is_would_block(), "round {round}: more than counted: {e}");
         q.put(u64::MAX).unwrap();
         assert_eq!(q.get().unwrap(), u64::MAX);
         for _ in 0..=len {
@@ -693,9 +690,10 @@ fn consumer_killed_inside_get_loses_at_most_its_item() {
             "round {round}: kill too early/late ({len})"
         );
         for i in N - len..N {
-            assert_eq!(q.try_get().unwrap(), Some(i), "round {round}");
+            assert_eq!(q.try_get().unwrap(), i, "round {round}");
         }
-        assert_eq!(q.try_get().unwrap(), None, "round {round}");
+        let e = q.try_get().unwrap_err();
+        assert!(e.is_would_block(), "round {round}: {e}");
     }
 }
 
@@ -744,5 +742,224 @@ fn wait_until(mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(t.elapsed() < WAIT, "condition not reached within {WAIT:?}");
         std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// The one result shape on every flavour: `try_` is `WouldBlock`, `_timeout`/`_deadline` are
+/// `Timeout`, and a timeout of `Duration::MAX` means no deadline.
+#[test]
+fn every_flavour_has_the_one_result_shape() {
+    let s: SimpleQueue<u32> = SimpleQueue::new().unwrap();
+    assert!(s.try_get().unwrap_err().is_would_block());
+    assert!(s
+        .get_timeout(Duration::from_millis(20))
+        .unwrap_err()
+        .is_timeout());
+    assert!(s.get_deadline(Instant::now()).unwrap_err().is_timeout());
+    s.try_put(1).unwrap();
+    s.put_timeout(2, Duration::MAX).unwrap();
+    s.put_deadline(3, Instant::now() + WAIT).unwrap();
+    assert_eq!(s.len(), 3);
+    assert_eq!(s.maxsize(), None);
+    assert_eq!(s.get_timeout(Duration::MAX).unwrap(), 1);
+    assert_eq!(s.try_get().unwrap(), 2);
+    assert_eq!(s.get_deadline(Instant::now() + WAIT).unwrap(), 3);
+
+    let q: Queue<u32> = Queue::bounded(1).unwrap();
+    q.put(1).unwrap();
+    let e = q.try_put(2).unwrap_err();
+    assert!(e.error().is_would_block() && e.is_full());
+    assert!(q.put_timeout(2, Duration::ZERO).unwrap_err().is_timeout());
+    assert_eq!(q.try_get().unwrap(), 1);
+    assert!(q.try_get().unwrap_err().is_would_block());
+
+    // Duration::MAX waits (no deadline, no overflow) until the item or the last task arrives.
+    let j: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+    let j2 = j.clone();
+    let t = std::thread::spawn(move || {
+        let v = j2.get_timeout(Duration::MAX).unwrap();
+        j2.task_done().unwrap();
+        v
+    });
+    j.put_timeout(7, Duration::MAX).unwrap();
+    j.join_timeout(Duration::MAX).unwrap();
+    assert_eq!(t.join().unwrap(), 7);
+    assert_eq!(j.unfinished_tasks(), 0);
+    assert!(j.join_timeout(Duration::ZERO).is_ok());
+    j.put(8).unwrap();
+    assert!(j.join_timeout(Duration::ZERO).unwrap_err().is_timeout());
+    assert!(j.join_deadline(Instant::now()).unwrap_err().is_timeout());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stalled and hostile peers
+// ---------------------------------------------------------------------------------------------
+
+/// The state letter of process `pid` (`R`, `S`, `T`, ...) from `/proc/<pid>/stat`.
+fn proc_state(pid: u32) -> char {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rfind(')')
+        .and_then(|i| s[i + 2..].chars().next())
+        .unwrap_or('?')
+}
+
+/// Sends `SIGSTOP`/`SIGCONT`/... to `pid` with kill(1) (the tests have no libc).
+fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// A producer frozen (SIGSTOP) in the middle of a 4 MiB item: the consumer's `get_timeout`
+/// returns `Timeout` at its deadline, another consumer neither takes nor drops the rest, and
+/// once the producer runs again the next get returns the item whole.
+#[test]
+fn producer_stopped_inside_a_large_item_does_not_hold_a_timed_get() {
+    let q: Queue<String> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
+    let (ready, ready_tx) = Pipe::simplex::<u8>().unwrap();
+    let p = Process::spawn(
+        (q.clone(), ready_tx),
+        |(q, ready): (Queue<String>, Connection<u8>)| {
+            let item = pattern(4 << 20, 5);
+            ready.send(&1).unwrap();
+            q.put(item).unwrap();
+            q.put("after".to_string()).unwrap();
+        },
+    )
+    .unwrap();
+    ready.recv_timeout(WAIT).unwrap();
+    // The ring holds 64 KiB: the put sleeps inside the item until somebody reads.
+    wait_until(|| proc_state(p.pid()) == 'S');
+    signal(p.pid(), "STOP");
+    wait_until(|| proc_state(p.pid()) == 'T');
+    // The get runs in a thread so that a get that overruns fails the test instead of hanging
+    // it: after WAIT the producer is resumed (which ends such a get) and the test fails.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let getter = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = q.get_timeout(Duration::from_millis(300));
+            tx.send(()).unwrap();
+            (r.map(|s| s.len()), t.elapsed())
+        })
+    };
+    let on_time = rx.recv_timeout(WAIT).is_ok();
+    if !on_time {
+        signal(p.pid(), "CONT");
+    }
+    let (r, took) = getter.join().unwrap();
+    assert!(
+        on_time,
+        "get_timeout(300 ms) did not return within {WAIT:?}"
+    );
+    let e = r.unwrap_err();
+    assert!(e.is_timeout(), "{e} after {took:?}");
+    // Another consumer process: it times out too, without taking or dropping our part.
+    let other = Process::spawn(q.clone(), |q| {
+        q.get_timeout(Duration::from_millis(200))
+            .map_err(|e| e.is_timeout())
+    })
+    .unwrap();
+    assert_eq!(join(&other).unwrap(), Err(true));
+    signal(p.pid(), "CONT");
+    let big = q.get_timeout(WAIT).unwrap();
+    assert!(big == pattern(4 << 20, 5), "the item arrived damaged");
+    assert_eq!(q.get_timeout(WAIT).unwrap(), "after");
+    join(&p).unwrap();
+    assert!(q.is_empty());
+}
+
+/// Writes random garbage over the control page of the one queue segment this process holds,
+/// through `/proc/self/fd` (a write to the memfd is a write to every mapping of it).
+fn scribble((_q, seed, ms): (Queue<u64>, u64, u64)) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy().contains("memfd:multiproc-queue"))
+        })
+        .expect("the queue's memfd");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fd.path())
+        .unwrap();
+    let mut rng = Rng(seed | 1);
+    let t = Instant::now();
+    let mut writes = 0;
+    while t.elapsed() < Duration::from_millis(ms) {
+        let (off, len) = if rng.below(20) == 0 {
+            (0, 4096) // now and then the whole page
+        } else {
+            let off = rng.below(4096 / 8) * 8;
+            (off, (8 * (1 + rng.below(4))).min(4096 - off))
+        };
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        file.write_at(&bytes, off).unwrap();
+        writes += 1;
+        std::thread::sleep(Duration::from_micros(200 + rng.below(800)));
+    }
+    writes
+}
+
+/// Uses the queue with every kind of call for `ms`; returns how many calls worked and failed.
+fn victim((q, ms, ready): (Queue<u64>, u64, Connection<u8>)) -> (u64, u64) {
+    ready.send(&1).unwrap(); // the handle is open: scribbling may start
+    let (mut ok, mut failed) = (0, 0);
+    let mut count = |worked: bool| {
+        if worked {
+            ok += 1
+        } else {
+            failed += 1
+        }
+    };
+    let short = Duration::from_millis(5);
+    let t = Instant::now();
+    let mut i = 0u64;
+    while t.elapsed() < Duration::from_millis(ms) {
+        count(q.put_timeout(i, short).is_ok());
+        count(q.try_put(i + 1).is_ok());
+        count(q.get_timeout(short).is_ok());
+        count(q.try_get().is_ok());
+        count(q.get_deadline(Instant::now() + short).is_ok());
+        let _ = (q.len(), q.is_empty(), q.is_full(), format!("{q:?}"));
+        i += 2;
+    }
+    (ok, failed)
+}
+
+/// Random garbage over the control page of a live queue (lock words, positions, counters),
+/// written by another process while a victim process uses the queue: every call of the victim
+/// returns, with a value or an error, and the victim exits normally.
+#[test]
+fn garbage_over_the_control_page_is_an_error_never_a_crash() {
+    let mut rng = Rng::new();
+    for round in 0..3 {
+        let q: Queue<u64> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
+        for i in 0..50 {
+            q.put(i).unwrap();
+        }
+        let victims: Vec<_> = (0..2)
+            .map(|_| {
+                let (ready, ready_tx) = Pipe::simplex::<u8>().unwrap();
+                let p = Process::spawn((q.clone(), 1500, ready_tx), victim).unwrap();
+                ready.recv_timeout(WAIT).unwrap();
+                p
+            })
+            .collect();
+        let scribbler = Process::spawn((q.clone(), rng.next(), 1200), scribble).unwrap();
+        assert!(
+            join(&scribbler).unwrap() > 100,
+            "round {round}: too few writes"
+        );
+        for v in &victims {
+            let r = join(v);
+            let (ok, failed) = r.unwrap_or_else(|e| panic!("round {round}: victim crashed: {e}"));
+            assert!(ok + failed > 0, "round {round}");
+        }
     }
 }

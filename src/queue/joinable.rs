@@ -1,14 +1,12 @@
 //! [`JoinableQueue`]: a queue that counts unfinished tasks.
 
-use std::fmt;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use super::{deadline_after, handle_serde, Handle, QueueBuilder};
-use crate::error::{PutError, Result};
+use super::methods::{get_methods, put_methods, state_methods};
+use super::{handle_serde, Handle, QueueBuilder};
+use crate::error::Result;
+use crate::wait::deadline_after;
 
 /// A [`Queue`](crate::Queue) whose consumers report when they have *finished* each item,
 /// so that a producer can wait for all the work to be done, like Python's
@@ -85,12 +83,13 @@ impl<T> JoinableQueue<T> {
         self.h.ring().join(None)
     }
 
-    /// As [`join`](JoinableQueue::join), waiting at most `timeout`.
+    /// As [`join`](JoinableQueue::join), waiting at most `timeout` (`Duration::MAX`: no
+    /// limit).
     ///
     /// # Errors
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if tasks are still unfinished.
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
-        self.h.ring().join(Some(deadline_after(timeout)))
+        self.h.ring().join(deadline_after(timeout))
     }
 
     /// As [`join`](JoinableQueue::join), waiting until `deadline`.
@@ -105,120 +104,10 @@ impl<T> JoinableQueue<T> {
     pub fn unfinished_tasks(&self) -> usize {
         usize::try_from(self.h.ring().unfinished()).unwrap_or(usize::MAX)
     }
-
-    /// As [`Queue::len`](crate::Queue::len).
-    pub fn len(&self) -> usize {
-        self.h.len()
-    }
-
-    /// As [`Queue::is_empty`](crate::Queue::is_empty).
-    pub fn is_empty(&self) -> bool {
-        self.h.len() == 0
-    }
-
-    /// As [`Queue::is_full`](crate::Queue::is_full).
-    pub fn is_full(&self) -> bool {
-        self.h.is_full()
-    }
-
-    /// As [`Queue::maxsize`](crate::Queue::maxsize).
-    pub fn maxsize(&self) -> Option<usize> {
-        self.h.maxsize()
-    }
-
-    /// As [`Queue::close`](crate::Queue::close).
-    pub fn close(&self) {
-        self.h.close()
-    }
-
-    /// As [`Queue::is_closed`](crate::Queue::is_closed).
-    pub fn is_closed(&self) -> bool {
-        self.h.is_closed()
-    }
 }
 
-impl<T: Serialize> JoinableQueue<T> {
-    /// Puts an item (one more unfinished task); as [`Queue::put`](crate::Queue::put).
-    ///
-    /// # Errors
-    /// As [`Queue::put`](crate::Queue::put); the item comes back in the error.
-    pub fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        self.h.put(item, None, false)
-    }
-
-    /// As [`Queue::try_put`](crate::Queue::try_put).
-    ///
-    /// # Errors
-    /// As [`Queue::try_put`](crate::Queue::try_put).
-    pub fn try_put(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        self.h.put(item, Some(Instant::now()), true)
-    }
-
-    /// As [`Queue::put_timeout`](crate::Queue::put_timeout).
-    ///
-    /// # Errors
-    /// As [`Queue::put_timeout`](crate::Queue::put_timeout).
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> std::result::Result<(), PutError<T>> {
-        self.h.put(item, Some(deadline_after(timeout)), false)
-    }
-
-    /// As [`Queue::put_deadline`](crate::Queue::put_deadline).
-    ///
-    /// # Errors
-    /// As [`Queue::put_deadline`](crate::Queue::put_deadline).
-    pub fn put_deadline(&self, item: T, deadline: Instant) -> std::result::Result<(), PutError<T>> {
-        self.h.put(item, Some(deadline), false)
-    }
-}
-
-impl<T: DeserializeOwned> JoinableQueue<T> {
-    /// As [`Queue::get`](crate::Queue::get).
-    ///
-    /// # Errors
-    /// As [`Queue::get`](crate::Queue::get).
-    pub fn get(&self) -> Result<T> {
-        self.h.get(None, false)
-    }
-
-    /// As [`Queue::try_get`](crate::Queue::try_get).
-    ///
-    /// # Errors
-    /// As [`Queue::try_get`](crate::Queue::try_get).
-    pub fn try_get(&self) -> Result<Option<T>> {
-        self.h.try_get()
-    }
-
-    /// As [`Queue::get_timeout`](crate::Queue::get_timeout).
-    ///
-    /// # Errors
-    /// As [`Queue::get_timeout`](crate::Queue::get_timeout).
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.h.get(Some(deadline_after(timeout)), false)
-    }
-
-    /// As [`Queue::get_deadline`](crate::Queue::get_deadline).
-    ///
-    /// # Errors
-    /// As [`Queue::get_deadline`](crate::Queue::get_deadline).
-    pub fn get_deadline(&self, deadline: Instant) -> Result<T> {
-        self.h.get(Some(deadline), false)
-    }
-}
-
-impl<T> Clone for JoinableQueue<T> {
-    /// Another handle on the same queue (open even if this one was closed).
-    fn clone(&self) -> Self {
-        JoinableQueue {
-            h: self.h.clone(),
-            _item: PhantomData,
-        }
-    }
-}
-
-impl<T> fmt::Debug for JoinableQueue<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.h.debug("JoinableQueue", f)
-    }
-}
+state_methods!(JoinableQueue);
+put_methods!(JoinableQueue);
+get_methods!(JoinableQueue);
 
 handle_serde!(JoinableQueue, super::ring::Kind::Joinable);

@@ -4,16 +4,18 @@
 //!
 //! * [`Queue`] (`queue.rs`): many producers, many consumers, unbounded or bounded
 //!   (`maxsize`), with `try_`/`_timeout`/`_deadline` variants;
-//! * [`SimpleQueue`] (`simple.rs`): the lean one: unbounded, `put`/`get`/`is_empty`/`close`;
+//! * [`SimpleQueue`] (`simple.rs`): the same surface, created without settings (unbounded);
 //! * [`JoinableQueue`] (`joinable.rs`): a [`Queue`] that also counts unfinished tasks
 //!   (`task_done`, `join`).
 //!
-//! Each is a thin typed wrapper over [`Handle`], which encodes items (serde, postcard), moves
+//! Each is a thin typed wrapper over [`Handle`]; the methods they share are written once, as
+//! macros in `methods.rs`. The handle encodes items (serde, postcard), moves
 //! the bytes through the ring and carries the handle to other processes (the segment's memfd
 //! travels as a descriptor). The ring's protocol, including crash repair, is described in
 //! `ring/README.md`.
 
 mod joinable;
+mod methods;
 #[allow(clippy::module_inception)] // `queue/queue.rs`: the flavour the folder is named after
 mod queue;
 pub(crate) mod ring;
@@ -28,7 +30,7 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserializer, Serialize, Serializer};
@@ -62,12 +64,6 @@ fn type_hash<T>() -> u64 {
         .fold(0xcbf2_9ce4_8422_2325, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         })
-}
-
-pub(crate) fn deadline_after(timeout: Duration) -> Instant {
-    Instant::now()
-        .checked_add(timeout)
-        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365))
 }
 
 /// What every flavour is made of: the shared ring, plus this handle's `closed` flag.
@@ -128,14 +124,6 @@ impl Handle {
             crate::codec::decode(buf, Vec::new())
         })
         .map_err(|e| would_block(e, nonblocking, "the queue is empty"))
-    }
-
-    fn try_get<T: DeserializeOwned>(&self) -> Result<Option<T>> {
-        match self.get(Some(Instant::now()), true) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     fn close(&self) {

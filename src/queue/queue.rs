@@ -2,14 +2,11 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
+use super::methods::{get_methods, put_methods, state_methods};
 use super::ring::{Kind, DEFAULT_CAPACITY, MAX_CAPACITY, MIN_CAPACITY};
-use super::{deadline_after, handle_serde, Handle, JoinableQueue};
-use crate::error::{Error, ErrorKind, PutError, Result};
+use super::{handle_serde, Handle, JoinableQueue};
+use crate::error::{Error, ErrorKind, Result};
 
 /// A first-in, first-out queue shared by processes, like Python's `multiprocessing.Queue`.
 ///
@@ -52,14 +49,16 @@ use crate::error::{Error, ErrorKind, PutError, Result};
 ///   `put` blocks while the queued items fill it. An item takes its encoded size rounded up
 ///   to 8, plus 8 bytes. The ring is address space, not memory: pages are allocated when
 ///   first written. Steady traffic cycles through the first 1 MiB only; memory that a burst
-///   used beyond that is given back once consumers have caught up.
+///   used beyond that is given back once consumers have caught up. (Known limitation: once
+///   traffic has cycled, a backlog that builds while nobody reads is held to about 1 MiB, so
+///   `put` blocks until consumers read; see `ring/README.md`, "Memory".)
 ///
 /// # Crash safety
 ///
 /// A process killed at any instant (`SIGKILL` included) inside `put` or `get` cannot corrupt
-/// the queue or block the others: the locks are robust (the kernel releases them when their
-/// owner dies) and the next process to take one repairs the state. **What can be lost is the
-/// one item the dead process was handling**:
+/// the queue or block the others: the locks are robust (a waiter checks every 50 ms that the
+/// owner still exists, and takes the lock over from a dead one) and the next process to take one repairs the
+/// state. **What can be lost is the one item the dead process was handling**:
 ///
 /// * a producer killed inside `put`: its item is either delivered whole or not at all; a
 ///   large item whose first chunks were already read is dropped by its reader;
@@ -68,6 +67,17 @@ use crate::error::{Error, ErrorKind, PutError, Result};
 ///   large item it had started reading); if it had, the item is gone with it.
 ///
 /// Items of other processes are never lost, duplicated or reordered by a crash.
+///
+/// # Stalled and hostile processes
+///
+/// Every `_timeout`/`_deadline` call returns at its deadline (plus scheduling) whatever other
+/// processes do, including a producer stopped (`SIGSTOP`) in the middle of a large item: the
+/// part received so far is kept in this process and the next `get` here resumes the item, so
+/// it is not lost. Memory that a queue's shared segment makes a reader allocate follows the
+/// bytes that actually arrived, never a size a process merely announced. A process that
+/// writes garbage into the shared memory can make calls fail (with
+/// [`ErrorKind::Protocol`](crate::ErrorKind::Protocol), or time out), never crash or hang
+/// another process's timed calls.
 ///
 /// # Approximate answers
 ///
@@ -107,145 +117,11 @@ impl<T> Queue<T> {
     pub fn builder() -> QueueBuilder<T> {
         QueueBuilder::new()
     }
-
-    /// The number of items queued (`qsize()`); approximate while others use the queue.
-    pub fn len(&self) -> usize {
-        self.h.len()
-    }
-
-    /// Whether no item is queued (`empty()`); approximate while others use the queue.
-    pub fn is_empty(&self) -> bool {
-        self.h.len() == 0
-    }
-
-    /// Whether `maxsize` items are queued (`full()`); always `false` for an unbounded queue.
-    /// Approximate while others use the queue.
-    pub fn is_full(&self) -> bool {
-        self.h.is_full()
-    }
-
-    /// The item limit, `None` when unbounded.
-    pub fn maxsize(&self) -> Option<usize> {
-        self.h.maxsize()
-    }
-
-    /// Closes this handle (Python's `close()`): its `put` and `get` then fail with
-    /// [`ErrorKind::Closed`] (the item is given back). Other handles, clones included, and
-    /// other processes are not affected; the items stay queued.
-    pub fn close(&self) {
-        self.h.close()
-    }
-
-    /// Whether [`close`](Queue::close) was called on this handle.
-    pub fn is_closed(&self) -> bool {
-        self.h.is_closed()
-    }
 }
 
-impl<T: Serialize> Queue<T> {
-    /// Puts an item, blocking while the queue is full.
-    ///
-    /// Returns once the item is in shared memory: from then on it does not depend on this
-    /// process staying alive.
-    ///
-    /// # Errors
-    /// The item comes back in the [`PutError`]: [`ErrorKind::Closed`] if this handle was
-    /// closed, [`ErrorKind::Encode`] if serde fails or the item holds a handle (send those
-    /// through a [`Connection`](crate::Connection) instead).
-    pub fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        self.h.put(item, None, false)
-    }
-
-    /// Puts an item if there is room right now (`put_nowait()`).
-    ///
-    /// "Right now" includes a brief wait for the producers' lock, which is only ever held
-    /// for the time of one copy.
-    ///
-    /// # Errors
-    /// [`ErrorKind::WouldBlock`] when full; otherwise as [`put`](Queue::put).
-    pub fn try_put(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        self.h.put(item, Some(Instant::now()), true)
-    }
-
-    /// Puts an item, waiting at most `timeout` for room.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Timeout`] if the queue stayed full; otherwise as [`put`](Queue::put).
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> std::result::Result<(), PutError<T>> {
-        self.h.put(item, Some(deadline_after(timeout)), false)
-    }
-
-    /// Puts an item, waiting until `deadline` for room.
-    ///
-    /// If a large item times out after some of its chunks went in, those are withdrawn (the
-    /// consumer reading them drops them) and the item comes back whole in the error.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Timeout`] if the queue stayed full; otherwise as [`put`](Queue::put).
-    pub fn put_deadline(&self, item: T, deadline: Instant) -> std::result::Result<(), PutError<T>> {
-        self.h.put(item, Some(deadline), false)
-    }
-}
-
-impl<T: DeserializeOwned> Queue<T> {
-    /// Takes the next item, blocking until there is one.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Closed`] if this handle was closed; [`ErrorKind::Decode`] if the bytes
-    /// are not a `T` (the item is consumed); [`ErrorKind::TooLarge`] if an item does not fit
-    /// in this process's memory (it is dropped).
-    pub fn get(&self) -> Result<T> {
-        self.h.get(None, false)
-    }
-
-    /// Takes the next item if there is one now (`get_nowait()`): `Ok(None)` if not.
-    ///
-    /// Also `Ok(None)` while another consumer is inside `get` on an empty queue (it holds the
-    /// consumers' lock while it waits), as with Python.
-    ///
-    /// # Errors
-    /// As [`get`](Queue::get).
-    pub fn try_get(&self) -> Result<Option<T>> {
-        self.h.try_get()
-    }
-
-    /// Takes the next item, waiting at most `timeout`.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Timeout`] if nothing came; otherwise as [`get`](Queue::get).
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.h.get(Some(deadline_after(timeout)), false)
-    }
-
-    /// Takes the next item, waiting until `deadline`.
-    ///
-    /// The deadline bounds the wait for an item to *start*: once the first chunk of a large
-    /// item has been taken, the call finishes receiving it (the producer is already writing
-    /// it), so that the item is not lost.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Timeout`] if nothing came; otherwise as [`get`](Queue::get).
-    pub fn get_deadline(&self, deadline: Instant) -> Result<T> {
-        self.h.get(Some(deadline), false)
-    }
-}
-
-impl<T> Clone for Queue<T> {
-    /// Another handle on the same queue (open even if this one was closed).
-    fn clone(&self) -> Self {
-        Queue {
-            h: self.h.clone(),
-            _item: PhantomData,
-        }
-    }
-}
-
-impl<T> fmt::Debug for Queue<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.h.debug("Queue", f)
-    }
-}
-
+state_methods!(Queue);
+put_methods!(Queue);
+get_methods!(Queue);
 handle_serde!(Queue, super::ring::Kind::Queue);
 
 /// Settings for a [`Queue`] or [`JoinableQueue`].

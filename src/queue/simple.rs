@@ -1,22 +1,19 @@
 //! [`SimpleQueue`]: the lean flavour.
 
-use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
+use super::methods::{get_methods, put_methods, state_methods};
 use super::ring::{Kind, DEFAULT_CAPACITY};
 use super::{handle_serde, Handle};
-use crate::error::{PutError, Result};
+use crate::error::Result;
 
-/// An unbounded queue with only `put`, `get`, `is_empty` and `close`, like Python's
-/// `multiprocessing.SimpleQueue`.
+/// An unbounded queue, like Python's `multiprocessing.SimpleQueue`.
 ///
 /// It is the same shared-memory queue as [`Queue`](crate::Queue) (same speed, same crash
 /// safety, same memory behaviour: a 1 GiB byte ring of address space, `put` blocks only
-/// when that much is queued) with a smaller surface; use a `Queue` for timeouts, `try_`
-/// calls or a `maxsize`.
+/// when that much is queued) and has the same methods; it is created without settings (no
+/// `maxsize`, the default byte ring), and a handle of one flavour is never received as the
+/// other.
 ///
 /// ```
 /// use multiproc::{Process, SimpleQueue};
@@ -30,6 +27,7 @@ use crate::error::{PutError, Result};
 /// p.join()?; // no need to drain first
 /// assert_eq!((q.get()?, q.get()?, q.get()?), (0, 1, 2));
 /// assert!(q.is_empty());
+/// assert!(q.try_get().unwrap_err().is_would_block());
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 ///
@@ -52,53 +50,10 @@ impl<T> SimpleQueue<T> {
             _item: PhantomData,
         })
     }
-
-    /// Whether no item is queued; approximate while others use the queue.
-    pub fn is_empty(&self) -> bool {
-        self.h.len() == 0
-    }
-
-    /// Closes this handle: its `put` and `get` then fail with
-    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed). Other handles are not affected.
-    pub fn close(&self) {
-        self.h.close()
-    }
 }
 
-impl<T: Serialize> SimpleQueue<T> {
-    /// Puts an item; returns once it is in shared memory.
-    ///
-    /// # Errors
-    /// As [`Queue::put`](crate::Queue::put); the item comes back in the error.
-    pub fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        self.h.put(item, None, false)
-    }
-}
-
-impl<T: DeserializeOwned> SimpleQueue<T> {
-    /// Takes the next item, blocking until there is one.
-    ///
-    /// # Errors
-    /// As [`Queue::get`](crate::Queue::get).
-    pub fn get(&self) -> Result<T> {
-        self.h.get(None, false)
-    }
-}
-
-impl<T> Clone for SimpleQueue<T> {
-    /// Another handle on the same queue.
-    fn clone(&self) -> Self {
-        SimpleQueue {
-            h: self.h.clone(),
-            _item: PhantomData,
-        }
-    }
-}
-
-impl<T> fmt::Debug for SimpleQueue<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.h.debug("SimpleQueue", f)
-    }
-}
+state_methods!(SimpleQueue);
+put_methods!(SimpleQueue);
+get_methods!(SimpleQueue);
 
 handle_serde!(SimpleQueue, super::ring::Kind::Simple);

@@ -64,7 +64,7 @@ fn a_sealed_segment_of_the_wrong_size_or_content_is_refused() {
     let m = message(decode_as_queue(fd.try_clone().unwrap()));
     assert!(m.contains("version 99"), "{m}");
     map.atomic_u32(8)
-        .store(1, std::sync::atomic::Ordering::Relaxed);
+        .store(2, std::sync::atomic::Ordering::Relaxed); // this build's version again
     map.atomic_u64(16)
         .store(1 << 20, std::sync::atomic::Ordering::Relaxed); // capacity
     let m = message(decode_as_queue(fd));

@@ -17,10 +17,11 @@
 //!   on Linux) so a child can check it runs the very same program as its parent.
 //! * **shared memory** ([`shm`]): anonymous segments whose size cannot change after creation
 //!   (a sealed memfd on Linux), passable as descriptors and checkable on receipt; shared
-//!   mappings with a control region (atomics, mutexes) and a data region (copies); giving
+//!   mappings with a control region (atomics) and a data region (copies); giving
 //!   pages back (`PUNCH_HOLE`).
-//! * **robust locks** ([`robust`]): process-shared mutexes in shared memory that tell the next
-//!   locker when the previous owner died holding one (glibc robust mutexes on Linux).
+//! * **robust locks** ([`robust`]): process-shared locks in shared memory that tell the next
+//!   locker when the previous owner died holding one, whatever the memory holds (a futex lock
+//!   whose owner word names a thread, checked in `/proc` on Linux).
 //! * **futexes** ([`futex`]): sleep while a 32-bit word in shared memory holds a value, and
 //!   wake sleepers, across processes (shared futexes on Linux).
 //!
@@ -80,10 +81,11 @@ pub(crate) mod shm {
     };
 }
 
-/// Process-shared robust mutexes.
+/// Process-shared robust locks.
 pub(crate) mod robust {
     pub(crate) use super::backend::robust::{
-        init, lock, mark_consistent, maybe_owner_died, try_lock, unlock, Acquired, SLOT,
+        init, lock, owner_died, process_alive, process_identity, try_lock, try_lock_or_take_over,
+        unlock, Acquired, FORMAT, SLOT, TICK,
     };
 }
 

@@ -7,6 +7,36 @@ use std::time::Instant;
 use super::wait::Waited;
 use super::*;
 
+/// The first part of an item whose get timed out before the item was complete, kept for the
+/// next get of this process (README "Get").
+#[derive(Debug)]
+pub(super) struct Stash {
+    /// The bytes received so far.
+    pub(super) buf: Vec<u8>,
+    /// The size the item announced.
+    total: u64,
+    /// The ring position of its next record.
+    head: u64,
+}
+
+/// What `unstash` found.
+enum Unstashed {
+    /// No unfinished item: take the next one.
+    Nothing,
+    /// This process's unfinished item, of this announced size, is back in the buffer.
+    Resumed(u64),
+    /// Another live process holds the start of the next item.
+    Elsewhere,
+}
+
+/// The error for an item this process cannot hold.
+fn too_large(total: u64) -> Error {
+    Error::msg(
+        ErrorKind::TooLarge,
+        format!("a queue item of {total} bytes does not fit in memory"),
+    )
+}
+
 impl Ring {
     /// The producers' position, read fresh (and cached).
     pub(super) fn tail_pos(&self) -> u64 {
@@ -38,35 +68,111 @@ impl Ring {
 
     /// Takes one item, appending its bytes to `out` (which must be empty).
     ///
-    /// The deadline applies until the first chunk of an item is taken; from then on the
-    /// item is finished (or found abandoned by a dead producer) so that it is not lost.
+    /// The deadline holds throughout, also inside a large item whose producer stalls: then
+    /// the part received so far is stashed in this process, and the next get here resumes
+    /// it (README "Get").
     pub(crate) fn get(&self, out: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
         debug_assert!(out.is_empty());
-        let _g = self.lock_get(deadline)?;
-        let mut mid_item = false;
+        loop {
+            let guard = self.lock_get(deadline)?;
+            match self.unstash(out) {
+                Unstashed::Nothing => return self.get_locked(out, None, deadline),
+                Unstashed::Resumed(total) => return self.get_locked(out, Some(total), deadline),
+                Unstashed::Elsewhere => drop(guard),
+            }
+            // Another live process holds the start of the next item: only it can take the
+            // rest. Look again at each tick.
+            let left = crate::wait::remaining(deadline).unwrap_or(LIVENESS_TICK);
+            if left.is_zero() {
+                return Err(Error::msg(
+                    ErrorKind::Timeout,
+                    "another process is receiving the next item (its get timed out inside \
+                     it, and it resumes the item at its next get)",
+                ));
+            }
+            std::thread::sleep(left.min(LIVENESS_TICK));
+        }
+    }
+
+    /// Under `get_lock`: whether a get timed out inside the item at `head`, and if that was
+    /// this process, puts its first part back into `out`.
+    fn unstash(&self, out: &mut Vec<u8>) -> Unstashed {
+        let mark = self.u64(at!(cons.stash_owner));
+        if mark.load(Relaxed) == 0 {
+            return Unstashed::Nothing; // the common case: one load of our own cache line
+        }
+        let head = self.u64(at!(cons.head)).load(Relaxed);
+        if let Some(stash) = crate::wait::lock(&self.stash).take() {
+            if stash.head == head {
+                mark.store(0, Relaxed);
+                *out = stash.buf;
+                return Unstashed::Resumed(stash.total);
+            }
+            // Somebody took the rest meanwhile (they thought us gone): the part is stale.
+        }
+        let owner = mark.load(Relaxed);
+        if owner == 0 {
+            return Unstashed::Nothing;
+        }
+        if owner != robust::process_identity() && robust::process_alive(owner) {
+            return Unstashed::Elsewhere;
+        }
+        // Its owner is gone (or it is us, without the part): the rest of that item is
+        // dropped as chunks without a start, like those of a consumer that died inside it.
+        mark.store(0, Relaxed);
+        Unstashed::Nothing
+    }
+
+    /// Keeps the first part of an unfinished item for the next get of this process.
+    fn stash(&self, out: &mut Vec<u8>, total: u64, head: u64) {
+        *crate::wait::lock(&self.stash) = Some(Stash {
+            buf: std::mem::take(out),
+            total,
+            head,
+        });
+        self.u64(at!(cons.stash_owner))
+            .store(robust::process_identity(), Relaxed);
+    }
+
+    /// Under `get_lock`: takes one item into `out`; `inside` = the announced size of the item
+    /// whose first part `out` already holds.
+    fn get_locked(
+        &self,
+        out: &mut Vec<u8>,
+        mut inside: Option<u64>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         loop {
             let head = self.u64(at!(cons.head)).load(Relaxed);
-            debug_assert_eq!(head & !POS_MASK, 0);
             if !self.has_data(head) {
-                let (limit, tick) = if mid_item {
-                    (None, Some(LIVENESS_TICK))
-                } else {
-                    (deadline, None)
-                };
-                match self.wait(CONSUMERS, limit, tick, || self.has_data(head))? {
+                // Inside an item, wake at each tick to check that its producer lives.
+                let tick = inside.map(|_| LIVENESS_TICK);
+                match self.wait(CONSUMERS, deadline, tick, || self.has_data(head))? {
                     Waited::Ready => {}
                     Waited::Tick => {
                         self.check_producer()?;
                         continue;
                     }
                     Waited::TimedOut => {
-                        return Err(Error::msg(ErrorKind::Timeout, "the queue is empty"))
+                        let Some(total) = inside else {
+                            return Err(Error::msg(ErrorKind::Timeout, "the queue is empty"));
+                        };
+                        self.stash(out, total, head);
+                        return Err(Error::msg(
+                            ErrorKind::Timeout,
+                            "the item being received is not complete (its producer is slow or \
+                             stopped); the part received is kept, the next get resumes it",
+                        ));
                     }
                 }
             }
             let tail = self.seen_tail.load(Relaxed);
+            if !self.positions_ok(head, tail) {
+                return Err(corrupt(format!(
+                    "consumer position {head} and producer position {tail} are inconsistent"
+                )));
+            }
             let (len, flags) = self.read_header(head, tail)?;
-            let at = self.data_off(head);
             let size = 8 + len.next_multiple_of(8);
             if flags & SKIP != 0 {
                 let next = (head & !(self.cap - 1)) + self.cap;
@@ -76,56 +182,87 @@ impl Ring {
             }
             if flags & ABORT != 0 {
                 out.clear();
-                mid_item = false;
+                inside = None;
                 self.publish_head(head + 8, false);
                 continue;
             }
             let first = flags & FIRST != 0;
             let last = flags & LAST != 0;
-            if !first && !mid_item {
+            if !first && inside.is_none() {
                 // The rest of an item whose start a consumer took before dying: drop it.
                 self.publish_head(head + size, last);
                 continue;
             }
             if first {
-                // A FIRST while mid-item means the previous item was abandoned.
+                // A FIRST while inside an item means that item was abandoned.
                 out.clear();
+                inside = None;
             }
-            let mut body = at + 8;
-            let mut body_len = len as usize;
-            if first && !last {
-                let mut total = [0u8; 8];
-                self.map.read(body, &mut total);
-                let total = u64::from_le_bytes(total);
-                body += 8;
-                body_len -= 8;
-                let fits = usize::try_from(total).is_ok_and(|t| out.try_reserve_exact(t).is_ok());
-                if fits && total >= 4 << 20 {
-                    // One page fault per 2 MiB instead of per 4 KiB while it fills.
-                    crate::sys::socket::advise_huge_pages(out);
-                }
-                if !fits {
-                    // Give up on this item; its remaining chunks are dropped by the next get.
-                    self.publish_head(head + size, false);
-                    return Err(Error::msg(
-                        ErrorKind::TooLarge,
-                        format!("a queue item of {total} bytes does not fit in memory"),
-                    ));
-                }
-            }
-            if let Err(e) = self.map.read_append(body, body_len, out) {
-                self.publish_head(head + size, last);
-                return Err(Error::io(e).context("receiving a queue item"));
-            }
+            let r = self.take_record(out, head, len, first, last, &mut inside);
             self.publish_head(head + size, last);
+            if r.is_err() {
+                // The item is dropped; its remaining chunks, if any, are dropped by the next
+                // get (they have no FIRST).
+                out.clear();
+                return r;
+            }
             self.maybe_trim(head, head + size);
             if last {
                 return Ok(());
             }
-            mid_item = true;
         }
     }
 
+    /// Appends the payload of the data record at `head` to `out`, checking it against the
+    /// item's announced size: the buffer grows with the bytes that arrived, never beyond the
+    /// announced size (a forged size costs nothing until the bytes come).
+    fn take_record(
+        &self,
+        out: &mut Vec<u8>,
+        head: u64,
+        len: u64,
+        first: bool,
+        last: bool,
+        inside: &mut Option<u64>,
+    ) -> Result<()> {
+        let mut body = self.data_off(head) + 8;
+        let mut body_len = len as usize;
+        if first && !last {
+            let mut total = [0u8; 8];
+            self.map.read(body, &mut total);
+            let total = u64::from_le_bytes(total);
+            body += 8;
+            body_len -= 8;
+            // A chunked item is larger than its first chunk (else it would be one record).
+            if total <= body_len as u64 {
+                return Err(corrupt(format!(
+                    "an item announced as {total} bytes starts with a chunk of {body_len}"
+                )));
+            }
+            *inside = Some(total);
+        }
+        let limit = inside.unwrap_or(body_len as u64);
+        let after = out.len() as u64 + body_len as u64;
+        if after > limit || (last && after != limit) {
+            return Err(corrupt(format!(
+                "an item announced as {limit} bytes arrives with {after}"
+            )));
+        }
+        if after > out.capacity() as u64 {
+            // Double, as a Vec would, but never past the announced size.
+            let want = after.max(2 * out.capacity() as u64).min(limit);
+            let want = usize::try_from(want).map_err(|_| too_large(limit))?;
+            out.try_reserve_exact(want - out.len())
+                .map_err(|_| too_large(limit))?;
+            if want >= 4 << 20 {
+                // One page fault per 2 MiB instead of per 4 KiB while it fills.
+                crate::sys::socket::advise_huge_pages(out);
+            }
+        }
+        self.map
+            .read_append(body, body_len, out)
+            .map_err(|_| too_large(limit))
+    }
     /// Reads and checks the record header at `head` (published up to `tail`).
     pub(super) fn read_header(&self, head: u64, tail: u64) -> Result<(u64, u64)> {
         let mut word = [0u8; 8];
@@ -166,25 +303,21 @@ impl Ring {
         {
             return;
         }
-        let Ok(Some(a)) = robust::try_lock(&self.map, at!(put_lock)) else {
+        let Some(_g) = self.try_lock_repaired(at!(put_lock), false) else {
             return;
         };
-        let _g = Guard {
-            ring: self,
-            off: at!(put_lock),
-        };
-        if a == robust::Acquired::OwnerDied && self.repair_producer().is_err() {
+        if self.close_open_item().is_err() {
             return;
         }
-        self.close_open_item();
         let (h, t) = (new_head, self.tail_pos());
         if h / self.cap != t / self.cap {
             return; // live data wraps around the end of the ring: trim another time
         }
         let page = shm::page_size() as u64;
+        // Clamped: values written over by another process stay inside the ring.
         let (lo, hi) = (
-            self.u64(at!(prod.ext_lo)).load(Relaxed),
-            self.u64(at!(prod.ext_hi)).load(Relaxed),
+            self.u64(at!(prod.ext_lo)).load(Relaxed).min(self.cap),
+            self.u64(at!(prod.ext_hi)).load(Relaxed).min(self.cap),
         );
         let (h_off, t_off) = (h & (self.cap - 1), t & (self.cap - 1));
         let (h_page, t_page) = (h_off / page * page, t_off.next_multiple_of(page));

@@ -9,8 +9,8 @@ use crate::sys::robust;
 
 /// `b"mpqueue\0"`, the first word of every queue segment.
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"mpqueue\0");
-/// Bumped on any change to the layout or the protocol.
-pub(super) const VERSION: u32 = 1;
+/// Bumped on any change to the layout or the protocol (2: our own robust locks).
+pub(super) const VERSION: u32 = 2;
 /// Bytes of control region before the ring (one page on every supported platform).
 pub(super) const HEADER_LEN: usize = 4096;
 /// Smallest ring.
@@ -35,6 +35,8 @@ pub(super) const TAG: u64 = 0x7155;
 /// Bit 0 of `tail`: the last published record is a chunk of an unfinished item.
 pub(super) const OPEN: u64 = 1;
 pub(super) const POS_MASK: u64 = !7;
+/// Positions at or beyond this are corrupt (see `Ring::positions_ok`).
+pub(super) const POS_LIMIT: u64 = 1 << 62;
 
 /// Which queue flavour created a segment; a handle only opens its own flavour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,15 +99,15 @@ pub(super) struct Config {
     pub(super) max_items: u64,
     /// The creating flavour ([`Kind`]).
     pub(super) kind: u32,
-    /// `size_of::<pthread_mutex_t>()` of the creator (layout check).
-    pub(super) mutex_size: u32,
+    /// [`robust::FORMAT`] of the creator (layout check).
+    pub(super) lock_format: u32,
     /// Hash of the item type's name, so a handle is not reopened with another item type.
     pub(super) type_hash: u64,
     /// Random at creation: with the file's identity, recognises a segment already mapped.
     pub(super) nonce: u64,
 }
 
-/// A robust process-shared mutex (`sys::robust`).
+/// A robust process-shared lock (`sys::robust`: owner word and futex word).
 #[allow(dead_code)] // layout only
 #[repr(C, align(128))]
 pub(super) struct LockSlot([u8; robust::SLOT]);
@@ -154,6 +156,9 @@ pub(super) struct Consumer {
     pub(super) jr_head: u64,
     /// Journal: `gets` after it (applied if `head` did move).
     pub(super) jr_gets: u64,
+    /// The process (`robust::process_identity`) that timed out in the middle of the item
+    /// starting before `head` and keeps its first part: only it takes the rest. 0: none.
+    pub(super) stash_owner: u64,
 }
 
 /// `JoinableQueue` state.

@@ -1,5 +1,6 @@
 //! The shared-memory core of every queue flavour: a ring of variable-length records in a
-//! sealed memfd, one robust mutex per side, futex sleeps, crash repair.
+//! sealed memfd, one robust lock per side, futex sleeps, crash repair, checks on everything
+//! read from the segment (another process may have written anything there).
 //!
 //! The protocol (record format, publication order, what each repair does and why) is written
 //! up in `README.md` next to this file; the comments in the code say *why* at each step.
@@ -16,9 +17,10 @@ mod join;
 mod layout;
 mod put;
 mod repair;
+#[cfg(test)]
+mod tests;
 mod wait;
 
-use std::mem::size_of;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
@@ -36,15 +38,12 @@ macro_rules! at {
 }
 use at;
 
-/// The error for a failed lock operation.
-fn lock_error(e: std::io::Error, what: &'static str) -> Error {
-    if e.raw_os_error() == Some(libc::ENOTRECOVERABLE) {
-        Error::msg(
-            ErrorKind::Protocol,
-            "the queue's lock is unrecoverable (a process unlocked it without repairing)",
-        )
+/// The error for a failed wait for a lock.
+fn lock_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        Error::msg(ErrorKind::Timeout, "another process holds the queue's lock")
     } else {
-        Error::io(e).context(what)
+        Error::io(e).context("waiting for the queue's lock")
     }
 }
 
@@ -60,6 +59,21 @@ fn corrupt(what: String) -> Error {
 struct Guard<'a> {
     ring: &'a Ring,
     off: usize,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // The last handle of this process is going: the first part of an item kept here can
+        // no longer be resumed, so let the other consumers drop the rest (README "Get").
+        if crate::wait::lock(&self.stash).take().is_some() {
+            let _ = self.u64(at!(cons.stash_owner)).compare_exchange(
+                robust::process_identity(),
+                0,
+                Relaxed,
+                Relaxed,
+            );
+        }
+    }
 }
 
 impl Drop for Guard<'_> {
@@ -92,6 +106,8 @@ pub(crate) struct Ring {
     seen_head: AtomicU64,
     seen_gets: AtomicU64,
     seen_tail: AtomicU64,
+    /// The first part of an item a `get` of this process timed out in (see `get.rs`).
+    stash: std::sync::Mutex<Option<get::Stash>>,
 }
 
 /// What identifies a segment: its file (device, inode) and the creator's nonce.
@@ -142,8 +158,8 @@ impl Ring {
             .map_err(|e| Error::io(e).context("creating the queue's shared memory"))?;
         let map = shm::Mapping::map(fd.as_fd(), HEADER_LEN + cap as usize, HEADER_LEN)
             .map_err(|e| Error::io(e).context("mapping the queue's shared memory"))?;
-        robust::init(&map, at!(put_lock)).map_err(|e| lock_error(e, "creating a queue lock"))?;
-        robust::init(&map, at!(get_lock)).map_err(|e| lock_error(e, "creating a queue lock"))?;
+        robust::init(&map, at!(put_lock));
+        robust::init(&map, at!(get_lock));
         let (dev, ino) = shm::identity(fd.as_fd()).map_err(Error::io)?;
         let key = Key {
             dev,
@@ -159,8 +175,8 @@ impl Ring {
         ring.u64(at!(config.resident)).store(resident, Relaxed);
         ring.u64(at!(config.max_items)).store(max_items, Relaxed);
         ring.u32(at!(config.kind)).store(kind as u32, Relaxed);
-        ring.u32(at!(config.mutex_size))
-            .store(size_of::<libc::pthread_mutex_t>() as u32, Relaxed);
+        ring.u32(at!(config.lock_format))
+            .store(robust::FORMAT, Relaxed);
         ring.u64(at!(config.type_hash)).store(type_hash, Relaxed);
         ring.u64(at!(config.magic)).store(MAGIC, Release);
         Ok(ring)
@@ -190,6 +206,7 @@ impl Ring {
             seen_head: AtomicU64::new(0),
             seen_gets: AtomicU64::new(0),
             seen_tail: AtomicU64::new(0),
+            stash: std::sync::Mutex::new(None),
         }
     }
 
@@ -216,39 +233,36 @@ impl Ring {
             .map_err(|e| format!("mapping a received queue: {e}"))?;
         let (dev, ino) =
             shm::identity(fd.as_fd()).map_err(|e| format!("inspecting a queue handle: {e}"))?;
-        let key = Key { dev, ino, nonce: 0 };
-        let probe = Ring::new(fd, map, cap, cap, 1, kind, type_hash, key);
-        if probe.u64(at!(config.magic)).load(Acquire) != MAGIC {
+        let header = map;
+        if header.atomic_u64(at!(config.magic)).load(Acquire) != MAGIC {
             return Err(type_error(kind, "no queue header"));
         }
-        let version = probe.u32(at!(config.version)).load(Relaxed);
+        let version = header.atomic_u32(at!(config.version)).load(Relaxed);
         if version != VERSION {
             return Err(type_error(
                 kind,
                 format_args!("queue layout version {version}, this build speaks {VERSION}"),
             ));
         }
-        let resident = probe.u64(at!(config.resident)).load(Relaxed);
-        let max_items = probe.u64(at!(config.max_items)).load(Relaxed);
-        let layout_ok = probe.u32(at!(config.header_len)).load(Relaxed) == HEADER_LEN as u32
-            && probe.u64(at!(config.capacity)).load(Relaxed) == cap
-            && probe.u32(at!(config.mutex_size)).load(Relaxed)
-                == size_of::<libc::pthread_mutex_t>() as u32
+        let resident = header.atomic_u64(at!(config.resident)).load(Relaxed);
+        let max_items = header.atomic_u64(at!(config.max_items)).load(Relaxed);
+        let layout_ok = header.atomic_u32(at!(config.header_len)).load(Relaxed)
+            == HEADER_LEN as u32
+            && header.atomic_u64(at!(config.capacity)).load(Relaxed) == cap
+            && header.atomic_u32(at!(config.lock_format)).load(Relaxed) == robust::FORMAT
             && resident.is_power_of_two()
             && (MIN_CAPACITY..=cap).contains(&resident)
             && max_items >= 1;
         if !layout_ok {
             return Err(type_error(kind, "inconsistent queue header"));
         }
-        let found = probe.u32(at!(config.kind)).load(Relaxed);
-        let found_hash = probe.u64(at!(config.type_hash)).load(Relaxed);
+        let found = header.atomic_u32(at!(config.kind)).load(Relaxed);
+        let found_hash = header.atomic_u64(at!(config.type_hash)).load(Relaxed);
         let key = Key {
-            nonce: probe.u64(at!(config.nonce)).load(Relaxed),
-            ..key
+            dev,
+            ino,
+            nonce: header.atomic_u64(at!(config.nonce)).load(Relaxed),
         };
-        let Ring {
-            fd, map: header, ..
-        } = probe;
         drop(header);
         let Some(found) = [Kind::Queue, Kind::Simple, Kind::Joinable]
             .into_iter()
@@ -318,6 +332,12 @@ impl Ring {
     /// As `u64`, for 32-bit words.
     fn u32(&self, off: usize) -> &AtomicU32 {
         self.map.atomic_u32(off)
+    }
+
+    /// Whether `head <= tail` are positions the protocol can produce: the published records
+    /// fit in the ring, and neither is near overflowing (`2^62` bytes are centuries of traffic).
+    fn positions_ok(&self, head: u64, tail: u64) -> bool {
+        head <= tail && tail < POS_LIMIT && tail - head <= self.cap
     }
 
     /// Where ring position `pos` lives in the mapping.

@@ -19,7 +19,10 @@ impl Ring {
 
     /// Whether the ring has room up to position `end` (exclusive).
     pub(super) fn room_until(&self, end: u64) -> bool {
-        end - self.head_pos(false) <= self.cap || end - self.head_pos(true) <= self.cap
+        // Wrapping: a head written over by another process (ahead of `end`) means no room,
+        // never an overflow.
+        end.wrapping_sub(self.head_pos(false)) <= self.cap
+            || end.wrapping_sub(self.head_pos(true)) <= self.cap
     }
 
     /// Whether fewer than `max_items` items are queued (bounded queues).
@@ -58,8 +61,7 @@ impl Ring {
             let prefix: &[u8] = if first { &total } else { &[] };
             if let Err(e) = self.write_record(flags, prefix, &item[done..done + n], deadline) {
                 // Published chunks are cancelled; consumers drop them.
-                self.close_open_item();
-                return Err(e);
+                return Err(self.close_open_item().err().unwrap_or(e));
             }
             done += n;
         }
@@ -80,8 +82,16 @@ impl Ring {
         debug_assert!(size <= self.max_record);
         let reserve = if flags & LAST != 0 { 0 } else { 8 };
         let tail = self.u64(at!(prod.tail)).load(Relaxed);
-        debug_assert_eq!(tail & OPEN, u64::from(flags & FIRST == 0), "chunk order");
         let t = tail & POS_MASK;
+        // The cached head (a lower bound: reading the shared one would bounce the consumers'
+        // cache line on every put).
+        let head = self.head_pos(false);
+        if tail & OPEN != u64::from(flags & FIRST == 0) || head > t || t >= POS_LIMIT {
+            // We hold `put_lock`, and wrote `tail` last: another process wrote over it.
+            return Err(corrupt(format!(
+                "the producers' position {tail:#x} changed under the lock (head {head})"
+            )));
+        }
         let off = t & (self.cap - 1);
         let lap_end = t - off + self.cap;
         // Where the record goes: here, or at the start of the next lap behind a SKIP record.

@@ -1,182 +1,465 @@
-//! Process-shared **robust** mutexes: glibc `pthread_mutex_t` with `PTHREAD_PROCESS_SHARED`
-//! and `PTHREAD_MUTEX_ROBUST`, living in a 64-byte slot of a shared [`Mapping`]'s control
-//! region.
+//! Process-shared **robust** locks in a [`Mapping`]'s control region: our own futex lock whose
+//! every word value is either valid or detected, so that a segment scribbled on by another
+//! process gives errors or waits, never a crash.
 //!
-//! Robustness is the kernel's: glibc links every robust mutex a thread holds into that thread's
-//! robust list (registered with `set_robust_list`), and when the thread dies, however it dies
-//! (SIGKILL included), the kernel walks the list, marks each mutex `FUTEX_OWNER_DIED` and wakes
-//! a waiter. The next locker gets [`Acquired::OwnerDied`] instead of blocking forever; it must
-//! repair the protected state and call [`mark_consistent`] before unlocking, or the mutex
-//! becomes permanently unusable (`ENOTRECOVERABLE`). If the repairer dies too, the next
-//! locker is told `OwnerDied` again, so repairs must be idempotent.
+//! (glibc's robust `pthread_mutex_t` is not usable here: its lock word, kind and list pointers
+//! live in the shared slot, and a garbage slot makes glibc abort, e.g. in
+//! `__pthread_tpp_change_priority`, or follow garbage robust-list pointers.)
 //!
-//! glibc re-registers an empty robust list in a forked child, so a forked copy never "owns"
-//! its parent's mutexes. The owner is recorded by thread id in the shared word, so pid reuse
-//! cannot confuse it: the kernel marks the word at the moment of death.
+//! # The slot
 //!
-//! macOS has no robust mutexes: a replacement would store the owner's pid (plus its start time,
-//! against pid reuse) in the lock word and let waiters sleep in slices, checking the owner's
-//! liveness between them.
+//! ```text
+//! offset 0   owner  u64: 0 = free; else  start (32) | CONTENDED (1) | tid (31)
+//! offset 8   seq    u32: futex word, bumped by an unlock that saw CONTENDED
+//! ```
 //!
-//! Contract of every function here: the slot at `off` holds a mutex set up by [`init`] (the
-//! queue checks its header's magic and version before touching a slot) and the processes that
-//! share the segment do not write to the slot except through these functions.
+//! `tid` is the owning thread's kernel thread id, `start` the low 32 bits of that thread's
+//! start time (`/proc/<tid>/stat` field 22, clock ticks since boot): together they name a
+//! thread even after its id is reused. `CONTENDED` says that a waiter may sleep on `seq`.
+//!
+//! # Locking
+//!
+//! * **Fast path**: compare-exchange `owner` from 0 to our identity.
+//! * **Slow path** (the drepper/std futex mutex with a separate wake word): read `seq`, set
+//!   `CONTENDED` on the held word, then `FUTEX_WAIT` on `seq` for at most [`TICK`]; an unlock
+//!   clears `owner`, and if it saw `CONTENDED` bumps `seq` and wakes one waiter, which takes the
+//!   lock with `CONTENDED` set (others may still sleep). A waiter that reads `seq` before the
+//!   unlock either fails its compare-exchange (the word changed) or is woken.
+//! * **Dead owners**: at each tick a waiter checks that the owner named by the word still
+//!   exists (`/proc/<tid>/stat`: gone, a zombie, or started at another time means dead) and, if
+//!   not, takes the lock over with one compare-exchange: [`Acquired::OwnerDied`]. So a holder
+//!   that dies (any signal, `SIGKILL` included) blocks others for at most one tick. A repairer
+//!   that dies is itself a dead owner, so the next locker is told `OwnerDied` again: repairs
+//!   must be idempotent (the queue's are).
+//!
+//! # Every value is valid or detected
+//!
+//! * `owner` with a `tid` of 0, or naming the calling thread (which never locks twice), is
+//!   stale: the caller takes it over as `OwnerDied` at once.
+//! * `owner` naming a thread that does not exist (any random value, almost surely) is a dead
+//!   owner: taken over at the next tick.
+//! * `owner` naming a live thread of some process: the lock is held; timed waits time out.
+//! * An unlock that finds another owner than itself reports an error instead of freeing it.
+//! * `seq` is only compared with itself: garbage costs at most a spurious wake.
+//!
+//! Ownership is per *thread*, as with glibc's robust mutexes; a forked child starts with new
+//! thread ids, so it never owns its parent's locks (the identity cache is reset by a
+//! `pthread_atfork` child handler). Lock holders and waiters must share a pid namespace (they
+//! do: the segment travels between related processes). Without `/proc`, dead owners cannot be
+//! told apart from live ones: the locks still work, crash repair does not.
+//!
+//! macOS would use the same word (pid + start time from `proc_pidinfo`) with
+//! `os_sync_wait_on_address`.
 
+use std::cell::Cell;
 use std::io;
-use std::mem::{align_of, size_of, MaybeUninit};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use super::futex;
 use super::shm::Mapping;
 
-/// Bytes reserved for one mutex in the control region (one cache line).
+/// Bytes reserved for one lock in the control region (one cache line).
 pub(crate) const SLOT: usize = 64;
-const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= SLOT);
+/// The slot layout's version, stored in the queue header so that a segment made by a build with
+/// another lock format is refused.
+pub(crate) const FORMAT: u32 = 2;
+/// How long a waiter sleeps before it checks that the owner is still alive.
+pub(crate) const TICK: Duration = Duration::from_millis(50);
+
+const TID_MASK: u64 = 0x7fff_ffff;
+const CONTENDED: u64 = 1 << 31;
 
 /// How a lock was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Acquired {
     /// The previous owner unlocked it.
     Clean,
-    /// The previous owner died holding it: repair, then [`mark_consistent`].
+    /// The previous owner died holding it (or the word was garbage): repair before unlocking.
     OwnerDied,
 }
 
-fn slot(map: &Mapping, off: usize) -> *mut libc::pthread_mutex_t {
-    map.control_ptr(
-        off,
-        size_of::<libc::pthread_mutex_t>(),
-        align_of::<libc::pthread_mutex_t>(),
-    )
-    .cast()
+fn owner(map: &Mapping, off: usize) -> &AtomicU64 {
+    map.atomic_u64(off)
 }
 
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
+fn seq(map: &Mapping, off: usize) -> &AtomicU32 {
+    map.atomic_u32(off + 8)
+}
+
+/// Initialises the slot at `off` as an unlocked lock. Call once, in the creating process,
+/// before the segment is shared.
+pub(crate) fn init(map: &Mapping, off: usize) {
+    owner(map, off).store(0, Relaxed);
+    seq(map, off).store(0, Relaxed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identities
+// ---------------------------------------------------------------------------------------------
+
+/// Bumped in every forked child, so that a thread's cached identity is recomputed there.
+static FORKS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn forked_child() {
+    // Async-signal-safe: one atomic add, no lock, no allocation.
+    FORKS.fetch_add(1, Relaxed);
+}
+
+thread_local! {
+    /// This thread's identity word and the `FORKS` value it was computed under (0: none yet).
+    static ME: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// This thread's identity: `start << 32 | tid` (`start` 0 if `/proc` cannot tell it).
+fn me() -> u64 {
+    let forks = FORKS.load(Relaxed);
+    let (at, word) = ME.get();
+    if word != 0 && at == forks {
+        return word;
+    }
+    static ATFORK: Once = Once::new();
+    ATFORK.call_once(|| {
+        // SAFETY: registers a handler that only performs an atomic add (async-signal-safe);
+        // the function lives for the whole program.
+        let _ = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+    });
+    // The handler is registered before any identity is cached, so every cached identity
+    // belongs to the thread (and process) that caches it.
+    let forks = FORKS.load(Relaxed);
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u64 & TID_MASK;
+    let start = match thread_stat(tid) {
+        Stat::Alive { start, .. } => start,
+        _ => 0,
+    };
+    let word = u64::from(start) << 32 | tid;
+    ME.set((forks, word));
+    word
+}
+
+/// What `/proc/<tid>/stat` says about a thread.
+enum Stat {
+    /// No such thread.
+    Gone,
+    /// Exited, not yet reaped; `threads` = its process's thread count (more than 1: the main
+    /// thread exited and the process lives on).
+    Zombie { threads: u64 },
+    /// Running or sleeping; `start` = low 32 bits of its start time (clock ticks).
+    Alive { start: u32 },
+    /// `/proc` could not tell (not mounted, not permitted).
+    Unknown,
+}
+
+fn thread_stat(tid: u64) -> Stat {
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    let read = std::fs::File::open(format!("/proc/{tid}/stat")).and_then(|mut f| {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    });
+    let n = match read {
+        Ok(n) => n,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH)) => {
+            return Stat::Gone
+        }
+        Err(_) => return Stat::Unknown,
+    };
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the
+    // last ')'. Field 3 is the state, field 20 the thread count, field 22 the start time.
+    let text = &buf[..n];
+    let Some(close) = text.iter().rposition(|b| *b == b')') else {
+        return Stat::Unknown;
+    };
+    let rest = std::str::from_utf8(&text[close + 1..]).unwrap_or("");
+    let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match fields.first() {
+        Some(&"Z") | Some(&"X") | Some(&"x") => Stat::Zombie {
+            threads: number(17).unwrap_or(1),
+        },
+        Some(_) => number(19).map_or(Stat::Unknown, |start| Stat::Alive {
+            start: start as u32,
+        }),
+        None => Stat::Unknown,
     }
 }
 
-/// Initialises the slot at `off` as an unlocked, process-shared, robust mutex. Call once, in
-/// the creating process, before the segment is shared.
-pub(crate) fn init(map: &Mapping, off: usize) -> io::Result<()> {
-    let m = slot(map, off);
-    let mut attr = MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-    // SAFETY: `attr` is initialised by `pthread_mutexattr_init` before any other use and
-    // destroyed once; `m` points to an in-bounds, aligned slot that nobody else uses yet.
-    unsafe {
-        check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
-        let res = (|| {
-            check(libc::pthread_mutexattr_setpshared(
-                attr.as_mut_ptr(),
-                libc::PTHREAD_PROCESS_SHARED,
-            ))?;
-            check(libc::pthread_mutexattr_setrobust(
-                attr.as_mut_ptr(),
-                libc::PTHREAD_MUTEX_ROBUST,
-            ))?;
-            check(libc::pthread_mutex_init(m, attr.as_ptr()))
-        })();
-        libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
-        res
+/// Whether a thread or process found `Alive` with `start` is the one an identity word named.
+/// (An owner always reads its own start time where `/proc` lets a checker read it.)
+fn same_start(word: u64, start: u32) -> bool {
+    (word >> 32) as u32 == start
+}
+
+/// This process's identity, `start << 32 | pid`, for marks that belong to a process rather
+/// than a thread (the queue's resumable partial item). Reads `/proc`: for rare events.
+pub(crate) fn process_identity() -> u64 {
+    let pid = u64::from(std::process::id()) & TID_MASK;
+    let start = match thread_stat(pid) {
+        Stat::Alive { start } => start,
+        _ => 0,
+    };
+    u64::from(start) << 32 | pid
+}
+
+/// Whether the process named by a [`process_identity`] word may still be alive (any word is
+/// accepted: garbage names no process).
+pub(crate) fn process_alive(word: u64) -> bool {
+    let pid = word & TID_MASK;
+    if pid == 0 {
+        return false;
+    }
+    match thread_stat(pid) {
+        Stat::Gone => false,
+        Stat::Zombie { threads } => threads > 1,
+        Stat::Alive { start } => same_start(word, start),
+        Stat::Unknown => true,
     }
 }
 
-fn acquired(rc: libc::c_int) -> io::Result<Acquired> {
-    match rc {
-        0 => Ok(Acquired::Clean),
-        libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
-        e => Err(io::Error::from_raw_os_error(e)),
+/// Whether the thread named by a held `owner` word may still hold it.
+fn owner_alive(word: u64) -> bool {
+    let tid = word & TID_MASK;
+    if tid == 0 || tid == me() & TID_MASK {
+        return false;
     }
+    match thread_stat(tid) {
+        Stat::Gone | Stat::Zombie { .. } => false,
+        Stat::Alive { start } => same_start(word, start),
+        Stat::Unknown => true,
+    }
+}
+
+/// A held word that is stale without asking `/proc`: no owner, or the calling thread (which
+/// never takes a lock it holds).
+fn stale(word: u64) -> bool {
+    let tid = word & TID_MASK;
+    tid == 0 || tid == me() & TID_MASK
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+// ---------------------------------------------------------------------------------------------
+
+/// Takes the lock from `from` (0, or a dead owner's word) with one compare-exchange.
+fn take(map: &Mapping, off: usize, from: u64, contended: bool) -> Option<Acquired> {
+    let new = me() | if contended { CONTENDED } else { 0 };
+    owner(map, off)
+        .compare_exchange(from, new, Acquire, Relaxed)
+        .ok()
+        .map(|_| {
+            if from == 0 {
+                Acquired::Clean
+            } else {
+                Acquired::OwnerDied
+            }
+        })
+}
+
+/// Locks if nobody holds it (or the word is stale); `None` if somebody may. Cheap: never asks
+/// `/proc`.
+pub(crate) fn try_lock(map: &Mapping, off: usize) -> Option<Acquired> {
+    let w = owner(map, off).load(Relaxed);
+    if w == 0 || stale(w) {
+        return take(map, off, w, false);
+    }
+    None
+}
+
+/// As [`try_lock`], and if the lock is held, takes it over when its owner is dead (a read of
+/// `/proc`).
+pub(crate) fn try_lock_or_take_over(map: &Mapping, off: usize) -> Option<Acquired> {
+    if let Some(a) = try_lock(map, off) {
+        return Some(a);
+    }
+    let w = owner(map, off).load(Relaxed);
+    if w != 0 && !owner_alive(w) {
+        return take(map, off, w, false);
+    }
+    None
+}
+
+/// Whether the lock is held by an owner that died (so somebody should repair): a read of the
+/// word, and of `/proc` when it is held.
+pub(crate) fn owner_died(map: &Mapping, off: usize) -> bool {
+    let w = owner(map, off).load(Relaxed);
+    w != 0 && !owner_alive(w)
 }
 
 /// Locks, waiting until `deadline` (none: no limit).
 ///
 /// # Errors
-/// `TimedOut` when the deadline passes; `ENOTRECOVERABLE` if an earlier owner unlocked
-/// without repairing; `EDEADLK` if this thread already holds it.
+/// `TimedOut` when the deadline passes first.
 pub(crate) fn lock(map: &Mapping, off: usize, deadline: Option<Instant>) -> io::Result<Acquired> {
-    let m = slot(map, off);
-    let Some(deadline) = deadline else {
-        // SAFETY: `m` is a valid, initialised process-shared mutex (module contract).
-        return acquired(unsafe { libc::pthread_mutex_lock(m) });
-    };
+    let (word, seq) = (owner(map, off), seq(map, off));
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return match try_lock(map, off)? {
-                Some(a) => Ok(a),
-                None => Err(io::ErrorKind::TimedOut.into()),
-            };
+        let s = seq.load(Acquire);
+        let w = word.load(Relaxed);
+        if w == 0 || stale(w) {
+            match take(map, off, w, true) {
+                Some(a) => return Ok(a),
+                None => continue,
+            }
         }
-        // pthread_mutex_timedlock measures against CLOCK_REALTIME (pthread_mutex_clocklock
-        // needs glibc 2.30): wait in slices of at most a second and re-check the monotonic
-        // deadline, so a wall-clock jump can stretch a wait by a second at most.
-        let abs = realtime_after(left.min(Duration::from_secs(1)));
-        // SAFETY: as above; `abs` is a valid timespec.
-        let rc = unsafe { libc::pthread_mutex_timedlock(m, &abs) };
-        if rc != libc::ETIMEDOUT {
-            return acquired(rc);
+        if w & CONTENDED == 0
+            && word
+                .compare_exchange(w, w | CONTENDED, Relaxed, Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        let tick = Instant::now() + TICK;
+        let until = deadline.map_or(tick, |d| d.min(tick));
+        if futex::wait(seq, s, Some(until))? == futex::Woken::TimedOut {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return try_lock_or_take_over(map, off)
+                    .ok_or_else(|| io::ErrorKind::TimedOut.into());
+            }
+            let w = word.load(Relaxed);
+            if w != 0 && !owner_alive(w) {
+                if let Some(a) = take(map, off, w, true) {
+                    return Ok(a);
+                }
+            }
         }
     }
 }
 
-fn realtime_after(d: Duration) -> libc::timespec {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-    let mut sec = now.tv_sec.saturating_add(d.as_secs() as i64);
-    let mut nsec = now.tv_nsec + i64::from(d.subsec_nanos());
-    if nsec >= 1_000_000_000 {
-        nsec -= 1_000_000_000;
-        sec = sec.saturating_add(1);
-    }
-    libc::timespec {
-        tv_sec: sec as libc::time_t,
-        tv_nsec: nsec as _,
-    }
-}
-
-/// Locks if nobody holds it; `Ok(None)` if somebody does.
+/// Unlocks a lock this thread holds.
 ///
 /// # Errors
-/// As [`lock`].
-pub(crate) fn try_lock(map: &Mapping, off: usize) -> io::Result<Option<Acquired>> {
-    let m = slot(map, off);
-    // SAFETY: `m` is a valid, initialised process-shared mutex (module contract).
-    match unsafe { libc::pthread_mutex_trylock(m) } {
-        libc::EBUSY => Ok(None),
-        rc => acquired(rc).map(Some),
-    }
-}
-
-/// Whether the owner of the mutex may have died without anybody repairing yet: a plain read
-/// of the lock word, for callers that want to repair early without contending for the lock.
-/// May err towards `true`, never towards `false` while the mark is set.
-pub(crate) fn maybe_owner_died(map: &Mapping, off: usize) -> bool {
-    if cfg!(target_env = "gnu") {
-        // glibc: `__lock`, the first `int` of every pthread_mutex_t, is the futex word in
-        // which the kernel sets FUTEX_OWNER_DIED when the owner dies.
-        let word = map.control_ptr(off, 4, 4);
-        // SAFETY: in bounds and aligned (checked); glibc and the kernel only change this word
-        // atomically, and we only load it.
-        let word = unsafe { std::sync::atomic::AtomicU32::from_ptr(word.cast()) };
-        word.load(std::sync::atomic::Ordering::Relaxed) & libc::FUTEX_OWNER_DIED != 0
-    } else {
-        true
-    }
-}
-
-/// Declares the state the mutex protects repaired after [`Acquired::OwnerDied`].
-pub(crate) fn mark_consistent(map: &Mapping, off: usize) -> io::Result<()> {
-    let m = slot(map, off);
-    // SAFETY: `m` is a valid, initialised mutex that this thread holds.
-    check(unsafe { libc::pthread_mutex_consistent(m) })
-}
-
-/// Unlocks a mutex this thread holds.
+/// `PermissionDenied` if the word names another owner (someone wrote over it, or took it over
+/// believing us dead): the lock is left as it is.
 pub(crate) fn unlock(map: &Mapping, off: usize) -> io::Result<()> {
-    let m = slot(map, off);
-    // SAFETY: `m` is a valid, initialised mutex; a robust mutex rejects (EPERM) an unlock by a
-    // thread that does not own it instead of corrupting it.
-    check(unsafe { libc::pthread_mutex_unlock(m) })
+    let mine = me();
+    let was = owner(map, off)
+        .fetch_update(Release, Relaxed, |w| (w & !CONTENDED == mine).then_some(0))
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the lock is no longer held by this thread",
+            )
+        })?;
+    if was & CONTENDED != 0 {
+        let seq = seq(map, off);
+        seq.fetch_add(1, Release);
+        futex::wake(seq, 1);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn segment() -> (std::os::fd::OwnedFd, Mapping) {
+        let fd = super::super::shm::create("robust-test", 8192).unwrap();
+        let map = Mapping::map(fd.as_fd(), 8192, 4096).unwrap();
+        init(&map, 0);
+        (fd, map)
+    }
+
+    #[test]
+    fn lock_unlock_and_contention() {
+        let (_fd, map) = segment();
+        assert_eq!(try_lock(&map, 0), Some(Acquired::Clean));
+        unlock(&map, 0).unwrap();
+        assert!(unlock(&map, 0).is_err(), "unlocking a free lock");
+        let map = std::sync::Arc::new(map);
+        let counter = std::sync::Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (map, counter) = (map.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        assert_eq!(lock(&map, 0, None).unwrap(), Acquired::Clean);
+                        // Not atomic as a whole: only correct under mutual exclusion.
+                        let v = counter.load(Relaxed);
+                        counter.store(v + 1, Relaxed);
+                        unlock(&map, 0).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(counter.load(Relaxed), 8000);
+    }
+
+    #[test]
+    fn a_timed_lock_times_out_while_a_live_thread_holds_it() {
+        let (_fd, map) = segment();
+        let map = std::sync::Arc::new(map);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let m2 = map.clone();
+        let holder = std::thread::spawn(move || {
+            lock(&m2, 0, None).unwrap();
+            tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+            unlock(&m2, 0).unwrap();
+        });
+        rx.recv().unwrap();
+        let t = Instant::now();
+        let e = lock(&map, 0, Some(Instant::now() + TICK * 3)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(t.elapsed() >= TICK * 3);
+        assert!(!owner_died(&map, 0), "a live owner is not dead");
+        done_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(lock(&map, 0, None).unwrap(), Acquired::Clean);
+        unlock(&map, 0).unwrap();
+    }
+
+    #[test]
+    fn garbage_words_are_taken_over_or_waited_for() {
+        let (_fd, map) = segment();
+        // A thread that has exited: its id names nothing (or a newer thread started later).
+        let dead = std::thread::spawn(me).join().unwrap();
+        for w in [
+            CONTENDED,
+            !TID_MASK,
+            dead,
+            dead | CONTENDED,
+            me(),
+            0x7fff_fff0,
+        ] {
+            owner(&map, 0).store(w, Relaxed);
+            assert!(owner_died(&map, 0), "{w:#x}");
+            let a = lock(&map, 0, Some(Instant::now() + TICK * 20)).unwrap();
+            assert_eq!(a, Acquired::OwnerDied, "{w:#x}");
+            unlock(&map, 0).unwrap();
+        }
+        // Somebody else's identity written over ours: unlock refuses and leaves it.
+        lock(&map, 0, None).unwrap();
+        owner(&map, 0).store(dead, Relaxed);
+        assert!(unlock(&map, 0).is_err());
+        assert_eq!(owner(&map, 0).load(Relaxed), dead);
+        assert_eq!(try_lock_or_take_over(&map, 0), Some(Acquired::OwnerDied));
+        unlock(&map, 0).unwrap();
+    }
+
+    #[test]
+    fn stat_of_this_thread_is_alive_and_identity_is_cached() {
+        let word = me();
+        assert_eq!(word, me());
+        assert_ne!(word & TID_MASK, 0);
+        assert!(matches!(thread_stat(word & TID_MASK), Stat::Alive { .. }));
+        assert!(matches!(thread_stat(TID_MASK), Stat::Gone));
+        let me = process_identity();
+        assert!(process_alive(me));
+        assert!(!process_alive(0) && !process_alive(TID_MASK));
+        assert!(
+            !process_alive(me ^ 1 << 40),
+            "another start time is another process"
+        );
+    }
 }

@@ -9,7 +9,7 @@
 //! A [`Mapping`] is split in two regions that are never accessed the same way:
 //!
 //! * the **control** region `[0, control)`: only atomics ([`Mapping::atomic_u64`],
-//!   [`Mapping::atomic_u32`]) and process-shared mutex slots (see `robust.rs`);
+//!   [`Mapping::atomic_u32`]), the lock slots of `robust.rs` included;
 //! * the **data** region `[control, len)`: only raw byte copies ([`Mapping::write`],
 //!   [`Mapping::read_append`]) of ranges the caller's protocol owns at that moment.
 //!
@@ -139,7 +139,7 @@ impl Mapping {
     }
 
     /// A pointer to `size` bytes at `off` inside the control region, checked for bounds and
-    /// `align` (for the mutex slots of `robust.rs`).
+    /// `align`.
     pub(super) fn control_ptr(&self, off: usize, size: usize, align: usize) -> *mut u8 {
         assert!(
             off.checked_add(size).is_some_and(|end| end <= self.control) && off % align == 0,
