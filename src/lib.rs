@@ -330,6 +330,7 @@ mod pool;
 mod process;
 mod queue;
 mod spawn;
+pub mod sync;
 #[allow(unsafe_code)] // the platform layer: every unsafe block there has a SAFETY comment
 mod sys;
 mod task;
@@ -344,4 +345,8 @@ pub use process::{
     active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use sync::{
+    Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, RawArray, RawValue, Semaphore,
+    Value,
+};
 pub use task::{TaskArg, TaskResult};

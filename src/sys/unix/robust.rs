@@ -354,6 +354,100 @@ pub(crate) fn unlock(map: &Mapping, off: usize) -> io::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// For the sync primitives (additions: identities of waiters, and a held lock that lends the
+// bytes it guards)
+// ---------------------------------------------------------------------------------------------
+
+/// The calling thread's identity word (`start << 32 | tid`), as an owner word holds it: for
+/// records that name a waiting thread (a Condition or Barrier waiter's slot).
+pub(crate) fn thread_identity() -> u64 {
+    me()
+}
+
+/// Whether the thread named by a [`thread_identity`] word may still be alive; the calling
+/// thread is. Any word is accepted: garbage names no live thread (a read of `/proc`).
+pub(crate) fn thread_alive(word: u64) -> bool {
+    word == me() || owner_alive(word)
+}
+
+/// Whether the calling thread holds the lock at `off` (so locking it again would take it over
+/// from itself).
+pub(crate) fn held_by_me(map: &Mapping, off: usize) -> bool {
+    owner(map, off).load(Relaxed) & !CONTENDED == me()
+}
+
+/// A lock at `off` that this thread holds and that guards the data range `[data, data + len)`
+/// of the same mapping; unlocks on drop. The only way to borrow shared data bytes.
+#[derive(Debug)]
+pub(crate) struct Held<'a> {
+    map: &'a Mapping,
+    off: usize,
+    data: usize,
+    len: usize,
+}
+
+impl<'a> Held<'a> {
+    /// Locks `off` (waiting until `deadline`; `nonblocking`: not at all) for the data range
+    /// `[data, data + len)`, which the caller's protocol guards with this lock alone.
+    ///
+    /// # Errors
+    /// `TimedOut` when the deadline passes (or at once when `nonblocking`); `Deadlock` when
+    /// this thread holds the lock already.
+    pub(crate) fn lock(
+        map: &'a Mapping,
+        off: usize,
+        data: usize,
+        len: usize,
+        deadline: Option<Instant>,
+        nonblocking: bool,
+    ) -> io::Result<(Held<'a>, Acquired)> {
+        if held_by_me(map, off) {
+            return Err(io::ErrorKind::Deadlock.into());
+        }
+        let got = if nonblocking {
+            try_lock_or_take_over(map, off).ok_or_else(|| io::ErrorKind::TimedOut.into())
+        } else {
+            lock(map, off, deadline)
+        }?;
+        Ok((
+            Held {
+                map,
+                off,
+                data,
+                len,
+            },
+            got,
+        ))
+    }
+
+    /// The guarded bytes, to read.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        let p = self.map.data_ptr(self.data, self.len);
+        // SAFETY: as in `bytes_mut`; a shared borrow of `self` excludes the mutable one.
+        unsafe { std::slice::from_raw_parts(p, self.len) }
+    }
+
+    /// The guarded bytes.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        let p = self.map.data_ptr(self.data, self.len);
+        // SAFETY: `p..p+len` is inside the mapping's data region (checked by `data_ptr`) and
+        // lives as long as `self.map`. The protocol guards this range with the lock this value
+        // holds, so no other thread of any process following it touches the bytes while the
+        // borrow (of `self`, mutably) lasts; `lock` refuses a second `Held` in this thread, and
+        // other threads wait for the lock. A process that ignores the protocol can only change
+        // the values (any bytes are valid for the plain-data types lent out), not their layout.
+        unsafe { std::slice::from_raw_parts_mut(p, self.len) }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // Fails only if somebody wrote over the owner word: nothing left to free then.
+        let _ = unlock(self.map, self.off);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
