@@ -195,3 +195,5 @@ mod slots {
         s.ident.store(0, Release);
     }
 }
+#[cfg(test)]
+mod tests;
