@@ -13,7 +13,7 @@
 //! * a [`Lock`]/[`RLock`] whose holder died is handed to the next acquirer within one 50 ms
 //!   tick, whose guard reports `owner_died()` once, so the program can repair its state;
 //! * a [`Barrier`] party that dies while others wait breaks the barrier for them
-//!   ([`ErrorKind::BrokenBarrier`](crate::ErrorKind::BrokenBarrier)) within a tick;
+//!   ([`ErrorKind::BrokenBarrier`](crate::ErrorKind)) within a tick;
 //! * a [`Condition`] waiter that dies after being notified passes the notification on to
 //!   another waiter within a tick; one that dies while waiting is forgotten;
 //! * a [`Semaphore`] does not get back the units a dead process had taken;
