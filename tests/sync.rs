@@ -366,6 +366,23 @@ fn events_ping_pong_between_processes() {
     join(&p).unwrap();
 }
 
+fn wait_event(e: Event) -> bool {
+    e.wait_timeout(WAIT)
+}
+
+/// `set` wakes every waiter, in every process (not just one).
+#[test]
+fn an_event_wakes_all_its_waiters() {
+    let e = Event::new().unwrap();
+    let ps: Vec<_> = (0..4).map(|_| fork(e.clone(), wait_event)).collect();
+    // Give them time to sleep; whether they do or not, all must see the flag.
+    std::thread::sleep(Duration::from_millis(50));
+    e.set();
+    for p in &ps {
+        assert!(join(p).unwrap(), "a waiter was not woken");
+    }
+}
+
 /// A waiter: count itself in (`st[0]`), wait, count itself out (`st[1]`).
 fn cond_waiter((c, st): (Condition, RawArray<u64>)) {
     let mut g = c.acquire().unwrap();

@@ -12,7 +12,7 @@
 //! workloads), `machine` (header and contention), `config` (options),
 //! `crawl` (the crawler rows, on the site of `examples/crawler/site.rs`),
 //! `idle_bytes` (CPU while tasks sleep; byte buffers), `cputime`
-//! (per-process CPU clocks).
+//! (per-process CPU clocks), `sync_rows` (Lock, Event, Value, Barrier).
 
 // TEMP until `multiproc::AsCompleted` lands (then `use multiproc::AsCompleted` in crawl.rs).
 #[path = "../../examples/crawler/as_completed.rs"]
@@ -34,6 +34,7 @@ mod rayon_peer;
 mod rss;
 #[path = "../../examples/crawler/site.rs"]
 mod site;
+mod sync_rows;
 mod table;
 mod work;
 
@@ -83,6 +84,7 @@ fn main() {
     jobs.extend(procspawn_peer::jobs(&cfg));
     jobs.extend(rayon_peer::jobs(&cfg));
     jobs.extend(floors::jobs(&cfg));
+    jobs.extend(sync_rows::jobs(&cfg, python.as_ref().ok()));
     jobs.retain(|j| cfg.wants(j.group.name()));
 
     harness::run_all(jobs, cfg.rounds, &mut results);

@@ -17,6 +17,7 @@ pub enum Group {
     Crawl,
     Idle,
     Bytes,
+    Sync,
 }
 
 impl Group {
@@ -33,6 +34,7 @@ impl Group {
             Group::Crawl => "crawl",
             Group::Idle => "idle",
             Group::Bytes => "bytes",
+            Group::Sync => "sync",
         }
     }
 
@@ -81,6 +83,11 @@ pub enum Metric {
     BytesBufArg,
     BytesVecProcess,
     BytesBufProcess,
+    SyncLock,
+    SyncLockHandoff,
+    SyncEventPingPong,
+    SyncValueAdd,
+    SyncBarrier,
 }
 
 /// Which direction is better.
@@ -150,7 +157,7 @@ fn at_least(peer: Option<Who>, factor: f64) -> Target {
 
 impl Metric {
     /// Every row, in table order.
-    pub const ALL: [Metric; 31] = [
+    pub const ALL: [Metric; 36] = [
         Metric::SpawnDefault,
         Metric::SpawnFork,
         Metric::SpawnSpawn,
@@ -182,6 +189,11 @@ impl Metric {
         Metric::BytesBufArg,
         Metric::BytesVecProcess,
         Metric::BytesBufProcess,
+        Metric::SyncLock,
+        Metric::SyncLockHandoff,
+        Metric::SyncEventPingPong,
+        Metric::SyncValueAdd,
+        Metric::SyncBarrier,
     ];
 
     /// Short stable id (used in progress lines and notes).
@@ -218,6 +230,11 @@ impl Metric {
             Metric::BytesBufArg => "bytes-buf-arg",
             Metric::BytesVecProcess => "bytes-vec-process",
             Metric::BytesBufProcess => "bytes-buf-process",
+            Metric::SyncLock => "sync-lock",
+            Metric::SyncLockHandoff => "sync-lock-handoff",
+            Metric::SyncEventPingPong => "sync-event-ping-pong",
+            Metric::SyncValueAdd => "sync-value-add",
+            Metric::SyncBarrier => "sync-barrier",
         }
     }
 
@@ -236,6 +253,9 @@ impl Metric {
             IdleSmall | IdleLarge => Group::Idle,
             BytesVecResult | BytesBufResult | BytesVecArg | BytesBufArg | BytesVecProcess
             | BytesBufProcess => Group::Bytes,
+            SyncLock | SyncLockHandoff | SyncEventPingPong | SyncValueAdd | SyncBarrier => {
+                Group::Sync
+            }
         }
     }
 
@@ -458,6 +478,9 @@ impl Metric {
                 Lower,
                 None,
             ),
+            SyncLock | SyncLockHandoff | SyncEventPingPong | SyncValueAdd | SyncBarrier => {
+                crate::sync_rows::spec(self)
+            }
         }
     }
 }

@@ -55,7 +55,9 @@ impl Event {
     pub fn set(&self) {
         self.seg.u32(FLAG).store(1, SeqCst);
         if self.seg.u32(WAITERS).load(SeqCst) > 0 {
-            futex::wake(self.seg.u32(FLAG), u32::MAX);
+            // The kernel reads the count as an int: i32::MAX is "all" (u32::MAX would be -1,
+            // which wakes one).
+            futex::wake(self.seg.u32(FLAG), i32::MAX as u32);
         }
     }
 

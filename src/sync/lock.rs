@@ -220,7 +220,7 @@ impl RLock {
             robust::try_lock_or_take_over(map, LOCK)
                 .ok_or_else(|| std::io::ErrorKind::TimedOut.into())
         } else {
-            robust::lock(map, LOCK, deadline)
+            robust::lock_spinning(map, LOCK, deadline)
         }
         .map_err(|e| lock_error(e, "RLock", nonblocking))?;
         Ok(got == robust::Acquired::OwnerDied)

@@ -84,9 +84,9 @@ pub(crate) mod shm {
 /// Process-shared robust locks.
 pub(crate) mod robust {
     pub(crate) use super::backend::robust::{
-        held_by_me, init, lock, owner_died, process_alive, process_identity, thread_alive,
-        thread_identity, try_lock, try_lock_or_take_over, unlock, Acquired, Held, FORMAT, SLOT,
-        TICK,
+        held_by_me, init, lock, lock_spinning, owner_died, process_alive, process_identity,
+        thread_alive, thread_identity, try_lock, try_lock_or_take_over, unlock, Acquired, Held,
+        FORMAT, SLOT, TICK,
     };
 }
 
