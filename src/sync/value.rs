@@ -89,9 +89,11 @@ macro_rules! typed_serde {
 /// One value of plain data `T` in shared memory, behind a robust lock, like Python's
 /// `multiprocessing.Value`.
 ///
-/// [`lock`](Value::lock) returns a guard that derefs to `T` (read and write it in place);
-/// [`get`](Value::get) and [`set`](Value::set) lock for one copy. [`get_lock`](Value::get_lock)
-/// is the same lock as a [`Lock`] (to build a `Condition` over it, say). The lock is a `Lock`,
+/// [`lock`](Value::lock) returns a guard that derefs to `T` (read and write it in place): it
+/// is Python's `with v.get_lock(): v.value += 1`. [`get`](Value::get) and
+/// [`set`](Value::set) lock for one copy. [`get_lock`](Value::get_lock) is the same lock as a
+/// [`Lock`] (to build a `Condition` over it, say); its guard gives no access to the value, and
+/// while a thread holds it, `lock` in that thread is an error rather than a deadlock. The lock is a `Lock`,
 /// not Python's default `RLock`, because its guard lends `&mut T`: locking again in the thread
 /// that holds it is an error ([`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState)).
 /// A holder that died is reported by the next guard's [`ValueGuard::owner_died`]: the value
