@@ -442,6 +442,70 @@ fn condition_notifications_survive_dead_waiters() {
     assert_eq!(lost, 0);
 }
 
+/// Producer side of a predicate wait: set `st[0]` to 1..=n under the lock, notifying each.
+fn produce((c, st, n): (Condition, RawArray<u64>, u64)) {
+    for i in 1..=n {
+        let g = c.acquire().unwrap();
+        st.set(0, i);
+        g.notify_all();
+    }
+}
+
+/// `wait_for` with a predicate over state guarded by the condition's (reentrant) lock, held
+/// twice: the wait releases both levels (or the producer could never get in) and restores them.
+#[test]
+fn condition_wait_for_over_a_reentrant_lock() {
+    let r = RLock::new().unwrap();
+    let c = Condition::with_rlock(r.clone()).unwrap();
+    let st = RawArray::<u64>::zeroed(1).unwrap();
+    let mut g = c.acquire().unwrap();
+    let inner = r.acquire().unwrap();
+    let p = fork((c.clone(), st.clone(), 50), produce);
+    g.wait_for_timeout(|| st.get(0) == 50, WAIT).unwrap();
+    assert!(!g.owner_died());
+    // Both levels are held again: another thread cannot take the lock.
+    let r2 = r.clone();
+    assert!(
+        std::thread::spawn(move || r2.try_acquire().map(drop).unwrap_err().is_would_block())
+            .join()
+            .unwrap()
+    );
+    drop(inner);
+    drop(g);
+    join(&p).unwrap();
+    let e = c
+        .acquire()
+        .unwrap()
+        .wait_for_timeout(|| false, Duration::from_millis(20))
+        .unwrap_err();
+    assert!(e.is_timeout());
+}
+
+fn hold_condition((c, e): (Condition, Event)) {
+    let _g = c.acquire().unwrap();
+    e.set();
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A process killed holding a condition's lock: the next guard says so, and waits go on.
+#[test]
+fn a_killed_condition_lock_holder_is_reported() {
+    let c = Condition::new().unwrap();
+    let e = Event::new().unwrap();
+    let p = fork((c.clone(), e.clone()), hold_condition);
+    assert!(e.wait_timeout(WAIT));
+    kill(&p);
+    let mut g = c.acquire_timeout(WAIT).unwrap();
+    assert!(g.owner_died());
+    assert!(g
+        .wait_timeout(Duration::from_millis(5))
+        .unwrap_err()
+        .is_timeout());
+    assert!(!g.owner_died(), "reported once");
+}
+
 fn barrier_rounds((b, n): (Barrier, u32)) -> Vec<usize> {
     (0..n).map(|_| b.wait_timeout(WAIT).unwrap()).collect()
 }
