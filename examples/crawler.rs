@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use multiproc::{with_worker_state, Pool};
+use multiproc::{with_worker_state, AsCompleted, Pool};
 
 use client::Client;
 use site::{Server, Site};
@@ -210,10 +210,3 @@ fn check(
     }
     problems
 }
-
-// TEMP until AsCompleted lands: a private stand-in with the API the pool is adding
-// (`multiproc::AsCompleted`), shared with the benchmark. Then delete these three lines and
-// `crawler/as_completed.rs`, and write `use multiproc::AsCompleted;`.
-#[path = "crawler/as_completed.rs"]
-mod shim;
-use shim::AsCompleted;

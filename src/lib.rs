@@ -285,13 +285,13 @@
 //! | Python | multiproc |
 //! |---|---|
 //! | `p = Process(target=f, args=(a,))`, `p.start()` | `let p = Process::spawn(a, f)?;` (`f`: a fn item, or a closure that captures nothing) |
-//! | `p.join()`, then `p.exitcode` | `p.join()?` gives `f`'s return value, or its panic as an error; `p.exitcode()` (negative: the signal that killed it) |
-//! | `p.join(timeout)`, `p.is_alive()` | `p.join_timeout(d)`: the value, or an error of kind `Timeout` while it runs; `p.is_alive()` → `bool` |
+//! | `p.join()`, then `p.exitcode` | `p.join()?` gives `f`'s return value, or its panic as an error; joining again gives the same outcome again; `p.exitcode()` (negative: the signal that killed it; 255 if the fork server died) |
+//! | `p.join(timeout)`, `p.is_alive()` | `p.join_timeout(d)`, `p.join_deadline(t)`: the value, or an error of kind `Timeout` while it runs; `p.try_join()` (`WouldBlock`); `p.is_alive()` → `bool` |
 //! | `p.terminate()`, `p.kill()`, `p.pid`, `p.name`, `p.daemon` | the same names, as methods |
 //! | `set_start_method("spawn")`, `get_context("fork").Process(...)` | `set_start_method(StartMethod::Spawn)`, `Process::builder().start_method(StartMethod::Fork).spawn(a, f)?` |
 //! | `a, b = Pipe()`, `Pipe(duplex=False)` | `let (a, b) = Pipe::new::<T>()?;`, `Pipe::simplex::<T>()?` (typed ends; pass them to children as arguments) |
 //! | `conn.send(obj)`, `conn.recv()` | `conn.send(&v)?`, `conn.recv()?` (serde, not pickle) |
-//! | `conn.poll(timeout)` | `conn.poll(d)` → `bool`; or receive with a limit: `conn.recv_timeout(d)` (`Timeout`), `conn.try_recv()` (`WouldBlock`) |
+//! | `conn.poll(timeout)` | `conn.poll(d)?` → `bool`; or receive with a limit: `conn.recv_timeout(d)` (`Timeout`), `conn.try_recv()` (`WouldBlock`); sends too: `conn.send_timeout(&v, d)` |
 //! | `conn.send_bytes(b)`, `recv_bytes()`, `recv_bytes_into(buf)` | the same names |
 //! | `multiprocessing.connection.wait(objects, timeout)` | `connection::wait(&[&a, &b], Some(d))?`: the indexes of the ready ones |
 //! | `Pool(4)`, `Pool(4, initializer=f, initargs=(a,), maxtasksperchild=k)` | `Pool::new(4)?`, `Pool::builder().processes(4).initializer(f, a).max_tasks_per_child(k).build()?` |
@@ -310,6 +310,19 @@
 //! | `SimpleQueue()`, `JoinableQueue()` with `task_done()` and `join()` | `SimpleQueue::new()?`, `JoinableQueue::new()?` with the same methods |
 //! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | the same names |
 //! | a logger configured in `main` | configure it in the task, or in the pool's `initializer` (see "Logging in children") |
+//! | `Future.cancel()` on a pending task | `r.cancel()` → `bool` (dropping an `AsyncResult` never cancels: the task runs, its result is discarded) |
+//! | workers that finish their task on Ctrl-C (`signal(SIGINT, SIG_IGN)` in the initializer) | `Pool::builder().ignore_sigint(true)`; `Process::builder().ignore_sigint(true)`; an ignored SIGINT/SIGHUP in the parent stays ignored in every child |
+//! | a message over the size limit | `ErrorKind::TooLarge`; raise it with `max_message_size(n)` on `ProcessBuilder`/`PoolBuilder`, `set_max_message_size` on a `Connection` |
+//!
+//! Differences on purpose:
+//!
+//! - `Queue::bounded(0)` is refused (`Unsupported`): Python's `Queue(0)` means unbounded, which is
+//!   `Queue::new()` here, and a zero-capacity rendezvous queue is not offered.
+//! - `max_tasks_per_child(0)` means "never replace" (Python rejects `maxtasksperchild=0`).
+//! - `join()` may be called again and returns the same outcome (as Python's); the value is decoded
+//!   again each time. `AlreadyJoined` remains only for an `AsyncResult` whose value was taken.
+//! - `try_`/`_timeout` calls report "not now" as errors (`WouldBlock`/`Timeout`), not `None`,
+//!   like Python's `queue.Empty`/`TimeoutError` exceptions.
 //!
 //! Not yet in multiproc (planned):
 //!
@@ -329,6 +342,7 @@ mod fdreg;
 mod pool;
 mod process;
 mod queue;
+pub mod shm;
 mod spawn;
 pub mod sync;
 #[allow(unsafe_code)] // the platform layer: every unsafe block there has a SAFETY comment
@@ -340,11 +354,14 @@ mod wait;
 pub use connection::{Connection, Pipe};
 pub use context::{all_start_methods, cpu_count, get_start_method, set_start_method, StartMethod};
 pub use error::{Error, ErrorKind, PutError, Result};
-pub use pool::{with_worker_state, AsyncResult, IMap, Pool, PoolBuilder};
+pub use pool::{
+    as_completed, with_worker_state, AsCompleted, AsyncResult, IMap, Pool, PoolBuilder,
+};
 pub use process::{
     active_children, current_process, parent_process, Process, ProcessBuilder, ProcessInfo,
 };
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
+pub use shm::{SharedBytes, SharedMemory, SharedVec};
 pub use sync::{
     Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, RawArray, RawValue, Semaphore,
     Value,

@@ -29,6 +29,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Locks `m` if no other thread holds it, ignoring poisoning. For locks that a child forked
+/// while another thread held them must skip rather than wait for forever.
+pub(crate) fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// Waits on `cv` until `done(&mut state)` is true or `deadline` passes.
 ///
 /// Returns the guard and whether `done` held (it is checked once more after the deadline).
@@ -69,6 +79,22 @@ mod tests {
         assert_eq!(remaining(None), None);
         let past = Instant::now();
         assert_eq!(remaining(Some(past)), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn try_lock_skips_a_held_lock_and_ignores_poison() {
+        let m = Arc::new(Mutex::new(1u32));
+        let held = lock(&m);
+        assert!(try_lock(&m).is_none());
+        drop(held);
+        let m2 = m.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = lock(&m2);
+            panic!("poison it");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        assert_eq!(try_lock(&m).map(|g| *g), Some(1));
     }
 
     #[test]

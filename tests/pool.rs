@@ -310,6 +310,24 @@ fn task_timeout_kills_the_worker_and_the_pool_goes_on() {
     });
 }
 
+/// "`max_tasks_per_child(0)` means \"never replace\"" (README, differences on purpose).
+#[test]
+fn max_tasks_per_child_zero_never_replaces() {
+    bounded(60, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .max_tasks_per_child(0)
+            .build()
+            .unwrap();
+        let pids: BTreeSet<u32> = (0..50)
+            .map(|_| pool.apply(|()| std::process::id(), ()).unwrap())
+            .collect();
+        assert_eq!(pids.len(), 1, "one worker ran every task: {pids:?}");
+        pool.close();
+        pool.join().unwrap();
+    });
+}
+
 #[test]
 fn max_tasks_per_child_recycles_workers() {
     bounded(60, || {

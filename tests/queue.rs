@@ -91,7 +91,11 @@ fn bounded_queue_blocks_and_times_out() {
     assert_eq!(q.get().unwrap(), "b");
     assert_eq!(q.get().unwrap(), "e");
     assert!(q.is_empty());
-    assert!(Queue::<u8>::bounded(0).is_err());
+    // Python's Queue(0) is unbounded; here that is Queue::new(), and bounded(0) is refused.
+    assert_eq!(
+        Queue::<u8>::bounded(0).unwrap_err().kind(),
+        multiproc::ErrorKind::Unsupported
+    );
 }
 
 const SENTINEL: u64 = u64::MAX;
@@ -249,6 +253,71 @@ fn child_that_put_data_is_joined_without_draining() {
     }
 }
 
+/// Item `i` of a backlog: small (16 bytes) or, every 65,536th, a chunked 2 MiB one.
+fn backlog_item(i: u32) -> Vec<u8> {
+    let len = if i % (1 << 16) == 0 { 2 << 20 } else { 16 };
+    let mut v = vec![(i % 251) as u8; len];
+    v[..4].copy_from_slice(&i.to_le_bytes());
+    v
+}
+
+/// A child puts a 16 MiB backlog (small items and chunked ones) into a queue that has already
+/// carried traffic, is joined, then the parent drains every item intact. Traffic patterns:
+/// one item; steady traffic past the first MiB (the producer wrapped early); the same with one
+/// item always queued; large items through several MiB.
+#[test]
+fn backlog_past_the_first_mib_after_traffic_put_by_a_child_joined_then_drained() {
+    const N: u32 = 600_000; // about 16 MiB of small items and 10 of 2 MiB
+    for case in 0..4 {
+        let q: Queue<Vec<u8>> = Queue::new().unwrap();
+        let mut left = 0;
+        match case {
+            0 => {
+                q.put(vec![1; 16]).unwrap();
+                q.get().unwrap();
+            }
+            1 | 2 => {
+                if case == 2 {
+                    q.put(vec![2; 16]).unwrap();
+                    left = 1;
+                }
+                for i in 0..100_000u32 {
+                    q.put(i.to_le_bytes().to_vec()).unwrap();
+                    q.get().unwrap();
+                }
+            }
+            _ => {
+                for _ in 0..20 {
+                    q.put(vec![3; 700 << 10]).unwrap();
+                    q.get().unwrap();
+                }
+            }
+        }
+        let p = Process::spawn(q.clone(), |q| {
+            for i in 0..N {
+                // Bounded: a put that cannot go on fails the test instead of hanging it.
+                q.put_timeout(backlog_item(i), WAIT / 3)
+                    .map_err(|e| format!("put {i}: {}", e.error()))?;
+            }
+            Ok::<(), String>(())
+        })
+        .unwrap();
+        join(&p)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("case {case}: {e}"));
+        assert_eq!(q.len(), N as usize + left, "case {case}");
+        for _ in 0..left {
+            // FIFO: the item left queued is the last one of the traffic.
+            assert_eq!(q.get_timeout(WAIT).unwrap(), 99_999u32.to_le_bytes());
+        }
+        for i in 0..N {
+            let got = q.get_timeout(WAIT).unwrap();
+            assert!(got == backlog_item(i), "case {case}: item {i} differs");
+        }
+        assert!(q.is_empty());
+    }
+}
+
 fn pattern(len: usize, salt: u8) -> String {
     (0..len)
         .map(|i| (b'a' + ((i / 7 + salt as usize) % 26) as u8) as char)
@@ -352,6 +421,31 @@ fn memory_used_by_a_burst_is_given_back() {
         after <= 4 << 10,
         "still {after} KiB resident after the burst"
     );
+}
+
+/// A queue that never empties does not wrap early, so its producer walks the whole ring;
+/// the memory behind the consumers is given back as they go (README "Memory").
+#[test]
+fn memory_of_a_queue_that_never_empties_is_given_back_behind_the_consumers() {
+    let p = Process::spawn((), |()| {
+        let q: Queue<Vec<u8>> = Queue::builder().capacity_bytes(64 << 20).build().unwrap();
+        q.put(vec![0; 16]).unwrap();
+        let mut peak = 0;
+        // 32-byte records: 16 MiB of ring, one item always queued.
+        for i in 0..(1u32 << 19) {
+            q.put(i.to_le_bytes().to_vec()).unwrap();
+            q.get().unwrap();
+            if i % (1 << 15) == 0 {
+                peak = peak.max(smaps_rss_kib("multiproc-queue"));
+            }
+        }
+        (peak, smaps_rss_kib("multiproc-queue"), q.len())
+    })
+    .unwrap();
+    let (peak, after, len) = join(&p).unwrap();
+    assert_eq!(len, 1);
+    assert!(peak <= 4 << 10, "{peak} KiB resident during the traffic");
+    assert!(after <= 4 << 10, "{after} KiB resident after the traffic");
 }
 
 #[test]

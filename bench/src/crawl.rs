@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use multiproc::{with_worker_state, Pool};
 
-use crate::as_completed::AsCompleted;
 use crate::client::{self, Client};
 use crate::config::Config;
 use crate::cputime;
@@ -23,6 +22,7 @@ use crate::harness::{BenchResult, Job, Obs, Who};
 use crate::metrics::{Group, Metric};
 use crate::python::Python;
 use crate::site::{Server, Site};
+use multiproc::AsCompleted;
 
 /// Set to a page count, this binary serves that site: it prints `port N` and serves until
 /// its standard input closes.

@@ -14,9 +14,6 @@
 //! `idle_bytes` (CPU while tasks sleep; byte buffers), `cputime`
 //! (per-process CPU clocks), `sync_rows` (Lock, Event, Value, Barrier).
 
-// TEMP until `multiproc::AsCompleted` lands (then `use multiproc::AsCompleted` in crawl.rs).
-#[path = "../../examples/crawler/as_completed.rs"]
-mod as_completed;
 #[path = "../../examples/crawler/client.rs"]
 mod client;
 mod config;
@@ -32,6 +29,7 @@ mod procspawn_peer;
 mod python;
 mod rayon_peer;
 mod rss;
+mod shm_peer;
 #[path = "../../examples/crawler/site.rs"]
 mod site;
 mod sync_rows;

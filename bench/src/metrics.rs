@@ -320,7 +320,10 @@ impl Metric {
                 format!("{mib} MiB via shared memory (1 copy)"),
                 "GB/s",
                 Higher,
-                None,
+                Some(Goal {
+                    text: "≥ 50% of memcpy",
+                    targets: vec![at_least(Some(Who::Floor), 0.5)],
+                }),
             ),
             Queue11 => spec(
                 "Queue 1→1 u64 throughput".into(),

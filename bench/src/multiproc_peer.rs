@@ -47,7 +47,7 @@
 //! | `SpawnResult` | the same, returning a `u64` | ms, each |
 //! | `PipeRtt` / `SocketRtt` | u64 ping-pong over `Pipe::simplex` pair / duplex `Pipe::new` | µs, each round trip (`rtt_msgs * batches`) |
 //! | `BulkPipe` / `BulkSocket` | `send_bytes` of `bulk_bytes` to a child, child acks | GB/s (1e9), per transfer (`batches`) |
-//! | `BulkShm` | the same through shared memory, one copy | GB/s |
+//! | `BulkShm` | a fresh `SharedVec` of `bulk_bytes` (one copy) sent to a child, child reads and acks (`shm_peer.rs`) | GB/s |
 //! | `Queue11` / `Queue22` | `queue_msgs` u64 from 1 (2) producer processes to 1 (2) consumers | msgs/s, per run |
 //! | `QueueLatency` | one-way put→get, paced (next put after an ack) | µs, each message (`latency_msgs`) |
 //! | `PoolCreate` | `Pool::new(2)` + one task + close + join | ms, each |
@@ -119,6 +119,10 @@ pub fn jobs(cfg: &Config) -> Vec<Job> {
     let c = cfg.clone();
     jobs.push(Job::one(Who::Multiproc, Metric::BulkSocket, move || {
         bulk(&c, true)
+    }));
+    let c = cfg.clone();
+    jobs.push(Job::one(Who::Multiproc, Metric::BulkShm, move || {
+        crate::shm_peer::bulk_shared_vec(&c)
     }));
     let c = cfg.clone();
     jobs.push(Job::one(Who::Multiproc, Metric::Queue11, move || {

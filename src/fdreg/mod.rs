@@ -14,7 +14,7 @@
 //! descriptor on it except the child's own is made a dead socket (see
 //! [`ForkGuard::into_child`]). `spawn/README.md` has the whole fork-safety protocol.
 //!
-//! The creators: [`socketpair`], [`pipe`], [`memfd`], [`pidfd_open`], [`duplicate`] (and
+//! The creators: [`socketpair`], [`pipe`], [`memfd`], [`shm_open`], [`pidfd_open`], [`duplicate`] (and
 //! [`RegisteredFd::try_clone`]) and [`recv`] for descriptors that arrive by `recvmsg`. The
 //! last one is the subtle one: a received descriptor exists as soon as the kernel installs
 //! it, inside the `recvmsg` call. Receivers therefore hold the *fork gate* (a read lock, so
@@ -194,6 +194,14 @@ pub(crate) fn pipe() -> io::Result<(RegisteredFd, RegisteredFd)> {
 pub(crate) fn memfd(name: &str, len: u64) -> io::Result<RegisteredFd> {
     let mut l = list();
     let fd = sys::shm::create(name, len)?;
+    Ok(RegisteredFd::on(&mut l, fd))
+}
+
+/// A named shared-memory segment (`/dev/shm/...`), created exclusively with size `len` or
+/// opened (see `sys::shm::open_named`).
+pub(crate) fn shm_open(path: &str, create: bool, len: u64) -> io::Result<RegisteredFd> {
+    let mut l = list();
+    let fd = sys::shm::open_named(path, create, len)?;
     Ok(RegisteredFd::on(&mut l, fd))
 }
 

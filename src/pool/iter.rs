@@ -9,68 +9,58 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::dispatch::{Delivery, Shared, Task, Wakeups, Why};
+use super::dispatch::{Actions, Delivery, Shared, Task, Why};
 use super::progress::Progress;
 use super::task::{Failure, FAILED};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fdreg::RegisteredFd;
+use crate::wait::{deadline_after, wait_until};
 
 /// Chunks larger than this many encoded bytes make later automatic chunks smaller.
 const CHUNK_BYTES: usize = 16 << 20;
 
-/// A job's handle: abandons the job when dropped (queued tasks are cancelled, results that
-/// arrive later are dropped).
+/// A job's handle: abandons the job when dropped (results that arrive later are dropped;
+/// with `cancel_on_drop`, queued tasks are cancelled too).
 #[derive(Debug)]
 pub(super) struct JobGuard {
     pub(super) shared: Arc<Shared>,
     pub(super) id: u64,
     pub(super) signal: Arc<Condvar>,
+    /// `map`/`imap`: dropping the handle cancels the tasks that have not started.
+    /// `AsyncResult`: they still run (Python's behaviour).
+    pub(super) cancel_on_drop: bool,
 }
 
 impl JobGuard {
-    pub(super) fn new(shared: &Arc<Shared>) -> Self {
+    pub(super) fn new(shared: &Arc<Shared>, cancel_on_drop: bool) -> Self {
         let (id, signal) = shared.lock().new_job();
         JobGuard {
             shared: shared.clone(),
             id,
             signal,
+            cancel_on_drop,
         }
     }
 
     /// Waits until something was delivered (or nothing is pending any more, or `deadline`)
     /// and takes it all.
     pub(super) fn take(&self, deadline: Option<Instant>) -> VecDeque<Delivery> {
-        let mut st = self.shared.lock();
-        loop {
-            let Some(j) = st.jobs.get_mut(&self.id) else {
-                return VecDeque::new();
-            };
-            if !j.inbox.is_empty() {
-                return std::mem::take(&mut j.inbox);
-            }
-            if j.pending == 0 {
-                return VecDeque::new();
-            }
-            st = match deadline {
-                None => self.signal.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return VecDeque::new();
-                    }
-                    self.signal
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
+        let (mut st, _) = wait_until(&self.signal, self.shared.lock(), deadline, |st| {
+            st.jobs
+                .get(&self.id)
+                .is_none_or(|j| !j.inbox.is_empty() || j.pending == 0)
+        });
+        st.jobs
+            .get_mut(&self.id)
+            .map(|j| std::mem::take(&mut j.inbox))
+            .unwrap_or_default()
     }
 }
 
 impl Drop for JobGuard {
     fn drop(&mut self) {
-        self.shared.lock().abandon(self.id);
+        self.shared.lock().abandon(self.id, self.cancel_on_drop);
     }
 }
 
@@ -134,6 +124,9 @@ pub(super) struct Feeder<I: Iterator> {
     /// Elements pulled from the input so far (= the next element's index).
     pub(super) pulled: u64,
     pub(super) max_elems: u64,
+    /// The pool's `max_message_size`: a larger chunk is sent element by element, and a
+    /// larger element fails with TooLarge.
+    pub(super) max_message: usize,
 }
 
 impl<I: Iterator> fmt::Debug for Feeder<I> {
@@ -160,11 +153,61 @@ where
             auto: false,
             pulled: 0,
             max_elems: max_elems.max(1),
+            max_message: crate::codec::frame::DEFAULT_MAX_MESSAGE,
         }
     }
 
     pub(super) fn exhausted(&self) -> bool {
         self.input.is_none()
+    }
+
+    /// Encodes `self.chunk` (job indices from `base`) as one task, or, if it cannot be
+    /// encoded or is too large, element by element so only the culprits fail.
+    fn encode_chunk(
+        &mut self,
+        job: u64,
+        base: u64,
+        tasks: &mut Vec<Task>,
+        failed: &mut Vec<(u64, Why)>,
+    ) {
+        let n = self.chunk.len();
+        let mut args = Vec::with_capacity(n * 2 + 8);
+        let mut fds = Vec::new();
+        let enc = codec::encode(&self.chunk[..], &mut args, &mut fds);
+        if enc.is_ok() && Why::too_large(args.len(), self.max_message).is_none() {
+            if self.auto && args.len() > CHUNK_BYTES && self.chunksize > 1 {
+                self.chunksize = (self.chunksize / 2).max(1);
+            }
+            tasks.push(self.task(job, base, n as u32, args, fds));
+            return;
+        }
+        for (k, item) in self.chunk.iter().enumerate() {
+            let mut args = Vec::new();
+            let mut fds = Vec::new();
+            let enc = codec::encode(std::slice::from_ref(item), &mut args, &mut fds)
+                .map_err(|e| Why::encode(&e))
+                .and_then(|()| match Why::too_large(args.len(), self.max_message) {
+                    Some(why) => Err(why),
+                    None => Ok(()),
+                });
+            match enc {
+                Ok(()) => tasks.push(self.task(job, base + k as u64, 1, args, fds)),
+                Err(why) => failed.push((base + k as u64, why)),
+            }
+        }
+    }
+
+    fn task(&self, job: u64, base: u64, n: u32, args: Vec<u8>, fds: Vec<RegisteredFd>) -> Task {
+        Task {
+            job,
+            base,
+            lo: 0,
+            hi: n,
+            entry: self.entry,
+            args,
+            fds,
+            suspect: false,
+        }
     }
 
     /// Tops the job up if fewer than half of `max_elems` are outstanding (`done` elements of
@@ -194,51 +237,13 @@ where
             room -= n as u64;
             let base = self.pulled;
             self.pulled += n as u64;
-            let mut args = Vec::with_capacity(n * 2 + 8);
-            let mut fds = Vec::new();
-            match codec::encode(&self.chunk[..], &mut args, &mut fds) {
-                Ok(()) => {
-                    if self.auto && args.len() > CHUNK_BYTES && self.chunksize > 1 {
-                        self.chunksize = (self.chunksize / 2).max(1);
-                    }
-                    tasks.push(Task {
-                        job: job.id,
-                        base,
-                        lo: 0,
-                        hi: n as u32,
-                        entry: self.entry,
-                        args,
-                        fds,
-                        suspect: false,
-                    });
-                }
-                Err(_) => {
-                    // Find the culprits: each element on its own.
-                    for (k, item) in self.chunk.iter().enumerate() {
-                        let mut args = Vec::new();
-                        let mut fds = Vec::new();
-                        match codec::encode(std::slice::from_ref(item), &mut args, &mut fds) {
-                            Ok(()) => tasks.push(Task {
-                                job: job.id,
-                                base: base + k as u64,
-                                lo: 0,
-                                hi: 1,
-                                entry: self.entry,
-                                args,
-                                fds,
-                                suspect: false,
-                            }),
-                            Err(e) => failed.push((base + k as u64, Why::encode(&e))),
-                        }
-                    }
-                }
-            }
+            self.encode_chunk(job.id, base, &mut tasks, &mut failed);
         }
         self.chunk.clear();
         if tasks.is_empty() && failed.is_empty() {
             return;
         }
-        let mut wake = Wakeups::default();
+        let mut wake = Actions::default();
         let mut st = job.shared.lock();
         st.submit(tasks, &mut wake);
         for (index, why) in failed {
@@ -263,8 +268,18 @@ where
 /// It is lazy and bounded: input is pulled only as results are consumed, and at most
 /// [`buffer`](Self::buffer) items are between the input and the consumer at any time
 /// (queued, running, or finished but not yet yielded), so it works over an endless iterator.
-/// Items that were pulled keep running if you stop iterating; dropping the `IMap` cancels
-/// the ones that have not started.
+/// The input ends at its first `None` (Rust's `Iterator` contract): an input that is empty
+/// *for now*, such as a crawler's growing frontier, ends the `IMap`. For a work list that
+/// grows while you drain it, submit with [`Pool::apply_async`](crate::Pool::apply_async)
+/// and drain an [`AsCompleted`](crate::AsCompleted) set.
+///
+/// # Dropping
+///
+/// Dropping the `IMap` stops it: no more input is pulled, items already pulled that have
+/// not started are cancelled, and items that are running finish with their results
+/// discarded. (Python's `imap` has already queued its whole input and keeps running it; a
+/// Rust iterator is often endless or cut short with `take`, so stopping is the useful
+/// meaning here.) Items keep running if you merely stop calling `next`.
 ///
 /// Each item is a `Result`: one task's panic, crash, timeout or (de)serialisation failure
 /// is that item's error and the iteration goes on.
@@ -322,7 +337,7 @@ where
     ) -> Self {
         let refused = shared.lock().refusal().map(|w| w.to_error());
         IMap {
-            job: Some(JobGuard::new(shared)),
+            job: Some(JobGuard::new(shared, true)),
             feeder,
             ordered,
             yielded: 0,
@@ -406,6 +421,11 @@ where
     /// The next result, waiting at most `timeout` for it (Python's
     /// `IMapIterator.next(timeout)`); `None` at the end.
     ///
+    /// It keeps the iterator's shape, `Option<Result<R>>`, rather than the crate's
+    /// `Result<R>` for `_timeout` calls: `None` is the end of the iteration, and running
+    /// out of time is `Some(Err(e))` with `e.is_timeout()`, after which the iterator
+    /// goes on as if nothing happened. `Duration::MAX` waits as long as `next`.
+    ///
     /// ```
     /// use std::time::Duration;
     /// let pool = multiproc::Pool::new(1)?;
@@ -421,7 +441,15 @@ where
     /// The item `Some(Err(_))` is [`ErrorKind::Timeout`] if no result arrived in time (the
     /// iterator stays usable), or that item's own failure.
     pub fn next_timeout(&mut self, timeout: std::time::Duration) -> Option<Result<R>> {
-        self.next_until(Instant::now().checked_add(timeout))
+        self.next_until(deadline_after(timeout))
+    }
+
+    /// [`next_timeout`](Self::next_timeout) with a deadline.
+    ///
+    /// # Errors
+    /// As [`next_timeout`](Self::next_timeout).
+    pub fn next_deadline(&mut self, deadline: Instant) -> Option<Result<R>> {
+        self.next_until(Some(deadline))
     }
 }
 
@@ -516,7 +544,7 @@ where
         return Err(why.to_error());
     }
     let progress = Progress::new(progress_on, total);
-    let job = JobGuard::new(shared);
+    let job = JobGuard::new(shared, true);
     let mut parts: Vec<(u64, Vec<R>)> = Vec::new();
     let mut received: u64 = 0;
     loop {

@@ -2,8 +2,10 @@
 //! `multiprocessing.Pool`, but a pool that never hangs when a worker dies.
 //!
 //! * `mod.rs`: the public types ([`Pool`], [`PoolBuilder`], [`AsyncResult`]).
+//! * `completion.rs`: [`AsCompleted`] and the callback thread.
 //! * `iter.rs`: feeding a job from an iterator, [`IMap`], `map`'s collector.
-//! * `dispatch.rs`: the parent's state and dispatch.
+//! * `dispatch/`: the parent's state machine (types; `schedule.rs`, `route.rs`,
+//!   `settle.rs`; unit tests with no processes in `tests.rs`).
 //! * `supervisor.rs`: the pool thread and worker start-up.
 //! * `worker.rs`: the worker process.
 //! * `task.rs`: the wire format and the trampolines workers run.
@@ -12,6 +14,7 @@
 //!
 //! `README.md` next to this file describes the protocol and the failure handling.
 
+mod completion;
 mod dispatch;
 mod iter;
 mod progress;
@@ -20,9 +23,9 @@ mod supervisor;
 mod task;
 mod worker;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -35,9 +38,11 @@ use serde::Serialize;
 use crate::codec;
 use crate::context::{cpu_count, get_start_method, StartMethod};
 use crate::error::{Error, ErrorKind, Result};
-use dispatch::{Config, Delivery, Init, Shared, Task, Wakeups, Why};
+use crate::wait::{deadline_after, wait_until};
+use dispatch::{Actions, Config, Delivery, Init, OnSettled, Shared, Task, Why};
 use iter::{Feeder, JobGuard};
 
+pub use completion::{as_completed, AsCompleted};
 pub use iter::IMap;
 pub use state::with_worker_state;
 
@@ -83,6 +88,7 @@ const AUTO_CHUNK_MAX: usize = 16 * 1024;
 /// | the worker died while running it (abort, segfault, SIGKILL, OOM kill, `exit`) | [`ErrorKind::WorkerLost`] (with the signal or exit code) |
 /// | it ran longer than [`PoolBuilder::task_timeout`] (the worker is killed) | [`ErrorKind::Timeout`] |
 /// | its arguments or result could not be (de)serialised | [`ErrorKind::Encode`] / [`ErrorKind::Decode`] |
+/// | its arguments or result are larger than [`PoolBuilder::max_message_size`] | [`ErrorKind::TooLarge`] |
 /// | the pool was terminated before it ran | [`ErrorKind::Cancelled`] |
 /// | it was submitted after `close`/`terminate` | [`ErrorKind::Closed`] |
 ///
@@ -110,7 +116,10 @@ impl fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("processes", &self.shared.cfg.processes)
             .field("start_method", &self.shared.cfg.method)
-            .field("pids", &self.pids())
+            .field("pids", &{
+                let conns = self.shared.lock().conns();
+                conns.iter().map(|c| c.pid()).collect::<Vec<_>>()
+            })
             .finish()
     }
 }
@@ -139,6 +148,8 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     init: Option<Result<Init>>,
     progress: bool,
+    ignore_sigint: bool,
+    max_message: usize,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -150,6 +161,8 @@ impl fmt::Debug for PoolBuilder {
             .field("max_tasks_per_child", &self.max_tasks)
             .field("task_timeout", &self.task_timeout)
             .field("initializer", &self.init.is_some())
+            .field("ignore_sigint", &self.ignore_sigint)
+            .field("max_message_size", &self.max_message)
             .finish()
     }
 }
@@ -172,6 +185,8 @@ impl PoolBuilder {
             task_timeout: None,
             init: None,
             progress: false,
+            ignore_sigint: false,
+            max_message: crate::codec::frame::DEFAULT_MAX_MESSAGE,
         }
     }
 
@@ -204,8 +219,10 @@ impl PoolBuilder {
 
     /// Kill the worker running an item for longer than `timeout`; that item fails with
     /// [`ErrorKind::Timeout`] and the worker is replaced. The limit applies to each item of a
-    /// chunk on its own. It is enforced within about 25 ms of the limit (the worker's watchdog
-    /// notices a long element after one tick, or after its 20 ms idle sleep).
+    /// chunk on its own. It is enforced within a few milliseconds of the limit (the worker's
+    /// watchdog reports a long element after one tick). A worker that is frozen (SIGSTOP) or
+    /// stuck so that it sends nothing for a whole `timeout` while it has work is treated the
+    /// same way: the parent's own clock bounds every task. `Duration::MAX` means no limit.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
@@ -238,6 +255,29 @@ impl PoolBuilder {
         self
     }
 
+    /// Workers ignore SIGINT, so a Ctrl-C in the terminal stops only the parent's main
+    /// thread's work, and the tasks that are running finish (Python's
+    /// `initializer=lambda: signal.signal(SIGINT, SIG_IGN)` pattern). Default `false`:
+    /// workers get the parent's disposition, and Ctrl-C kills them with the rest of the
+    /// terminal's process group.
+    ///
+    /// The parent decides what to do on Ctrl-C (with its own handler): let the pool finish
+    /// with [`Pool::close`] and [`Pool::join`], or stop it with [`Pool::terminate`]. A
+    /// worker still dies from SIGTERM and SIGKILL.
+    pub fn ignore_sigint(mut self, on: bool) -> Self {
+        self.ignore_sigint = on;
+        self
+    }
+
+    /// The largest task argument or result, in encoded bytes (default 1 GiB). A task whose
+    /// arguments or result are larger fails alone with [`ErrorKind::TooLarge`]; the pool
+    /// goes on. Raise it to pass bigger values (both ends accept messages up to it), lower
+    /// it to bound what a worker may make the parent allocate.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message = bytes.max(1024);
+        self
+    }
+
     /// Show a progress bar on standard error during `map`, `starmap` and `imap` calls
     /// (feature `progress`).
     #[cfg(feature = "progress")]
@@ -258,16 +298,23 @@ impl PoolBuilder {
         } else {
             self.processes
         };
-        let tick = match self.task_timeout {
+        // A limit too large to add to an `Instant` is no limit (the one timeout rule).
+        let task_timeout = self.task_timeout.filter(|t| deadline_after(*t).is_some());
+        let tick = match task_timeout {
             Some(t) => (t / 8).clamp(Duration::from_micros(200), Duration::from_millis(1)),
             None => Duration::from_millis(1),
         };
+        // A busy worker says it is alive four times per limit (see `task_timeout`).
+        let beat = task_timeout.map(|t| (t / 4).max(tick));
         let cfg = Config {
             processes,
+            beat,
+            ignore_sigint: self.ignore_sigint,
+            max_message: self.max_message,
             method: self.method.unwrap_or_else(get_start_method),
             name: self.name.unwrap_or_else(|| "PoolWorker".into()),
             max_tasks: self.max_tasks,
-            task_timeout: self.task_timeout,
+            task_timeout,
             init,
             tick,
             progress: self.progress,
@@ -305,8 +352,21 @@ impl Pool {
     }
 
     /// The process ids of the current workers (they change when workers are replaced).
+    ///
+    /// A replacement that is being started is listed once it has announced itself; `pids`
+    /// waits up to a second for replacements under way (never holding the pool's lock, so
+    /// the pool keeps working meanwhile), then lists the workers it has.
     pub fn pids(&self) -> Vec<u32> {
-        self.shared.lock().pids()
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let (st, _) = wait_until(
+            &self.shared.changed,
+            self.shared.lock(),
+            Some(deadline),
+            |st| st.launching == 0 || st.phase != dispatch::Phase::Open,
+        );
+        let conns = st.conns();
+        drop(st);
+        conns.iter().map(|c| c.pid()).collect()
     }
 
     /// Runs `f(args)` in a worker and waits for the result (`apply`).
@@ -349,9 +409,15 @@ impl Pool {
         let mut fds = Vec::new();
         let enc = codec::encode(std::slice::from_ref(&args), &mut bytes, &mut fds);
         drop(args);
-        let job = JobGuard::new(&self.shared);
-        let mut wake = Wakeups::default();
+        let job = JobGuard::new(&self.shared, false);
+        let mut wake = Actions::default();
         let mut st = self.shared.lock();
+        let enc = enc.map_err(|e| Why::encode(&e)).and_then(|()| {
+            match Why::too_large(bytes.len(), self.shared.cfg.max_message) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            }
+        });
         match enc {
             Ok(()) => st.submit(
                 vec![Task {
@@ -366,12 +432,12 @@ impl Pool {
                 }],
                 &mut wake,
             ),
-            Err(e) => st.deliver_now(
+            Err(why) => st.deliver_now(
                 job.id,
                 Delivery::Failed {
                     index: 0,
                     count: 1,
-                    why: Why::encode(&e),
+                    why,
                 },
                 &mut wake,
             ),
@@ -379,8 +445,71 @@ impl Pool {
         self.shared.pump(st, wake);
         AsyncResult {
             job,
-            _r: PhantomData,
+            finish: finish_one::<R>,
         }
+    }
+
+    /// [`apply_async`](Self::apply_async) with Python's `callback=` and `error_callback=`:
+    /// `on_ok(value)` or `on_err(error)` runs on the pool's callback thread when the task
+    /// finishes. The same as `pool.apply_async(f, args).then(on_ok, on_err)`; see
+    /// [`AsyncResult::then`].
+    pub fn apply_async_with<F, A, R, OK, ERR>(&self, f: F, args: A, on_ok: OK, on_err: ERR)
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+        OK: FnOnce(R) + Send + 'static,
+        ERR: FnOnce(Error) + Send + 'static,
+    {
+        self.apply_async(f, args).then(on_ok, on_err)
+    }
+
+    /// Submits `f` over every item and returns at once (`map_async`); the
+    /// [`AsyncResult`] gives every result in input order, or the first failure (by input
+    /// position; the pool's failure table).
+    ///
+    /// The input is read and encoded now, in chunks as for [`map`](Self::map). The result
+    /// is ready as soon as one item fails (as in Python), or once every item is done.
+    ///
+    /// ```
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let r = pool.map_async(|x: u32| x + 1, 0..1000u32);
+    /// let v = r.get()?;
+    /// assert_eq!((v[0], v[999]), (1, 1000));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn map_async<F, A, R, I>(&self, f: F, items: I) -> AsyncResult<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let v: Vec<A> = items.into_iter().collect();
+        let chunk = v
+            .len()
+            .div_ceil(4 * self.processes())
+            .clamp(1, AUTO_CHUNK_MAX);
+        let mut feeder = self.feeder(f, v.into_iter(), chunk);
+        feeder.max_elems = u64::MAX;
+        let job = JobGuard::new(&self.shared, false);
+        feeder.top_up(&job, 0);
+        AsyncResult {
+            job,
+            finish: finish_map::<R>,
+        }
+    }
+
+    /// `starmap_async`: [`map_async`](Self::map_async) over argument tuples (see
+    /// [`starmap`](Self::starmap)).
+    pub fn starmap_async<F, A, R, I>(&self, f: F, items: I) -> AsyncResult<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, items)
     }
 
     /// Applies `f` to every item and returns the results in input order (`map`).
@@ -519,7 +648,9 @@ impl Pool {
         let chunksize = chunksize.max(1);
         let workers = self.processes() as u64;
         let max = (1024 * workers).max(chunksize as u64 * workers * 4);
-        Feeder::new(it, entry, chunksize, max)
+        let mut feeder = Feeder::new(it, entry, chunksize, max);
+        feeder.max_message = self.shared.cfg.max_message;
+        feeder
     }
 
     /// Stops accepting work (`close`); queued tasks still run, and the workers exit once
@@ -535,30 +666,45 @@ impl Pool {
     }
 
     /// Waits for every queued task to finish and every worker to exit (`join`). Closes the
-    /// pool first if [`close`](Self::close) was not called.
+    /// pool first if [`close`](Self::close) was not called. Callbacks
+    /// ([`AsyncResult::then`]) of the finished tasks have run when it returns.
     ///
     /// # Errors
     /// The reason the pool broke, if it did (its initializer panicked, or workers could not
     /// be started); task failures are reported by the tasks themselves.
     pub fn join(&self) -> Result<()> {
-        self.close();
-        supervisor::wait_finished(&self.shared, None);
-        self.reap_thread();
-        self.broken()
+        self.join_until(None)
     }
 
-    /// [`join`](Self::join), waiting at most `timeout`; `Ok(false)` if work is still running.
+    /// [`join`](Self::join), waiting at most `timeout`.
     ///
     /// # Errors
-    /// As [`join`](Self::join).
-    pub fn join_timeout(&self, timeout: Duration) -> Result<bool> {
+    /// [`ErrorKind::Timeout`] if work is still running (call it again to go on waiting);
+    /// otherwise as [`join`](Self::join).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        self.join_until(deadline_after(timeout))
+    }
+
+    /// [`join`](Self::join), waiting until `deadline` at most.
+    ///
+    /// # Errors
+    /// As [`join_timeout`](Self::join_timeout).
+    pub fn join_deadline(&self, deadline: Instant) -> Result<()> {
+        self.join_until(Some(deadline))
+    }
+
+    fn join_until(&self, deadline: Option<Instant>) -> Result<()> {
         self.close();
-        let deadline = Instant::now().checked_add(timeout);
+        let timeout = || Error::msg(ErrorKind::Timeout, "the pool's work has not finished yet");
         if !supervisor::wait_finished(&self.shared, deadline) {
-            return Ok(false);
+            return Err(timeout());
         }
         self.reap_thread();
-        self.broken().map(|()| true)
+        let runner = self.shared.lock().runner.clone();
+        if !runner.wait_idle(deadline) {
+            return Err(timeout());
+        }
+        self.broken()
     }
 
     fn broken(&self) -> Result<()> {
@@ -569,7 +715,7 @@ impl Pool {
     }
 
     fn reap_thread(&self) {
-        if let Some(t) = dispatch::lock(&self.thread).take() {
+        if let Some(t) = crate::wait::lock(&self.thread).take() {
             let _ = t.join();
         }
     }
@@ -578,10 +724,12 @@ impl Pool {
     /// the workers are killed (SIGKILL). Returns once the workers are reaped, or after a few
     /// seconds at most.
     pub fn terminate(&self) {
-        let mut wake = Wakeups::default();
+        let mut wake = Actions::default();
         self.shared.lock().terminate(&mut wake);
         wake.fire();
         self.shared.wake();
+        // Starters backing off stop at once.
+        self.shared.changed.notify_all();
         if supervisor::wait_finished(&self.shared, Some(Instant::now() + Duration::from_secs(5))) {
             self.reap_thread();
         }
@@ -594,11 +742,12 @@ impl Drop for Pool {
     }
 }
 
-/// The pending result of [`Pool::apply_async`] (`AsyncResult`).
+/// The pending result of [`Pool::apply_async`] or [`Pool::map_async`] (`AsyncResult`).
 ///
 /// Block on it with [`get`](Self::get) / [`get_timeout`](Self::get_timeout), poll it with
-/// [`ready`](Self::ready), or `.await` it: it implements `Future<Output = Result<R>>` (any
-/// executor; the pool's own thread wakes the task).
+/// [`ready`](Self::ready), `.await` it (it implements `Future<Output = Result<R>>` for any
+/// executor; the pool's own thread wakes the task), hand it a callback with
+/// [`then`](Self::then), or put it in an [`AsCompleted`] set with others.
 ///
 /// ```
 /// use std::time::Duration;
@@ -612,12 +761,15 @@ impl Drop for Pool {
 ///
 /// # Dropping
 ///
-/// Dropping it does not cancel the task: it still runs, and its result is discarded. It
-/// stays usable after its [`Pool`] is dropped (it then reports [`ErrorKind::Cancelled`] if
-/// the task had not finished).
+/// Dropping it does not cancel the task: it still runs, and its result is discarded (as in
+/// Python, where `pool.apply_async(f, (x,))` without keeping the result is the usual way
+/// to fire off work; [`Pool::join`] waits for it). To stop a task that has not started,
+/// call [`cancel`](Self::cancel). The `AsyncResult` stays usable after its [`Pool`] is
+/// dropped (it then reports [`ErrorKind::Cancelled`] if the task had not finished).
 pub struct AsyncResult<R> {
     job: JobGuard,
-    _r: PhantomData<fn() -> R>,
+    /// Turns the job's deliveries into the result (one task, or the chunks of a map).
+    finish: fn(VecDeque<Delivery>) -> Result<R>,
 }
 
 impl<R> fmt::Debug for AsyncResult<R> {
@@ -629,23 +781,57 @@ impl<R> fmt::Debug for AsyncResult<R> {
     }
 }
 
+/// The result of a job of one task.
+fn finish_one<R: DeserializeOwned>(mut inbox: VecDeque<Delivery>) -> Result<R> {
+    let mut out = None;
+    if let Some(d) = inbox.pop_front() {
+        iter::decode::<R>(d, |_, r| out = Some(r));
+    }
+    out.unwrap_or_else(|| Err(Error::new(ErrorKind::Cancelled)))
+}
+
+/// The result of a `map_async` job: every chunk in input order, or the first failure (by
+/// input position).
+fn finish_map<T: DeserializeOwned>(inbox: VecDeque<Delivery>) -> Result<Vec<T>> {
+    let mut parts: Vec<Delivery> = inbox.into_iter().collect();
+    parts.sort_by_key(|d| d.index());
+    let total: usize = parts.iter().map(|d| d.count() as usize).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut err: Option<(u64, Error)> = None;
+    for d in parts {
+        iter::decode::<T>(d, |i, r| match r {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                if err.as_ref().is_none_or(|(j, _)| i < *j) {
+                    err = Some((i, e));
+                }
+            }
+        });
+    }
+    match err {
+        Some((_, e)) => Err(e),
+        None => Ok(out),
+    }
+}
+
 impl<R> AsyncResult<R> {
     /// Whether the task has finished (`ready`).
     pub fn ready(&self) -> bool {
         let st = self.job.shared.lock();
         st.jobs
             .get(&self.job.id)
-            .is_some_and(|j| !j.inbox.is_empty() || j.taken)
+            .is_none_or(|j| j.settled() || j.taken)
     }
 
     /// `Some(true)` if the task finished and returned normally, `Some(false)` if it failed,
     /// `None` while it runs (or once the result was taken).
     pub fn successful(&self) -> Option<bool> {
         let st = self.job.shared.lock();
-        match st.jobs.get(&self.job.id)?.inbox.front()? {
-            Delivery::Data { status, .. } => Some(*status == task::ALL_OK),
-            Delivery::Failed { .. } => Some(false),
+        let j = st.jobs.get(&self.job.id)?;
+        if j.taken || !j.settled() {
+            return None;
         }
+        Some(!j.failed)
     }
 
     /// Waits until the task has finished (`wait`).
@@ -655,33 +841,41 @@ impl<R> AsyncResult<R> {
 
     /// Waits at most `timeout`; returns whether the task has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(Instant::now().checked_add(timeout))
+        self.wait_until(deadline_after(timeout))
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let mut st = self.job.shared.lock();
-        loop {
-            let Some(j) = st.jobs.get(&self.job.id) else {
-                return true;
-            };
-            if !j.inbox.is_empty() || j.taken || j.pending == 0 {
-                return true;
-            }
-            st = match deadline {
-                None => self.job.signal.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    self.job
-                        .signal
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
+        let id = self.job.id;
+        wait_until(&self.job.signal, self.job.shared.lock(), deadline, |st| {
+            st.jobs.get(&id).is_none_or(|j| j.settled() || j.taken)
+        })
+        .1
+    }
+
+    /// Cancels the task if no worker has started it yet (Python's `Future.cancel`); returns
+    /// whether it did. A cancelled task never runs, and its result is
+    /// [`ErrorKind::Cancelled`]. For a [`Pool::map_async`] result, it cancels only if none
+    /// of the map's chunks has started.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = multiproc::Pool::new(1)?;
+    /// let nap = |ms: u64| std::thread::sleep(Duration::from_millis(ms));
+    /// let busy = pool.apply_async(nap, 300);
+    /// let queued = pool.apply_async(nap, 300);
+    /// assert!(busy.wait_timeout(Duration::from_secs(30)));
+    /// // `queued` has started by now (the only worker is free): too late to cancel.
+    /// let third = pool.apply_async(nap, 1);
+    /// let _ = third.cancel();
+    /// assert!(!busy.cancel(), "a finished task cannot be cancelled");
+    /// queued.get()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn cancel(&self) -> bool {
+        let mut wake = Actions::default();
+        let done = self.job.shared.lock().cancel(self.job.id, &mut wake);
+        wake.fire();
+        done
     }
 }
 
@@ -693,8 +887,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// [`get_timeout`](Self::get_timeout) already returned the result.
     pub fn get(self) -> Result<R> {
         self.wait();
-        self.take()
-            .unwrap_or_else(|| Err(Error::new(ErrorKind::Cancelled)))
+        self.take_settled()
     }
 
     /// Waits at most `timeout` for the result.
@@ -703,31 +896,89 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// [`ErrorKind::Timeout`] if the task is still running (the `AsyncResult` stays usable);
     /// otherwise as [`get`](Self::get).
     pub fn get_timeout(&self, timeout: Duration) -> Result<R> {
-        if !self.wait_timeout(timeout) {
-            return Err(Error::new(ErrorKind::Timeout));
-        }
-        self.take()
-            .unwrap_or_else(|| Err(Error::new(ErrorKind::Cancelled)))
+        self.get_until(deadline_after(timeout))
     }
 
-    /// Takes the result if it is there.
-    fn take(&self) -> Option<Result<R>> {
-        let d = {
+    /// [`get_timeout`](Self::get_timeout) with a deadline.
+    ///
+    /// # Errors
+    /// As [`get_timeout`](Self::get_timeout).
+    pub fn get_deadline(&self, deadline: Instant) -> Result<R> {
+        self.get_until(Some(deadline))
+    }
+
+    fn get_until(&self, deadline: Option<Instant>) -> Result<R> {
+        if !self.wait_until(deadline) {
+            return Err(Error::msg(
+                ErrorKind::Timeout,
+                "the task has not finished yet",
+            ));
+        }
+        self.take_settled()
+    }
+
+    /// Takes the result of a settled job.
+    pub(super) fn take_settled(&self) -> Result<R> {
+        let inbox = {
             let mut st = self.job.shared.lock();
-            let j = st.jobs.get_mut(&self.job.id)?;
+            let Some(j) = st.jobs.get_mut(&self.job.id) else {
+                return Err(Error::new(ErrorKind::Cancelled));
+            };
             if j.taken {
-                return Some(Err(Error::msg(
+                return Err(Error::msg(
                     ErrorKind::AlreadyJoined,
                     "get_timeout already returned this task's result",
-                )));
+                ));
             }
-            let d = j.inbox.pop_front()?;
             j.taken = true;
-            d
+            std::mem::take(&mut j.inbox)
         };
-        let mut out = None;
-        iter::decode::<R>(d, |_, r| out = Some(r));
-        out
+        (self.finish)(inbox)
+    }
+
+    /// Calls `on_ok(value)` or `on_err(error)` when the task finishes (Python's `callback=`
+    /// and `error_callback=`), and returns at once.
+    ///
+    /// The callbacks run on the pool's callback thread, one at a time and in completion
+    /// order, never in the calling thread and never in a worker; a slow callback delays
+    /// the callbacks after it but no task. [`Pool::join`] returns after the callbacks of
+    /// every finished task have run. If the pool is terminated or dropped first, `on_err`
+    /// gets [`ErrorKind::Cancelled`]. A callback that panics is reported by the panic hook
+    /// and the thread goes on.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// for i in 0..4u64 {
+    ///     let (tx, tx2) = (tx.clone(), tx.clone());
+    ///     pool.apply_async(|x: u64| x * x, i)
+    ///         .then(move |v| tx.send(v).unwrap(), move |_| tx2.send(u64::MAX).unwrap());
+    /// }
+    /// pool.close();
+    /// pool.join()?; // every callback has run
+    /// let mut got: Vec<u64> = rx.try_iter().collect();
+    /// got.sort();
+    /// assert_eq!(got, vec![0, 1, 4, 9]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn then<OK, ERR>(self, on_ok: OK, on_err: ERR)
+    where
+        R: 'static,
+        OK: FnOnce(R) + Send + 'static,
+        ERR: FnOnce(Error) + Send + 'static,
+    {
+        let finish = self.finish;
+        let cb: OnSettled = Box::new(move |inbox| match finish(inbox) {
+            Ok(v) => on_ok(v),
+            Err(e) => on_err(e),
+        });
+        let mut wake = Actions::default();
+        {
+            let mut st = self.job.shared.lock();
+            st.attach_callback(self.job.id, cb, &mut wake);
+        }
+        wake.fire();
     }
 }
 
@@ -738,7 +989,7 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
         {
             let mut st = self.job.shared.lock();
             match st.jobs.get_mut(&self.job.id) {
-                Some(j) if j.inbox.is_empty() && !j.taken && j.pending > 0 => {
+                Some(j) if !j.settled() && !j.taken => {
                     match &j.waker {
                         Some(w) if w.will_wake(cx.waker()) => {}
                         _ => j.waker = Some(cx.waker().clone()),
@@ -748,9 +999,6 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
                 _ => {}
             }
         }
-        Poll::Ready(
-            self.take()
-                .unwrap_or_else(|| Err(Error::new(ErrorKind::Cancelled))),
-        )
+        Poll::Ready(self.take_settled())
     }
 }

@@ -21,6 +21,8 @@
 //!           every result it held, so every earlier task has been reported.
 //!   READY   tag=3                       (after the initializer succeeded)
 //!   INIT_FAILED tag=4 | len u32 | postcard `Failure`
+//!   ALIVE   tag=5 | seq u64             (with a task_timeout: "task `seq` is running and
+//!           this worker is not frozen"; sent at least every `beat` while a task runs)
 //! ```
 //!
 //! The element range lets the parent re-send part of a chunk after a crash without
@@ -34,14 +36,15 @@ use crate::error::{Error, ErrorKind};
 use crate::fdreg::RegisteredFd;
 use crate::task::{self, EntryFn, Outcome};
 
-pub(super) const TAG_TASK: u8 = 1;
-pub(super) const FLAG_ENTRY: u8 = 0x40;
-pub(super) const TAG_INIT: u8 = 2;
+const TAG_TASK: u8 = 1;
+const FLAG_ENTRY: u8 = 0x40;
+const TAG_INIT: u8 = 2;
 
-pub(super) const TAG_RESULT: u8 = 1;
-pub(super) const TAG_RUNNING: u8 = 2;
-pub(super) const TAG_READY: u8 = 3;
-pub(super) const TAG_INIT_FAILED: u8 = 4;
+const TAG_RESULT: u8 = 1;
+const TAG_RUNNING: u8 = 2;
+const TAG_READY: u8 = 3;
+const TAG_INIT_FAILED: u8 = 4;
+const TAG_ALIVE: u8 = 5;
 
 /// Every element returned normally.
 pub(super) const ALL_OK: u8 = 0;
@@ -54,8 +57,10 @@ pub(super) const FAILED: u8 = 2;
 pub(super) const TASK_HEADER_MAX: usize = 1 + 8 + 1 + 4 + 8;
 /// Bytes of a RESULT header.
 pub(super) const RESULT_HEADER: usize = 1 + 1 + 1 + 8 + 4;
-/// The largest result record a worker sends (the frame limit minus headroom).
-pub(super) const MAX_RECORD: usize = crate::codec::frame::DEFAULT_MAX_MESSAGE - 4096;
+
+/// The advice on an argument or result over the pool's limit.
+pub(super) const TOO_LARGE: &str =
+    "PoolBuilder::max_message_size sets the pool's limit on a task's arguments and result";
 
 /// Why one element (or a whole task) failed inside the worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +74,8 @@ pub(super) enum Failure {
     BadArgs(String),
     /// The result could not be encoded.
     BadResult(String),
+    /// The result is larger than the pool's `max_message_size`.
+    TooLarge { size: u64, limit: u64 },
 }
 
 impl Failure {
@@ -85,6 +92,7 @@ impl Failure {
                 ErrorKind::Encode,
                 format!("the worker could not encode the task's result: {m}"),
             ),
+            Failure::TooLarge { size, limit } => Error::too_large(*size, *limit).context(TOO_LARGE),
         }
     }
 
@@ -143,6 +151,179 @@ impl<'a> Cursor<'a> {
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
+}
+
+// ---- The records, each writer next to its reader ------------------------------------
+
+/// INIT (parent → worker, the first frame): the initializer's entry (0: none) and arguments.
+pub(super) fn put_init(frame: &mut Vec<u8>, entry: u64, args: &[u8]) {
+    frame.push(TAG_INIT);
+    frame.extend_from_slice(&entry.to_le_bytes());
+    frame.extend_from_slice(&(args.len() as u32).to_le_bytes());
+    frame.extend_from_slice(args);
+}
+
+/// Reads INIT: `(entry, args)`.
+pub(super) fn read_init(payload: &[u8]) -> Result<(u64, &[u8]), Error> {
+    let mut cur = Cursor::new(payload);
+    if cur.u8()? != TAG_INIT {
+        return Err(protocol("the first message is not INIT"));
+    }
+    let entry = cur.u64()?;
+    let len = cur.u32()? as usize;
+    Ok((entry, cur.bytes(len)?))
+}
+
+/// TASK (parent → worker): appends the header of a task running elements `lo..hi` of
+/// `args_len` bytes of arguments with `nfds` descriptors; the caller appends the arguments.
+pub(super) fn put_task_header(
+    frame: &mut Vec<u8>,
+    entry: Option<u64>,
+    nfds: u8,
+    args_len: usize,
+    lo: u32,
+    hi: u32,
+) {
+    match entry {
+        Some(e) => {
+            frame.push(TAG_TASK | FLAG_ENTRY);
+            frame.extend_from_slice(&e.to_le_bytes());
+        }
+        None => frame.push(TAG_TASK),
+    }
+    frame.push(nfds);
+    frame.extend_from_slice(&((args_len + 8) as u32).to_le_bytes());
+    frame.extend_from_slice(&lo.to_le_bytes());
+    frame.extend_from_slice(&hi.to_le_bytes());
+}
+
+/// One TASK as read: a new entry offset if it carries one, its descriptor count, and the
+/// body `lo u32 | hi u32 | args` that `run_chunk` takes.
+pub(super) struct TaskRecord<'a> {
+    pub(super) entry: Option<u64>,
+    pub(super) nfds: usize,
+    pub(super) body: &'a [u8],
+}
+
+/// Reads one TASK.
+pub(super) fn read_task<'a>(cur: &mut Cursor<'a>) -> Result<TaskRecord<'a>, Error> {
+    let tag = cur.u8()?;
+    if tag & !FLAG_ENTRY != TAG_TASK {
+        return Err(protocol("unknown message from the pool"));
+    }
+    let entry = if tag & FLAG_ENTRY != 0 {
+        Some(cur.u64()?)
+    } else {
+        None
+    };
+    let nfds = cur.u8()? as usize;
+    let len = cur.u32()? as usize;
+    let body = cur.bytes(len)?;
+    Ok(TaskRecord { entry, nfds, body })
+}
+
+/// RESULT (worker → parent) with `status` ALL_OK / SOME_FAILED: the encoded
+/// `Vec<Result<R, Failure>>` of a task, with `nfds` descriptors and its busy time.
+pub(super) fn put_result(buf: &mut Vec<u8>, status: u8, nfds: u8, busy_ns: u64, bytes: &[u8]) {
+    buf.reserve(RESULT_HEADER + bytes.len());
+    buf.push(TAG_RESULT);
+    buf.push(status);
+    buf.push(nfds);
+    buf.extend_from_slice(&busy_ns.to_le_bytes());
+    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+/// RESULT with status FAILED: the whole task failed with `f`.
+pub(super) fn put_failed_result(buf: &mut Vec<u8>, busy_ns: u64, f: &Failure) {
+    let mut bytes = Vec::new();
+    let _ = codec::encode(f, &mut bytes, &mut Vec::new());
+    put_result(buf, FAILED, 0, busy_ns, &bytes);
+}
+
+/// RUNNING (worker → parent): task `seq` has been running element `elem` for `running_us`.
+pub(super) fn put_running(buf: &mut Vec<u8>, seq: u64, elem: u32, running_us: u64) {
+    buf.push(TAG_RUNNING);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&elem.to_le_bytes());
+    buf.extend_from_slice(&running_us.to_le_bytes());
+}
+
+/// ALIVE (worker → parent): task `seq` runs and the worker is not frozen.
+pub(super) fn put_alive(buf: &mut Vec<u8>, seq: u64) {
+    buf.push(TAG_ALIVE);
+    buf.extend_from_slice(&seq.to_le_bytes());
+}
+
+/// READY (worker → parent): the initializer succeeded.
+pub(super) fn put_ready(buf: &mut Vec<u8>) {
+    buf.push(TAG_READY);
+}
+
+/// INIT_FAILED (worker → parent): the initializer failed with `f`.
+pub(super) fn put_init_failed(buf: &mut Vec<u8>, f: &Failure) {
+    let mut bytes = Vec::new();
+    let _ = codec::encode(f, &mut bytes, &mut Vec::new());
+    buf.push(TAG_INIT_FAILED);
+    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&bytes);
+}
+
+/// One record from a worker, as read by the parent.
+#[derive(Debug)]
+pub(super) enum FromWorker {
+    /// RESULT: the result bytes are `start..start + len` of the frame.
+    Result {
+        status: u8,
+        nfds: usize,
+        busy_ns: u64,
+        start: usize,
+        len: usize,
+    },
+    Running {
+        seq: u64,
+        elem: u32,
+        running_us: u64,
+    },
+    Alive,
+    Ready,
+    InitFailed(Failure),
+}
+
+/// Reads the next record of a frame from a worker.
+pub(super) fn read_from_worker(cur: &mut Cursor<'_>) -> Result<FromWorker, Error> {
+    Ok(match cur.u8()? {
+        TAG_RESULT => {
+            let status = cur.u8()?;
+            let nfds = cur.u8()? as usize;
+            let busy_ns = cur.u64()?;
+            let len = cur.u32()? as usize;
+            let start = cur.pos();
+            cur.bytes(len)?;
+            FromWorker::Result {
+                status,
+                nfds,
+                busy_ns,
+                start,
+                len,
+            }
+        }
+        TAG_RUNNING => FromWorker::Running {
+            seq: cur.u64()?,
+            elem: cur.u32()?,
+            running_us: cur.u64()?,
+        },
+        TAG_ALIVE => {
+            cur.u64()?;
+            FromWorker::Alive
+        }
+        TAG_READY => FromWorker::Ready,
+        TAG_INIT_FAILED => {
+            let len = cur.u32()? as usize;
+            FromWorker::InitFailed(codec::decode(cur.bytes(len)?, Vec::new())?)
+        }
+        _ => return Err(protocol("unknown message from a worker")),
+    })
 }
 
 /// Appends a postcard varint (the encoding of a sequence length).
@@ -288,5 +469,82 @@ where
             Outcome::Ok
         }
         Err((message, location)) => Outcome::Panicked { message, location },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_record_reads_back_as_written() {
+        let mut init = Vec::new();
+        put_init(&mut init, 42, b"abc");
+        assert_eq!(read_init(&init).unwrap(), (42, &b"abc"[..]));
+        assert!(read_init(&init[..5]).is_err(), "truncated");
+
+        let mut tasks = Vec::new();
+        put_task_header(&mut tasks, Some(7), 2, 3, 1, 3);
+        tasks.extend_from_slice(b"xyz");
+        put_task_header(&mut tasks, None, 0, 1, 0, 1);
+        tasks.push(b'q');
+        let mut cur = Cursor::new(&tasks);
+        let t = read_task(&mut cur).unwrap();
+        assert_eq!((t.entry, t.nfds), (Some(7), 2));
+        assert_eq!(t.body, &[1, 0, 0, 0, 3, 0, 0, 0, b'x', b'y', b'z'][..]);
+        let t = read_task(&mut cur).unwrap();
+        assert_eq!((t.entry, t.nfds, t.body.len()), (None, 0, 9));
+        assert!(cur.is_empty());
+
+        let mut out = Vec::new();
+        put_result(&mut out, SOME_FAILED, 1, 99, b"res");
+        put_failed_result(&mut out, 5, &Failure::BadResult("no".into()));
+        put_running(&mut out, 3, 4, 5);
+        put_alive(&mut out, 3);
+        put_ready(&mut out);
+        put_init_failed(&mut out, &Failure::BadArgs("bad".into()));
+        let mut cur = Cursor::new(&out);
+        match read_from_worker(&mut cur).unwrap() {
+            FromWorker::Result {
+                status,
+                nfds,
+                busy_ns,
+                start,
+                len,
+            } => {
+                assert_eq!((status, nfds, busy_ns), (SOME_FAILED, 1, 99));
+                assert_eq!(&out[start..start + len], b"res");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_from_worker(&mut cur).unwrap(),
+            FromWorker::Result { status: FAILED, .. }
+        ));
+        assert!(matches!(
+            read_from_worker(&mut cur).unwrap(),
+            FromWorker::Running {
+                seq: 3,
+                elem: 4,
+                running_us: 5
+            }
+        ));
+        assert!(matches!(
+            read_from_worker(&mut cur).unwrap(),
+            FromWorker::Alive
+        ));
+        assert!(matches!(
+            read_from_worker(&mut cur).unwrap(),
+            FromWorker::Ready
+        ));
+        assert!(matches!(
+            read_from_worker(&mut cur).unwrap(),
+            FromWorker::InitFailed(Failure::BadArgs(_))
+        ));
+        assert!(cur.is_empty());
+        // Garbage is an error, never a panic.
+        for junk in [&[9u8][..], &[1, 0], &[2, 1, 2, 3]] {
+            assert!(read_from_worker(&mut Cursor::new(junk)).is_err());
+        }
     }
 }

@@ -4,25 +4,26 @@
 //! Two threads. The **main thread** reads a frame of tasks, runs them in order and appends
 //! each task's result to the outbox; it flushes the outbox when it has read every frame it
 //! had (before it would block), when the outbox is large, and before exiting. The
-//! **watchdog** wakes every `tick` while a task runs (every 20 ms while idle): when the
-//! running element has made no progress for a whole tick it flushes the outbox and adds a
-//! RUNNING notice. So a finished result is never held back behind a slow task for more than
-//! about a tick, and the parent learns which element is running (for `task_timeout` and for
-//! blaming the right task if the process dies).
+//! **watchdog** wakes every `tick` while elements keep changing: when the running element
+//! has made no progress for a whole tick it flushes the outbox and adds a RUNNING notice.
+//! So a finished result is never held back behind a slow task for more than about a tick,
+//! and the parent learns which element is running (for `task_timeout` and for blaming the
+//! right task if the process dies). Once it has reported a long element, and while the
+//! worker is idle, the watchdog parks: the main thread unparks it when the next element or
+//! task starts, so a task that sleeps or waits on I/O costs no CPU. With a `task_timeout`
+//! it also sends an ALIVE record every `beat` while a task runs, so the parent can tell a
+//! frozen (SIGSTOPped) worker from a busy one.
 
 #![allow(unsafe_code)] // one block: `task::from_offset` on offsets from the pool channel
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::task::{
-    Cursor, Failure, ALL_OK, FAILED, FLAG_ENTRY, MAX_RECORD, RESULT_HEADER, SOME_FAILED, TAG_INIT,
-    TAG_INIT_FAILED, TAG_READY, TAG_RESULT, TAG_RUNNING, TAG_TASK,
-};
+use super::task::{self as wire, Cursor, Failure, ALL_OK, RESULT_HEADER, SOME_FAILED};
 use crate::codec;
 use crate::connection::channel::Channel;
 use crate::fdreg::RegisteredFd;
@@ -52,6 +53,13 @@ pub(super) struct WorkerArgs {
     pub(super) max_tasks: u64,
     /// Watchdog period while a task runs, in microseconds.
     pub(super) tick_us: u64,
+    /// Heartbeat period while a task runs, in microseconds (0: none; set with a
+    /// `task_timeout`).
+    pub(super) beat_us: u64,
+    /// Ignore SIGINT (Ctrl-C reaches the parent only; running tasks finish).
+    pub(super) ignore_sigint: bool,
+    /// The largest message on the pool channel, both ways.
+    pub(super) max_message: u64,
 }
 
 /// 1 + the number of the running task; 0 while idle.
@@ -63,11 +71,46 @@ static ELEM: AtomicU32 = AtomicU32::new(0);
 /// Some element of the current task failed (set by the chunk trampoline).
 static ANY_FAILED: AtomicBool = AtomicBool::new(false);
 
+/// The watchdog is parked (or about to park) until the main thread makes progress.
+static PARKED: AtomicBool = AtomicBool::new(false);
+/// The watchdog thread, to unpark it.
+static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
+
 /// Called by the chunk trampoline before each element.
+///
+/// Relaxed on purpose (this runs once per element, and a full barrier here costs ~10 % of
+/// a map of trivial items): a wake-up missed in the race with the watchdog parking is made
+/// up by its bounded park during a long element (`LONG_PARK`). Task starts (`set_seq`)
+/// are SeqCst on both sides and are never missed.
 pub(super) fn element_started(j: u32) {
     ELEM.store(j, Ordering::Relaxed);
     let p = PROGRESS.load(Ordering::Relaxed);
     PROGRESS.store(p.wrapping_add(1), Ordering::Relaxed);
+    if PARKED.load(Ordering::Relaxed) && PARKED.swap(false, Ordering::SeqCst) {
+        if let Some(t) = WATCHDOG.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// The longest the watchdog parks during a long element, so a missed element change is
+/// noticed this late at worst.
+const LONG_PARK: Duration = Duration::from_millis(250);
+
+/// Sets the running task's number (`SEQ`) and wakes a parked watchdog.
+fn set_seq(v: u64) {
+    SEQ.store(v, Ordering::SeqCst);
+    wake_watchdog();
+}
+
+/// Unparks the watchdog if it parked; one load on the fast path. Pairs with the SeqCst
+/// store-then-recheck in `Watchdog::park`, so a task start is never missed.
+fn wake_watchdog() {
+    if PARKED.load(Ordering::SeqCst) && PARKED.swap(false, Ordering::SeqCst) {
+        if let Some(t) = WATCHDOG.get() {
+            t.unpark();
+        }
+    }
 }
 
 /// Called by the chunk trampoline when some element failed.
@@ -95,7 +138,7 @@ struct Link {
 
 impl Link {
     fn lock(&self) -> MutexGuard<'_, Outbox> {
-        self.out.lock().unwrap_or_else(|p| p.into_inner())
+        crate::wait::lock(&self.out)
     }
 
     /// Sends what the outbox holds; `false` if the parent is gone.
@@ -115,48 +158,36 @@ impl Link {
     }
 }
 
-fn put_failure(buf: &mut Vec<u8>, tag_and_status: &[u8], busy: u64, f: &Failure) {
-    let mut bytes = Vec::new();
-    let _ = codec::encode(f, &mut bytes, &mut Vec::new());
-    buf.extend_from_slice(tag_and_status);
-    buf.push(0);
-    buf.extend_from_slice(&busy.to_le_bytes());
-    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&bytes);
-}
-
-/// Appends one RESULT record.
+/// Appends one RESULT record (a result over `max_message` fails its task with TooLarge).
 fn put_result(
     o: &mut Outbox,
     outcome: Outcome,
     out: &[u8],
     out_fds: &mut Vec<RegisteredFd>,
     busy: u64,
+    max_message: usize,
 ) {
     let failed_elem = ANY_FAILED.swap(false, Ordering::Relaxed);
     let failure = match Failure::from_outcome(outcome) {
         Some(f) => Some(f),
-        None if out.len() > MAX_RECORD || out_fds.len() > FLUSH_FDS => {
-            Some(Failure::BadResult(format!(
-                "the results of this task take {} bytes, more than one message may carry",
-                out.len()
-            )))
-        }
+        None if out.len() + RESULT_HEADER > max_message => Some(Failure::TooLarge {
+            size: out.len() as u64,
+            limit: max_message.saturating_sub(RESULT_HEADER) as u64,
+        }),
+        None if out_fds.len() > FLUSH_FDS => Some(Failure::BadResult(format!(
+            "the results of this task carry {} descriptors, more than one message may carry",
+            out_fds.len()
+        ))),
         None => None,
     };
     match failure {
         Some(f) => {
             out_fds.clear();
-            put_failure(&mut o.buf, &[TAG_RESULT, FAILED], busy, &f);
+            wire::put_failed_result(&mut o.buf, busy, &f);
         }
         None => {
-            o.buf.reserve(RESULT_HEADER + out.len());
-            o.buf.push(TAG_RESULT);
-            o.buf.push(if failed_elem { SOME_FAILED } else { ALL_OK });
-            o.buf.push(out_fds.len() as u8);
-            o.buf.extend_from_slice(&busy.to_le_bytes());
-            o.buf.extend_from_slice(&(out.len() as u32).to_le_bytes());
-            o.buf.extend_from_slice(out);
+            let status = if failed_elem { SOME_FAILED } else { ALL_OK };
+            wire::put_result(&mut o.buf, status, out_fds.len() as u8, busy, out);
             o.fds.append(out_fds);
         }
     }
@@ -164,88 +195,131 @@ fn put_result(
 
 /// The worker process's function.
 pub(super) fn worker_main(args: WorkerArgs) {
+    if args.ignore_sigint {
+        sys::process::ignore_sigint();
+    }
     task::install_panic_hook();
+    let max_message = usize::try_from(args.max_message).unwrap_or(usize::MAX);
     let link = Arc::new(Link {
         chan: Channel::new(args.chan.0),
         out: Mutex::new(Outbox::default()),
     });
-
-    // 1. The initializer.
-    let Ok(init) = link.chan.recv_frame(None) else {
-        return;
-    };
-    let reply = match run_init(&init.payload, init.fds) {
-        Ok(()) => vec![TAG_READY],
-        Err(f) => {
-            let mut b = Vec::new();
-            let _ = codec::encode(&f, &mut b, &mut Vec::new());
-            let mut m = vec![TAG_INIT_FAILED];
-            m.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            m.extend_from_slice(&b);
-            let _ = link.chan.send_raw(&m, &[]);
-            return;
-        }
-    };
-    if link.chan.send_raw(&reply, &[]).is_err() {
+    link.chan.set_max_message(max_message);
+    if !initialize(&link) {
         return;
     }
-
-    // 2. The watchdog.
-    start_watchdog(link.clone(), Duration::from_micros(args.tick_us.max(100)));
-
-    // 3. Tasks until end of stream (the pool closed) or the task quota.
-    let mut seq: u64 = 0;
-    let mut out = Vec::new();
-    let mut out_fds = Vec::new();
-    loop {
-        let frame = match link.chan.recv_frame(None) {
-            Ok(f) => f,
-            Err(_) => break,
-        };
-        let mut fds = frame.fds.into_iter();
-        let mut cur = Cursor::new(&frame.payload);
-        let mut entry: Option<EntryFn> = None;
-        while !cur.is_empty() {
-            let Ok(t) = parse_task(&mut cur, &mut entry) else {
-                // A malformed frame from our own parent: nothing sensible left to do.
-                sys::process::exit_now(70);
-            };
-            let (f, nfds, targs) = t;
-            let task_fds: Vec<RegisteredFd> = fds.by_ref().take(nfds).collect();
-            SEQ.store(seq + 1, Ordering::Release);
-            let t0 = Instant::now();
-            out.clear();
-            out_fds.clear();
-            let outcome = task::catch_panic(|| f(targs, task_fds, &mut out, &mut out_fds))
-                .unwrap_or_else(|(message, location)| Outcome::Panicked { message, location });
-            let busy = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-            seq += 1;
-            let last = args.max_tasks != 0 && seq >= args.max_tasks;
-            let mut o = link.lock();
-            if o.fds.len() + out_fds.len() > FLUSH_FDS && !link.flush(&mut o) {
-                return;
-            }
-            put_result(&mut o, outcome, &out, &mut out_fds, busy);
-            if last {
-                SEQ.store(0, Ordering::Release);
-                link.flush(&mut o);
-                return;
-            }
-            if (o.buf.len() >= FLUSH_BYTES || o.fds.len() >= FLUSH_FDS) && !link.flush(&mut o) {
-                return;
-            }
-        }
-        if !link.chan.has_buffered() {
-            SEQ.store(0, Ordering::Release);
-            let mut o = link.lock();
-            if !link.flush(&mut o) {
-                return;
-            }
-        }
-    }
-    SEQ.store(0, Ordering::Release);
+    let beat = (args.beat_us > 0).then(|| Duration::from_micros(args.beat_us));
+    start_watchdog(
+        link.clone(),
+        Duration::from_micros(args.tick_us.max(100)),
+        beat,
+    );
+    let mut w = Tasks {
+        link: &link,
+        max_tasks: args.max_tasks,
+        max_message,
+        seq: 0,
+        out: Vec::new(),
+        out_fds: Vec::new(),
+    };
+    w.serve();
+    set_seq(0);
     let mut o = link.lock();
     link.flush(&mut o);
+}
+
+/// Runs the INIT frame and answers READY or INIT_FAILED; `false` if the worker must exit.
+fn initialize(link: &Link) -> bool {
+    let Ok(init) = link.chan.recv_frame(None) else {
+        return false;
+    };
+    let mut reply = Vec::new();
+    let ok = match run_init(&init.payload, init.fds) {
+        Ok(()) => {
+            wire::put_ready(&mut reply);
+            true
+        }
+        Err(f) => {
+            wire::put_init_failed(&mut reply, &f);
+            false
+        }
+    };
+    link.chan.send_raw(&reply, &[]).is_ok() && ok
+}
+
+/// The main thread's task loop.
+struct Tasks<'a> {
+    link: &'a Link,
+    /// Exit after this many tasks (0: never).
+    max_tasks: u64,
+    max_message: usize,
+    /// Tasks run so far.
+    seq: u64,
+    out: Vec<u8>,
+    out_fds: Vec<RegisteredFd>,
+}
+
+impl Tasks<'_> {
+    /// Runs task frames until end of stream (the pool closed), the quota, or a lost parent.
+    fn serve(&mut self) {
+        while let Ok(frame) = self.link.chan.recv_frame(None) {
+            let mut fds = frame.fds.into_iter();
+            let mut cur = Cursor::new(&frame.payload);
+            let mut entry: Option<EntryFn> = None;
+            while !cur.is_empty() {
+                let Ok((f, nfds, targs)) = parse_task(&mut cur, &mut entry) else {
+                    // A malformed frame from our own parent: nothing sensible left to do.
+                    sys::process::exit_now(70);
+                };
+                let task_fds: Vec<RegisteredFd> = fds.by_ref().take(nfds).collect();
+                if !self.run_one(f, targs, task_fds) {
+                    return;
+                }
+            }
+            if !self.link.chan.has_buffered() {
+                set_seq(0);
+                let mut o = self.link.lock();
+                if !self.link.flush(&mut o) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs one task and queues its result; `false` if the worker must exit.
+    fn run_one(&mut self, f: EntryFn, targs: &[u8], task_fds: Vec<RegisteredFd>) -> bool {
+        set_seq(self.seq + 1);
+        let t0 = Instant::now();
+        self.out.clear();
+        self.out_fds.clear();
+        let (out, out_fds) = (&mut self.out, &mut self.out_fds);
+        let outcome = task::catch_panic(|| f(targs, task_fds, out, out_fds))
+            .unwrap_or_else(|(message, location)| Outcome::Panicked { message, location });
+        let busy = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.seq += 1;
+        let last = self.max_tasks != 0 && self.seq >= self.max_tasks;
+        let link = self.link;
+        let mut o = link.lock();
+        let full = o.fds.len() + self.out_fds.len() > FLUSH_FDS
+            || o.buf.len() + self.out.len() + RESULT_HEADER > self.max_message;
+        if full && !link.flush(&mut o) {
+            return false;
+        }
+        put_result(
+            &mut o,
+            outcome,
+            &self.out,
+            &mut self.out_fds,
+            busy,
+            self.max_message,
+        );
+        if last {
+            set_seq(0);
+            link.flush(&mut o);
+            return false;
+        }
+        !((o.buf.len() >= FLUSH_BYTES || o.fds.len() >= FLUSH_FDS) && !link.flush(&mut o))
+    }
 }
 
 type ParsedTask<'a> = (EntryFn, usize, &'a [u8]);
@@ -254,12 +328,8 @@ fn parse_task<'a>(
     cur: &mut Cursor<'a>,
     entry: &mut Option<EntryFn>,
 ) -> Result<ParsedTask<'a>, crate::error::Error> {
-    let tag = cur.u8()?;
-    if tag & !FLAG_ENTRY != TAG_TASK {
-        return Err(super::task::protocol("unknown message from the pool"));
-    }
-    if tag & FLAG_ENTRY != 0 {
-        let offset = cur.u64()?;
+    let t = wire::read_task(cur)?;
+    if let Some(offset) = t.entry {
         // SAFETY: this offset came from `task::to_offset` in our parent, over the pool channel
         // whose other end only the parent holds: the descriptor reached this process as a
         // spawn argument over the process's private control stream (or by `fork`), and the
@@ -269,23 +339,14 @@ fn parse_task<'a>(
         // here.
         *entry = Some(unsafe { task::from_offset(offset) });
     }
-    let f = entry.ok_or_else(|| super::task::protocol("task without an entry point"))?;
-    let nfds = cur.u8()? as usize;
-    let len = cur.u32()? as usize;
-    let targs = cur.bytes(len)?;
-    Ok((f, nfds, targs))
+    let f = entry.ok_or_else(|| wire::protocol("task without an entry point"))?;
+    Ok((f, t.nfds, t.body))
 }
 
 /// Runs the initializer frame; `Err` if it failed.
 fn run_init(payload: &[u8], fds: Vec<RegisteredFd>) -> Result<(), Failure> {
-    let bad = |m: &str| Failure::BadArgs(format!("malformed initializer message: {m}"));
-    let mut cur = Cursor::new(payload);
-    if cur.u8().map_err(|_| bad("empty"))? != TAG_INIT {
-        return Err(bad("wrong tag"));
-    }
-    let offset = cur.u64().map_err(|_| bad("truncated"))?;
-    let len = cur.u32().map_err(|_| bad("truncated"))? as usize;
-    let bytes = cur.bytes(len).map_err(|_| bad("truncated"))?;
+    let (offset, bytes) = wire::read_init(payload)
+        .map_err(|e| Failure::BadArgs(format!("malformed initializer message: {e}")))?;
     if offset == 0 {
         return Ok(());
     }
@@ -303,53 +364,129 @@ fn run_init(payload: &[u8], fds: Vec<RegisteredFd>) -> Result<(), Failure> {
     }
 }
 
-fn start_watchdog(link: Arc<Link>, tick: Duration) {
-    let idle = Duration::from_millis(20).max(tick);
+fn start_watchdog(link: Arc<Link>, tick: Duration, beat: Option<Duration>) {
     let spawned = std::thread::Builder::new()
         .name("multiproc-pool-watchdog".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut last = (0u64, 0u64);
-            let mut since = Instant::now();
-            let mut noticed = false;
-            loop {
-                let busy = SEQ.load(Ordering::Acquire) != 0;
-                std::thread::sleep(if busy { tick } else { idle });
-                let now = (
-                    SEQ.load(Ordering::Acquire),
-                    PROGRESS.load(Ordering::Relaxed),
-                );
-                if now.0 == 0 || now != last {
-                    last = now;
-                    since = Instant::now();
-                    noticed = false;
-                    continue;
-                }
-                if noticed {
-                    continue;
-                }
-                let mut o = link.lock();
-                // Re-check under the lock: the main thread appends results holding it.
-                if (
-                    SEQ.load(Ordering::Acquire),
-                    PROGRESS.load(Ordering::Relaxed),
-                ) != last
-                {
-                    continue;
-                }
-                let running_us = since.elapsed().as_micros().min(u64::MAX as u128) as u64;
-                o.buf.push(TAG_RUNNING);
-                o.buf.extend_from_slice(&(last.0 - 1).to_le_bytes());
-                o.buf
-                    .extend_from_slice(&ELEM.load(Ordering::Relaxed).to_le_bytes());
-                o.buf.extend_from_slice(&running_us.to_le_bytes());
-                if !link.flush(&mut o) {
-                    return;
-                }
-                noticed = true;
+            let _ = WATCHDOG.set(std::thread::current());
+            Watchdog {
+                link,
+                tick,
+                beat,
+                last: (0, 0),
+                since: Instant::now(),
+                noticed: false,
+                last_beat: Instant::now(),
             }
+            .run()
         });
     // Without a watchdog the worker still works; only timeouts and crash attribution of long
     // tasks get coarser.
     drop(spawned);
+}
+
+/// The watchdog's state (see the module docs).
+struct Watchdog {
+    link: Arc<Link>,
+    tick: Duration,
+    beat: Option<Duration>,
+    /// (`SEQ`, `PROGRESS`) when last looked at.
+    last: (u64, u64),
+    /// When `last` was first seen.
+    since: Instant,
+    /// The element in `last` was reported (RUNNING).
+    noticed: bool,
+    /// When the last record (RUNNING or ALIVE) went out.
+    last_beat: Instant,
+}
+
+fn observe() -> (u64, u64) {
+    (SEQ.load(Ordering::SeqCst), PROGRESS.load(Ordering::SeqCst))
+}
+
+impl Watchdog {
+    fn run(mut self) {
+        loop {
+            let now = observe();
+            if now != self.last {
+                self.last = now;
+                self.since = Instant::now();
+                self.noticed = false;
+            }
+            let ok = if now.0 == 0 {
+                // Idle: sleep until a task starts.
+                self.park(None);
+                true
+            } else if !self.noticed {
+                std::thread::sleep(self.tick);
+                if observe() == self.last {
+                    self.notice()
+                } else {
+                    self.maybe_beat()
+                }
+            } else {
+                // A long element was reported: sleep until it ends (or the next beat).
+                let left = self
+                    .beat
+                    .map_or(LONG_PARK, |b| b.saturating_sub(self.last_beat.elapsed()))
+                    .min(LONG_PARK);
+                self.park(Some(left));
+                self.maybe_beat()
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+
+    /// Parks until the main thread moves on, or `timeout`.
+    fn park(&self, timeout: Option<Duration>) {
+        PARKED.store(true, Ordering::SeqCst);
+        if observe() == self.last {
+            match timeout {
+                Some(t) => std::thread::park_timeout(t),
+                None => std::thread::park(),
+            }
+        }
+        PARKED.store(false, Ordering::SeqCst);
+    }
+
+    /// The element in `last` ran a whole tick: flush, and say which it is. `false` if the
+    /// parent is gone.
+    fn notice(&mut self) -> bool {
+        let mut o = self.link.lock();
+        // Re-check under the lock: the main thread appends results holding it.
+        if observe() != self.last || self.last.0 == 0 {
+            return true;
+        }
+        let running_us = self.since.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        super::task::put_running(
+            &mut o.buf,
+            self.last.0 - 1,
+            ELEM.load(Ordering::Relaxed),
+            running_us,
+        );
+        self.noticed = true;
+        self.last_beat = Instant::now();
+        self.link.flush(&mut o)
+    }
+
+    /// With a `task_timeout`: flush and send ALIVE if a task runs and the beat is due.
+    fn maybe_beat(&mut self) -> bool {
+        let Some(beat) = self.beat else {
+            return true;
+        };
+        if self.last_beat.elapsed() < beat {
+            return true;
+        }
+        let mut o = self.link.lock();
+        let seq = SEQ.load(Ordering::SeqCst);
+        if seq == 0 {
+            return true;
+        }
+        super::task::put_alive(&mut o.buf, seq - 1);
+        self.last_beat = Instant::now();
+        self.link.flush(&mut o)
+    }
 }

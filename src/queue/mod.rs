@@ -204,7 +204,7 @@ mod mapped {
         let key = Ring::peek_key(fd)?;
         // `try_lock`: in a child forked while another thread held the lock, skip the cache
         // rather than deadlock.
-        let list = MAPPED.try_lock().ok()?;
+        let list = crate::wait::try_lock(&MAPPED)?;
         list.iter()
             .find(|(k, _)| *k == key)
             .and_then(|(_, w)| w.upgrade())
@@ -214,7 +214,7 @@ mod mapped {
     pub(super) fn register(ring: Ring) -> Arc<Ring> {
         let key = ring.key();
         let ring = Arc::new(ring);
-        if let Ok(mut list) = MAPPED.try_lock() {
+        if let Some(mut list) = crate::wait::try_lock(&MAPPED) {
             list.retain(|(_, w)| w.strong_count() > 0);
             list.push((key, Arc::downgrade(&ring)));
         }

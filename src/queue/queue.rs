@@ -49,9 +49,10 @@ use crate::error::{Error, ErrorKind, Result};
 ///   `put` blocks while the queued items fill it. An item takes its encoded size rounded up
 ///   to 8, plus 8 bytes. The ring is address space, not memory: pages are allocated when
 ///   first written. Steady traffic cycles through the first 1 MiB only; memory that a burst
-///   used beyond that is given back once consumers have caught up. (Known limitation: once
-///   traffic has cycled, a backlog that builds while nobody reads is held to about 1 MiB, so
-///   `put` blocks until consumers read; see `ring/README.md`, "Memory".)
+///   used beyond that is given back once consumers have caught up. A backlog may fill the
+///   whole ring at any time, also while nobody reads and after traffic (a child can put
+///   16 MiB and be joined before the parent drains).
+///   See `ring/README.md`, "Memory".
 ///
 /// # Crash safety
 ///

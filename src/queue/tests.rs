@@ -59,12 +59,13 @@ fn a_sealed_segment_of_the_wrong_size_or_content_is_refused() {
     drop(ring);
     // Mapping the same segment again lets us scribble on its header.
     let map = crate::sys::shm::Mapping::map(fd.as_fd(), 4096 + (1 << 16), 4096).unwrap();
+    let version = map.atomic_u32(8).load(std::sync::atomic::Ordering::Relaxed);
     map.atomic_u32(8)
         .store(99, std::sync::atomic::Ordering::Relaxed);
     let m = message(decode_as_queue(fd.try_clone().unwrap()));
     assert!(m.contains("version 99"), "{m}");
     map.atomic_u32(8)
-        .store(2, std::sync::atomic::Ordering::Relaxed); // this build's version again
+        .store(version, std::sync::atomic::Ordering::Relaxed); // this build's again
     map.atomic_u64(16)
         .store(1 << 20, std::sync::atomic::Ordering::Relaxed); // capacity
     let m = message(decode_as_queue(fd));

@@ -62,6 +62,8 @@ pub(super) fn launch(
     payload: &[u8],
     fds: Vec<RegisteredFd>,
 ) -> Result<(MutexGuard<'static, Global>, Launched)> {
+    // The queue locks' fork handler is registered (its `Once` complete) before we fork.
+    sys::robust::prepare_fork();
     let (parent_end, child_end) = fdreg::socketpair().map_err(Error::io)?;
     let from_main = sys::process::is_main_thread();
     if !from_main {

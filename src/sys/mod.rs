@@ -77,6 +77,9 @@ pub(crate) mod exe {
 /// Sealed shared-memory segments and their mappings.
 pub(crate) mod shm {
     pub(crate) use super::backend::shm::{
+        allocate, open_named, regular_len, unlink_named, write_at, NAMED_DIR,
+    };
+    pub(crate) use super::backend::shm::{
         create, discard, identity, page_size, read_at, sealed_len, Mapping,
     };
 }
@@ -84,9 +87,9 @@ pub(crate) mod shm {
 /// Process-shared robust locks.
 pub(crate) mod robust {
     pub(crate) use super::backend::robust::{
-        held_by_me, init, lock, lock_spinning, owner_died, process_alive, process_identity,
-        thread_alive, thread_identity, try_lock, try_lock_or_take_over, unlock, Acquired, Held,
-        FORMAT, SLOT, TICK,
+        held_by_me, init, lock, lock_spinning, owner_died, prepare_fork, process_alive,
+        process_identity, thread_alive, thread_identity, try_lock, try_lock_or_take_over, unlock,
+        Acquired, Held, FORMAT, SLOT, TICK,
     };
 }
 

@@ -102,7 +102,7 @@ impl Ring {
             return Unstashed::Nothing; // the common case: one load of our own cache line
         }
         let head = self.u64(at!(cons.head)).load(Relaxed);
-        if let Some(stash) = crate::wait::lock(&self.stash).take() {
+        if let Some(stash) = self.stash_slot().and_then(|mut s| s.take()) {
             if stash.head == head {
                 mark.store(0, Relaxed);
                 *out = stash.buf;
@@ -125,13 +125,23 @@ impl Ring {
 
     /// Keeps the first part of an unfinished item for the next get of this process.
     fn stash(&self, out: &mut Vec<u8>, total: u64, head: u64) {
-        *crate::wait::lock(&self.stash) = Some(Stash {
+        let Some(mut slot) = self.stash_slot() else {
+            return; // see `stash_slot`: the rest of the item will be dropped
+        };
+        *slot = Some(Stash {
             buf: std::mem::take(out),
             total,
             head,
         });
         self.u64(at!(cons.stash_owner))
             .store(robust::process_identity(), Relaxed);
+    }
+
+    /// The stash, locked. Only the holder of `get_lock` (or the last owner, dropping the
+    /// ring) touches it, so the mutex is never contended, except in a child forked while a
+    /// parent thread held it: there it stays locked, and `None` means "no stash".
+    pub(super) fn stash_slot(&self) -> Option<std::sync::MutexGuard<'_, Option<Stash>>> {
+        crate::wait::try_lock(&self.stash)
     }
 
     /// Under `get_lock`: takes one item into `out`; `inside` = the announced size of the item
@@ -172,7 +182,19 @@ impl Ring {
                     "consumer position {head} and producer position {tail} are inconsistent"
                 )));
             }
-            let (len, flags) = self.read_header(head, tail)?;
+            let (len, flags) = if self.is_skip_mark(head, tail) {
+                // The last SKIP written: its bytes may already hold the next lap's records
+                // (README "Memory"), so it is known by its position, not read.
+                let lap_end = (head | (self.cap - 1)) + 1;
+                if lap_end >= tail || tail - lap_end > self.cap {
+                    return Err(corrupt(format!(
+                        "a SKIP at position {head} followed by records up to {tail}"
+                    )));
+                }
+                (0, SKIP)
+            } else {
+                self.read_header(head, tail)?
+            };
             let size = 8 + len.next_multiple_of(8);
             if flags & SKIP != 0 {
                 let next = (head & !(self.cap - 1)) + self.cap;
@@ -277,11 +299,17 @@ impl Ring {
         let ok = tag == TAG
             && known
             && if control {
-                len == 0 && (flags == ABORT || (flags == SKIP && lap_end < tail))
+                len == 0
+                    && if flags == SKIP {
+                        lap_end < tail && tail - head <= self.cap
+                    } else {
+                        flags == ABORT && tail - head <= self.cap
+                    }
             } else {
                 size <= self.max_record
                     && off + size <= self.cap
                     && head + size <= tail
+                    && tail - head <= self.cap
                     && (flags & (FIRST | LAST) != FIRST || len >= 8)
             };
         if !ok {

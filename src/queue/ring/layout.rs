@@ -9,8 +9,9 @@ use crate::sys::robust;
 
 /// `b"mpqueue\0"`, the first word of every queue segment.
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"mpqueue\0");
-/// Bumped on any change to the layout or the protocol (2: our own robust locks).
-pub(super) const VERSION: u32 = 2;
+/// Bumped on any change to the layout or the protocol (2: our own robust locks; 3: early
+/// wraps only when the queue is empty, `skip_at`, a backlog may span `C` bytes past a SKIP).
+pub(super) const VERSION: u32 = 3;
 /// Bytes of control region before the ring (one page on every supported platform).
 pub(super) const HEADER_LEN: usize = 4096;
 /// Smallest ring.
@@ -79,6 +80,7 @@ pub(super) struct Header {
     pub(super) cons: Consumer,
     pub(super) cons_wait: Sleeper,
     pub(super) join: Joinable,
+    pub(super) skip: SkipMark,
 }
 
 /// Written once by the creator before the segment is shared; read-only afterwards.
@@ -93,7 +95,7 @@ pub(super) struct Config {
     pub(super) header_len: u32,
     /// Ring size `C` in bytes: a power of two in `[MIN_CAPACITY, MAX_CAPACITY]`.
     pub(super) capacity: u64,
-    /// Soft wrap point `R` (`<= C`): producers wrap early past it when the queue is shallow.
+    /// Soft wrap point `R` (`<= C`): producers wrap early past it when the queue is empty.
     pub(super) resident: u64,
     /// Python's `maxsize`: the most items queued at once; `u64::MAX` when unbounded.
     pub(super) max_items: u64,
@@ -131,6 +133,21 @@ pub(super) struct Producer {
     /// See `ext_lo`.
     pub(super) ext_hi: u64,
 }
+
+/// Where the last SKIP record was written; on its own line, as consumers read it at every
+/// record and producers write it once a lap.
+#[allow(dead_code)] // layout only
+#[repr(C, align(128))]
+pub(super) struct SkipMark {
+    /// Position of the last SKIP record written ([`NO_SKIP`] before the first); written
+    /// under `put_lock` before the SKIP is published. A consumer whose next record is at this
+    /// position takes it as that SKIP without reading it, so the producers may use the rest
+    /// of its lap, the SKIP's own bytes included (README "Memory").
+    pub(super) at: u64,
+}
+
+/// `skip_at` before any SKIP was written (no position is ever equal to it).
+pub(super) const NO_SKIP: u64 = u64::MAX;
 
 /// A sleeping flag and the futex word the sleeper waits on.
 #[allow(dead_code)] // layout only

@@ -65,7 +65,7 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // The last handle of this process is going: the first part of an item kept here can
         // no longer be resumed, so let the other consumers drop the rest (README "Get").
-        if crate::wait::lock(&self.stash).take().is_some() {
+        if self.stash_slot().and_then(|mut s| s.take()).is_some() {
             let _ = self.u64(at!(cons.stash_owner)).compare_exchange(
                 robust::process_identity(),
                 0,
@@ -106,7 +106,8 @@ pub(crate) struct Ring {
     seen_head: AtomicU64,
     seen_gets: AtomicU64,
     seen_tail: AtomicU64,
-    /// The first part of an item a `get` of this process timed out in (see `get.rs`).
+    /// The first part of an item a `get` of this process timed out in (see `get.rs`,
+    /// `stash_slot`).
     stash: std::sync::Mutex<Option<get::Stash>>,
 }
 
@@ -178,6 +179,7 @@ impl Ring {
         ring.u32(at!(config.lock_format))
             .store(robust::FORMAT, Relaxed);
         ring.u64(at!(config.type_hash)).store(type_hash, Relaxed);
+        ring.u64(at!(skip.at)).store(NO_SKIP, Relaxed);
         ring.u64(at!(config.magic)).store(MAGIC, Release);
         Ok(ring)
     }
@@ -335,9 +337,11 @@ impl Ring {
     }
 
     /// Whether `head <= tail` are positions the protocol can produce: the published records
-    /// fit in the ring, and neither is near overflowing (`2^62` bytes are centuries of traffic).
+    /// fit in the ring (`tail - head <= C`, or up to `2C` when the record at `head` is the
+    /// last SKIP written: `get_locked` and `read_header` check which), and neither is near
+    /// overflowing (`2^62` bytes are centuries of traffic).
     fn positions_ok(&self, head: u64, tail: u64) -> bool {
-        head <= tail && tail < POS_LIMIT && tail - head <= self.cap
+        head <= tail && tail < POS_LIMIT && tail - head <= 2 * self.cap
     }
 
     /// Where ring position `pos` lives in the mapping.

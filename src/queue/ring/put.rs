@@ -21,8 +21,40 @@ impl Ring {
     pub(super) fn room_until(&self, end: u64) -> bool {
         // Wrapping: a head written over by another process (ahead of `end`) means no room,
         // never an overflow.
-        end.wrapping_sub(self.head_pos(false)) <= self.cap
-            || end.wrapping_sub(self.head_pos(true)) <= self.cap
+        let fits = |free: u64| end.wrapping_sub(free) <= self.cap;
+        fits(self.head_pos(false)) || {
+            let head = self.head_pos(true);
+            fits(head) || fits(self.free_from(head))
+        }
+    }
+
+    /// Where the free part of the ring starts, seen from the consumers' position `head`:
+    /// `head`, or the end of its lap when the consumers' next record is the last SKIP
+    /// written (they take it as a SKIP without reading it, so the producers may use the
+    /// whole next lap: README "Memory").
+    pub(super) fn free_from(&self, head: u64) -> u64 {
+        let tail = self.u64(at!(prod.tail)).load(Relaxed) & POS_MASK;
+        if self.is_skip_mark(head, tail) {
+            (head | (self.cap - 1)) + 1
+        } else {
+            head
+        }
+    }
+
+    /// Whether the record at `head` is the last SKIP written (`tail`: the end of the
+    /// published records). A SKIP noted by a producer that died before publishing it is
+    /// at `tail`, not before it (and `repair_producer` forgets it).
+    pub(super) fn is_skip_mark(&self, head: u64, tail: u64) -> bool {
+        head == self.u64(at!(skip.at)).load(Relaxed) && head < tail && tail < POS_LIMIT
+    }
+
+    /// Whether the consumers have taken every record before `t` (our tail), asked when
+    /// the record at ring offset `off` of `size` bytes could wrap early. The shared head is
+    /// read (a look at the consumers' cache line) once per page of records at most.
+    fn drained_to(&self, t: u64, off: u64, size: u64) -> bool {
+        const EVERY: u64 = 4096;
+        self.head_pos(false) == t
+            || (off / EVERY != (off + size) / EVERY && self.head_pos(true) == t)
     }
 
     /// Whether fewer than `max_items` items are queued (bounded queues).
@@ -95,10 +127,12 @@ impl Ring {
         let off = t & (self.cap - 1);
         let lap_end = t - off + self.cap;
         // Where the record goes: here, or at the start of the next lap behind a SKIP record.
-        // Records never straddle the end of the ring, and past `resident` we wrap early as
-        // soon as the consumers are far enough along (see README "Memory").
+        // Records never straddle the end of the ring, and past `resident` we wrap early when
+        // the queue is empty, so that the SKIP is the consumers' next record and the whole
+        // next lap is free for a backlog (see README "Memory").
         let must_wrap = off + size > self.cap;
-        let may_wrap = !must_wrap && off + size > self.resident && off != 0;
+        let may_wrap =
+            !must_wrap && off + size > self.resident && off != 0 && self.drained_to(t, off, size);
         let pos = loop {
             if (must_wrap || may_wrap) && self.room_until(lap_end + size + reserve) {
                 break lap_end;
@@ -114,6 +148,7 @@ impl Ring {
         if pos != t {
             self.write_header(t, 0, SKIP);
             self.note_ext(t, t + 8);
+            self.u64(at!(skip.at)).store(t, Relaxed);
         }
         let at = self.data_off(pos);
         self.write_header(pos, len, flags);

@@ -48,6 +48,11 @@ impl Ring {
             }
             self.u64(at!(prod.jr_active)).store(0, Release);
         }
+        // A SKIP noted but never published: forget it, the next record there is no SKIP.
+        let tail = self.u64(at!(prod.tail)).load(Relaxed) & POS_MASK;
+        if self.u64(at!(skip.at)).load(Relaxed) >= tail {
+            self.u64(at!(skip.at)).store(NO_SKIP, Relaxed);
+        }
     }
 
     /// If the last published record is a chunk of an unfinished item (its producer died or
@@ -60,7 +65,8 @@ impl Ring {
         }
         let pos = tail & POS_MASK;
         let head = self.head_pos(true);
-        if !self.positions_ok(head, pos) || pos + 8 - head > self.cap {
+        if !self.positions_ok(head, pos) || (pos + 8).wrapping_sub(self.free_from(head)) > self.cap
+        {
             return Err(corrupt(format!(
                 "an open item ends at {pos} with no room for its ABORT (head {head})"
             )));

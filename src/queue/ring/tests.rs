@@ -114,3 +114,111 @@ fn inconsistent_positions_are_errors_not_overflows() {
         let _ = ring.len();
     }
 }
+
+/// The payload of item `i` of `len` bytes: its index, then a pattern derived from it.
+fn item(i: u64, len: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..len).map(|k| (k as u64 * 31 + i) as u8).collect();
+    v[..8].copy_from_slice(&i.to_le_bytes());
+    v
+}
+
+/// Traffic that leaves the positions where `case` says (a 4 MiB ring, `R` = 1 MiB, records
+/// of at most 256 KiB). Items are numbered from 0; returns `(taken, next)`: items
+/// `taken..next` (of 24 bytes) are still queued.
+fn traffic(ring: &Ring, case: usize) -> (u64, u64) {
+    let soon = || Some(Instant::now() + Duration::from_secs(5));
+    let (mut next, mut taken) = (0, 0);
+    let mut put = |len: usize| {
+        ring.put(&item(next, len), soon()).unwrap();
+        next += 1;
+    };
+    let mut get = || {
+        ring.get(&mut Vec::new(), soon()).unwrap();
+        taken += 1;
+    };
+    let tail = || ring.u64(at!(prod.tail)).load(Relaxed) & POS_MASK;
+    match case {
+        // One put, one get.
+        0 => {
+            put(24);
+            get();
+        }
+        // Steady traffic past the first MiB: the producer wrapped early, the queue is empty
+        // at a small offset of the second lap.
+        1 => {
+            while tail() < ring.cap + 4096 {
+                put(24);
+                get();
+            }
+        }
+        // The producer has just wrapped early: the consumers' next record is the SKIP, one
+        // item waits behind it.
+        2 => {
+            while tail() < ring.cap {
+                put(24);
+                if tail() < ring.cap {
+                    get();
+                }
+            }
+        }
+        // Past the first MiB with one item always queued (so no early wrap).
+        3 => {
+            put(24);
+            while tail() < 2 * ring.resident {
+                put(24);
+                get();
+            }
+        }
+        // Large chunked items, one at a time, through several laps.
+        _ => {
+            for _ in 0..40 {
+                put(300 << 10);
+                get();
+            }
+        }
+    }
+    (taken, next)
+}
+
+/// After any traffic, a backlog reaches the whole ring (README "Memory"): small items and
+/// large chunked ones are accepted until the ring holds about `C` bytes, then all come out
+/// intact and in order.
+#[test]
+fn a_backlog_after_traffic_reaches_the_whole_ring() {
+    for case in 0..5 {
+        for len in [24usize, 300 << 10] {
+            let ring = Ring::create(Kind::Queue, 1, 4 << 20, u64::MAX).unwrap();
+            let (taken, first) = traffic(&ring, case);
+            let record = 8 + (len as u64).next_multiple_of(8);
+            let mut i = first;
+            while ring.put(&item(i, len), Some(Instant::now())).is_ok() {
+                i += 1;
+            }
+            let queued = (i - first) * record + (first - taken) * 32;
+            // Items fit up to the ring's size, but for the skipped end of one lap and the
+            // next item, which did not fit.
+            assert!(
+                queued + record + ring.max_record >= ring.cap,
+                "case {case}, items of {len} bytes: only {queued} bytes queued in a ring of {}",
+                ring.cap
+            );
+            for k in taken..i {
+                let mut out = Vec::new();
+                ring.get(&mut out, Some(Instant::now() + Duration::from_secs(5)))
+                    .unwrap();
+                let want = if k < first { 24 } else { len };
+                assert!(out == item(k, want), "case {case}: item {k} differs");
+            }
+            assert_eq!(ring.len(), 0);
+            assert_eq!(
+                kind(ring.get(&mut Vec::new(), Some(Instant::now()))),
+                ErrorKind::Timeout
+            );
+            // And traffic goes on.
+            ring.put(&item(i, 24), None).unwrap();
+            let mut out = Vec::new();
+            ring.get(&mut out, None).unwrap();
+            assert!(out == item(i, 24));
+        }
+    }
+}

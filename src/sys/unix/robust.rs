@@ -112,6 +112,19 @@ thread_local! {
     static ME: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
 }
 
+/// Registers the fork handler that invalidates cached identities, once per process.
+///
+/// Called on a thread's first lock, and by every `Fork` launch before it forks, so that a child
+/// never inherits this `Once` half-run from another thread.
+pub(crate) fn prepare_fork() {
+    static ATFORK: Once = Once::new();
+    ATFORK.call_once(|| {
+        // SAFETY: registers a handler that only performs an atomic add (async-signal-safe);
+        // the function lives for the whole program.
+        let _ = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+    });
+}
+
 /// This thread's identity: `start << 32 | tid` (`start` 0 if `/proc` cannot tell it).
 fn me() -> u64 {
     let forks = FORKS.load(Relaxed);
@@ -119,12 +132,7 @@ fn me() -> u64 {
     if word != 0 && at == forks {
         return word;
     }
-    static ATFORK: Once = Once::new();
-    ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only performs an atomic add (async-signal-safe);
-        // the function lives for the whole program.
-        let _ = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
-    });
+    prepare_fork();
     // The handler is registered before any identity is cached, so every cached identity
     // belongs to the thread (and process) that caches it.
     let forks = FORKS.load(Relaxed);

@@ -216,3 +216,156 @@ impl Drop for Mapping {
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
+
+// ---- Public shared memory (`crate::shm`): raw views, named segments, header I/O. ----
+//
+// The queue keeps to copies and control-region atomics; `SharedMemory` and `SharedVec` hand
+// the user *views* of the data region. Those views are the one place where Rust references
+// point into memory other processes write: `crate::shm`'s docs state the rule (writers that
+// run concurrently with readers must synchronise, as with any shared memory), and the
+// methods below keep Rust's own rules within this process: `&mut` views only from
+// `&mut Mapping`.
+
+/// The mode bits of a named segment this crate creates: the owner only, as Python's.
+const NAMED_MODE: u32 = 0o600;
+
+/// Where named segments live (glibc's `shm_open` uses the same directory).
+pub(crate) const NAMED_DIR: &str = "/dev/shm";
+
+/// Creates (`create`: exclusively, failing if the name exists, then sized to `len`) or opens
+/// the named segment at `path`, close-on-exec, never following a symbolic link.
+pub(crate) fn open_named(path: &str, create: bool, len: u64) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let mut flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    if create {
+        flags |= OFlags::CREATE | OFlags::EXCL;
+    }
+    let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(NAMED_MODE))?;
+    if create {
+        if let Err(e) = rustix::fs::ftruncate(&fd, len) {
+            let _ = rustix::fs::unlink(path);
+            return Err(e.into());
+        }
+    }
+    Ok(fd)
+}
+
+/// Removes the name `path` of a named segment (mappings and descriptors stay valid).
+pub(crate) fn unlink_named(path: &str) -> io::Result<()> {
+    Ok(rustix::fs::unlink(path)?)
+}
+
+/// The size of the regular file behind `fd` (`None` for anything else).
+pub(crate) fn regular_len(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let st = rustix::fs::fstat(fd)?;
+    let regular =
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+    Ok(regular.then_some(st.st_size as u64))
+}
+
+/// Writes `buf` at `offset` of a segment without mapping it.
+pub(crate) fn write_at(fd: BorrowedFd<'_>, offset: u64, buf: &[u8]) -> io::Result<()> {
+    let n = rustix::io::pwrite(fd, buf, offset)?;
+    if n == buf.len() {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::WriteZero.into())
+    }
+}
+
+/// Allocates the memory of `[offset, offset + len)` of a segment now (zero-filled), so that
+/// writing it later does not fault page by page.
+pub(crate) fn allocate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    Ok(rustix::fs::fallocate(
+        fd,
+        FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    )?)
+}
+
+impl Mapping {
+    /// As [`Mapping::map`], with the page tables filled in at once (`MAP_POPULATE`): for a
+    /// large segment that will be read or written whole, one system call instead of a fault
+    /// per page.
+    pub(crate) fn map_populated(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        control: usize,
+    ) -> io::Result<Mapping> {
+        assert!(control <= len && control % 64 == 0, "bad control region");
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+        }
+        // SAFETY: as in `map`: a fresh mapping at an address the kernel chooses aliases no
+        // Rust object; `fd` is valid for the duration of the call.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::NORESERVE | MapFlags::POPULATE,
+                fd.as_fd(),
+                0,
+            )?
+        };
+        let base = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        Ok(Mapping { base, len, control })
+    }
+
+    /// The length of the data region.
+    pub(crate) fn data_len(&self) -> usize {
+        self.len - self.control
+    }
+
+    /// The data region as bytes.
+    ///
+    /// Another process (or another mapping of the same segment in this one) may write these
+    /// bytes while the slice lives; `crate::shm` documents that such writers must be
+    /// synchronised with the readers. Within this mapping, no `&mut` view can coexist with
+    /// this one (they need `&mut self`).
+    pub(crate) fn data(&self) -> &[u8] {
+        let p = self.data_ptr(self.control, self.data_len());
+        // SAFETY: `p..p+data_len` is inside the mapping (checked), initialised (the kernel
+        // zero-fills shared pages), and lives as long as `&self`; this mapping hands out no
+        // `&mut` to it while `&self` is borrowed. Concurrent writes by other processes are
+        // outside Rust's model and governed by the documented synchronisation rule.
+        unsafe { std::slice::from_raw_parts(p, self.data_len()) }
+    }
+
+    /// The data region as mutable bytes (see [`Mapping::data`]).
+    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
+        let p = self.data_ptr(self.control, self.data_len());
+        // SAFETY: as for `data`; `&mut self` makes this the only view through this mapping.
+        unsafe { std::slice::from_raw_parts_mut(p, self.data_len()) }
+    }
+
+    /// The data region as 64-bit atomics (`None` if it is not a whole number of them; the
+    /// region starts on a page boundary, so it is always aligned).
+    pub(crate) fn data_atomic_u64(&self) -> Option<&[AtomicU64]> {
+        let len = self.data_len();
+        let p = self.data_ptr(self.control, len);
+        if len % 8 != 0 || (p as usize) % 8 != 0 {
+            return None;
+        }
+        // SAFETY: in bounds (checked), 8-aligned (checked), lives as long as `&self`.
+        // `AtomicU64` has the size and alignment of `u64`; every access through it is
+        // atomic, so sharing it with other processes' atomics is sound.
+        Some(unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), len / 8) })
+    }
+
+    /// The data region as 32-bit atomics (see [`Mapping::data_atomic_u64`]).
+    pub(crate) fn data_atomic_u32(&self) -> Option<&[AtomicU32]> {
+        let len = self.data_len();
+        let p = self.data_ptr(self.control, len);
+        if len % 4 != 0 || (p as usize) % 4 != 0 {
+            return None;
+        }
+        // SAFETY: as for `data_atomic_u64`, with 4-byte size and alignment.
+        Some(unsafe { std::slice::from_raw_parts(p.cast::<AtomicU32>(), len / 4) })
+    }
+}
