@@ -389,8 +389,12 @@ pub(crate) fn held_by_me(map: &Mapping, off: usize) -> bool {
 /// microsecond or two (a short critical section on the other core) costs no system call.
 const SPINS: u32 = 100;
 
-/// As [`lock`], but first the uncontended fast path (which leaves `CONTENDED` clear, so the
-/// unlock makes no system call), then a short spin while the lock is held, before sleeping.
+/// As [`lock`], for short critical sections contended by other processes: the uncontended
+/// fast path (which leaves `CONTENDED` clear, so the unlock makes no system call), then
+/// rounds of a short spin and one sleep. A waiter spins again after every wake, so a holder
+/// that releases and re-locks at once (a loop) still hands the lock over within a few polls;
+/// once it has slept, a waiter takes the lock with `CONTENDED` set (others may sleep). Dead
+/// owners and deadlines are handled as in [`lock`].
 ///
 /// # Errors
 /// As for [`lock`].
@@ -399,19 +403,49 @@ pub(crate) fn lock_spinning(
     off: usize,
     deadline: Option<Instant>,
 ) -> io::Result<Acquired> {
-    if let Some(a) = try_lock(map, off) {
-        return Ok(a);
-    }
-    let word = owner(map, off);
-    for _ in 0..SPINS {
-        std::hint::spin_loop();
-        if word.load(Relaxed) == 0 {
-            if let Some(a) = try_lock(map, off) {
-                return Ok(a);
+    let (word, seq) = (owner(map, off), seq(map, off));
+    let mut slept = false;
+    loop {
+        for _ in 0..SPINS {
+            let w = word.load(Relaxed);
+            if w == 0 || stale(w) {
+                if let Some(a) = take(map, off, w, slept) {
+                    return Ok(a);
+                }
+            }
+            std::hint::spin_loop();
+        }
+        let s = seq.load(Acquire);
+        let w = word.load(Relaxed);
+        if w == 0 || stale(w) {
+            match take(map, off, w, true) {
+                Some(a) => return Ok(a),
+                None => continue,
+            }
+        }
+        if w & CONTENDED == 0
+            && word
+                .compare_exchange(w, w | CONTENDED, Relaxed, Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        slept = true;
+        let tick = Instant::now() + TICK;
+        let until = deadline.map_or(tick, |d| d.min(tick));
+        if futex::wait(seq, s, Some(until))? == futex::Woken::TimedOut {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return try_lock_or_take_over(map, off)
+                    .ok_or_else(|| io::ErrorKind::TimedOut.into());
+            }
+            let w = word.load(Relaxed);
+            if w != 0 && !owner_alive(w) {
+                if let Some(a) = take(map, off, w, true) {
+                    return Ok(a);
+                }
             }
         }
     }
-    lock(map, off, deadline)
 }
 
 /// A lock at `off` that this thread holds and that guards the data range `[data, data + len)`
