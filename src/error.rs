@@ -288,6 +288,14 @@ impl fmt::Display for Error {
         };
         f.write_str(what)?;
         match &self.detail {
+            // The cause is the source; what to do about this one is said here.
+            Detail::Io(e) if crate::sys::process::is_out_of_descriptors(e) => write!(
+                f,
+                ": out of file descriptors (the limit is {}); close descriptors no longer \
+                 needed (drop finished `Process`es, `Pool`s and handles) or raise the limit \
+                 (`ulimit -n`, RLIMIT_NOFILE)",
+                crate::sys::process::descriptor_limit()
+            ),
             Detail::None | Detail::Io(_) => Ok(()),
             Detail::Message(m) => write!(f, ": {m}"),
             Detail::Panic {

@@ -334,6 +334,9 @@
 //! - running on several machines (MPI-style multi-host).
 #![deny(unsafe_code)]
 
+#[doc(hidden)]
+#[path = "hooks.rs"]
+pub mod __chaos;
 mod codec;
 pub mod connection;
 mod context;

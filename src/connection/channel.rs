@@ -35,13 +35,36 @@ pub(crate) struct Frame {
     pub(crate) payload: Vec<u8>,
     /// The descriptors that arrived with this frame (and only those: see [`Reader::claim`]).
     pub(crate) fds: Vec<RegisteredFd>,
+    /// This process was out of descriptors when the frame's arrived: the kernel dropped
+    /// them (all or some), the bytes are intact and the stream goes on.
+    pub(crate) fds_lost: bool,
 }
 
 impl Frame {
     /// Decodes the payload as a `T`, handing the frame's descriptors to the handles inside.
+    ///
+    /// # Errors
+    /// `Io` for a frame whose descriptors were lost ([`Frame::fds_lost`]), besides decoding's.
     pub(crate) fn decode<T: DeserializeOwned>(self) -> Result<T, Error> {
+        if self.fds_lost {
+            return Err(fds_lost_error());
+        }
         codec::decode(&self.payload, self.fds)
     }
+}
+
+/// The error for a message whose descriptors the kernel dropped because this process was out
+/// of them.
+pub(crate) fn fds_lost_error() -> Error {
+    Error::msg(
+        ErrorKind::Io,
+        format!(
+            "this process ran out of file descriptors (the limit is {}) while receiving a \
+             message's descriptors: the message was dropped, the stream goes on; close \
+             descriptors no longer needed or raise the limit (`ulimit -n`, RLIMIT_NOFILE)",
+            crate::sys::process::descriptor_limit()
+        ),
+    )
 }
 
 /// Descriptors received but not yet given to a frame: at most this many (two frames' worth)
@@ -56,8 +79,9 @@ struct Reader {
     /// Bytes read from the stream so far: the stream offset of `buf[end]`.
     received: u64,
     /// Descriptors not yet given to a frame, each batch with the stream offset of the last
-    /// byte that arrived with it (see [`Reader::claim`]).
-    batches: VecDeque<(u64, Vec<RegisteredFd>)>,
+    /// byte that arrived with it (see [`Reader::claim`]) and whether the kernel dropped
+    /// descriptors of that batch (this process was out of them).
+    batches: VecDeque<(u64, Vec<RegisteredFd>, bool)>,
     /// A frame whose header (at this stream offset) was read but whose payload is still
     /// arriving.
     partial: Option<(frame::Header, u64, Vec<u8>)>,
@@ -627,20 +651,20 @@ impl Reader {
         let n = match link.side {
             None => {
                 let mut got = Vec::new();
-                let res = fdreg::recv(fd, &mut self.buf[self.end..], &mut got);
-                if let Ok(n) = res {
-                    if !got.is_empty() {
+                let res = fdreg::recv_keeping_bytes(fd, &mut self.buf[self.end..], &mut got);
+                if let Ok((n, lost)) = res {
+                    if !got.is_empty() || lost {
                         // Tagged with the last byte that came with them (see `claim`).
                         self.batches
-                            .push_back((self.received + n.max(1) as u64 - 1, got));
+                            .push_back((self.received + n.max(1) as u64 - 1, got, lost));
                     }
                 }
-                res
+                res.map(|(n, _)| n)
             }
             Some(_) => socket::read_into(fd, &mut self.buf[self.end..]),
         }
         .map_err(|e| self.recv_error(e))?;
-        if self.batches.iter().map(|(_, b)| b.len()).sum::<usize>() > MAX_PENDING_FDS {
+        if self.batches.iter().map(|(_, b, _)| b.len()).sum::<usize>() > MAX_PENDING_FDS {
             self.batches.clear();
             return Err(self.poison("the peer sent descriptors that no frame announces"));
         }
@@ -694,19 +718,21 @@ impl Reader {
         link: Link<'_>,
         header: frame::Header,
         at: u64,
-    ) -> Result<Vec<RegisteredFd>, Error> {
+    ) -> Result<(Vec<RegisteredFd>, bool), Error> {
         let nfds = header.nfds;
         let mut fds = Vec::new();
+        let mut lost = false;
         match link.side {
             None => {
                 let end = at + (frame::HEADER_LEN + header.len) as u64;
-                while let Some((last, _)) = self.batches.front() {
+                while let Some((last, _, _)) = self.batches.front() {
                     if *last >= end {
                         break;
                     }
-                    let (last, batch) = self.batches.pop_front().expect("checked above");
+                    let (last, batch, dropped) = self.batches.pop_front().expect("checked above");
                     if last >= at {
                         fds.extend(batch);
+                        lost |= dropped;
                     }
                     // else: descriptors that came with no frame announcing them: closed.
                 }
@@ -733,13 +759,15 @@ impl Reader {
             }
             Some(_) => {}
         }
-        if fds.len() != nfds {
+        // Out of descriptors, the kernel installs what it can: fewer is then no protocol error.
+        let lost = lost && nfds > 0;
+        if fds.len() > nfds || (fds.len() < nfds && !lost) {
             return Err(self.poison(format!(
                 "frame announced {nfds} descriptors but {} arrived with it",
                 fds.len()
             )));
         }
-        Ok(fds)
+        Ok((fds, lost))
     }
 
     fn peek_header(
@@ -844,8 +872,12 @@ impl Reader {
                 ));
             }
         }
-        let fds = self.claim(link, header, at)?;
-        Ok(Frame { payload, fds })
+        let (fds, fds_lost) = self.claim(link, header, at)?;
+        Ok(Frame {
+            payload,
+            fds,
+            fds_lost,
+        })
     }
 }
 

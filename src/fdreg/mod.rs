@@ -248,13 +248,27 @@ pub(crate) fn close_forgotten(fd: RawFd) {
 /// Besides the socket's own errors: descriptors that the kernel had to drop give
 /// `InvalidData` when the peer sent more than one frame may carry, `Other` when this process
 /// ran out of descriptors (the message says what to do); the bytes read are lost with them
-/// (see [`is_truncation`]).
+/// (see [`is_truncation`]). Streams use [`recv_keeping_bytes`], which keeps the bytes when
+/// this process ran out.
+#[cfg(test)] // the crate's streams use `recv_keeping_bytes`
 pub(crate) fn recv(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     out: &mut Vec<RegisteredFd>,
 ) -> io::Result<usize> {
-    recv_inner(fd, buf, out, true)
+    recv_inner(fd, buf, out, true, false).map(|(n, _)| n)
+}
+
+/// Like [`recv`], except that when this process ran out of descriptors the bytes are kept:
+/// `Ok((bytes, true))` says the descriptors that came with them were lost (the kernel ends a
+/// read right after the bytes that carry descriptors, so the reader knows whose they were).
+/// A peer that sent too many is still an error.
+pub(crate) fn recv_keeping_bytes(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    out: &mut Vec<RegisteredFd>,
+) -> io::Result<(usize, bool)> {
+    recv_inner(fd, buf, out, true, true)
 }
 
 /// Like [`recv`] but never waits: `WouldBlock` when nothing is there.
@@ -263,7 +277,7 @@ pub(crate) fn try_recv(
     buf: &mut [u8],
     out: &mut Vec<RegisteredFd>,
 ) -> io::Result<usize> {
-    recv_inner(fd, buf, out, false)
+    recv_inner(fd, buf, out, false, false).map(|(n, _)| n)
 }
 
 fn recv_inner(
@@ -271,7 +285,8 @@ fn recv_inner(
     buf: &mut [u8],
     out: &mut Vec<RegisteredFd>,
     wait: bool,
-) -> io::Result<usize> {
+    keep_bytes: bool,
+) -> io::Result<(usize, bool)> {
     let mut got = Vec::new();
     loop {
         let gate = gate_read();
@@ -282,8 +297,9 @@ fn recv_inner(
         }
         drop(gate);
         match res {
+            Ok(r) if r.truncated && r.out_of_fds && keep_bytes => return Ok((r.bytes, true)),
             Ok(r) if r.truncated => return Err(sys::socket::truncation_error(r)),
-            Ok(r) => return Ok(r.bytes),
+            Ok(r) => return Ok((r.bytes, false)),
             Err(e) if wait && e.kind() == io::ErrorKind::WouldBlock => {
                 // Nothing yet: wait with the gate released (a fork may go ahead meanwhile).
                 sys::socket::wait_fd(fd, false, None)?;

@@ -23,9 +23,23 @@ use crate::wait::wait_until;
 /// INIT frames up to this size are sent before the worker has announced itself.
 const INIT_EARLY_MAX: usize = 32 * 1024;
 
+/// Why a start failed: the process could not be created, or it ended before it announced
+/// itself (README "Start-up failures": killed from outside, say with the fork server).
+struct StartFailure {
+    error: Error,
+    /// It ended before announcing itself: a death before READY, never fatal to the pool.
+    died: bool,
+}
+
+impl From<Error> for StartFailure {
+    fn from(error: Error) -> Self {
+        StartFailure { error, died: false }
+    }
+}
+
 /// Starts one worker process (on a starter thread, outside the lock) and waits until it
 /// has announced itself, so the pool thread only ever sees workers whose pid is known.
-fn spawn_worker(shared: &Shared, id: u64) -> Result<Worker> {
+fn spawn_worker(shared: &Shared, id: u64) -> std::result::Result<Worker, StartFailure> {
     let cfg = &shared.cfg;
     let (ours, theirs) =
         fdreg::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
@@ -73,8 +87,11 @@ fn spawn_worker(shared: &Shared, id: u64) -> Result<Worker> {
         .and(started)
         .and_then(|()| if early { Ok(()) } else { send_init() })
     {
+        // A child that already ended (its fork server was killed meanwhile, or it was) died
+        // before READY; one that never answered counts as a failed creation.
+        let died = process.exitcode().is_some();
         let _ = process.kill();
-        return Err(e);
+        return Err(StartFailure { error: e, died });
     }
     let now = Instant::now();
     Ok(Worker {
@@ -123,7 +140,9 @@ fn launch(shared: &Arc<Shared>, n: usize) {
         if let Err(e) = spawned {
             started(
                 shared,
-                Err(Error::io(e).context("starting a pool starter thread")),
+                Err(Error::io(e)
+                    .context("starting a pool starter thread")
+                    .into()),
             );
         }
     }
@@ -153,7 +172,7 @@ fn start_one(shared: &Arc<Shared>) {
 }
 
 /// A start ended: add the worker (or count the failure), and wake the pool thread.
-fn started(shared: &Shared, r: Result<Worker>) {
+fn started(shared: &Shared, r: std::result::Result<Worker, StartFailure>) {
     let mut wake = Actions::default();
     let mut st = shared.lock();
     st.launching -= 1;
@@ -168,11 +187,13 @@ fn started(shared: &Shared, r: Result<Worker>) {
             }
             st.workers.push(w);
         }
-        Err(e) => {
+        // Replaced with the back-off of a death before READY, whatever else is left.
+        Err(StartFailure { died: true, .. }) => st.init_deaths += 1,
+        Err(StartFailure { error, .. }) => {
             st.start_failures += 1;
             let none_left = st.workers.is_empty() && st.launching == 0;
             if st.start_failures >= MAX_START_FAILURES || none_left {
-                st.break_pool(Why::Start(e.to_string()), &mut wake);
+                st.break_pool(Why::Start(error.to_string()), &mut wake);
             }
         }
     }

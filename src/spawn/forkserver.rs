@@ -36,6 +36,11 @@ pub(super) struct Client {
 }
 
 impl Client {
+    /// The server's pid.
+    pub(super) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// How our environment differs from the server's now: what each child must set or remove
     /// to run in the parent's current environment (Python's forkserver keeps the server's;
     /// we follow the parent, as `Spawn` and `Fork` children do).
@@ -176,6 +181,7 @@ pub(crate) fn serve(fd: RegisteredFd) -> ! {
     handshake(&chan, me);
     let mut kids: Vec<Kid> = Vec::new();
     let mut spares: Vec<Spare> = Vec::new();
+    let mut reserve = Reserve::take();
     loop {
         let exited = if chan.has_buffered() {
             Vec::new()
@@ -183,7 +189,7 @@ pub(crate) fn serve(fd: RegisteredFd) -> ! {
             wait(&chan, &kids, &mut spares)
         };
         if chan.poll(Some(Instant::now())).unwrap_or(true) {
-            handle_request(&chan, &mut kids, &mut spares, me);
+            handle_request(&chan, &mut kids, &mut spares, &mut reserve, me);
         }
         for i in exited {
             let k = &mut kids[i];
@@ -198,7 +204,7 @@ pub(crate) fn serve(fd: RegisteredFd) -> ! {
             && !chan.has_buffered()
             && !chan.poll(Some(Instant::now())).unwrap_or(true)
         {
-            match make_spare(&chan, &mut kids, &mut spares, me) {
+            match make_spare(&chan, &mut kids, &mut spares, &mut reserve, me) {
                 Some(sp) => spares.push(sp),
                 None => break,
             }
@@ -279,8 +285,56 @@ fn wait(chan: &Channel, kids: &[Kid], spares: &mut Vec<Spare>) -> Vec<usize> {
     exited
 }
 
+/// Descriptors the server holds back so that a request's descriptor can always be received.
+///
+/// Out of descriptors, the kernel drops the descriptor that comes with a request, and a
+/// stream whose descriptors were lost cannot be trusted: the server would have to shut down,
+/// killing every child. So the server keeps a pipe (two descriptors) in reserve, closes it
+/// just before it reads a request, and takes it back after; a request after which the reserve
+/// cannot be taken back is refused (`SpawnFailed`, saying the server is out of descriptors),
+/// and the server works again once children exit and free theirs.
+struct Reserve(Option<(RegisteredFd, RegisteredFd)>);
+
+impl Reserve {
+    fn take() -> Reserve {
+        Reserve(fdreg::pipe().ok())
+    }
+    /// Takes the reserve back; `false` if this process is out of descriptors.
+    fn refill(&mut self) -> bool {
+        if self.0.is_none() {
+            self.0 = fdreg::pipe().ok();
+        }
+        self.0.is_some()
+    }
+}
+
+/// Refuses a child: the parent's `join` reports `message` (the server goes on).
+fn refuse(ctrl: RegisteredFd, message: String) {
+    let payload = control_tail(&FromChild::SpawnFailed(message));
+    let _ = Channel::new(ctrl).try_send_raw(&payload);
+}
+
+/// The refusal when this process has no descriptor to spare.
+fn out_of_descriptors(what: &str, e: Option<std::io::Error>) -> String {
+    let limit = sys::process::descriptor_limit();
+    let cause = e.map(|e| format!(" ({e})")).unwrap_or_default();
+    format!(
+        "the fork server is out of file descriptors{cause} while {what} (its limit is \
+         {limit}, inherited from the program when the server started); it works again once \
+         children exit, or raise the limit (`ulimit -n`, RLIMIT_NOFILE) before the first spawn"
+    )
+}
+
 /// One request from the parent (a child to start), or its end of file (shut down).
-fn handle_request(chan: &Channel, kids: &mut Vec<Kid>, spares: &mut Vec<Spare>, me: i32) {
+fn handle_request(
+    chan: &Channel,
+    kids: &mut Vec<Kid>,
+    spares: &mut Vec<Spare>,
+    reserve: &mut Reserve,
+    me: i32,
+) {
+    // Room for the request's descriptor, whatever the children hold (see `Reserve`).
+    reserve.0 = None;
     let mut frame = match chan.recv_frame(None) {
         Ok(f) => f,
         Err(_) => shutdown(kids, std::mem::take(spares)),
@@ -289,8 +343,12 @@ fn handle_request(chan: &Channel, kids: &mut Vec<Kid>, spares: &mut Vec<Spare>, 
     let (Ok(ToServer::Spawn), Some(ctrl)) = (req, frame.fds.pop()) else {
         return;
     };
-    let Some(status) = open_status(&ctrl) else {
-        return;
+    if !reserve.refill() {
+        return refuse(ctrl, out_of_descriptors("receiving a request", None));
+    }
+    let status = match open_status(&ctrl) {
+        Ok(s) => s,
+        Err(e) => return refuse(ctrl, out_of_descriptors("opening a status socket", Some(e))),
     };
     let kid = match spares.pop() {
         Some(sp) => match hand_to_spare(sp, ctrl) {
@@ -300,9 +358,9 @@ fn handle_request(chan: &Channel, kids: &mut Vec<Kid>, spares: &mut Vec<Spare>, 
                 status,
                 exit: None,
             }),
-            Err(ctrl) => fork_child(chan, kids, spares, ctrl, status, me),
+            Err(ctrl) => fork_child(chan, kids, spares, reserve, ctrl, status, me),
         },
-        None => fork_child(chan, kids, spares, ctrl, status, me),
+        None => fork_child(chan, kids, spares, reserve, ctrl, status, me),
     };
     kids.extend(kid);
 }
@@ -340,6 +398,7 @@ fn make_spare(
     chan: &Channel,
     kids: &mut Vec<Kid>,
     spares: &mut Vec<Spare>,
+    reserve: &mut Reserve,
     server_pid: i32,
 ) -> Option<Spare> {
     let (here, there) = fdreg::socketpair().ok()?;
@@ -348,6 +407,7 @@ fn make_spare(
         Ok(None) => {
             kids.clear();
             spares.clear();
+            reserve.0 = None;
             drop(here);
             become_server_child(chan, server_pid);
             // Prepared ahead of time, including the pidfd it announces with `Hello`.
@@ -409,12 +469,12 @@ fn shutdown(kids: &mut [Kid], spares: Vec<Spare>) -> ! {
 
 /// Creates the status socket of a new child and sends the parent its end, first on the
 /// control stream (before the child can write anything).
-fn open_status(ctrl: &RegisteredFd) -> Option<Channel> {
-    let (here, there) = fdreg::socketpair().ok()?;
+fn open_status(ctrl: &RegisteredFd) -> std::io::Result<Channel> {
+    let (here, there) = fdreg::socketpair()?;
     let msg = control_tail(&FromChild::Status);
-    let header = crate::codec::frame::encode_header(msg.len(), 1).ok()?;
-    sys::socket::send_frame(ctrl.as_fd(), &[&header, &msg], &[there.as_fd()], true).ok()?;
-    Some(Channel::new(here))
+    let header = crate::codec::frame::encode_header(msg.len(), 1).map_err(std::io::Error::other)?;
+    sys::socket::send_frame(ctrl.as_fd(), &[&header, &msg], &[there.as_fd()], true)?;
+    Ok(Channel::new(here))
 }
 
 /// Forks a child on demand for `ctrl` (no spare was ready). `status` is the server's end of
@@ -423,6 +483,7 @@ fn fork_child(
     chan: &Channel,
     kids: &mut Vec<Kid>,
     spares: &mut Vec<Spare>,
+    reserve: &mut Reserve,
     ctrl: RegisteredFd,
     status: Channel,
     server_pid: i32,
@@ -430,14 +491,14 @@ fn fork_child(
     // The server is single-threaded: `fork` here has no lock hazards.
     match super::fork::fork_single_threaded() {
         Err(e) => {
-            let payload = control_tail(&FromChild::SpawnFailed(e.to_string()));
-            let _ = Channel::new(ctrl).try_send_raw(&payload);
+            refuse(ctrl, e.to_string());
             None
         }
         Ok(None) => {
             // Child: drop everything of the server's (single-threaded, so plain drops are fine).
             kids.clear();
             spares.clear();
+            reserve.0 = None;
             drop(status);
             become_server_child(chan, server_pid);
             bootstrap::child_main(ctrl, true, None)

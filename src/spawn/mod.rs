@@ -124,6 +124,11 @@ pub(crate) fn global() -> MutexGuard<'static, Global> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
+/// The fork server's pid, if this process started one (for `crate::__chaos`).
+pub(crate) fn fork_server_pid() -> Option<u32> {
+    global().server.as_ref().map(|c| c.pid() as u32)
+}
+
 /// This executable's fingerprint, computed once.
 pub(crate) fn fingerprint() -> Result<&'static [u8]> {
     static FP: OnceLock<std::result::Result<Vec<u8>, String>> = OnceLock::new();

@@ -145,3 +145,44 @@ pub(crate) fn split_control(
     frame.payload.truncate(start);
     Ok(msg)
 }
+
+/// A task spec as a forger would send it (`crate::__chaos::task_spec`): this executable's
+/// fingerprint, the given entry and seal, a `Spawn` child's default setup.
+pub(crate) fn forged_spec(entry: u64, seal: u64) -> Vec<u8> {
+    let spec = TaskSpec {
+        fingerprint: super::fingerprint().map(<[u8]>::to_vec).unwrap_or_default(),
+        entry,
+        seal,
+        setup: Setup {
+            name: "forged".into(),
+            method: crate::StartMethod::Spawn.to_u8(),
+            cwd: None,
+            env: Vec::new(),
+            ignore_sigint: None,
+            ignore_sighup: None,
+            max_message: 1 << 20,
+            panic_output: false,
+        },
+        daemon: false,
+        parent: Ident {
+            pid: crate::sys::process::getpid(),
+            name: "MainProcess".into(),
+        },
+    };
+    let mut payload = Vec::new();
+    let _ = crate::codec::encode(&spec, &mut payload, &mut Vec::new());
+    payload
+}
+
+/// The variant name of the control message at the end of a child→parent frame's payload
+/// (`crate::__chaos::child_reply`).
+pub(crate) fn reply_name(payload: &[u8]) -> Option<String> {
+    let mut frame = crate::connection::channel::Frame {
+        payload: payload.to_vec(),
+        fds: Vec::new(),
+        fds_lost: false,
+    };
+    let msg = split_control(&mut frame).ok()?;
+    let name = format!("{msg:?}");
+    Some(name.split([' ', '(', '{']).next().unwrap_or("").to_string())
+}

@@ -65,7 +65,8 @@ pub(crate) mod process {
         write_stderr_raw, Forked, SIGKILL, SIGTERM,
     };
     pub(crate) use super::backend::process::{
-        is_ignored, set_ignored, set_thread_name, SIGHUP, SIGINT, STATUS_LOST,
+        descriptor_limit, is_ignored, is_out_of_descriptors, set_ignored, set_thread_name, SIGHUP,
+        SIGINT, STATUS_LOST,
     };
 }
 

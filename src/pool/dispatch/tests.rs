@@ -110,6 +110,7 @@ fn result_frame() -> Frame {
     Frame {
         payload,
         fds: Vec::new(),
+        fds_lost: false,
     }
 }
 
@@ -297,6 +298,7 @@ fn every_worker_death_case() {
             let f = Frame {
                 payload,
                 fds: Vec::new(),
+                fds_lost: false,
             };
             st.on_frame(1, f, Instant::now(), &mut Actions::default())
                 .unwrap();
@@ -469,6 +471,7 @@ fn init_failure_breaks_the_pool_and_ready_resets_the_back_off() {
     let ready = Frame {
         payload,
         fds: Vec::new(),
+        fds_lost: false,
     };
     st.on_frame(1, ready, Instant::now(), &mut Actions::default())
         .unwrap();
@@ -492,6 +495,7 @@ fn init_failure_breaks_the_pool_and_ready_resets_the_back_off() {
     let failed = Frame {
         payload,
         fds: Vec::new(),
+        fds_lost: false,
     };
     let mut acts = Actions::default();
     st.on_frame(3, failed, Instant::now(), &mut acts).unwrap();

@@ -192,6 +192,19 @@ pub(super) struct Joinable {
 
 const _: () = assert!(size_of::<Header>() <= HEADER_LEN);
 
+/// What `crate::__chaos::queue` shows forgers of segments.
+pub(crate) mod hooks {
+    use super::at;
+    pub(crate) const FIRST: u64 = super::FIRST;
+    pub(crate) const RING: usize = super::HEADER_LEN;
+    pub(crate) const TAG: u64 = super::TAG;
+    pub(crate) const PUT_LOCK: usize = at!(put_lock);
+    pub(crate) const GET_LOCK: usize = at!(get_lock);
+    pub(crate) const LOCK_SLOT: usize = super::robust::SLOT;
+    pub(crate) const TAIL: usize = at!(prod.tail);
+    pub(crate) const HEAD: usize = at!(cons.head);
+}
+
 /// Offsets of one side's sleeper.
 #[derive(Clone, Copy)]
 pub(super) struct Side {

@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fdreg::{self, RegisteredFd};
 use crate::sys::{robust, shm};
 use layout::*;
-pub(crate) use layout::{Kind, DEFAULT_CAPACITY, MAX_CAPACITY, MIN_CAPACITY};
+pub(crate) use layout::{hooks, Kind, DEFAULT_CAPACITY, MAX_CAPACITY, MIN_CAPACITY};
 
 /// The offset of a control-region field, e.g. `at!(prod.tail)`.
 macro_rules! at {

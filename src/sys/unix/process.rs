@@ -142,6 +142,22 @@ pub(crate) fn wait_child(raw: i32, block: bool) -> io::Result<Option<Exit>> {
 /// The exit code reported for a child whose status someone else collected.
 pub(crate) const STATUS_LOST: i32 = 255;
 
+/// Whether `e` says this process (`EMFILE`) or the system (`ENFILE`) ran out of descriptors.
+pub(crate) fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+    )
+}
+
+/// This process's soft `RLIMIT_NOFILE` as text ("unlimited" when there is none), for error
+/// messages about running out of descriptors.
+pub(crate) fn descriptor_limit() -> String {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or_else(|| "unlimited".to_string(), |n| n.to_string())
+}
+
 /// Asks the kernel to SIGKILL this process when the thread that created it exits.
 ///
 /// Only reliable when the parent is single-threaded (the fork server), since Linux ties the

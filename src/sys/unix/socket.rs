@@ -273,9 +273,7 @@ pub(crate) fn recv_with_fds(
 pub(crate) fn truncation_error(r: Received) -> io::Error {
     let installed = r.fds;
     if r.out_of_fds {
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+        let limit = super::process::descriptor_limit();
         io::Error::other(format!(
             "this process ran out of file descriptors while receiving a message's \
                  descriptors (only {installed} could be installed; the limit is {limit}); \
