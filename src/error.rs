@@ -55,6 +55,13 @@ pub enum ErrorKind {
     BufferTooShort,
     /// The operation is not supported here (platform or configuration).
     Unsupported,
+    /// A [`Barrier`](crate::sync::Barrier) is broken: a party timed out, died, or called
+    /// `abort` or `reset` while others waited.
+    BrokenBarrier,
+    /// The call does not fit the object's state: releasing a `BoundedSemaphore` past its
+    /// bound, acquiring a `Lock` this thread already holds, more waiters than a `Condition`
+    /// or `Barrier` has room for.
+    InvalidState,
     /// An operating-system error; [`std::error::Error::source`] has the `io::Error`.
     Io,
 }
@@ -279,6 +286,8 @@ impl fmt::Display for Error {
             ErrorKind::AlreadyJoined => "the result was already taken by an earlier join",
             ErrorKind::BufferTooShort => "buffer too short for the message (it stays queued)",
             ErrorKind::Unsupported => "not supported",
+            ErrorKind::BrokenBarrier => "the barrier is broken",
+            ErrorKind::InvalidState => "not possible in the object's current state",
             ErrorKind::Io => "operating-system error",
         };
         f.write_str(what)?;

@@ -368,6 +368,7 @@ mod process;
 mod queue;
 pub mod shm;
 mod spawn;
+pub mod sync;
 #[allow(unsafe_code)] // the platform layer: every unsafe block there has a SAFETY comment
 mod sys;
 mod task;
@@ -385,4 +386,8 @@ pub use process::{
 };
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue};
 pub use shm::{SharedBytes, SharedMemory, SharedVec};
+pub use sync::{
+    Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, RawArray, RawValue, Semaphore,
+    Value,
+};
 pub use task::{TaskArg, TaskResult};

@@ -12,7 +12,7 @@ usage: cargo run --release -p multiproc-bench -- [options]
   --out FILE         also write the header and table to FILE
   --rounds N         interleaved rounds per metric group (default 5, quick 2)
   --only G1,G2       run only these groups: start,pipe,bandwidth,queue,pool,cpu,
-                     memory,crawl,idle,bytes,net,manager
+                     memory,crawl,idle,bytes,net,manager,sync
   --no-python        skip the Python peers
   --python-dir DIR   where bench_a..bench_f live (default: ../shared/anchors/python
                      next to the repository, or $MULTIPROC_BENCH_PYTHON_DIR)
@@ -85,6 +85,12 @@ pub struct Config {
     pub bytes_mb: usize,
     /// Timed transfers per round in the byte-buffer rows.
     pub bytes_reps: usize,
+    /// Sync rows: uncontended lock acquire+release pairs per sample.
+    pub sync_lock_ops: usize,
+    /// Sync rows: hand-offs, event round trips and barrier rounds per sample.
+    pub sync_ipc_rounds: usize,
+    /// Sync rows: `Value` increments per process (two processes contend).
+    pub sync_add_ops: usize,
 }
 
 impl Config {
@@ -121,6 +127,9 @@ impl Config {
             idle_secs: 2.0,
             bytes_mb: 200,
             bytes_reps: 3,
+            sync_lock_ops: 1_000_000,
+            sync_ipc_rounds: 5_000,
+            sync_add_ops: 200_000,
         }
     }
 
@@ -147,6 +156,9 @@ impl Config {
             idle_secs: 0.5,
             bytes_mb: 20,
             bytes_reps: 2,
+            sync_lock_ops: 200_000,
+            sync_ipc_rounds: 500,
+            sync_add_ops: 20_000,
             ..Config::full()
         }
     }

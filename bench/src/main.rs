@@ -12,7 +12,7 @@
 //! workloads), `machine` (header and contention), `config` (options),
 //! `crawl` (the crawler rows, on the site of `examples/crawler/site.rs`),
 //! `idle_bytes` (CPU while tasks sleep; byte buffers), `cputime`
-//! (per-process CPU clocks).
+//! (per-process CPU clocks), `sync_rows` (Lock, Event, Value, Barrier).
 
 #[path = "../../examples/crawler/client.rs"]
 mod client;
@@ -34,6 +34,7 @@ mod rss;
 mod shm_peer;
 #[path = "../../examples/crawler/site.rs"]
 mod site;
+mod sync_rows;
 mod table;
 mod work;
 
@@ -85,6 +86,7 @@ fn main() {
     jobs.extend(floors::jobs(&cfg));
     jobs.extend(net::jobs(&cfg, python.as_ref().ok()));
     jobs.extend(manager::jobs(&cfg, python.as_ref().ok()));
+    jobs.extend(sync_rows::jobs(&cfg, python.as_ref().ok()));
     jobs.retain(|j| cfg.wants(j.group.name()));
 
     harness::run_all(jobs, cfg.rounds, &mut results);

@@ -19,6 +19,7 @@ pub enum Group {
     Bytes,
     Net,
     Manager,
+    Sync,
 }
 
 impl Group {
@@ -37,6 +38,7 @@ impl Group {
             Group::Bytes => "bytes",
             Group::Net => "net",
             Group::Manager => "manager",
+            Group::Sync => "sync",
         }
     }
 
@@ -91,6 +93,11 @@ pub enum Metric {
     MgrUnixOp,
     MgrTcpOp,
     MgrConcurrent,
+    SyncLock,
+    SyncLockHandoff,
+    SyncEventPingPong,
+    SyncValueAdd,
+    SyncBarrier,
 }
 
 /// Which direction is better.
@@ -160,7 +167,7 @@ fn at_least(peer: Option<Who>, factor: f64) -> Target {
 
 impl Metric {
     /// Every row, in table order.
-    pub const ALL: [Metric; 37] = [
+    pub const ALL: [Metric; 42] = [
         Metric::SpawnDefault,
         Metric::SpawnFork,
         Metric::SpawnSpawn,
@@ -198,6 +205,11 @@ impl Metric {
         Metric::MgrUnixOp,
         Metric::MgrTcpOp,
         Metric::MgrConcurrent,
+        Metric::SyncLock,
+        Metric::SyncLockHandoff,
+        Metric::SyncEventPingPong,
+        Metric::SyncValueAdd,
+        Metric::SyncBarrier,
     ];
 
     /// Short stable id (used in progress lines and notes).
@@ -240,6 +252,11 @@ impl Metric {
             Metric::MgrUnixOp => "manager-unix-op",
             Metric::MgrTcpOp => "manager-tcp-op",
             Metric::MgrConcurrent => "manager-8-clients",
+            Metric::SyncLock => "sync-lock",
+            Metric::SyncLockHandoff => "sync-lock-handoff",
+            Metric::SyncEventPingPong => "sync-event-ping-pong",
+            Metric::SyncValueAdd => "sync-value-add",
+            Metric::SyncBarrier => "sync-barrier",
         }
     }
 
@@ -260,6 +277,9 @@ impl Metric {
             | BytesBufProcess => Group::Bytes,
             NetConnect | NetTcpRtt | NetUnixRtt => Group::Net,
             MgrUnixOp | MgrTcpOp | MgrConcurrent => Group::Manager,
+            SyncLock | SyncLockHandoff | SyncEventPingPong | SyncValueAdd | SyncBarrier => {
+                Group::Sync
+            }
         }
     }
 
@@ -540,6 +560,9 @@ impl Metric {
                     targets: vec![at_least(Some(Who::PythonMp), 1.0)],
                 }),
             ),
+            SyncLock | SyncLockHandoff | SyncEventPingPong | SyncValueAdd | SyncBarrier => {
+                crate::sync_rows::spec(self)
+            }
         }
     }
 }

@@ -95,11 +95,12 @@ pub(crate) mod shm {
     };
 }
 
-/// Process-shared robust mutexes.
+/// Process-shared robust locks.
 pub(crate) mod robust {
     pub(crate) use super::backend::robust::{
-        init, lock, owner_died, prepare_fork, process_alive, process_identity, try_lock,
-        try_lock_or_take_over, unlock, Acquired, FORMAT, SLOT,
+        held_by_me, init, lock, lock_spinning, owner_died, prepare_fork, process_alive,
+        process_identity, thread_alive, thread_identity, try_lock, try_lock_or_take_over, unlock,
+        Acquired, Held, FORMAT, SLOT, TICK,
     };
 }
 

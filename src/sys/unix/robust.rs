@@ -362,6 +362,190 @@ pub(crate) fn unlock(map: &Mapping, off: usize) -> io::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// For the sync primitives (additions: identities of waiters, and a held lock that lends the
+// bytes it guards)
+// ---------------------------------------------------------------------------------------------
+
+/// The calling thread's identity word (`start << 32 | tid`), as an owner word holds it: for
+/// records that name a waiting thread (a Condition or Barrier waiter's slot).
+pub(crate) fn thread_identity() -> u64 {
+    me()
+}
+
+/// Whether the thread named by a [`thread_identity`] word may still be alive; the calling
+/// thread is. Any word is accepted: garbage names no live thread (a read of `/proc`).
+pub(crate) fn thread_alive(word: u64) -> bool {
+    word == me() || owner_alive(word)
+}
+
+/// Whether the calling thread holds the lock at `off` (so locking it again would take it over
+/// from itself).
+pub(crate) fn held_by_me(map: &Mapping, off: usize) -> bool {
+    owner(map, off).load(Relaxed) & !CONTENDED == me()
+}
+
+/// Polls of a held lock before [`lock_spinning`] sleeps: a holder that releases within a
+/// microsecond or two (a short critical section on the other core) costs no system call.
+const SPINS: u32 = 100;
+
+/// As [`lock`], for short critical sections contended by other processes: the uncontended
+/// fast path (which leaves `CONTENDED` clear, so the unlock makes no system call), then
+/// rounds of a short spin and one sleep. A waiter spins again after every wake, so a holder
+/// that releases and re-locks at once (a loop) still hands the lock over within a few polls;
+/// once it has slept, a waiter takes the lock with `CONTENDED` set (others may sleep). Dead
+/// owners and deadlines are handled as in [`lock`].
+///
+/// # Errors
+/// As for [`lock`].
+pub(crate) fn lock_spinning(
+    map: &Mapping,
+    off: usize,
+    deadline: Option<Instant>,
+) -> io::Result<Acquired> {
+    let (word, seq) = (owner(map, off), seq(map, off));
+    let mut slept = false;
+    loop {
+        for _ in 0..SPINS {
+            let w = word.load(Relaxed);
+            if w == 0 || stale(w) {
+                if let Some(a) = take(map, off, w, slept) {
+                    return Ok(a);
+                }
+            }
+            std::hint::spin_loop();
+        }
+        let s = seq.load(Acquire);
+        let w = word.load(Relaxed);
+        if w == 0 || stale(w) {
+            match take(map, off, w, true) {
+                Some(a) => return Ok(a),
+                None => continue,
+            }
+        }
+        if w & CONTENDED == 0
+            && word
+                .compare_exchange(w, w | CONTENDED, Relaxed, Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        slept = true;
+        let tick = Instant::now() + TICK;
+        let until = deadline.map_or(tick, |d| d.min(tick));
+        if futex::wait(seq, s, Some(until))? == futex::Woken::TimedOut {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return try_lock_or_take_over(map, off)
+                    .ok_or_else(|| io::ErrorKind::TimedOut.into());
+            }
+            let w = word.load(Relaxed);
+            if w != 0 && !owner_alive(w) {
+                if let Some(a) = take(map, off, w, true) {
+                    return Ok(a);
+                }
+            }
+        }
+    }
+}
+
+/// A lock at `off` that this thread holds and that guards the data range `[data, data + len)`
+/// of the same mapping; unlocks on drop. The only way to borrow shared data bytes.
+#[derive(Debug)]
+pub(crate) struct Held<'a> {
+    map: &'a Mapping,
+    off: usize,
+    data: usize,
+    len: usize,
+    /// This thread's identity (the owner word while uncontended).
+    mine: u64,
+}
+
+impl<'a> Held<'a> {
+    /// Locks `off` (waiting until `deadline`; `nonblocking`: not at all) for the data range
+    /// `[data, data + len)`, which the caller's protocol guards with this lock alone.
+    ///
+    /// # Errors
+    /// `TimedOut` when the deadline passes (or at once when `nonblocking`); `Deadlock` when
+    /// this thread holds the lock already.
+    pub(crate) fn lock(
+        map: &'a Mapping,
+        off: usize,
+        data: usize,
+        len: usize,
+        deadline: Option<Instant>,
+        nonblocking: bool,
+    ) -> io::Result<(Held<'a>, Acquired)> {
+        // The fast path: one compare-exchange from free (which never takes over, so a lock
+        // this thread holds is refused below rather than taken from itself).
+        let mine = me();
+        if owner(map, off)
+            .compare_exchange(0, mine, Acquire, Relaxed)
+            .is_ok()
+        {
+            return Ok((
+                Held {
+                    map,
+                    off,
+                    data,
+                    len,
+                    mine,
+                },
+                Acquired::Clean,
+            ));
+        }
+        if held_by_me(map, off) {
+            return Err(io::ErrorKind::Deadlock.into());
+        }
+        let got = if nonblocking {
+            try_lock_or_take_over(map, off).ok_or_else(|| io::ErrorKind::TimedOut.into())
+        } else {
+            lock_spinning(map, off, deadline)
+        }?;
+        Ok((
+            Held {
+                map,
+                off,
+                data,
+                len,
+                mine,
+            },
+            got,
+        ))
+    }
+
+    /// The guarded bytes, to read.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        let p = self.map.data_ptr(self.data, self.len);
+        // SAFETY: as in `bytes_mut`; a shared borrow of `self` excludes the mutable one.
+        unsafe { std::slice::from_raw_parts(p, self.len) }
+    }
+
+    /// The guarded bytes.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        let p = self.map.data_ptr(self.data, self.len);
+        // SAFETY: `p..p+len` is inside the mapping's data region (checked by `data_ptr`) and
+        // lives as long as `self.map`. The protocol guards this range with the lock this value
+        // holds, so no other thread of any process following it touches the bytes while the
+        // borrow (of `self`, mutably) lasts; `lock` refuses a second `Held` in this thread, and
+        // other threads wait for the lock. A process that ignores the protocol can only change
+        // the values (any bytes are valid for the plain-data types lent out), not their layout.
+        unsafe { std::slice::from_raw_parts_mut(p, self.len) }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // Uncontended: one compare-exchange. Otherwise (CONTENDED set, or the word changed)
+        // the full unlock, which fails only if somebody wrote over the owner word.
+        if owner(self.map, self.off)
+            .compare_exchange(self.mine, 0, Release, Relaxed)
+            .is_err()
+        {
+            let _ = unlock(self.map, self.off);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

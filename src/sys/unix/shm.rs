@@ -164,7 +164,7 @@ impl Mapping {
         unsafe { AtomicU32::from_ptr(p.cast()) }
     }
 
-    fn data_ptr(&self, off: usize, len: usize) -> *mut u8 {
+    pub(super) fn data_ptr(&self, off: usize, len: usize) -> *mut u8 {
         assert!(
             off >= self.control && off.checked_add(len).is_some_and(|end| end <= self.len),
             "data access out of bounds: {off}+{len}"
