@@ -326,6 +326,8 @@ pub mod connection;
 mod context;
 mod error;
 mod fdreg;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod pool;
 mod process;
 mod queue;

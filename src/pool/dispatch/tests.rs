@@ -27,6 +27,8 @@ fn cfg(task_timeout: Option<Duration>) -> Config {
         ignore_sigint: false,
         max_message: crate::codec::frame::DEFAULT_MAX_MESSAGE,
         progress: false,
+        #[cfg(feature = "mpi")]
+        cluster: None,
     }
 }
 
@@ -39,6 +41,8 @@ fn add_worker(st: &mut State, id: u64) {
         conn: Arc::new(Conn {
             chan,
             process: None,
+            #[cfg(feature = "mpi")]
+            remote: None,
         }),
         status: Status::Ready,
         since: now,
