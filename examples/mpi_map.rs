@@ -10,12 +10,20 @@ use multiproc::Pool;
 
 /// Where a task ran: the MPI rank of its agent (0 outside a job) and its own pid.
 fn whereabouts(x: u64) -> (u64, u32, u32) {
-    (x * x, multiproc::mpi::rank().unwrap_or(0), std::process::id())
+    (
+        x * x,
+        multiproc::mpi::rank().unwrap_or(0),
+        std::process::id(),
+    )
 }
 
 fn main() -> multiproc::Result<()> {
     let pool = Pool::builder().mpi().processes(2).build()?;
-    println!("ranks (rank, workers): {:?}; {} workers", pool.mpi_ranks(), pool.processes());
+    println!(
+        "ranks (rank, workers): {:?}; {} workers",
+        pool.mpi_ranks(),
+        pool.processes()
+    );
     let out = pool.map(whereabouts, 0..10_000u64)?;
     assert!(out.iter().enumerate().all(|(i, r)| r.0 == (i * i) as u64));
     let mut ranks: Vec<u32> = out.iter().map(|r| r.1).collect();
@@ -25,7 +33,10 @@ fn main() -> multiproc::Result<()> {
     // A task that aborts takes down its worker only.
     let lost = pool.apply(|()| -> () { std::process::abort() }, ());
     println!("a task that aborts: {}", lost.unwrap_err());
-    println!("and the pool goes on: 7 * 7 = {}", pool.apply(|x: u64| x * x, 7)?);
+    println!(
+        "and the pool goes on: 7 * 7 = {}",
+        pool.apply(|x: u64| x * x, 7)?
+    );
     pool.close();
     pool.join()
 }

@@ -1,1 +1,315 @@
+//! The MPI pool under a real `mpirun` (feature `mpi`).
+//!
+//! Each test starts `mpirun -n 3` on this test binary, running one `#[ignore]`d `inner_*`
+//! test: rank 0 runs it, ranks 1 and 2 become node agents before `main`. The outer test
+//! checks the job's exit status and what rank 0 printed, with a bounded wait.
 
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::{ErrorKind, Pool};
+
+const APT: &str = "apt-get install -y libopenmpi-dev openmpi-bin libclang-dev pkg-config";
+
+/// Output and exit status of one `mpirun` job.
+struct Job {
+    ok: bool,
+    code: Option<i32>,
+    out: String,
+    err: String,
+    took: Duration,
+}
+
+/// Runs `mpirun <flags> -n 3 <this binary> --exact <inner> --ignored`, killing it after
+/// `limit`. Extra MPMD parts (`: -n 1 other`) go in `tail`.
+fn mpirun(inner: &str, head: &[&str], ranks: u32, tail: &[&str], limit: Duration) -> Job {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new("mpirun");
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_mpi_yield_when_idle", "1")
+        .args(["--oversubscribe", "--bind-to", "none"])
+        .args(head)
+        .args(["-n", &ranks.to_string()])
+        .arg(&exe)
+        .args([
+            "--exact",
+            inner,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .args(tail)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "the `mpi` feature is on but `mpirun` could not be started ({e}); install MPI: {APT}"
+        ),
+    };
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let s = child.wait().unwrap();
+            let (out, err) = (t1.join().unwrap(), t2.join().unwrap());
+            panic!("mpirun did not finish within {limit:?} (status {s}).\nstdout:\n{out}\nstderr:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    Job {
+        ok: status.success(),
+        code: status.code(),
+        out: t1.join().unwrap(),
+        err: t2.join().unwrap(),
+        took,
+    }
+}
+
+fn under_mpirun() -> bool {
+    multiproc::mpi::size().unwrap_or(1) > 1
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn my_rank(_: u32) -> u32 {
+    multiproc::mpi::rank().unwrap_or(0)
+}
+
+fn limit() -> Duration {
+    Duration::from_secs(90)
+}
+
+// ---------------------------------------------------------------------------------------
+// Map correctness at scale, imap, imap_unordered, apply_async, chunking.
+
+#[test]
+#[ignore]
+fn inner_map() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder().mpi().processes(1).build().unwrap();
+    assert_eq!(pool.mpi_ranks(), vec![(1, 1), (2, 1)]);
+    assert_eq!(pool.processes(), 2);
+    let n = 200_000u64;
+    let out = pool.map(square, 0..n).unwrap();
+    assert!(out
+        .iter()
+        .enumerate()
+        .all(|(i, v)| *v == (i as u64) * (i as u64)));
+    assert_eq!(
+        pool.map_chunked(square, 0..500u64, 1).unwrap(),
+        (0..500u64).map(square).collect::<Vec<_>>()
+    );
+    let im: Vec<u64> = pool.imap(square, 0..1000u64).map(|r| r.unwrap()).collect();
+    assert_eq!(im, (0..1000u64).map(square).collect::<Vec<_>>());
+    let mut un: Vec<u64> = pool
+        .imap_unordered(square, 0..1000u64)
+        .map(|r| r.unwrap())
+        .collect();
+    un.sort_unstable();
+    assert_eq!(un, (0..1000u64).map(square).collect::<Vec<_>>());
+    let rs: Vec<_> = (0..100u64).map(|i| pool.apply_async(square, i)).collect();
+    let sum: u64 = rs.into_iter().map(|r| r.get().unwrap()).sum();
+    assert_eq!(sum, (0..100u64).map(square).sum());
+    // Tasks really ran on the agent ranks, both of them.
+    let mut ranks = pool.map_chunked(my_rank, 0..400u32, 1).unwrap();
+    ranks.sort_unstable();
+    ranks.dedup();
+    assert_eq!(ranks, vec![1, 2]);
+    pool.close();
+    pool.join().unwrap();
+    println!("INNER_MAP_OK");
+}
+
+#[test]
+fn map_across_ranks() {
+    let j = mpirun("inner_map", &[], 3, &[], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_MAP_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A crashing task fails alone; a task over its timeout fails with Timeout.
+
+fn crash_on_7(x: u32) -> u32 {
+    if x == 7 {
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+#[ignore]
+fn inner_faults() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder()
+        .mpi()
+        .processes(1)
+        .task_timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let rs: Vec<_> = (0..20u32)
+        .map(|i| pool.apply_async(crash_on_7, i))
+        .collect();
+    for (i, r) in rs.into_iter().enumerate() {
+        match r.get() {
+            Ok(v) => assert_eq!(v as usize, i),
+            Err(e) => {
+                assert_eq!(i, 7, "{e}");
+                assert_eq!(e.kind(), ErrorKind::WorkerLost, "{e}");
+                assert!(e.to_string().contains("SIGABRT"), "{e}");
+            }
+        }
+    }
+    let slow = pool.apply_async(|s: u64| std::thread::sleep(Duration::from_secs(s)), 30);
+    let e = slow.get().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    // The job goes on, on both ranks, with replaced workers.
+    assert_eq!(pool.map(square, 0..1000u64).unwrap().len(), 1000);
+    let mut ranks = pool.map_chunked(my_rank, 0..200u32, 1).unwrap();
+    ranks.sort_unstable();
+    ranks.dedup();
+    assert_eq!(ranks, vec![1, 2]);
+    pool.close();
+    pool.join().unwrap();
+    println!("INNER_FAULTS_OK");
+}
+
+#[test]
+fn crashing_task_and_timeout() {
+    let j = mpirun("inner_faults", &[], 3, &[], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_FAULTS_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// An agent rank killed outright: Open MPI aborts the whole job (measured, bounded).
+
+fn kill_rank_2(x: u32) -> u32 {
+    if multiproc::mpi::rank() == Some(2) {
+        if let Ok(pid) = std::env::var("MULTIPROC_MPI_AGENT_PID") {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    }
+    x
+}
+
+#[test]
+#[ignore]
+fn inner_killed_rank() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder()
+        .mpi()
+        .processes(1)
+        .mpi_rank_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    println!("INNER_KILLED_STARTED");
+    let r = pool.map_chunked(kill_rank_2, 0..50u32, 1);
+    // Under Open MPI this line is normally never reached: the launcher kills rank 0 too.
+    println!("INNER_KILLED_SURVIVED {:?}", r.map(|v| v.len()));
+}
+
+#[test]
+fn killed_rank_ends_the_job_without_hanging() {
+    let j = mpirun("inner_killed_rank", &[], 3, &[], limit());
+    assert!(
+        j.out.contains("INNER_KILLED_STARTED"),
+        "stdout:\n{}\nstderr:\n{}",
+        j.out,
+        j.err
+    );
+    if !j.out.contains("INNER_KILLED_SURVIVED") {
+        // Open MPI: the job is aborted, and says which rank died.
+        assert!(!j.ok, "stdout:\n{}\nstderr:\n{}", j.out, j.err);
+        assert!(
+            j.err.contains("signal 9") || j.err.contains("Killed"),
+            "{}",
+            j.err
+        );
+    }
+    println!("killed-rank job ended after {:?} with {:?}", j.took, j.code);
+}
+
+// ---------------------------------------------------------------------------------------
+// A rank running another binary is refused.
+
+#[test]
+#[ignore]
+fn inner_mismatch() {
+    if !under_mpirun() {
+        return;
+    }
+    let e = Pool::builder().mpi().processes(1).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ExecutableMismatch, "{e}");
+    assert!(e.to_string().contains("rank 2"), "{e}");
+    assert!(e.to_string().contains("different binary"), "{e}");
+    println!("INNER_MISMATCH_OK: {e}");
+}
+
+#[test]
+fn mismatched_binary_is_refused() {
+    // Another program built with the feature: the example.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(&cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--features",
+            "mpi",
+            "--example",
+            "mpi_map",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/mpi_map; the debug build above.
+    let target = exe.parent().unwrap().parent().unwrap().parent().unwrap();
+    let other = target.join("debug/examples/mpi_map");
+    let other = other.to_str().unwrap();
+    let j = mpirun("inner_mismatch", &[], 2, &[":", "-n", "1", other], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_MISMATCH_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+}

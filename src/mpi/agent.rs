@@ -91,8 +91,13 @@ fn serve() -> ! {
     // Sound: no other thread exists before `main`.
     std::env::set_var("MULTIPROC_MPI_AGENT_PID", std::process::id().to_string());
     let hello = Hello {
-        fingerprint: crate::spawn::fingerprint().map(|f| f.to_vec()).unwrap_or_default(),
-        host: rustix::system::uname().nodename().to_string_lossy().into_owned(),
+        fingerprint: crate::spawn::fingerprint()
+            .map(|f| f.to_vec())
+            .unwrap_or_default(),
+        host: rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
         pid: std::process::id(),
         default_workers: default_workers(),
     };
@@ -129,13 +134,24 @@ fn serve() -> ! {
     finish(universe, world, workers)
 }
 
-fn refuse_and_exit(universe: mpi::environment::Universe, world: SimpleCommunicator, why: &str) -> ! {
-    eprintln!("multiproc: MPI rank {} refused by rank 0: {why}", world.rank());
+fn refuse_and_exit(
+    universe: mpi::environment::Universe,
+    world: SimpleCommunicator,
+    why: &str,
+) -> ! {
+    eprintln!(
+        "multiproc: MPI rank {} refused by rank 0: {why}",
+        world.rank()
+    );
     finish(universe, world, HashMap::new())
 }
 
 /// Kills what is left, finalizes MPI and exits 0 (a non-zero exit would abort the job).
-fn finish(universe: mpi::environment::Universe, world: SimpleCommunicator, workers: HashMap<u64, Local>) -> ! {
+fn finish(
+    universe: mpi::environment::Universe,
+    world: SimpleCommunicator,
+    workers: HashMap<u64, Local>,
+) -> ! {
     for w in workers.values() {
         let _ = w.process.kill();
     }
@@ -164,20 +180,36 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
         let mut busy = false;
         // 1. Rank 0's messages.
         for _ in 0..256 {
-            let Some((src, m)) = try_recv(world) else { break };
+            let Some((src, m)) = try_recv(world) else {
+                break;
+            };
             busy = true;
             if src != 0 {
                 continue;
             }
-            let Ok((kind, id, body)) = wire::parse(&m) else { continue };
+            let Ok((kind, id, body)) = wire::parse(&m) else {
+                continue;
+            };
             match kind {
-                wire::SPAWN => match wire::body::<SpawnSpec>(body, "SPAWN").and_then(|s| crate::pool::start_worker_process(&s)) {
+                wire::SPAWN => match wire::body::<SpawnSpec>(body, "SPAWN")
+                    .and_then(|s| crate::pool::start_worker_process(&s))
+                {
                     Ok((fd, process)) => {
                         let pid = process.pid();
-                        workers.insert(id, Local { relay: Relay::new(fd), process, exited: None });
+                        workers.insert(
+                            id,
+                            Local {
+                                relay: Relay::new(fd),
+                                process,
+                                exited: None,
+                            },
+                        );
                         send(world, &wire::msg(wire::SPAWNED, id, &pid.to_le_bytes()));
                     }
-                    Err(e) => send(world, &wire::msg(wire::SPAWN_FAILED, id, e.to_string().as_bytes())),
+                    Err(e) => send(
+                        world,
+                        &wire::msg(wire::SPAWN_FAILED, id, e.to_string().as_bytes()),
+                    ),
                 },
                 wire::DATA => {
                     if let Some(w) = workers.get_mut(&id) {
@@ -253,7 +285,10 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                 .values()
                 .flat_map(|w| {
                     let (fd, _) = w.process.wait_handle();
-                    [(w.relay.fd.as_fd(), w.relay.events()), (fd, sys::socket::Events::IN)]
+                    [
+                        (w.relay.fd.as_fd(), w.relay.events()),
+                        (fd, sys::socket::Events::IN),
+                    ]
                 })
                 .collect();
             let _ = wire::idle_wait(&mut idle, &set);

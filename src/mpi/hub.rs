@@ -34,6 +34,9 @@ pub(crate) struct RankInfo {
     pub(crate) default_workers: u32,
 }
 
+/// The agents after the handshake, or why the job was refused.
+pub(crate) type Ranks = std::result::Result<Vec<RankInfo>, (ErrorKind, String)>;
+
 /// What the pool asks of the hub.
 enum Cmd {
     Spawn {
@@ -53,7 +56,7 @@ pub(crate) struct Hub {
     /// Written (one byte) after a command is queued; the hub polls the read end.
     wake_tx: RegisteredFd,
     /// The agents, once the handshake is done; or why the job was refused.
-    pub(crate) ranks: std::result::Result<Vec<RankInfo>, (ErrorKind, String)>,
+    pub(crate) ranks: Ranks,
     /// Ranks declared lost (they stopped answering): nobody talks to them again.
     lost: Mutex<Vec<i32>>,
     /// The hub thread has finalized MPI (or given up) and exited.
@@ -84,7 +87,8 @@ pub(crate) struct RemoteState {
 
 impl RemoteState {
     pub(crate) fn new(rank: i32) -> Result<Arc<RemoteState>> {
-        let (rx, tx) = fdreg::socketpair().map_err(|e| Error::io(e).context("creating a remote worker's death socket"))?;
+        let (rx, tx) = fdreg::socketpair()
+            .map_err(|e| Error::io(e).context("creating a remote worker's death socket"))?;
         Ok(Arc::new(RemoteState {
             rank,
             pid: AtomicU32::new(0),
@@ -119,11 +123,22 @@ impl RemoteState {
 
     /// Waits until the agent says the worker started (or could not), at most until `deadline`.
     pub(crate) fn wait_started(&self, deadline: Instant) -> Result<()> {
-        let (s, _) = wait_until(&self.started_cv, lock(&self.started), Some(deadline), |s| s.is_some());
+        let (s, _) = wait_until(&self.started_cv, lock(&self.started), Some(deadline), |s| {
+            s.is_some()
+        });
         match &*s {
             Some(Ok(())) => Ok(()),
-            Some(Err(m)) => Err(Error::msg(ErrorKind::Io, format!("starting a pool worker on MPI rank {}: {m}", self.rank))),
-            None => Err(Error::msg(ErrorKind::Timeout, format!("MPI rank {} did not start a pool worker within 60 s", self.rank))),
+            Some(Err(m)) => Err(Error::msg(
+                ErrorKind::Io,
+                format!("starting a pool worker on MPI rank {}: {m}", self.rank),
+            )),
+            None => Err(Error::msg(
+                ErrorKind::Timeout,
+                format!(
+                    "MPI rank {} did not start a pool worker within 60 s",
+                    self.rank
+                ),
+            )),
         }
     }
 
@@ -156,7 +171,8 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
     }
     let key = crate::task::key();
     let fingerprint = crate::spawn::fingerprint()?.to_vec();
-    let (wake_rx, wake_tx) = fdreg::pipe().map_err(|e| Error::io(e).context("creating the MPI hub's wake-up pipe"))?;
+    let (wake_rx, wake_tx) =
+        fdreg::pipe().map_err(|e| Error::io(e).context("creating the MPI hub's wake-up pipe"))?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("multiproc-mpi".into())
@@ -174,7 +190,9 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
         done_cv: Condvar::new(),
     });
     let _ = HUB.set(h);
-    let h = HUB.get().ok_or_else(|| Error::msg(ErrorKind::Io, "the MPI hub vanished"))?;
+    let h = HUB
+        .get()
+        .ok_or_else(|| Error::msg(ErrorKind::Io, "the MPI hub vanished"))?;
     // Finalize MPI at exit, so `mpirun` sees a clean end.
     sys::process::at_exit(stop_at_exit);
     // Hand the hub to its thread (it waited for it before its main loop).
@@ -189,7 +207,12 @@ static HUB_READY: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 extern "C" fn stop_at_exit() {
     if let Some(h) = HUB.get() {
         h.command(Cmd::Shutdown);
-        let _ = wait_until(&h.done_cv, lock(&h.done), Some(Instant::now() + Duration::from_secs(10)), |d| *d);
+        let _ = wait_until(
+            &h.done_cv,
+            lock(&h.done),
+            Some(Instant::now() + Duration::from_secs(10)),
+            |d| *d,
+        );
     }
 }
 
@@ -200,8 +223,21 @@ impl Hub {
     }
 
     /// Starts worker `id` on `rank`; `fd` is the worker's end of its channel.
-    pub(crate) fn spawn(&self, id: u64, rank: i32, spec: SpawnSpec, fd: RegisteredFd, state: Arc<RemoteState>) {
-        self.command(Cmd::Spawn { id, rank, spec, fd, state });
+    pub(crate) fn spawn(
+        &self,
+        id: u64,
+        rank: i32,
+        spec: SpawnSpec,
+        fd: RegisteredFd,
+        state: Arc<RemoteState>,
+    ) {
+        self.command(Cmd::Spawn {
+            id,
+            rank,
+            spec,
+            fd,
+            state,
+        });
     }
 
     /// SIGKILLs worker `id` (through its agent).
@@ -221,7 +257,7 @@ fn run(
     fingerprint: Vec<u8>,
     rank_timeout: Duration,
     wake_rx: RegisteredFd,
-    report: std::sync::mpsc::SyncSender<std::result::Result<Vec<RankInfo>, (ErrorKind, String)>>,
+    report: std::sync::mpsc::SyncSender<Ranks>,
 ) {
     let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
         let _ = report.send(Err((ErrorKind::Io, "MPI was already initialised in this process (multiproc's MPI thread must be the one that initialises it)".into())));
@@ -232,7 +268,12 @@ fn run(
     let ok = ranks.is_ok();
     let _ = report.send(ranks.clone());
     // Wait until `hub` has stored the hub.
-    let (g, _) = wait_until(&HUB_READY.1, lock(&HUB_READY.0), Some(Instant::now() + Duration::from_secs(10)), |r| *r);
+    let (g, _) = wait_until(
+        &HUB_READY.1,
+        lock(&HUB_READY.0),
+        Some(Instant::now() + Duration::from_secs(10)),
+        |r| *r,
+    );
     drop(g);
     let Some(hub) = HUB.get() else { return };
     if ok {
@@ -243,7 +284,10 @@ fn run(
             if lock(&hub.cmds).iter().any(|c| matches!(c, Cmd::Shutdown)) {
                 break;
             }
-            let _ = sys::socket::poll_each(&[(wake_rx.as_fd(), sys::socket::Events::IN)], Some(Instant::now() + Duration::from_millis(100)));
+            let _ = sys::socket::poll_each(
+                &[(wake_rx.as_fd(), sys::socket::Events::IN)],
+                Some(Instant::now() + Duration::from_millis(100)),
+            );
             let mut b = [0u8; 64];
             let _ = rustix::io::read(wake_rx.as_fd(), &mut b);
         }
@@ -254,7 +298,9 @@ fn run(
     } else {
         // MPI_Finalize waits for every rank, and a lost one never comes: leave without it
         // (the launcher then reports the job as failed, which it is).
-        eprintln!("multiproc: MPI rank(s) {lost:?} stopped answering; leaving without MPI_Finalize");
+        eprintln!(
+            "multiproc: MPI rank(s) {lost:?} stopped answering; leaving without MPI_Finalize"
+        );
         std::mem::forget(world);
         std::mem::forget(universe);
     }
@@ -275,11 +321,7 @@ fn send(world: &SimpleCommunicator, rank: i32, m: &[u8]) {
 
 /// Collects every agent's `HELLO` and answers `WELCOME` (or `REFUSE` to all when a rank runs
 /// another binary or never reports). Returns the agents, and the ranks that never reported.
-fn handshake(
-    world: &SimpleCommunicator,
-    key: [u64; 2],
-    fingerprint: &[u8],
-) -> (std::result::Result<Vec<RankInfo>, (ErrorKind, String)>, Vec<i32>) {
+fn handshake(world: &SimpleCommunicator, key: [u64; 2], fingerprint: &[u8]) -> (Ranks, Vec<i32>) {
     let size = world.size();
     let deadline = Instant::now() + HELLO_TIMEOUT;
     let mut seen: HashMap<i32, Hello> = HashMap::new();
@@ -290,7 +332,14 @@ fn handshake(
             continue;
         };
         let parsed = wire::parse(&m).and_then(|(k, _, b)| {
-            if k == wire::HELLO { wire::body::<Hello>(b, "HELLO") } else { Err(Error::msg(ErrorKind::Protocol, format!("message kind {k} before HELLO"))) }
+            if k == wire::HELLO {
+                wire::body::<Hello>(b, "HELLO")
+            } else {
+                Err(Error::msg(
+                    ErrorKind::Protocol,
+                    format!("message kind {k} before HELLO"),
+                ))
+            }
         });
         match parsed {
             Ok(h) => {
@@ -318,16 +367,29 @@ fn handshake(
         for r in seen.keys() {
             send(world, *r, &wire::msg(wire::REFUSE, 0, text.as_bytes()));
         }
-        let kind = if seen.values().any(|h| h.fingerprint != fingerprint) { ErrorKind::ExecutableMismatch } else { ErrorKind::Protocol };
+        let kind = if seen.values().any(|h| h.fingerprint != fingerprint) {
+            ErrorKind::ExecutableMismatch
+        } else {
+            ErrorKind::Protocol
+        };
         return (Err((kind, text)), missing);
     }
     let mut ranks: Vec<RankInfo> = seen
         .into_iter()
-        .map(|(rank, h)| RankInfo { rank, host: h.host, pid: h.pid, default_workers: h.default_workers.max(1) })
+        .map(|(rank, h)| RankInfo {
+            rank,
+            host: h.host,
+            pid: h.pid,
+            default_workers: h.default_workers.max(1),
+        })
         .collect();
     ranks.sort_by_key(|r| r.rank);
     for r in &ranks {
-        send(world, r.rank, &wire::msg_with(wire::WELCOME, 0, &Welcome { key }));
+        send(
+            world,
+            r.rank,
+            &wire::msg_with(wire::WELCOME, 0, &Welcome { key }),
+        );
     }
     (Ok(ranks), missing)
 }
@@ -364,13 +426,27 @@ fn relay_loop(
         for c in cmds {
             busy = true;
             match c {
-                Cmd::Spawn { id, rank, spec, fd, state } => {
+                Cmd::Spawn {
+                    id,
+                    rank,
+                    spec,
+                    fd,
+                    state,
+                } => {
                     if lost.contains(&rank) {
                         state.finish(None);
                         continue;
                     }
                     send(world, rank, &wire::msg_with(wire::SPAWN, id, &spec));
-                    workers.insert(id, Remote { rank, relay: Relay::new(fd), state, died: None });
+                    workers.insert(
+                        id,
+                        Remote {
+                            rank,
+                            relay: Relay::new(fd),
+                            state,
+                            died: None,
+                        },
+                    );
                 }
                 Cmd::Kill(id) => {
                     if let Some(w) = workers.get(&id) {
@@ -392,14 +468,22 @@ fn relay_loop(
         }
         // 2. Messages from the agents.
         for _ in 0..256 {
-            let Some((src, m)) = try_recv(world) else { break };
+            let Some((src, m)) = try_recv(world) else {
+                break;
+            };
             busy = true;
             if lost.contains(&src) {
                 continue;
             }
             heard.insert(src, Instant::now());
             if let Err(e) = on_message(src, &m, &mut workers) {
-                lose(src, &format!("it sent a malformed message ({e})"), hub, lost, &mut workers);
+                lose(
+                    src,
+                    &format!("it sent a malformed message ({e})"),
+                    hub,
+                    lost,
+                    &mut workers,
+                );
             }
         }
         // 3. Worker sockets: what the pool wrote goes to the agent.
@@ -450,8 +534,17 @@ fn relay_loop(
                 if lost.contains(r) {
                     continue;
                 }
-                if heard.get(r).is_some_and(|t| now.duration_since(*t) > rank_timeout) {
-                    lose(*r, &format!("it sent nothing for {rank_timeout:?}"), hub, lost, &mut workers);
+                if heard
+                    .get(r)
+                    .is_some_and(|t| now.duration_since(*t) > rank_timeout)
+                {
+                    lose(
+                        *r,
+                        &format!("it sent nothing for {rank_timeout:?}"),
+                        hub,
+                        lost,
+                        &mut workers,
+                    );
                 } else {
                     send(world, *r, &wire::msg(wire::BEAT_MSG, 0, &[]));
                 }
@@ -460,7 +553,8 @@ fn relay_loop(
         if busy {
             idle = 0;
         } else {
-            let mut set: Vec<(BorrowedFd<'_>, sys::socket::Events)> = vec![(wake_rx.as_fd(), sys::socket::Events::IN)];
+            let mut set: Vec<(BorrowedFd<'_>, sys::socket::Events)> =
+                vec![(wake_rx.as_fd(), sys::socket::Events::IN)];
             for w in workers.values() {
                 if w.died.is_none() {
                     set.push((w.relay.fd.as_fd(), w.relay.events()));
@@ -474,7 +568,15 @@ fn relay_loop(
 /// Declares `rank` lost: its workers end with an unknown exit code (the pool re-queues their
 /// tasks), and nothing is sent to it again.
 fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut HashMap<u64, Remote>) {
-    eprintln!("multiproc: MPI rank {rank} is lost: {why}; its tasks go to the other ranks");
+    let at = match &hub.ranks {
+        Ok(r) => r
+            .iter()
+            .find(|i| i.rank == rank)
+            .map(|i| format!(" (host {}, pid {})", i.host, i.pid))
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    eprintln!("multiproc: MPI rank {rank}{at} is lost: {why}; its tasks go to the other ranks");
     lost.push(rank);
     lock(&hub.lost).push(rank);
     workers.retain(|_, w| {
@@ -499,15 +601,20 @@ fn on_message(src: i32, m: &[u8], workers: &mut HashMap<u64, Remote>) -> Result<
             }
         }
         wire::SPAWNED => {
-            let pid: [u8; 4] = body.try_into().map_err(|_| Error::msg(ErrorKind::Protocol, "SPAWNED without a pid"))?;
+            let pid: [u8; 4] = body
+                .try_into()
+                .map_err(|_| Error::msg(ErrorKind::Protocol, "SPAWNED without a pid"))?;
             if let Some(w) = w {
-                w.state.pid.store(u32::from_le_bytes(pid), Ordering::Release);
+                w.state
+                    .pid
+                    .store(u32::from_le_bytes(pid), Ordering::Release);
                 w.state.set_started(Ok(()));
             }
         }
         wire::SPAWN_FAILED => {
             if let Some(w) = w {
-                w.state.set_started(Err(String::from_utf8_lossy(body).into_owned()));
+                w.state
+                    .set_started(Err(String::from_utf8_lossy(body).into_owned()));
                 w.died = Some(None);
             }
         }
@@ -517,7 +624,12 @@ fn on_message(src: i32, m: &[u8], workers: &mut HashMap<u64, Remote>) -> Result<
                 w.died = Some(d.code);
             }
         }
-        k => return Err(Error::msg(ErrorKind::Protocol, format!("unknown message kind {k}"))),
+        k => {
+            return Err(Error::msg(
+                ErrorKind::Protocol,
+                format!("unknown message kind {k}"),
+            ))
+        }
     }
     Ok(())
 }

@@ -54,16 +54,35 @@ impl Cluster {
             return Ok(None);
         }
         let hub = hub::hub(rank_timeout)?;
-        let ranks = hub.ranks.as_ref().map_err(|(k, m)| Error::msg(*k, m.clone()))?;
+        let ranks = hub
+            .ranks
+            .as_ref()
+            .map_err(|(k, m)| Error::msg(*k, m.clone()))?;
         let slots = ranks
             .iter()
             .filter(|r| !hub.is_lost(r.rank))
-            .map(|r| (r.rank, if per_rank == 0 { r.default_workers as usize } else { per_rank }))
+            .map(|r| {
+                (
+                    r.rank,
+                    if per_rank == 0 {
+                        r.default_workers as usize
+                    } else {
+                        per_rank
+                    },
+                )
+            })
             .collect::<Vec<_>>();
         if slots.is_empty() {
-            return Err(Error::msg(ErrorKind::WorkerLost, "every agent rank of the MPI job is lost"));
+            return Err(Error::msg(
+                ErrorKind::WorkerLost,
+                "every agent rank of the MPI job is lost",
+            ));
         }
-        Ok(Some(Cluster { hub, slots, placed: Mutex::new(Vec::new()) }))
+        Ok(Some(Cluster {
+            hub,
+            slots,
+            placed: Mutex::new(Vec::new()),
+        }))
     }
 
     /// Workers over all ranks.
@@ -90,13 +109,20 @@ impl Cluster {
                 .map(|(r, _)| *r)
         };
         let Some(rank) = rank else {
-            return Err(Error::msg(ErrorKind::WorkerLost, "every agent rank of the MPI job is lost; no worker can be started"));
+            return Err(Error::msg(
+                ErrorKind::WorkerLost,
+                "every agent rank of the MPI job is lost; no worker can be started",
+            ));
         };
         let state = hub::RemoteState::new(rank)?;
         lock(&self.placed).push(state.clone());
         self.hub.spawn(id, rank, spec, fd, state.clone());
         state.wait_started(Instant::now() + Duration::from_secs(60))?;
-        Ok(Remote { id, hub: self.hub, state })
+        Ok(Remote {
+            id,
+            hub: self.hub,
+            state,
+        })
     }
 }
 

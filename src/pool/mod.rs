@@ -399,7 +399,11 @@ impl Pool {
     /// for a local pool (feature `mpi`).
     #[cfg(feature = "mpi")]
     pub fn mpi_ranks(&self) -> Vec<(u32, usize)> {
-        self.shared.cfg.cluster.as_ref().map_or_else(Vec::new, |c| c.ranks())
+        self.shared
+            .cfg
+            .cluster
+            .as_ref()
+            .map_or_else(Vec::new, |c| c.ranks())
     }
 
     /// The start method of the workers.
