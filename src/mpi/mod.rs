@@ -1,7 +1,86 @@
 //! The scale-out backend: one [`Pool`](crate::Pool) whose workers span every rank of an MPI
 //! job (feature `mpi`).
 //!
-//! Placeholder docs: see the section below.
+//! Keep the pool code, add [`PoolBuilder::mpi`](crate::PoolBuilder::mpi), and launch the
+//! program with the cluster's own launcher:
+//!
+//! ```text
+//! apt-get install -y libopenmpi-dev openmpi-bin libclang-dev pkg-config   # Debian/Ubuntu
+//! cargo build --release --features mpi
+//! mpirun -n 3 target/release/app          # as root: add --allow-run-as-root;
+//!                                         # more ranks than cores: --oversubscribe --bind-to none
+//! ```
+//!
+//! ```no_run
+//! use multiproc::Pool;
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! let pool = Pool::builder().mpi().build()?;      // workers on ranks 1..N
+//! let v = pool.map(square, 0..1_000_000u64)?;     // the local pool's API, unchanged
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! # What runs where
+//!
+//! * **Rank 0** runs `main`. Its first MPI pool starts one thread, `multiproc-mpi`, the only
+//!   thread that calls MPI (it initialises MPI with `MPI_THREAD_FUNNELED`, and finalizes it
+//!   at exit). That thread checks every rank's build-id (a rank running another executable
+//!   is refused: [`ErrorKind::ExecutableMismatch`],
+//!   naming the rank, its host and both build-ids), and hands every rank the entry key.
+//! * **Every other rank never runs `main`.** The constructor that multiproc runs before
+//!   `main` reads the rank from the launcher's environment (`OMPI_COMM_WORLD_RANK`,
+//!   `PMI_RANK`, `PMIX_RANK`) and turns the process into a *node agent*: it starts ordinary
+//!   local pool worker processes when rank 0 asks ([`PoolBuilder::processes`](crate::PoolBuilder::processes)
+//!   per rank; 0, the default, is the host's cores divided among the ranks on that host), and
+//!   relays each worker's channel to rank 0, byte for byte, over MPI.
+//! * **The pool** on rank 0 is the local pool: the same dispatch, windows, chunking, result
+//!   routing, `task_timeout`, crash handling and replacement; a remote worker is a channel
+//!   whose other end is the MPI thread instead of a process. `map`, `imap`,
+//!   `imap_unordered`, `apply_async`, `AsCompleted` and the rest behave as in the local pool.
+//!
+//! # What a failure does
+//!
+//! * A task that panics fails alone with `Panicked`, as locally.
+//! * A task that segfaults, aborts, calls `exit` or is OOM-killed kills one local worker on
+//!   its host. The agent reports the exit code; that task alone fails with `WorkerLost`, a
+//!   replacement starts on the same rank, and the job goes on (plain MPI would abort the
+//!   whole job). A task over `task_timeout` fails with `Timeout` and its worker is replaced.
+//! * A rank that **dies** (its agent is killed): Debian's Open MPI 4.1 aborts the whole job,
+//!   rank 0 included, within about a second; `mpirun` exits non-zero and names the rank and
+//!   the signal. Nothing hangs, but nothing survives either: Open MPI has no fault tolerance
+//!   here (measured by `tests/mpi.rs`, `killed_rank_ends_the_job_without_hanging`).
+//! * A rank that **stops answering** without dying: every agent sends a heartbeat every
+//!   100 ms, and rank 0 declares a rank silent for
+//!   [`mpi_rank_timeout`](crate::PoolBuilder::mpi_rank_timeout) (default 10 s) lost: its
+//!   workers count as dead with an unknown exit code, so their unanswered tasks are re-queued
+//!   to the other ranks (at least once, as in the local pool), and rank 0 then leaves without
+//!   `MPI_Finalize` (which would wait for the lost rank). Limit: MPI sends block, and a send
+//!   to a frozen process over shared memory can block the MPI thread once that process's
+//!   buffers are full, before the timeout fires; a frozen host is therefore not yet reliably
+//!   survived.
+//!
+//! # How the MPI pool differs from the local pool
+//!
+//! * Arguments and results that hold descriptors ([`Connection`](crate::Connection),
+//!   [`Queue`](crate::Queue)) cannot cross hosts: an initializer with such arguments is refused
+//!   with `Unsupported`; do not pass them to tasks of an MPI pool.
+//! * [`Pool::pids`](crate::Pool::pids) gives each worker's pid *on its own host*.
+//! * [`Pool::mpi_ranks`](crate::Pool::mpi_ranks) lists the ranks and their worker counts;
+//!   [`Pool::processes`](crate::Pool::processes) is their sum.
+//! * Latency: an idle MPI thread polls MPI with a back-off (MPI gives no descriptor to wait
+//!   on), so a lone round trip costs tens of microseconds more than locally.
+//! * Outside an MPI job (no launcher variables, or a job of one rank) `.mpi()` builds an
+//!   ordinary local pool, so the same program runs on a laptop unchanged.
+//! * The entry key crosses the interconnect in clear (as every MPI message does): run jobs on
+//!   a trusted network, as MPI itself requires.
+//! * Join or drop the pool before `main` returns: rank 0 finalizes MPI at exit, and that ends
+//!   the agents.
+//!
+//! Under Slurm: `srun --mpi=pmix ./app` sets `PMIX_RANK`, which the agent reads; not tested
+//! here. With MPICH, the binary must be built against MPICH (a binary built against Open MPI
+//! and launched by MPICH's `mpiexec` sees a job of size 1 everywhere, so it runs as a local
+//! pool on each rank).
 
 mod agent;
 mod hub;
