@@ -41,6 +41,9 @@ fn mpirun(inner: &str, head: &[&str], ranks: u32, tail: &[&str], limit: Duration
             "--test-threads=1",
         ])
         .args(tail)
+        // mpirun forwards its stdin to rank 0; with an inherited one (a terminal, a pipe) a
+        // rank stopped by SIGSTOP was seen to stall the whole job.
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
@@ -214,6 +217,60 @@ fn crashing_task_and_timeout() {
         j.out,
         j.err
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// An agent rank that stops answering (SIGSTOP) is declared lost; its tasks run elsewhere.
+
+/// Freezes its own agent when it runs on rank 2, then answers.
+fn freeze_rank_2(x: u32) -> u32 {
+    if multiproc::mpi::rank() == Some(2) {
+        if let Ok(pid) = std::env::var("MULTIPROC_MPI_AGENT_PID") {
+            let _ = Command::new("kill").args(["-STOP", &pid]).status();
+        }
+    }
+    x
+}
+
+#[test]
+#[ignore]
+fn inner_frozen_rank() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder()
+        .mpi()
+        .processes(1)
+        .mpi_rank_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    // Every task answers: the ones that rank 2 held when it froze run again on rank 1.
+    let out = pool.map_chunked(freeze_rank_2, 0..50u32, 1).unwrap();
+    assert_eq!(out, (0..50u32).collect::<Vec<_>>());
+    println!("FROZEN_MAP_OK after {:?}", start.elapsed());
+    // Only rank 1 serves now, with the lost rank's share of workers.
+    let ranks = pool.map_chunked(my_rank, 0..50u32, 1).unwrap();
+    assert!(ranks.iter().all(|r| *r == 1), "{ranks:?}");
+    println!("INNER_FROZEN_OK");
+    pool.terminate();
+}
+
+#[test]
+fn frozen_rank_is_lost_and_its_tasks_rerun() {
+    let j = mpirun("inner_frozen_rank", &[], 3, &[], limit());
+    // Rank 0 finished its work; MPI_Finalize cannot include the frozen rank, so the launcher
+    // reports the job as failed, within a bounded time.
+    assert!(
+        j.out.contains("INNER_FROZEN_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+    assert!(j.err.contains("MPI rank 2"), "{}", j.err);
+    assert!(j.err.contains("is lost"), "{}", j.err);
+    println!("frozen-rank job ended after {:?} with {:?}", j.took, j.code);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -178,6 +178,7 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
     let mut buf = Vec::with_capacity(wire::READ_MAX + 9);
     loop {
         let mut busy = false;
+        let mut taken = 0u64;
         // 1. Rank 0's messages.
         for _ in 0..256 {
             let Some((src, m)) = try_recv(world) else {
@@ -212,6 +213,7 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                     ),
                 },
                 wire::DATA => {
+                    taken += body.len() as u64;
                     if let Some(w) = workers.get_mut(&id) {
                         w.relay.push(body);
                         w.relay.flush();
@@ -232,6 +234,9 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                 _ => {}
             }
         }
+        if taken > 0 {
+            send(world, &wire::msg(wire::CREDIT, 0, &taken.to_le_bytes()));
+        }
         // 2. Workers: their bytes go to rank 0; their exits are reported after them.
         let mut gone = Vec::new();
         for (id, w) in workers.iter_mut() {
@@ -244,7 +249,7 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                 buf.clear();
                 buf.push(wire::DATA);
                 buf.extend_from_slice(&id.to_le_bytes());
-                match w.relay.read_some(&mut buf) {
+                match w.relay.read_some(&mut buf, wire::READ_MAX) {
                     Read::Data(_) => {
                         busy = true;
                         send(world, &buf);

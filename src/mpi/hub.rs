@@ -411,6 +411,8 @@ fn relay_loop(
         Err(_) => return,
     };
     let mut heard: HashMap<i32, Instant> = ranks.iter().map(|r| (*r, Instant::now())).collect();
+    // DATA bytes sent to each rank and not credited back yet.
+    let mut unacked: HashMap<i32, usize> = ranks.iter().map(|r| (*r, 0)).collect();
     let mut workers: HashMap<u64, Remote> = HashMap::new();
     let mut last_beat = Instant::now();
     let mut idle = 0u32;
@@ -476,7 +478,7 @@ fn relay_loop(
                 continue;
             }
             heard.insert(src, Instant::now());
-            if let Err(e) = on_message(src, &m, &mut workers) {
+            if let Err(e) = on_message(src, &m, &mut workers, &mut unacked) {
                 lose(
                     src,
                     &format!("it sent a malformed message ({e})"),
@@ -491,14 +493,19 @@ fn relay_loop(
             if w.died.is_some() {
                 continue;
             }
+            let room = wire::WINDOW.saturating_sub(unacked.get(&w.rank).copied().unwrap_or(0));
+            if room < wire::PIECE {
+                continue;
+            }
             buf.clear();
-            buf.push(wire::DATA);
-            buf.extend_from_slice(&id.to_le_bytes());
-            match w.relay.read_some(&mut buf) {
+            match w.relay.read_some(&mut buf, room) {
                 Read::Nothing => {}
-                Read::Data(_) => {
+                Read::Data(n) => {
                     busy = true;
-                    send(world, w.rank, &buf);
+                    *unacked.entry(w.rank).or_default() += n;
+                    for piece in buf.chunks(wire::PIECE - 9) {
+                        send(world, w.rank, &wire::msg(wire::DATA, *id, piece));
+                    }
                 }
                 Read::End => {
                     if !w.relay.shut_pending {
@@ -590,8 +597,21 @@ fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut Hash
 }
 
 /// One message from agent `src`.
-fn on_message(src: i32, m: &[u8], workers: &mut HashMap<u64, Remote>) -> Result<()> {
+fn on_message(
+    src: i32,
+    m: &[u8],
+    workers: &mut HashMap<u64, Remote>,
+    unacked: &mut HashMap<i32, usize>,
+) -> Result<()> {
     let (kind, id, body) = wire::parse(m)?;
+    if kind == wire::CREDIT {
+        let n: [u8; 8] = body
+            .try_into()
+            .map_err(|_| Error::msg(ErrorKind::Protocol, "CREDIT without a count"))?;
+        let u = unacked.entry(src).or_default();
+        *u = u.saturating_sub(u64::from_le_bytes(n) as usize);
+        return Ok(());
+    }
     let w = workers.get_mut(&id).filter(|w| w.rank == src);
     match kind {
         wire::BEAT_MSG | wire::HELLO => {}

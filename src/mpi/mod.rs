@@ -50,15 +50,19 @@
 //!   rank 0 included, within about a second; `mpirun` exits non-zero and names the rank and
 //!   the signal. Nothing hangs, but nothing survives either: Open MPI has no fault tolerance
 //!   here (measured by `tests/mpi.rs`, `killed_rank_ends_the_job_without_hanging`).
-//! * A rank that **stops answering** without dying: every agent sends a heartbeat every
-//!   100 ms, and rank 0 declares a rank silent for
-//!   [`mpi_rank_timeout`](crate::PoolBuilder::mpi_rank_timeout) (default 10 s) lost: its
-//!   workers count as dead with an unknown exit code, so their unanswered tasks are re-queued
-//!   to the other ranks (at least once, as in the local pool), and rank 0 then leaves without
-//!   `MPI_Finalize` (which would wait for the lost rank). Limit: MPI sends block, and a send
-//!   to a frozen process over shared memory can block the MPI thread once that process's
-//!   buffers are full, before the timeout fires; a frozen host is therefore not yet reliably
-//!   survived.
+//! * A rank that **stops answering** without dying (a frozen host, a stopped agent): every
+//!   agent sends a heartbeat every 100 ms, and rank 0 declares a rank silent for
+//!   [`mpi_rank_timeout`](crate::PoolBuilder::mpi_rank_timeout) (default 10 s) lost. Its
+//!   workers count as lost with their host: every task they had not answered goes back to
+//!   the queue untouched (none is blamed, none fails; at least once, as in the local pool)
+//!   and runs on the other ranks, which also take over the lost rank's share of workers. The
+//!   MPI thread never blocks on a silent rank: every message to an agent is below the
+//!   transports' eager limit and at most 64 KiB are unacknowledged per rank. At exit, rank 0
+//!   leaves without `MPI_Finalize` (which would wait for the lost rank forever), so the
+//!   launcher reports the job as failed once `main` has finished (measured by
+//!   `frozen_rank_is_lost_and_its_tasks_rerun`: the map completes, the job ends within
+//!   seconds). Start `mpirun` with its standard input at `/dev/null` (`< /dev/null`): with
+//!   an inherited terminal or pipe, a stopped rank was seen to stall the whole job.
 //!
 //! # How the MPI pool differs from the local pool
 //!
@@ -227,6 +231,11 @@ impl Remote {
     /// The descriptor that becomes readable when it is gone, and whether it is.
     pub(crate) fn wait_handle(&self) -> (BorrowedFd<'_>, bool) {
         (self.state.dead_rx.as_fd(), self.state.exit().is_some())
+    }
+
+    /// Whether it was lost with its rank (rank 0 declared the rank lost).
+    pub(crate) fn host_lost(&self) -> bool {
+        self.state.exit().is_some() && self.hub.is_lost(self.state.rank)
     }
 
     /// Its Python-style exit code once gone (`None`: unknown, e.g. its rank was lost).

@@ -39,6 +39,17 @@ pub(crate) const EOF: u8 = 10;
 pub(crate) const KILL: u8 = 11;
 /// Hub → agent: kill every worker, finalize MPI and exit.
 pub(crate) const SHUTDOWN: u8 = 12;
+/// Agent → hub: it has taken this many more `DATA` bytes (body: u64), freeing the window.
+pub(crate) const CREDIT: u8 = 13;
+
+/// `DATA` bytes rank 0 may have sent to one rank that the rank has not credited back. With
+/// every message to an agent at most [`PIECE`] bytes, each below the MPI transports' eager
+/// limit (Open MPI: 4 KiB over shared memory, 64 KiB over TCP), a send to an agent that
+/// stopped answering completes locally instead of blocking the MPI thread, so rank 0 can
+/// still declare it lost.
+pub(crate) const WINDOW: usize = 64 * 1024;
+/// The largest message rank 0 sends to an agent (header included).
+pub(crate) const PIECE: usize = 4000;
 
 /// Heartbeat period, both ways.
 pub(crate) const BEAT: std::time::Duration = std::time::Duration::from_millis(100);
@@ -154,13 +165,13 @@ impl Relay {
         }
     }
 
-    /// Reads what is available (without blocking), appending it to `buf`.
-    pub(crate) fn read_some(&mut self, buf: &mut Vec<u8>) -> Read {
+    /// Reads what is available (without blocking, at most `max` bytes), appending it to `buf`.
+    pub(crate) fn read_some(&mut self, buf: &mut Vec<u8>, max: usize) -> Read {
         if self.read_done {
             return Read::End;
         }
         let start = buf.len();
-        buf.resize(start + READ_MAX, 0);
+        buf.resize(start + max.clamp(1, READ_MAX), 0);
         let r = rustix::net::recv(
             self.fd.as_fd(),
             &mut buf[start..],

@@ -446,7 +446,7 @@ fn plan(shared: &Arc<Shared>) -> Option<Round> {
     let conns: Vec<(u64, Arc<Conn>)> = st
         .workers
         .iter()
-        .filter(|w| !w.exited && w.conn.death_handle().is_some())
+        .filter(|w| !w.exited && w.conn.has_process())
         .map(|w| (w.id, w.conn.clone()))
         .collect();
     // Replacements start on starter threads; they wake us when they are added.
@@ -555,9 +555,15 @@ fn apply(shared: &Shared, inputs: Vec<Input>) -> Vec<(u64, Arc<Conn>)> {
 /// Gets a dead worker's exit code (on a thread of its own unless it is known at once), then
 /// settles its tasks.
 fn settle_death(shared: &Arc<Shared>, id: u64, conn: Arc<Conn>) {
-    // A remote worker's exit code is stored before its death is visible.
+    // A remote worker's exit code is stored before its death is visible; one lost with its
+    // rank gives its tasks back untouched.
     #[cfg(feature = "mpi")]
     if let Some(r) = &conn.remote {
+        if r.host_lost() {
+            let mut st = shared.lock();
+            st.on_host_lost(id);
+            drop(st);
+        }
         return settle_now(shared, id, r.exit_code());
     }
     let Some(p) = &conn.process else {

@@ -287,6 +287,15 @@ impl Conn {
         self.process.as_ref().map_or(0, |p| p.pid())
     }
 
+    /// A process stands behind it (always, but in the unit tests).
+    pub(super) fn has_process(&self) -> bool {
+        #[cfg(feature = "mpi")]
+        if self.remote.is_some() {
+            return true;
+        }
+        self.process.is_some()
+    }
+
     /// The descriptor that becomes readable when the worker is gone, and whether it is;
     /// `None` without a process (the unit tests).
     pub(super) fn death_handle(&self) -> Option<(BorrowedFd<'_>, bool)> {
