@@ -24,8 +24,27 @@ struct Job {
 /// Runs `mpirun <flags> -n 3 <this binary> --exact <inner> --ignored`, killing it after
 /// `limit`. Extra MPMD parts (`: -n 1 other`) go in `tail`.
 fn mpirun(inner: &str, head: &[&str], ranks: u32, tail: &[&str], limit: Duration) -> Job {
+    mpirun_in(&[], inner, head, ranks, tail, limit)
+}
+
+/// [`mpirun`], started through `wrap` (e.g. `ip netns exec NS`).
+fn mpirun_in(
+    wrap: &[&str],
+    inner: &str,
+    head: &[&str],
+    ranks: u32,
+    tail: &[&str],
+    limit: Duration,
+) -> Job {
     let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("mpirun");
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg("mpirun");
+            c
+        }
+        None => Command::new("mpirun"),
+    };
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_mpi_yield_when_idle", "1")
@@ -369,4 +388,143 @@ fn mismatched_binary_is_refused() {
         j.out,
         j.err
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Several hosts: ranks in network namespaces of their own, joined by a veth pair, launched
+// through an rsh agent that enters the namespace, over TCP only.
+
+/// Two network namespaces joined by a veth pair (10.213.7.1 and .2, inside them only), and
+/// the rsh agent script; all removed on drop.
+struct Hosts {
+    names: [String; 2],
+    veth: String,
+    agent: std::path::PathBuf,
+}
+
+impl Hosts {
+    fn create() -> Result<Hosts, String> {
+        let id = std::process::id();
+        let names = [format!("mpct{id}a"), format!("mpct{id}b")];
+        let veth = format!("va{id}");
+        let peer = format!("vb{id}");
+        let agent = std::env::temp_dir().join(format!("multiproc-rsh-{id}.sh"));
+        let hosts = Hosts {
+            names: names.clone(),
+            veth: veth.clone(),
+            agent: agent.clone(),
+        };
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("`ip` cannot be run ({e})"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`ip {}` failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let [a, b] = [names[0].as_str(), names[1].as_str()];
+        ip(&["netns", "add", a])?;
+        ip(&["netns", "add", b])?;
+        ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])?;
+        ip(&["link", "set", &veth, "netns", a])?;
+        ip(&["link", "set", &peer, "netns", b])?;
+        ip(&["-n", a, "addr", "add", "10.213.7.1/24", "dev", &veth])?;
+        ip(&["-n", b, "addr", "add", "10.213.7.2/24", "dev", &peer])?;
+        for (ns, dev) in [(a, veth.as_str()), (b, peer.as_str())] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        // mpirun calls `agent HOST COMMAND...`; the host name is the namespace's.
+        std::fs::write(
+            &agent,
+            "#!/bin/sh\nhost=\"$1\"; shift\nexec ip netns exec \"$host\" sh -c \"$*\"\n",
+        )
+        .map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        Ok(hosts)
+    }
+
+    /// Bytes through the veth end in the first namespace (sent + received).
+    fn link_bytes(&self) -> u64 {
+        ["tx_bytes", "rx_bytes"]
+            .iter()
+            .map(|f| {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &self.names[0], "cat"])
+                    .arg(format!("/sys/class/net/{}/statistics/{f}", self.veth))
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for n in &self.names {
+            // Deleting a namespace deletes the veth end inside it, and so the pair.
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = std::fs::remove_file(&self.agent);
+    }
+}
+
+#[test]
+fn map_across_hosts_in_network_namespaces() {
+    let hosts = match Hosts::create() {
+        Ok(h) => h,
+        Err(why) => {
+            println!("skipped: network namespaces cannot be made here ({why})");
+            return;
+        }
+    };
+    let before = hosts.link_bytes();
+    let agent = hosts.agent.to_str().unwrap().to_string();
+    let host_list = format!("{}:1,{}:2", hosts.names[0], hosts.names[1]);
+    let head = [
+        "--mca",
+        "plm_rsh_agent",
+        &agent,
+        "--host",
+        &host_list,
+        "--mca",
+        "btl",
+        "tcp,self",
+        "--mca",
+        "oob_tcp_if_include",
+        "10.213.7.0/24",
+        "--mca",
+        "btl_tcp_if_include",
+        "10.213.7.0/24",
+    ];
+    // mpirun itself runs in the first namespace: rank 0 there, ranks 1 and 2 in the second.
+    let wrap = ["ip", "netns", "exec", hosts.names[0].as_str()];
+    let j = mpirun_in(&wrap, "inner_map", &head, 3, &[], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_MAP_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+    let crossed = hosts.link_bytes() - before;
+    // 200,000 results and their tasks, at least, went over the link.
+    assert!(
+        crossed > 1_000_000,
+        "only {crossed} bytes crossed the veth link"
+    );
+    println!("{crossed} bytes crossed the link between the two hosts");
 }
