@@ -361,24 +361,21 @@ fn inner_mismatch() {
 
 #[test]
 fn mismatched_binary_is_refused() {
-    // Another program built with the feature: the example.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(&cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--features",
-            "mpi",
-            "--example",
-            "mpi_map",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    // Another program built with the feature: the example, in this test binary's profile
+    // (target/<profile>/deps/<test> -> target/<profile>/examples/mpi_map).
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/examples/mpi_map; the debug build above.
-    let target = exe.parent().unwrap().parent().unwrap().parent().unwrap();
-    let other = target.join("debug/examples/mpi_map");
+    let profile = exe.parent().unwrap().parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--quiet", "--all-features", "--example", "mpi_map"]);
+    if profile.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().unwrap().success(),
+        "building examples/mpi_map failed"
+    );
+    let other = profile.join("examples/mpi_map");
     let other = other.to_str().unwrap();
     let j = mpirun("inner_mismatch", &[], 2, &[":", "-n", "1", other], limit());
     assert!(
