@@ -32,9 +32,8 @@ pub(crate) fn rank_from_env() -> Option<u32> {
 
 /// The job's size from the launcher's environment.
 pub(crate) fn size_from_env() -> Option<u32> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS"]
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
         .iter()
-        .take(2)
         .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
 }
 

@@ -59,6 +59,13 @@ pub(crate) struct Hub {
     pub(crate) ranks: Ranks,
     /// Ranks declared lost (they stopped answering): nobody talks to them again.
     lost: Mutex<Vec<i32>>,
+    /// When the MPI thread last went round its loop (ms since `EPOCH`): the watchdog's
+    /// evidence that it is not stuck inside MPI.
+    progress: std::sync::atomic::AtomicU64,
+    /// The watchdog found the MPI thread stuck: no remote worker is usable any more.
+    pub(crate) stalled: std::sync::atomic::AtomicBool,
+    /// Every remote worker's state, for the watchdog to end them.
+    states: Mutex<Vec<std::sync::Weak<RemoteState>>>,
     /// The hub thread has finalized MPI (or given up) and exited.
     done: Mutex<bool>,
     done_cv: Condvar,
@@ -186,6 +193,9 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
         wake_tx,
         ranks,
         lost: Mutex::new(Vec::new()),
+        progress: std::sync::atomic::AtomicU64::new(since_start()),
+        stalled: std::sync::atomic::AtomicBool::new(false),
+        states: Mutex::new(Vec::new()),
         done: Mutex::new(false),
         done_cv: Condvar::new(),
     });
@@ -193,6 +203,11 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
     let h = HUB
         .get()
         .ok_or_else(|| Error::msg(ErrorKind::Io, "the MPI hub vanished"))?;
+    // A thread that never calls MPI watches the one that does.
+    let stall = rank_timeout.max(Duration::from_secs(1)) * 2;
+    let _ = std::thread::Builder::new()
+        .name("multiproc-mpi-watchdog".into())
+        .spawn(move || watchdog(stall));
     // Finalize MPI at exit, so `mpirun` sees a clean end.
     sys::process::at_exit(stop_at_exit);
     // Hand the hub to its thread (it waited for it before its main loop).
@@ -203,6 +218,41 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
 
 /// Set once `HUB` holds the hub (the thread's main loop needs it).
 static HUB_READY: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// Milliseconds since the first call (a clock for `Hub::progress`).
+fn since_start() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Watches the MPI thread: a send to a rank that stopped answering can block inside MPI
+/// (beyond what the credit window prevents), and then nothing else would notice. After
+/// `stall` without a round, every remote worker ends (their tasks fail or run again as
+/// for lost workers) and later MPI pools are refused, with a message saying why.
+fn watchdog(stall: Duration) {
+    let Some(hub) = HUB.get() else { return };
+    loop {
+        std::thread::sleep(stall / 4);
+        if *lock(&hub.done) {
+            return;
+        }
+        let last = hub.progress.load(Ordering::Acquire);
+        if since_start().saturating_sub(last) > stall.as_millis() as u64 {
+            eprintln!(
+                "multiproc: the MPI thread has been stuck inside MPI for over {stall:?} \
+                 (a rank stopped answering during a send); the MPI pool's remote workers \
+                 are given up"
+            );
+            hub.stalled.store(true, Ordering::Release);
+            for s in lock(&hub.states).drain(..) {
+                if let Some(s) = s.upgrade() {
+                    s.finish(None);
+                }
+            }
+            return;
+        }
+    }
+}
 
 extern "C" fn stop_at_exit() {
     if let Some(h) = HUB.get() {
@@ -231,6 +281,15 @@ impl Hub {
         fd: RegisteredFd,
         state: Arc<RemoteState>,
     ) {
+        if self.stalled.load(Ordering::Acquire) {
+            state.finish(None);
+            return;
+        }
+        {
+            let mut v = lock(&self.states);
+            v.retain(|w| w.strong_count() > 0);
+            v.push(Arc::downgrade(&state));
+        }
         self.command(Cmd::Spawn {
             id,
             rank,
@@ -533,7 +592,9 @@ fn relay_loop(
         for id in gone {
             workers.remove(&id);
         }
-        // 5. Heartbeats, and ranks that stopped answering.
+        hub.progress.store(since_start(), Ordering::Release);
+        // 5. Ranks that stopped answering (agents beat every 100 ms; rank 0 sends them
+        // nothing unasked, so a silent rank is sent as little as possible).
         let now = Instant::now();
         if now.duration_since(last_beat) >= wire::BEAT {
             last_beat = now;
@@ -552,8 +613,6 @@ fn relay_loop(
                         lost,
                         &mut workers,
                     );
-                } else {
-                    send(world, *r, &wire::msg(wire::BEAT_MSG, 0, &[]));
                 }
             }
         }

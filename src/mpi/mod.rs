@@ -58,8 +58,13 @@
 //!   workers count as lost with their host: every task they had not answered goes back to
 //!   the queue untouched (none is blamed, none fails; at least once, as in the local pool)
 //!   and runs on the other ranks, which also take over the lost rank's share of workers. The
-//!   MPI thread never blocks on a silent rank: every message to an agent is below the
-//!   transports' eager limit and at most 64 KiB are unacknowledged per rank. At exit, rank 0
+//!   MPI thread avoids blocking on a silent rank: rank 0 sends an agent nothing unasked
+//!   (no heartbeats that way), every message to an agent is below the transports' eager
+//!   limit, and at most 64 KiB are unacknowledged per rank. Should a send block all the same,
+//!   a watchdog thread (which never calls MPI) notices that the MPI thread made no round for
+//!   twice `mpi_rank_timeout`, says so on standard error, ends every remote worker (their
+//!   tasks fail with `WorkerLost` once no worker can be started) and refuses later MPI
+//!   pools, so rank 0 never hangs silently. At exit, rank 0
 //!   leaves without `MPI_Finalize` (which would wait for the lost rank forever), so the
 //!   launcher reports the job as failed once `main` has finished (measured by
 //!   `frozen_rank_is_lost_and_its_tasks_rerun`: the map completes, the job ends within
@@ -121,6 +126,10 @@ pub fn size() -> Option<u32> {
     agent::size_from_env()
 }
 
+/// Why no remote worker can start once the MPI thread was found stuck.
+const STALLED: &str = "the MPI thread got stuck inside MPI (a rank stopped answering during a \
+    send); no worker can be started on another rank any more";
+
 /// Default for [`PoolBuilder::mpi_rank_timeout`](crate::PoolBuilder::mpi_rank_timeout).
 pub(crate) const RANK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -139,7 +148,8 @@ impl Cluster {
     /// shares the entry key). `per_rank`: workers per agent rank (0: each agent's default).
     /// `None` when this process is not rank 0 of a job with at least two ranks.
     pub(crate) fn connect(per_rank: usize, rank_timeout: Duration) -> Result<Option<Cluster>> {
-        if size().unwrap_or(1) < 2 {
+        // A launcher that names the rank but not the size (PMIx) still gets MPI's answer.
+        if (rank().is_none() && size().unwrap_or(1) < 2) || size() == Some(1) {
             return Ok(None);
         }
         let hub = hub::hub(rank_timeout)?;
@@ -147,6 +157,13 @@ impl Cluster {
             .ranks
             .as_ref()
             .map_err(|(k, m)| Error::msg(*k, m.clone()))?;
+        if ranks.is_empty() {
+            // A job of one rank: an ordinary local pool.
+            return Ok(None);
+        }
+        if hub.stalled.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::msg(ErrorKind::WorkerLost, STALLED));
+        }
         let slots = ranks
             .iter()
             .filter(|r| !hub.is_lost(r.rank))
@@ -197,6 +214,9 @@ impl Cluster {
                 .max_by_key(|(r, n)| (*n as i64 - live(*r), -(*r as i64)))
                 .map(|(r, _)| *r)
         };
+        if self.hub.stalled.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::msg(ErrorKind::WorkerLost, STALLED));
+        }
         let Some(rank) = rank else {
             return Err(Error::msg(
                 ErrorKind::WorkerLost,
@@ -241,7 +261,9 @@ impl Remote {
 
     /// Whether it was lost with its rank (rank 0 declared the rank lost).
     pub(crate) fn host_lost(&self) -> bool {
-        self.state.exit().is_some() && self.hub.is_lost(self.state.rank)
+        self.state.exit().is_some()
+            && (self.hub.is_lost(self.state.rank)
+                || self.hub.stalled.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Its Python-style exit code once gone (`None`: unknown, e.g. its rank was lost).
