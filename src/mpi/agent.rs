@@ -246,12 +246,14 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
             // Everything a dead worker wrote is in its socket: read it all first.
             loop {
                 buf.clear();
-                buf.push(wire::DATA);
-                buf.extend_from_slice(&id.to_le_bytes());
                 match w.relay.read_some(&mut buf, wire::READ_MAX) {
                     Read::Data(_) => {
                         busy = true;
-                        send(world, &buf);
+                        // Pieces below the eager limit: a message that needs a rendezvous
+                        // would leave rank 0 blocked in its receive if we stopped halfway.
+                        for piece in buf.chunks(wire::PIECE - 9) {
+                            send(world, &wire::msg(wire::DATA, *id, piece));
+                        }
                         if !dead && w.exited.is_none() {
                             break;
                         }

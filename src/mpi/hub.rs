@@ -378,6 +378,45 @@ fn send(world: &SimpleCommunicator, rank: i32, m: &[u8]) {
     world.process_at_rank(rank).send(m);
 }
 
+/// Sends that have not completed, per rank: a message to an agent is never waited for (a
+/// blocking send of more than a few hundred bytes waits, in Open MPI's shared-memory
+/// transport, until the receiver has taken it, which a stopped rank never does).
+type Pending = HashMap<i32, VecDeque<sys::mpi::Isend>>;
+
+/// Starts sending `m` to `rank` without waiting.
+fn isend(world: &SimpleCommunicator, rank: i32, m: Vec<u8>, pending: &mut Pending) {
+    pending
+        .entry(rank)
+        .or_default()
+        .push_back(sys::mpi::Isend::start(world, rank, m));
+}
+
+/// A rank whose last heartbeat is older than this is sent nothing until it speaks again: a
+/// send to a process that stopped can block inside MPI.
+const QUIET: Duration = Duration::from_millis(350);
+
+fn quiet(heard: &HashMap<i32, Instant>, rank: i32) -> bool {
+    heard.get(&rank).is_none_or(|t| t.elapsed() > QUIET)
+}
+
+/// Sends `m` to `rank` now, or holds it until the rank speaks again if it is quiet (or
+/// messages are held for it already: order is kept).
+fn post(
+    world: &SimpleCommunicator,
+    rank: i32,
+    m: Vec<u8>,
+    heard: &HashMap<i32, Instant>,
+    held: &mut HashMap<i32, VecDeque<Vec<u8>>>,
+    pending: &mut Pending,
+) {
+    let q = held.entry(rank).or_default();
+    if q.is_empty() && !quiet(heard, rank) {
+        isend(world, rank, m, pending);
+    } else {
+        q.push_back(m);
+    }
+}
+
 /// Collects every agent's `HELLO` and answers `WELCOME` (or `REFUSE` to all when a rank runs
 /// another binary or never reports). Returns the agents, and the ranks that never reported.
 fn handshake(world: &SimpleCommunicator, key: [u64; 2], fingerprint: &[u8]) -> (Ranks, Vec<i32>) {
@@ -470,6 +509,10 @@ fn relay_loop(
         Err(_) => return,
     };
     let mut heard: HashMap<i32, Instant> = ranks.iter().map(|r| (*r, Instant::now())).collect();
+    // Sends in flight, per rank.
+    let mut pending: Pending = HashMap::new();
+    // Control messages held for ranks that are quiet (see `post`).
+    let mut held: HashMap<i32, VecDeque<Vec<u8>>> = HashMap::new();
     // DATA bytes sent to each rank and not credited back yet.
     let mut unacked: HashMap<i32, usize> = ranks.iter().map(|r| (*r, 0)).collect();
     let mut workers: HashMap<u64, Remote> = HashMap::new();
@@ -498,7 +541,14 @@ fn relay_loop(
                         state.finish(None);
                         continue;
                     }
-                    send(world, rank, &wire::msg_with(wire::SPAWN, id, &spec));
+                    post(
+                        world,
+                        rank,
+                        wire::msg_with(wire::SPAWN, id, &spec),
+                        &heard,
+                        &mut held,
+                        &mut pending,
+                    );
                     workers.insert(
                         id,
                         Remote {
@@ -511,14 +561,31 @@ fn relay_loop(
                 }
                 Cmd::Kill(id) => {
                     if let Some(w) = workers.get(&id) {
-                        send(world, w.rank, &wire::msg(wire::KILL, id, &[]));
+                        post(
+                            world,
+                            w.rank,
+                            wire::msg(wire::KILL, id, &[]),
+                            &heard,
+                            &mut held,
+                            &mut pending,
+                        );
                     }
                 }
                 Cmd::Shutdown => {
                     for r in &ranks {
                         if !lost.contains(r) {
-                            send(world, *r, &wire::msg(wire::SHUTDOWN, 0, &[]));
+                            isend(world, *r, wire::msg(wire::SHUTDOWN, 0, &[]), &mut pending);
                         }
+                    }
+                    // Give the sends a moment; what is still pending then is leaked.
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while Instant::now() < until
+                        && pending.values_mut().any(|q| {
+                            q.retain_mut(|s| !s.test());
+                            !q.is_empty()
+                        })
+                    {
+                        std::thread::yield_now();
                     }
                     for (_, w) in workers.drain() {
                         w.state.finish(None);
@@ -547,8 +614,27 @@ fn relay_loop(
                 );
             }
         }
-        // 3. Worker sockets: what the pool wrote goes to the agent.
+        // Completed sends free their buffers.
+        for q in pending.values_mut() {
+            while q.front_mut().is_some_and(|s| s.test()) {
+                q.pop_front();
+            }
+        }
+        // Held messages go out, in order, to ranks that spoke again.
+        for (r, q) in held.iter_mut() {
+            if !q.is_empty() && !quiet(&heard, *r) && !lost.contains(r) {
+                busy = true;
+                for m in q.drain(..) {
+                    isend(world, *r, m, &mut pending);
+                }
+            }
+        }
+        // 3. Worker sockets: what the pool wrote goes to the agent (not to a quiet rank, or
+        // one whose window is full: the bytes wait in the socket).
         for (id, w) in workers.iter_mut() {
+            if quiet(&heard, w.rank) || held.get(&w.rank).is_some_and(|q| !q.is_empty()) {
+                continue;
+            }
             if w.died.is_some() {
                 continue;
             }
@@ -563,7 +649,12 @@ fn relay_loop(
                     busy = true;
                     *unacked.entry(w.rank).or_default() += n;
                     for piece in buf.chunks(wire::PIECE - 9) {
-                        send(world, w.rank, &wire::msg(wire::DATA, *id, piece));
+                        isend(
+                            world,
+                            w.rank,
+                            wire::msg(wire::DATA, *id, piece),
+                            &mut pending,
+                        );
                     }
                 }
                 Read::End => {
@@ -571,7 +662,14 @@ fn relay_loop(
                         // Once: the pool shut its write half (or dropped the channel).
                         w.relay.shut_pending = true;
                         busy = true;
-                        send(world, w.rank, &wire::msg(wire::EOF, *id, &[]));
+                        post(
+                            world,
+                            w.rank,
+                            wire::msg(wire::EOF, *id, &[]),
+                            &heard,
+                            &mut held,
+                            &mut pending,
+                        );
                     }
                 }
             }

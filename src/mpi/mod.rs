@@ -58,18 +58,22 @@
 //!   workers count as lost with their host: every task they had not answered goes back to
 //!   the queue untouched (none is blamed, none fails; at least once, as in the local pool)
 //!   and runs on the other ranks, which also take over the lost rank's share of workers. The
-//!   MPI thread avoids blocking on a silent rank: rank 0 sends an agent nothing unasked
-//!   (no heartbeats that way), every message to an agent is below the transports' eager
-//!   limit, and at most 64 KiB are unacknowledged per rank. Should a send block all the same,
-//!   a watchdog thread (which never calls MPI) notices that the MPI thread made no round for
-//!   twice `mpi_rank_timeout`, says so on standard error, ends every remote worker (their
-//!   tasks fail with `WorkerLost` once no worker can be started) and refuses later MPI
-//!   pools, so rank 0 never hangs silently. At exit, rank 0
+//!   MPI thread never waits for a silent rank: its sends to agents are non-blocking
+//!   (`MPI_Isend` on a buffer the send owns; a blocking send over Open MPI's shared memory
+//!   waits until the receiver has taken the message, which a stopped rank never does),
+//!   every message either way is below the transports' eager limit (a stopped sender of a
+//!   larger one would leave rank 0 blocked in its receive), at most 16 KiB are
+//!   unacknowledged per rank, and a rank not heard for 350 ms is sent nothing until it
+//!   speaks again. Should the MPI thread stall all the same, a watchdog thread (which
+//!   never calls MPI) notices that it made no round for twice `mpi_rank_timeout`, says so
+//!   on standard error, ends every remote worker (their
+//!   tasks then fail with the pool's start error, which names the stuck MPI thread) and
+//!   refuses later MPI pools, so rank 0 never hangs silently. At exit, rank 0
 //!   leaves without `MPI_Finalize` (which would wait for the lost rank forever), so the
 //!   launcher reports the job as failed once `main` has finished (measured by
 //!   `frozen_rank_is_lost_and_its_tasks_rerun`: the map completes, the job ends within
 //!   seconds). Start `mpirun` with its standard input at `/dev/null` (`< /dev/null`): with
-//!   an inherited terminal or pipe, a stopped rank was seen to stall the whole job.
+//!   an inherited one, a stopped rank was seen to stall the whole job (not understood yet).
 //!
 //! # How the MPI pool differs from the local pool
 //!

@@ -42,13 +42,12 @@ pub(crate) const SHUTDOWN: u8 = 12;
 /// Agent → hub: it has taken this many more `DATA` bytes (body: u64), freeing the window.
 pub(crate) const CREDIT: u8 = 13;
 
-/// `DATA` bytes rank 0 may have sent to one rank that the rank has not credited back. With
-/// every message to an agent at most [`PIECE`] bytes, each below the MPI transports' eager
-/// limit (Open MPI: 4 KiB over shared memory, 64 KiB over TCP), a send to an agent that
-/// stopped answering completes locally instead of blocking the MPI thread, so rank 0 can
-/// still declare it lost.
-pub(crate) const WINDOW: usize = 64 * 1024;
-/// The largest message rank 0 sends to an agent (header included).
+/// `DATA` bytes rank 0 may have sent to one rank that the rank has not credited back: what a
+/// rank that stopped answering can leave in rank 0's pending sends.
+pub(crate) const WINDOW: usize = 16 * 1024;
+/// The largest message either side sends (header included), except the handshake's: below
+/// the transports' eager limit (Open MPI: 4 KiB over shared memory, 64 KiB over TCP), so a
+/// receive never waits for a sender that stopped halfway.
 pub(crate) const PIECE: usize = 4000;
 
 /// Heartbeat period, both ways.
