@@ -241,8 +241,10 @@ fn crashing_task_and_timeout() {
 // ---------------------------------------------------------------------------------------
 // An agent rank that stops answering (SIGSTOP) is declared lost; its tasks run elsewhere.
 
-/// Freezes its own agent when it runs on rank 2, then answers.
+/// Freezes its own agent when it runs on rank 2, then answers. Each item takes 20 ms, so
+/// rank 1 cannot finish the map alone before rank 2 has taken a task.
 fn freeze_rank_2(x: u32) -> u32 {
+    std::thread::sleep(Duration::from_millis(20));
     if multiproc::mpi::rank() == Some(2) {
         if let Ok(pid) = std::env::var("MULTIPROC_MPI_AGENT_PID") {
             let _ = Command::new("kill").args(["-STOP", &pid]).status();
@@ -438,10 +440,18 @@ impl Hosts {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
-        // mpirun calls `agent HOST COMMAND...`; the host name is the namespace's.
+        // mpirun calls `agent HOST COMMAND...`; the host name is the namespace's. Each host
+        // gets its own temporary directory, as separate machines would: Open MPI's daemons
+        // on one file system with one host name otherwise race for the same session
+        // directory ("File exists").
+        let tmp = std::env::temp_dir().join(format!("multiproc-hosts-{id}"));
         std::fs::write(
             &agent,
-            "#!/bin/sh\nhost=\"$1\"; shift\nexec ip netns exec \"$host\" sh -c \"$*\"\n",
+            format!(
+                "#!/bin/sh\nhost=\"$1\"; shift\nmkdir -p {t}/$host\n\
+                 TMPDIR={t}/$host exec ip netns exec \"$host\" sh -c \"$*\"\n",
+                t = tmp.display()
+            ),
         )
         .map_err(|e| e.to_string())?;
         use std::os::unix::fs::PermissionsExt;
@@ -476,6 +486,9 @@ impl Drop for Hosts {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
         let _ = std::fs::remove_file(&self.agent);
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("multiproc-hosts-{}", std::process::id())),
+        );
     }
 }
 
