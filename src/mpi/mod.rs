@@ -62,7 +62,7 @@
 //!   (`MPI_Isend` on a buffer the send owns; a blocking send over Open MPI's shared memory
 //!   waits until the receiver has taken the message, which a stopped rank never does),
 //!   every message either way is below the transports' eager limit (a stopped sender of a
-//!   larger one would leave rank 0 blocked in its receive), at most 16 KiB are
+//!   larger one would leave rank 0 blocked in its receive), at most 64 KiB are
 //!   unacknowledged per rank, and a rank not heard for 350 ms is sent nothing until it
 //!   speaks again. Should the MPI thread stall all the same, a watchdog thread (which
 //!   never calls MPI) notices that it made no round for twice `mpi_rank_timeout`, says so
@@ -208,27 +208,32 @@ impl Cluster {
     /// Starts worker `id` on the rank that misses the most workers (a lost rank's share goes
     /// to the others); `fd` is the worker's end of its channel. Waits until it has started.
     pub(crate) fn spawn(&self, id: u64, spec: SpawnSpec, fd: RegisteredFd) -> Result<Remote> {
-        let rank = {
-            let mut placed = lock(&self.placed);
-            placed.retain(|s| s.exit().is_none());
-            let live = |r: i32| placed.iter().filter(|s| s.rank == r).count() as i64;
-            self.slots
-                .iter()
-                .filter(|(r, _)| !self.hub.is_lost(*r))
-                .max_by_key(|(r, n)| (*n as i64 - live(*r), -(*r as i64)))
-                .map(|(r, _)| *r)
-        };
         if self.hub.stalled.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::msg(ErrorKind::WorkerLost, STALLED));
         }
-        let Some(rank) = rank else {
-            return Err(Error::msg(
-                ErrorKind::WorkerLost,
-                "every agent rank of the MPI job is lost; no worker can be started",
-            ));
+        // Choose and record under one lock: starters run at the same time, and each must
+        // see the others' choices.
+        let state = {
+            let mut placed = lock(&self.placed);
+            placed.retain(|s| s.exit().is_none());
+            let live = |r: i32| placed.iter().filter(|s| s.rank == r).count() as i64;
+            let rank = self
+                .slots
+                .iter()
+                .filter(|(r, _)| !self.hub.is_lost(*r))
+                .max_by_key(|(r, n)| (*n as i64 - live(*r), -(*r as i64)))
+                .map(|(r, _)| *r);
+            let Some(rank) = rank else {
+                return Err(Error::msg(
+                    ErrorKind::WorkerLost,
+                    "every agent rank of the MPI job is lost; no worker can be started",
+                ));
+            };
+            let state = hub::RemoteState::new(rank)?;
+            placed.push(state.clone());
+            state
         };
-        let state = hub::RemoteState::new(rank)?;
-        lock(&self.placed).push(state.clone());
+        let rank = state.rank;
         self.hub.spawn(id, rank, spec, fd, state.clone());
         state.wait_started(Instant::now() + Duration::from_secs(60))?;
         Ok(Remote {

@@ -44,7 +44,7 @@ pub(crate) const CREDIT: u8 = 13;
 
 /// `DATA` bytes rank 0 may have sent to one rank that the rank has not credited back: what a
 /// rank that stopped answering can leave in rank 0's pending sends.
-pub(crate) const WINDOW: usize = 16 * 1024;
+pub(crate) const WINDOW: usize = 64 * 1024;
 /// The largest message either side sends (header included), except the handshake's: below
 /// the transports' eager limit (Open MPI: 4 KiB over shared memory, 64 KiB over TCP), so a
 /// receive never waits for a sender that stopped halfway.
