@@ -323,6 +323,13 @@
 //! | `SimpleQueue()`, `JoinableQueue()` with `task_done()` and `join()` | `SimpleQueue::new()?`, `JoinableQueue::new()?` with the same methods |
 //! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | the same names |
 //! | a logger configured in `main` | configure it in the task, or in the pool's `initializer` (see "Logging in children") |
+//! | `lock = Lock()`, `with lock:`, `lock.acquire(timeout=t)` | `let lock = Lock::new()?;`, `let _g = lock.acquire()?;` (released when the guard drops), `lock.acquire_timeout(d)` (`Timeout`), `try_acquire()` (`WouldBlock`); `RLock` the same, re-entrant; a guard taken over from a killed holder says `owner_died()` |
+//! | `Semaphore(n)`, `BoundedSemaphore(n)` | `Semaphore::new(n)?`, `BoundedSemaphore::new(n)?` (releasing past the bound is an error); a killed holder's units are not given back |
+//! | `Event()`: `set`, `clear`, `is_set`, `wait(timeout)` | `Event::new()?`: the same names; `wait_timeout(d)` → `bool` |
+//! | `Condition(lock)`: `wait`, `wait_for`, `notify(n)`, `notify_all` | `Condition::new()?` (or over a given `Lock`/`RLock`); `let mut g = cond.acquire()?;` then `g.wait()?`, `g.wait_for(pred)?`, `g.notify(n)`, `g.notify_all()` |
+//! | `Barrier(n)`: `wait`, `abort`, `reset`, `n_waiting`, `broken` | `Barrier::new(n)?`: the same names; `wait()?` gives the arrival index; a killed party breaks it for the others (`BrokenBarrier`) |
+//! | `Value('q', 0)`, `with v.get_lock(): v.value += 1`, `Array('d', xs)`, `RawValue`, `RawArray` | `Value::new(0u64)?`, `*v.lock()? += 1`, `Array::new(&xs)?` (`lock()` → `&mut [T]`), `RawValue`, `RawArray` (`T: bytemuck::Pod`; the type is checked when a handle is received) |
+//! | `mpiexec -n N python -m mpi4py.futures app.py` | `mpirun -n N app`, and in `main` `Pool::builder().mpi().build()?` (feature `mpi`): the other ranks serve tasks in local workers, never running `main` |
 //! | `shared_memory.SharedMemory(create=True, size=n)`, `SharedMemory(name=...)`, `unlink()` | `SharedMemory::new(n)?` (anonymous: freed with its last holder, even after `SIGKILL`), `SharedMemory::create_named(name, n)?`, `open_named(name)?`, `unlink()`; views `as_slice()`, `as_slice_of::<T>()` (in `multiproc::shm`) |
 //! | a large array handed to a worker | `SharedVec::from_slice(&v)?` or `SharedVec::zeroed(n)?` as the argument or result: the receiver maps it instead of copying it through a pipe |
 //! | `m = Manager()`, `with Manager() as m:` | `let m = Manager::start()?;` (the server is a child process; dropping `m` stops it) |
@@ -346,12 +353,12 @@
 //! - `try_`/`_timeout` calls report "not now" as errors (`WouldBlock`/`Timeout`), not `None`,
 //!   like Python's `queue.Empty`/`TimeoutError` exceptions.
 //!
-//! Not yet in multiproc (planned):
+//! Not yet in multiproc:
 //!
-//! - synchronisation primitives: `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`,
-//!   `Condition`, `Barrier`;
-//! - shared memory: `Value`, `Array`, `ShareableList`;
-//! - running on several machines (MPI-style multi-host).
+//! - `ShareableList` (use a `Manager` list, or `Array` of plain data);
+//! - `Process.interrupt()`, `set_executable()`, and a `ThreadPool`;
+//! - TLS for a `Manager` (its `Listener` has it; use a tunnel meanwhile);
+//! - macOS and Windows backends (Linux only today).
 #![deny(unsafe_code)]
 
 #[doc(hidden)]
@@ -363,6 +370,8 @@ mod context;
 mod error;
 mod fdreg;
 pub mod manager;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod pool;
 mod process;
 mod queue;

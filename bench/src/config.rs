@@ -12,7 +12,7 @@ usage: cargo run --release -p multiproc-bench -- [options]
   --out FILE         also write the header and table to FILE
   --rounds N         interleaved rounds per metric group (default 5, quick 2)
   --only G1,G2       run only these groups: start,pipe,bandwidth,queue,pool,cpu,
-                     memory,crawl,idle,bytes,net,manager,sync
+                     memory,crawl,idle,bytes,net,manager,sync,mpi (feature `mpi`)
   --no-python        skip the Python peers
   --python-dir DIR   where bench_a..bench_f live (default: ../shared/anchors/python
                      next to the repository, or $MULTIPROC_BENCH_PYTHON_DIR)

@@ -25,6 +25,8 @@ mod idle_bytes;
 mod machine;
 mod manager;
 mod metrics;
+#[cfg(feature = "mpi")]
+mod mpi_rows;
 mod multiproc_peer;
 mod net;
 mod procspawn_peer;
@@ -45,6 +47,11 @@ fn main() {
     // procspawn re-executes this binary for its children and takes over
     // here; it must run before anything else (procspawn's requirement).
     procspawn::init();
+    // Rank 0 of one of the MPI rows' `mpirun` jobs (the other ranks are multiproc's agents).
+    #[cfg(feature = "mpi")]
+    if std::env::var_os(mpi_rows::MEASURE_ENV).is_some() {
+        mpi_rows::measure_as_rank0();
+    }
     if std::env::var_os(floors::EXIT_AT_ONCE_ENV).is_some() {
         // The "fork+exec of this binary" floor.
         std::process::exit(0);
@@ -91,7 +98,16 @@ fn main() {
 
     harness::run_all(jobs, cfg.rounds, &mut results);
 
-    let table = table::render(&cfg, &results);
+    let mut table = table::render(&cfg, &results);
+    if cfg.wants("mpi") {
+        #[cfg(feature = "mpi")]
+        table.push_str(&mpi_rows::run(&cfg));
+        #[cfg(not(feature = "mpi"))]
+        table.push_str(
+            "\n### MPI\n\nnot measured: built without the `mpi` feature \
+             (cargo run --release -p multiproc-bench --features mpi)\n",
+        );
+    }
     let footer = contention.report();
     println!("{table}\n{footer}");
     if let Some(path) = &cfg.out {

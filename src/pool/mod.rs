@@ -23,6 +23,9 @@ mod supervisor;
 mod task;
 mod worker;
 
+#[cfg(feature = "mpi")]
+pub(crate) use supervisor::start_worker_process;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -150,6 +153,10 @@ pub struct PoolBuilder {
     progress: bool,
     ignore_sigint: bool,
     max_message: usize,
+    #[cfg(feature = "mpi")]
+    mpi: bool,
+    #[cfg(feature = "mpi")]
+    rank_timeout: Duration,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -187,6 +194,10 @@ impl PoolBuilder {
             progress: false,
             ignore_sigint: false,
             max_message: crate::codec::frame::DEFAULT_MAX_MESSAGE,
+            #[cfg(feature = "mpi")]
+            mpi: false,
+            #[cfg(feature = "mpi")]
+            rank_timeout: crate::mpi::RANK_TIMEOUT,
         }
     }
 
@@ -286,6 +297,32 @@ impl PoolBuilder {
         self
     }
 
+    /// Place the workers on the other ranks of the MPI job this program was launched in
+    /// (`mpirun -n N app`; feature `mpi`), [`processes`](Self::processes) per rank (0, the
+    /// default: the host's cores divided among its ranks). Outside an MPI job, or in a job of
+    /// one rank, the pool is an ordinary local pool. See [`crate::mpi`] for what runs where
+    /// and what a failure does.
+    ///
+    /// ```
+    /// let pool = multiproc::Pool::builder().mpi().processes(2).build()?;
+    /// assert_eq!(pool.map(|x: u32| x + 1, 0..4u32)?, vec![1, 2, 3, 4]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg(feature = "mpi")]
+    pub fn mpi(mut self) -> Self {
+        self.mpi = true;
+        self
+    }
+
+    /// How long an agent rank may send nothing (it sends a heartbeat every 100 ms) before
+    /// rank 0 declares it lost and runs its tasks elsewhere (default 10 s; feature `mpi`).
+    /// The first MPI pool of a process sets it for the process.
+    #[cfg(feature = "mpi")]
+    pub fn mpi_rank_timeout(mut self, timeout: Duration) -> Self {
+        self.rank_timeout = timeout;
+        self
+    }
+
     /// Starts the workers and waits until every one has run its initializer.
     ///
     /// # Errors
@@ -293,10 +330,20 @@ impl PoolBuilder {
     /// initializer's error if it panicked; [`ErrorKind::Io`] if processes cannot be started.
     pub fn build(self) -> Result<Pool> {
         let init = self.init.transpose()?;
-        let processes = if self.processes == 0 {
-            cpu_count()
+        #[cfg(feature = "mpi")]
+        let cluster = if self.mpi {
+            crate::mpi::Cluster::connect(self.processes, self.rank_timeout)?
         } else {
-            self.processes
+            None
+        };
+        #[cfg(feature = "mpi")]
+        let remote = cluster.as_ref().map(|c| c.total());
+        #[cfg(not(feature = "mpi"))]
+        let remote: Option<usize> = None;
+        let processes = match remote {
+            Some(n) => n,
+            None if self.processes == 0 => cpu_count(),
+            None => self.processes,
         };
         // A limit too large to add to an `Instant` is no limit (the one timeout rule).
         let task_timeout = self.task_timeout.filter(|t| deadline_after(*t).is_some());
@@ -318,6 +365,8 @@ impl PoolBuilder {
             init,
             tick,
             progress: self.progress,
+            #[cfg(feature = "mpi")]
+            cluster,
         };
         let (shared, thread) = supervisor::start(cfg)?;
         Ok(Pool {
@@ -344,6 +393,17 @@ impl Pool {
     /// The number of worker processes.
     pub fn processes(&self) -> usize {
         self.shared.cfg.processes
+    }
+
+    /// The MPI ranks the workers run on and how many on each (`PoolBuilder::mpi`); empty
+    /// for a local pool (feature `mpi`).
+    #[cfg(feature = "mpi")]
+    pub fn mpi_ranks(&self) -> Vec<(u32, usize)> {
+        self.shared
+            .cfg
+            .cluster
+            .as_ref()
+            .map_or_else(Vec::new, |c| c.ranks())
     }
 
     /// The start method of the workers.

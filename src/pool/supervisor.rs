@@ -13,7 +13,6 @@ use super::dispatch::{
 use super::task::put_init;
 use super::worker::{self, ChanFd, WorkerArgs};
 use crate::connection::channel::{Channel, Frame};
-use crate::connection::Waitable;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fdreg;
 use crate::process::Process;
@@ -41,6 +40,10 @@ impl From<Error> for StartFailure {
 /// has announced itself, so the pool thread only ever sees workers whose pid is known.
 fn spawn_worker(shared: &Shared, id: u64) -> std::result::Result<Worker, StartFailure> {
     let cfg = &shared.cfg;
+    #[cfg(feature = "mpi")]
+    if let Some(cluster) = &cfg.cluster {
+        return spawn_remote_worker(shared, cluster, id).map_err(StartFailure::from);
+    }
     let (ours, theirs) =
         fdreg::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
     let chan = Channel::new(ours);
@@ -58,12 +61,7 @@ fn spawn_worker(shared: &Shared, id: u64) -> std::result::Result<Worker, StartFa
         .daemon(true)
         .start_method(cfg.method)
         .spawn(args, worker::worker_main)?;
-    let (entry, bytes, fds): (u64, &[u8], Vec<BorrowedFd<'_>>) = match &cfg.init {
-        Some(i) => (i.entry, &i.bytes, i.fds.iter().map(|f| f.as_fd()).collect()),
-        None => (0, &[], Vec::new()),
-    };
-    let mut frame = Vec::with_capacity(16 + bytes.len());
-    put_init(&mut frame, entry, bytes);
+    let (frame, fds) = init_frame(cfg);
     let send_init = || {
         chan.send_raw(&frame, &fds)
             .map_err(|e| e.context("sending the initializer to a pool worker"))
@@ -93,13 +91,24 @@ fn spawn_worker(shared: &Shared, id: u64) -> std::result::Result<Worker, StartFa
         let _ = process.kill();
         return Err(StartFailure { error: e, died });
     }
-    let now = Instant::now();
-    Ok(Worker {
+    Ok(new_worker(
         id,
-        conn: Arc::new(Conn {
+        cfg,
+        Conn {
             chan,
             process: Some(process),
-        }),
+            #[cfg(feature = "mpi")]
+            remote: None,
+        },
+    ))
+}
+
+/// The state's record of a worker that has just started.
+fn new_worker(id: u64, cfg: &Config, conn: Conn) -> Worker {
+    let now = Instant::now();
+    Worker {
+        id,
+        conn: Arc::new(conn),
         status: Status::Starting,
         since: now,
         inflight: VecDeque::new(),
@@ -116,7 +125,90 @@ fn spawn_worker(shared: &Shared, id: u64) -> std::result::Result<Worker, StartFa
         timed_out: None,
         heard: now,
         exited: false,
-    })
+    }
+}
+
+/// The initializer's INIT frame, and its descriptors.
+fn init_frame(cfg: &Config) -> (Vec<u8>, Vec<BorrowedFd<'_>>) {
+    let (entry, bytes, fds): (u64, &[u8], Vec<BorrowedFd<'_>>) = match &cfg.init {
+        Some(i) => (i.entry, &i.bytes, i.fds.iter().map(|f| f.as_fd()).collect()),
+        None => (0, &[], Vec::new()),
+    };
+    let mut frame = Vec::with_capacity(16 + bytes.len());
+    put_init(&mut frame, entry, bytes);
+    (frame, fds)
+}
+
+/// Starts a worker on another MPI rank (`PoolBuilder::mpi`): the MPI thread relays its
+/// channel, so the rest of the pool treats it as a local one. The INIT frame goes through
+/// the relay once the agent has started the worker.
+#[cfg(feature = "mpi")]
+fn spawn_remote_worker(shared: &Shared, cluster: &crate::mpi::Cluster, id: u64) -> Result<Worker> {
+    let cfg = &shared.cfg;
+    let (ours, theirs) =
+        fdreg::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
+    let chan = Channel::new(ours);
+    chan.set_max_message(cfg.max_message);
+    let spec = crate::mpi::SpawnSpec {
+        name: format!("{}-{id}", cfg.name),
+        max_tasks: cfg.max_tasks,
+        tick_us: cfg.tick.as_micros() as u64,
+        beat_us: cfg.beat.map_or(0, |b| b.as_micros().max(1) as u64),
+        ignore_sigint: cfg.ignore_sigint,
+        max_message: cfg.max_message as u64,
+    };
+    let remote = cluster.spawn(id, spec, theirs)?;
+    let (frame, fds) = init_frame(cfg);
+    if !fds.is_empty() {
+        remote.kill();
+        return Err(Error::msg(
+            ErrorKind::Unsupported,
+            "an initializer whose arguments hold descriptors cannot run on another MPI rank",
+        ));
+    }
+    if let Err(e) = chan.send_raw(&frame, &[]) {
+        remote.kill();
+        return Err(e.context("sending the initializer to a pool worker on another MPI rank"));
+    }
+    Ok(new_worker(
+        id,
+        cfg,
+        Conn {
+            chan,
+            process: None,
+            remote: Some(remote),
+        },
+    ))
+}
+
+/// Starts a local pool worker process for an MPI agent rank; returns the agent's end of its
+/// channel and the process.
+#[cfg(feature = "mpi")]
+pub(crate) fn start_worker_process(
+    spec: &crate::mpi::SpawnSpec,
+) -> Result<(crate::fdreg::RegisteredFd, Process<()>)> {
+    let (ours, theirs) =
+        fdreg::socketpair().map_err(|e| Error::io(e).context("creating a pool channel"))?;
+    let args = WorkerArgs {
+        chan: ChanFd(theirs),
+        max_tasks: spec.max_tasks,
+        tick_us: spec.tick_us,
+        beat_us: spec.beat_us,
+        ignore_sigint: spec.ignore_sigint,
+        max_message: spec.max_message,
+    };
+    let process = Process::builder()
+        .name(spec.name.clone())
+        .daemon(true)
+        .spawn(args, worker::worker_main)?;
+    if process.pid() == 0 {
+        let _ = process.kill();
+        return Err(Error::msg(
+            ErrorKind::Io,
+            "the worker process did not start (the fork server did not answer)",
+        ));
+    }
+    Ok((ours, process))
 }
 
 /// The pause before the next start after `n` failed ones in a row: none, then 50 ms
@@ -375,7 +467,7 @@ fn plan(shared: &Arc<Shared>) -> Option<Round> {
     let conns: Vec<(u64, Arc<Conn>)> = st
         .workers
         .iter()
-        .filter(|w| !w.exited && w.conn.process.is_some())
+        .filter(|w| !w.exited && w.conn.has_process())
         .map(|w| (w.id, w.conn.clone()))
         .collect();
     // Replacements start on starter threads; they wake us when they are added.
@@ -397,9 +489,8 @@ fn wait_for_events(shared: &Shared, round: &Round) -> (Vec<bool>, Vec<bool>) {
     let mut exited = Vec::with_capacity(conns.len());
     for (_, c) in conns {
         set.push((c.chan.fd(), ev));
-        // `plan` lists only workers with a process.
-        if let Some(p) = &c.process {
-            let (fd, done) = p.wait_handle();
+        // `plan` lists only workers with a process (or a remote one).
+        if let Some((fd, done)) = c.death_handle() {
             set.push((fd, ev));
             exited.push(done);
         }
@@ -485,6 +576,17 @@ fn apply(shared: &Shared, inputs: Vec<Input>) -> Vec<(u64, Arc<Conn>)> {
 /// Gets a dead worker's exit code (on a thread of its own unless it is known at once), then
 /// settles its tasks.
 fn settle_death(shared: &Arc<Shared>, id: u64, conn: Arc<Conn>) {
+    // A remote worker's exit code is stored before its death is visible; one lost with its
+    // rank gives its tasks back untouched.
+    #[cfg(feature = "mpi")]
+    if let Some(r) = &conn.remote {
+        if r.host_lost() {
+            let mut st = shared.lock();
+            st.on_host_lost(id);
+            drop(st);
+        }
+        return settle_now(shared, id, r.exit_code());
+    }
     let Some(p) = &conn.process else {
         return settle_now(shared, id, None);
     };

@@ -80,6 +80,12 @@ pub(crate) mod process {
     };
 }
 
+/// MPI sends that never wait for the receiver (feature `mpi`).
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi {
+    pub(crate) use super::backend::mpi::Isend;
+}
+
 /// The running executable's identity.
 pub(crate) mod exe {
     pub(crate) use super::backend::exe::fingerprint;

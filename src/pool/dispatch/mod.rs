@@ -82,6 +82,9 @@ pub(super) struct Config {
     pub(super) max_message: usize,
     #[cfg_attr(not(feature = "progress"), allow(dead_code))]
     pub(super) progress: bool,
+    /// The MPI ranks the workers run on (`PoolBuilder::mpi`); `None`: local workers.
+    #[cfg(feature = "mpi")]
+    pub(super) cluster: Option<crate::mpi::Cluster>,
 }
 
 /// Why the parent failed a task itself (the worker never answered for it).
@@ -257,8 +260,12 @@ impl Job {
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) chan: Channel,
-    /// `None` only for the state machine's unit tests, which run no processes.
+    /// `None` only for the state machine's unit tests, which run no processes, and for a
+    /// worker on another MPI rank.
     pub(super) process: Option<Process<()>>,
+    /// A worker on another MPI rank (its channel is relayed by the MPI thread).
+    #[cfg(feature = "mpi")]
+    pub(super) remote: Option<crate::mpi::Remote>,
 }
 
 impl Conn {
@@ -266,10 +273,40 @@ impl Conn {
         if let Some(p) = &self.process {
             let _ = p.kill();
         }
+        #[cfg(feature = "mpi")]
+        if let Some(r) = &self.remote {
+            r.kill();
+        }
     }
 
     pub(super) fn pid(&self) -> u32 {
+        #[cfg(feature = "mpi")]
+        if let Some(r) = &self.remote {
+            return r.pid();
+        }
         self.process.as_ref().map_or(0, |p| p.pid())
+    }
+
+    /// A process stands behind it (always, but in the unit tests).
+    pub(super) fn has_process(&self) -> bool {
+        #[cfg(feature = "mpi")]
+        if self.remote.is_some() {
+            return true;
+        }
+        self.process.is_some()
+    }
+
+    /// The descriptor that becomes readable when the worker is gone, and whether it is;
+    /// `None` without a process (the unit tests).
+    pub(super) fn death_handle(&self) -> Option<(BorrowedFd<'_>, bool)> {
+        #[cfg(feature = "mpi")]
+        if let Some(r) = &self.remote {
+            return Some(r.wait_handle());
+        }
+        self.process.as_ref().map(|p| {
+            use crate::connection::Waitable;
+            p.wait_handle()
+        })
     }
 }
 

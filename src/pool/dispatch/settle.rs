@@ -76,6 +76,24 @@ impl State {
         }
     }
 
+    /// Worker `id` was lost with its host (an MPI rank that stopped answering): no task of
+    /// its caused that, so every unanswered one goes back to the front of the queue, in
+    /// order, as it was (at least once: some may have run already).
+    #[cfg(feature = "mpi")]
+    pub(in crate::pool) fn on_host_lost(&mut self, id: u64) {
+        let Some(wi) = self.workers.iter().position(|w| w.id == id) else {
+            return;
+        };
+        let w = self.workers.swap_remove(wi);
+        for f in w.inflight.into_iter().rev() {
+            if f.task.suspect {
+                self.suspects.push_front(f.task);
+            } else {
+                self.queue.push_front(f.task);
+            }
+        }
+    }
+
     /// Element `elem` of the front task of the dead worker's `held` tasks failed with `why`;
     /// the rest runs again.
     fn fail_culprit(

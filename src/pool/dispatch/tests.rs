@@ -27,6 +27,8 @@ fn cfg(task_timeout: Option<Duration>) -> Config {
         ignore_sigint: false,
         max_message: crate::codec::frame::DEFAULT_MAX_MESSAGE,
         progress: false,
+        #[cfg(feature = "mpi")]
+        cluster: None,
     }
 }
 
@@ -39,6 +41,8 @@ fn add_worker(st: &mut State, id: u64) {
         conn: Arc::new(Conn {
             chan,
             process: None,
+            #[cfg(feature = "mpi")]
+            remote: None,
         }),
         status: Status::Ready,
         since: now,
@@ -547,4 +551,46 @@ fn frames_stay_under_max_message_size() {
         Some(ErrorKind::TooLarge)
     );
     assert!(Why::too_large(1_000, 100_000).is_none());
+}
+
+/// A worker lost with its MPI rank: every unanswered task runs again, none fails, and a
+/// lone one-element task (which a local death would blame) is not blamed.
+#[cfg(feature = "mpi")]
+#[test]
+fn a_worker_lost_with_its_host_gives_every_task_back() {
+    for held in [vec![1u32], vec![3, 1, 2]] {
+        let mut st = state(1);
+        st.estimates.insert(7, 1_000.0);
+        let (job, _) = st.new_job();
+        let mut base = 0;
+        let tasks = held
+            .iter()
+            .map(|&n| {
+                let t = task(job, base, n, 8);
+                base += n as u64;
+                t
+            })
+            .collect();
+        st.submit(tasks, &mut Actions::default());
+        let out = st.dispatch();
+        st.sent(out);
+        assert_eq!(worker(&st, 1).inflight.len(), held.len());
+        st.on_host_lost(1);
+        st.on_death(1, None, None, &mut Actions::default());
+        assert!(st.workers.is_empty());
+        assert!(inbox(&st, job).is_empty(), "{held:?}");
+        let queued: Vec<(u64, u32, u32)> = st.queue.iter().map(|t| (t.base, t.lo, t.hi)).collect();
+        let want: Vec<(u64, u32, u32)> = {
+            let mut b = 0;
+            held.iter()
+                .map(|&n| {
+                    let r = (b, 0, n);
+                    b += n as u64;
+                    r
+                })
+                .collect()
+        };
+        assert_eq!(queued, want, "in order, whole");
+        assert_eq!(st.jobs[&job].pending, held.len());
+    }
 }

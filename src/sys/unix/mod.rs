@@ -2,6 +2,8 @@
 
 pub(crate) mod exe;
 pub(crate) mod futex;
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
 pub(crate) mod process;
 pub(crate) mod robust;
 pub(crate) mod shm;

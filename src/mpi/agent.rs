@@ -1,0 +1,303 @@
+//! Ranks other than 0: the node agent, entered before `main` from the boot constructor.
+//!
+//! The agent initialises MPI on the process's only thread, introduces itself to rank 0
+//! (build-id, host, default worker count), adopts rank 0's entry key, then serves: it starts
+//! local pool workers when rank 0 asks, relays each worker's channel to rank 0 byte for byte,
+//! reports their exits, and kills them on request. A task that crashes kills its local
+//! worker only; the agent reports the exit and goes on. It never returns to `main`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use mpi::point_to_point::{Destination, Source};
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::*;
+
+use super::wire::{self, Died, Hello, Read, Relay, SpawnSpec, Welcome};
+use crate::connection::Waitable;
+use crate::process::Process;
+use crate::sys;
+
+/// A worker whose exit code does not arrive within this time is reported with none.
+const EXIT_CODE_WAIT: Duration = Duration::from_secs(5);
+
+/// The rank this process has in an MPI job, from the launcher's environment (Open MPI,
+/// MPICH/Hydra, PMIx launchers such as `srun --mpi=pmix`).
+pub(crate) fn rank_from_env() -> Option<u32> {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
+/// The job's size from the launcher's environment.
+pub(crate) fn size_from_env() -> Option<u32> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
+/// Called by the boot constructor in a normal start: a non-zero rank becomes an agent and
+/// never returns; rank 0 (and a program not under an MPI launcher) returns at once.
+pub(crate) fn boot_rank() {
+    match rank_from_env() {
+        Some(r) if r > 0 => serve(),
+        _ => {}
+    }
+}
+
+/// Workers per agent by default: this host's cores divided among its ranks.
+fn default_workers() -> u32 {
+    let local = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    (crate::context::cpu_count() / local).max(1) as u32
+}
+
+struct Local {
+    relay: Relay,
+    process: Process<()>,
+    /// Seen exited, since when (its exit code may arrive later from the fork server).
+    exited: Option<Instant>,
+}
+
+fn send(world: &SimpleCommunicator, m: &[u8]) {
+    world.process_at_rank(0).send(m);
+}
+
+fn exit_code(r: crate::Result<()>) -> Option<Option<i32>> {
+    match r {
+        Ok(()) => Some(Some(0)),
+        Err(e) if e.is_timeout() => None,
+        Err(e) => Some(match (e.signal(), e.exit_code()) {
+            (Some(s), _) => Some(-s),
+            (None, Some(c)) => Some(c),
+            (None, None) if e.kind() == crate::ErrorKind::Panicked => Some(1),
+            (None, None) => None,
+        }),
+    }
+}
+
+fn serve() -> ! {
+    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
+        eprintln!("multiproc: MPI could not be initialised on this rank");
+        sys::process::exit_now(70)
+    };
+    let world = universe.world();
+    // Children (and tasks) can find their agent, e.g. to test what a lost rank does.
+    // Sound: no other thread exists before `main`.
+    std::env::set_var("MULTIPROC_MPI_AGENT_PID", std::process::id().to_string());
+    let hello = Hello {
+        fingerprint: crate::spawn::fingerprint()
+            .map(|f| f.to_vec())
+            .unwrap_or_default(),
+        host: rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+        pid: std::process::id(),
+        default_workers: default_workers(),
+    };
+    send(&world, &wire::msg_with(wire::HELLO, 0, &hello));
+    // Wait for rank 0's answer (it may be long: rank 0 answers when `main` builds an MPI
+    // pool). Only rank 0 talks to us.
+    let mut idle = 0u32;
+    loop {
+        if let Some((src, m)) = try_recv(&world) {
+            idle = 0;
+            if src != 0 {
+                continue;
+            }
+            match wire::parse(&m) {
+                Ok((wire::WELCOME, _, b)) => match wire::body::<Welcome>(b, "WELCOME") {
+                    Ok(w) => {
+                        crate::task::adopt_key(w.key);
+                        break;
+                    }
+                    Err(e) => refuse_and_exit(universe, world, &e.to_string()),
+                },
+                Ok((wire::REFUSE, _, b)) => {
+                    let why = String::from_utf8_lossy(b).into_owned();
+                    refuse_and_exit(universe, world, &why)
+                }
+                Ok((wire::SHUTDOWN, _, _)) => finish(universe, world, HashMap::new()),
+                _ => {}
+            }
+        } else {
+            let _ = wire::idle_wait(&mut idle, &[]);
+        }
+    }
+    let workers = relay(&world);
+    finish(universe, world, workers)
+}
+
+fn refuse_and_exit(
+    universe: mpi::environment::Universe,
+    world: SimpleCommunicator,
+    why: &str,
+) -> ! {
+    eprintln!(
+        "multiproc: MPI rank {} refused by rank 0: {why}",
+        world.rank()
+    );
+    finish(universe, world, HashMap::new())
+}
+
+/// Kills what is left, finalizes MPI and exits 0 (a non-zero exit would abort the job).
+fn finish(
+    universe: mpi::environment::Universe,
+    world: SimpleCommunicator,
+    workers: HashMap<u64, Local>,
+) -> ! {
+    for w in workers.values() {
+        let _ = w.process.kill();
+    }
+    for w in workers.values() {
+        let _ = w.process.join_timeout(Duration::from_secs(5));
+    }
+    drop(workers);
+    drop(world);
+    drop(universe);
+    std::process::exit(0)
+}
+
+fn try_recv(world: &SimpleCommunicator) -> Option<(i32, Vec<u8>)> {
+    let probed = world.any_process().immediate_matched_probe()?;
+    let (buf, st) = probed.matched_receive_vec::<u8>();
+    Some((st.source_rank(), buf))
+}
+
+/// Serves rank 0 until `SHUTDOWN`; returns the workers left.
+fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
+    let mut workers: HashMap<u64, Local> = HashMap::new();
+    let mut idle = 0u32;
+    let mut last_beat = Instant::now();
+    let mut buf = Vec::with_capacity(wire::READ_MAX + 9);
+    loop {
+        let mut busy = false;
+        let mut taken = 0u64;
+        // 1. Rank 0's messages.
+        for _ in 0..256 {
+            let Some((src, m)) = try_recv(world) else {
+                break;
+            };
+            busy = true;
+            if src != 0 {
+                continue;
+            }
+            let Ok((kind, id, body)) = wire::parse(&m) else {
+                continue;
+            };
+            match kind {
+                wire::SPAWN => match wire::body::<SpawnSpec>(body, "SPAWN")
+                    .and_then(|s| crate::pool::start_worker_process(&s))
+                {
+                    Ok((fd, process)) => {
+                        let pid = process.pid();
+                        workers.insert(
+                            id,
+                            Local {
+                                relay: Relay::new(fd),
+                                process,
+                                exited: None,
+                            },
+                        );
+                        send(world, &wire::msg(wire::SPAWNED, id, &pid.to_le_bytes()));
+                    }
+                    Err(e) => send(
+                        world,
+                        &wire::msg(wire::SPAWN_FAILED, id, e.to_string().as_bytes()),
+                    ),
+                },
+                wire::DATA => {
+                    taken += body.len() as u64;
+                    if let Some(w) = workers.get_mut(&id) {
+                        w.relay.push(body);
+                        w.relay.flush();
+                    }
+                }
+                wire::EOF => {
+                    if let Some(w) = workers.get_mut(&id) {
+                        w.relay.shut_pending = true;
+                        w.relay.flush();
+                    }
+                }
+                wire::KILL => {
+                    if let Some(w) = workers.get(&id) {
+                        let _ = w.process.kill();
+                    }
+                }
+                wire::SHUTDOWN => return workers,
+                _ => {}
+            }
+        }
+        if taken > 0 {
+            send(world, &wire::msg(wire::CREDIT, 0, &taken.to_le_bytes()));
+        }
+        // 2. Workers: their bytes go to rank 0; their exits are reported after them.
+        let mut gone = Vec::new();
+        for (id, w) in workers.iter_mut() {
+            if w.relay.has_output() {
+                busy |= w.relay.flush();
+            }
+            let (_, dead) = w.process.wait_handle();
+            // Everything a dead worker wrote is in its socket: read it all first.
+            loop {
+                buf.clear();
+                match w.relay.read_some(&mut buf, wire::READ_MAX) {
+                    Read::Data(_) => {
+                        busy = true;
+                        // Pieces below the eager limit: a message that needs a rendezvous
+                        // would leave rank 0 blocked in its receive if we stopped halfway.
+                        for piece in buf.chunks(wire::PIECE - 9) {
+                            send(world, &wire::msg(wire::DATA, *id, piece));
+                        }
+                        if !dead && w.exited.is_none() {
+                            break;
+                        }
+                    }
+                    Read::Nothing | Read::End => break,
+                }
+            }
+            let dead = dead || w.relay.read_done;
+            if dead {
+                let since = *w.exited.get_or_insert_with(Instant::now);
+                let code = exit_code(w.process.join_timeout(Duration::ZERO));
+                let code = match code {
+                    Some(c) => Some(c),
+                    None if since.elapsed() > EXIT_CODE_WAIT => Some(None),
+                    None => None,
+                };
+                if let Some(code) = code {
+                    busy = true;
+                    send(world, &wire::msg_with(wire::DIED, *id, &Died { code }));
+                    gone.push(*id);
+                }
+            }
+        }
+        for id in gone {
+            workers.remove(&id);
+        }
+        if last_beat.elapsed() >= wire::BEAT {
+            last_beat = Instant::now();
+            send(world, &wire::msg(wire::BEAT_MSG, 0, &[]));
+        }
+        if busy {
+            idle = 0;
+        } else {
+            let set: Vec<(BorrowedFd<'_>, sys::socket::Events)> = workers
+                .values()
+                .flat_map(|w| {
+                    let (fd, _) = w.process.wait_handle();
+                    [
+                        (w.relay.fd.as_fd(), w.relay.events()),
+                        (fd, sys::socket::Events::IN),
+                    ]
+                })
+                .collect();
+            let _ = wire::idle_wait(&mut idle, &set);
+        }
+    }
+}

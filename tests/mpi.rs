@@ -1,0 +1,547 @@
+//! The MPI pool under a real `mpirun` (feature `mpi`).
+//!
+//! Each test starts `mpirun -n 3` on this test binary, running one `#[ignore]`d `inner_*`
+//! test: rank 0 runs it, ranks 1 and 2 become node agents before `main`. The outer test
+//! checks the job's exit status and what rank 0 printed, with a bounded wait.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::{ErrorKind, Pool};
+
+const APT: &str = "apt-get install -y libopenmpi-dev openmpi-bin libclang-dev pkg-config";
+
+/// Output and exit status of one `mpirun` job.
+struct Job {
+    ok: bool,
+    code: Option<i32>,
+    out: String,
+    err: String,
+    took: Duration,
+}
+
+/// Runs `mpirun <flags> -n 3 <this binary> --exact <inner> --ignored`, killing it after
+/// `limit`. Extra MPMD parts (`: -n 1 other`) go in `tail`.
+fn mpirun(inner: &str, head: &[&str], ranks: u32, tail: &[&str], limit: Duration) -> Job {
+    mpirun_in(&[], inner, head, ranks, tail, limit)
+}
+
+/// [`mpirun`], started through `wrap` (e.g. `ip netns exec NS`).
+fn mpirun_in(
+    wrap: &[&str],
+    inner: &str,
+    head: &[&str],
+    ranks: u32,
+    tail: &[&str],
+    limit: Duration,
+) -> Job {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg("mpirun");
+            c
+        }
+        None => Command::new("mpirun"),
+    };
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_mpi_yield_when_idle", "1")
+        .args(["--oversubscribe", "--bind-to", "none"])
+        .args(head)
+        .args(["-n", &ranks.to_string()])
+        .arg(&exe)
+        .args([
+            "--exact",
+            inner,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .args(tail)
+        // mpirun forwards its stdin to rank 0; with an inherited one (a terminal, a pipe) a
+        // rank stopped by SIGSTOP was seen to stall the whole job.
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "the `mpi` feature is on but `mpirun` could not be started ({e}); install MPI: {APT}"
+        ),
+    };
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let s = child.wait().unwrap();
+            let (out, err) = (t1.join().unwrap(), t2.join().unwrap());
+            panic!("mpirun did not finish within {limit:?} (status {s}).\nstdout:\n{out}\nstderr:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    Job {
+        ok: status.success(),
+        code: status.code(),
+        out: t1.join().unwrap(),
+        err: t2.join().unwrap(),
+        took,
+    }
+}
+
+fn under_mpirun() -> bool {
+    multiproc::mpi::size().unwrap_or(1) > 1
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn my_rank(_: u32) -> u32 {
+    multiproc::mpi::rank().unwrap_or(0)
+}
+
+/// [`my_rank`] taking 10 ms: the pool gives a task this slow to each idle worker, one at a
+/// time, so a map of them reaches every worker.
+fn my_rank_slow(x: u32) -> u32 {
+    std::thread::sleep(Duration::from_millis(10));
+    my_rank(x)
+}
+
+fn limit() -> Duration {
+    Duration::from_secs(90)
+}
+
+// ---------------------------------------------------------------------------------------
+// Map correctness at scale, imap, imap_unordered, apply_async, chunking.
+
+#[test]
+#[ignore]
+fn inner_map() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder().mpi().processes(1).build().unwrap();
+    assert_eq!(pool.mpi_ranks(), vec![(1, 1), (2, 1)]);
+    assert_eq!(pool.processes(), 2);
+    let n = 200_000u64;
+    let out = pool.map(square, 0..n).unwrap();
+    assert!(out
+        .iter()
+        .enumerate()
+        .all(|(i, v)| *v == (i as u64) * (i as u64)));
+    assert_eq!(
+        pool.map_chunked(square, 0..500u64, 1).unwrap(),
+        (0..500u64).map(square).collect::<Vec<_>>()
+    );
+    let im: Vec<u64> = pool.imap(square, 0..1000u64).map(|r| r.unwrap()).collect();
+    assert_eq!(im, (0..1000u64).map(square).collect::<Vec<_>>());
+    let mut un: Vec<u64> = pool
+        .imap_unordered(square, 0..1000u64)
+        .map(|r| r.unwrap())
+        .collect();
+    un.sort_unstable();
+    assert_eq!(un, (0..1000u64).map(square).collect::<Vec<_>>());
+    let rs: Vec<_> = (0..100u64).map(|i| pool.apply_async(square, i)).collect();
+    let sum: u64 = rs.into_iter().map(|r| r.get().unwrap()).sum();
+    assert_eq!(sum, (0..100u64).map(square).sum());
+    // Tasks really ran on the agent ranks, both of them.
+    let mut ranks = pool.map_chunked(my_rank_slow, 0..40u32, 1).unwrap();
+    ranks.sort_unstable();
+    ranks.dedup();
+    assert_eq!(ranks, vec![1, 2]);
+    pool.close();
+    pool.join().unwrap();
+    println!("INNER_MAP_OK");
+}
+
+#[test]
+fn map_across_ranks() {
+    let j = mpirun("inner_map", &[], 3, &[], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_MAP_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A crashing task fails alone; a task over its timeout fails with Timeout.
+
+fn crash_on_7(x: u32) -> u32 {
+    if x == 7 {
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+#[ignore]
+fn inner_faults() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder()
+        .mpi()
+        .processes(1)
+        .task_timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let rs: Vec<_> = (0..20u32)
+        .map(|i| pool.apply_async(crash_on_7, i))
+        .collect();
+    for (i, r) in rs.into_iter().enumerate() {
+        match r.get() {
+            Ok(v) => assert_eq!(v as usize, i),
+            Err(e) => {
+                assert_eq!(i, 7, "{e}");
+                assert_eq!(e.kind(), ErrorKind::WorkerLost, "{e}");
+                assert!(e.to_string().contains("SIGABRT"), "{e}");
+            }
+        }
+    }
+    let slow = pool.apply_async(|s: u64| std::thread::sleep(Duration::from_secs(s)), 30);
+    let e = slow.get().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    // The job goes on, on both ranks, with replaced workers.
+    assert_eq!(pool.map(square, 0..1000u64).unwrap().len(), 1000);
+    let mut ranks = pool.map_chunked(my_rank_slow, 0..40u32, 1).unwrap();
+    ranks.sort_unstable();
+    ranks.dedup();
+    assert_eq!(ranks, vec![1, 2]);
+    pool.close();
+    pool.join().unwrap();
+    println!("INNER_FAULTS_OK");
+}
+
+#[test]
+fn crashing_task_and_timeout() {
+    let j = mpirun("inner_faults", &[], 3, &[], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_FAULTS_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// An agent rank that stops answering (SIGSTOP) is declared lost; its tasks run elsewhere.
+
+/// Freezes its own agent when it runs on rank 2, then answers. Each item takes 20 ms, so
+/// rank 1 cannot finish the map alone before rank 2 has taken a task.
+fn freeze_rank_2(x: u32) -> u32 {
+    std::thread::sleep(Duration::from_millis(20));
+    if multiproc::mpi::rank() == Some(2) {
+        if let Ok(pid) = std::env::var("MULTIPROC_MPI_AGENT_PID") {
+            let _ = Command::new("kill").args(["-STOP", &pid]).status();
+        }
+    }
+    x
+}
+
+#[test]
+#[ignore]
+fn inner_frozen_rank() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder()
+        .mpi()
+        .processes(1)
+        .mpi_rank_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    // Every task answers: the ones that rank 2 held when it froze run again on rank 1.
+    let out = pool.map_chunked(freeze_rank_2, 0..50u32, 1).unwrap();
+    assert_eq!(out, (0..50u32).collect::<Vec<_>>());
+    println!("FROZEN_MAP_OK after {:?}", start.elapsed());
+    // Only rank 1 serves now, with the lost rank's share of workers.
+    let ranks = pool.map_chunked(my_rank, 0..50u32, 1).unwrap();
+    assert!(ranks.iter().all(|r| *r == 1), "{ranks:?}");
+    println!("INNER_FROZEN_OK");
+    pool.terminate();
+}
+
+#[test]
+fn frozen_rank_is_lost_and_its_tasks_rerun() {
+    let j = mpirun("inner_frozen_rank", &[], 3, &[], limit());
+    // Rank 0 finished its work; MPI_Finalize cannot include the frozen rank, so the launcher
+    // reports the job as failed, within a bounded time.
+    assert!(
+        j.out.contains("INNER_FROZEN_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+    assert!(j.err.contains("MPI rank 2"), "{}", j.err);
+    assert!(j.err.contains("is lost"), "{}", j.err);
+    println!("frozen-rank job ended after {:?} with {:?}", j.took, j.code);
+}
+
+// ---------------------------------------------------------------------------------------
+// An agent rank killed outright: Open MPI aborts the whole job (measured, bounded).
+
+fn kill_rank_2(x: u32) -> u32 {
+    if multiproc::mpi::rank() == Some(2) {
+        if let Ok(pid) = std::env::var("MULTIPROC_MPI_AGENT_PID") {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    }
+    x
+}
+
+#[test]
+#[ignore]
+fn inner_killed_rank() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder()
+        .mpi()
+        .processes(1)
+        .mpi_rank_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    println!("INNER_KILLED_STARTED");
+    let r = pool.map_chunked(kill_rank_2, 0..50u32, 1);
+    // Under Open MPI this line is normally never reached: the launcher kills rank 0 too.
+    println!("INNER_KILLED_SURVIVED {:?}", r.map(|v| v.len()));
+}
+
+#[test]
+fn killed_rank_ends_the_job_without_hanging() {
+    let j = mpirun("inner_killed_rank", &[], 3, &[], limit());
+    assert!(
+        j.out.contains("INNER_KILLED_STARTED"),
+        "stdout:\n{}\nstderr:\n{}",
+        j.out,
+        j.err
+    );
+    if !j.out.contains("INNER_KILLED_SURVIVED") {
+        // Open MPI: the job is aborted, and says which rank died.
+        assert!(!j.ok, "stdout:\n{}\nstderr:\n{}", j.out, j.err);
+        assert!(
+            j.err.contains("signal 9") || j.err.contains("Killed"),
+            "{}",
+            j.err
+        );
+    }
+    println!("killed-rank job ended after {:?} with {:?}", j.took, j.code);
+}
+
+// ---------------------------------------------------------------------------------------
+// A rank running another binary is refused.
+
+#[test]
+#[ignore]
+fn inner_mismatch() {
+    if !under_mpirun() {
+        return;
+    }
+    let e = Pool::builder().mpi().processes(1).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ExecutableMismatch, "{e}");
+    assert!(e.to_string().contains("rank 2"), "{e}");
+    assert!(e.to_string().contains("different binary"), "{e}");
+    println!("INNER_MISMATCH_OK: {e}");
+}
+
+#[test]
+fn mismatched_binary_is_refused() {
+    // Another program built with the feature: the example, in this test binary's profile
+    // (target/<profile>/deps/<test> -> target/<profile>/examples/mpi_map).
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().unwrap().parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--quiet", "--all-features", "--example", "mpi_map"]);
+    if profile.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().unwrap().success(),
+        "building examples/mpi_map failed"
+    );
+    let other = profile.join("examples/mpi_map");
+    let other = other.to_str().unwrap();
+    let j = mpirun("inner_mismatch", &[], 2, &[":", "-n", "1", other], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_MISMATCH_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Several hosts: ranks in network namespaces of their own, joined by a veth pair, launched
+// through an rsh agent that enters the namespace, over TCP only.
+
+/// Two network namespaces joined by a veth pair (10.213.7.1 and .2, inside them only), and
+/// the rsh agent script; all removed on drop.
+struct Hosts {
+    names: [String; 2],
+    veth: String,
+    agent: std::path::PathBuf,
+}
+
+impl Hosts {
+    fn create() -> Result<Hosts, String> {
+        let id = std::process::id();
+        let names = [format!("mpct{id}a"), format!("mpct{id}b")];
+        let veth = format!("va{id}");
+        let peer = format!("vb{id}");
+        let agent = std::env::temp_dir().join(format!("multiproc-rsh-{id}.sh"));
+        let hosts = Hosts {
+            names: names.clone(),
+            veth: veth.clone(),
+            agent: agent.clone(),
+        };
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("`ip` cannot be run ({e})"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`ip {}` failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let [a, b] = [names[0].as_str(), names[1].as_str()];
+        ip(&["netns", "add", a])?;
+        ip(&["netns", "add", b])?;
+        ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])?;
+        ip(&["link", "set", &veth, "netns", a])?;
+        ip(&["link", "set", &peer, "netns", b])?;
+        ip(&["-n", a, "addr", "add", "10.213.7.1/24", "dev", &veth])?;
+        ip(&["-n", b, "addr", "add", "10.213.7.2/24", "dev", &peer])?;
+        for (ns, dev) in [(a, veth.as_str()), (b, peer.as_str())] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        // mpirun calls `agent HOST COMMAND...`; the host name is the namespace's. Each host
+        // gets its own temporary directory, as separate machines would: Open MPI's daemons
+        // on one file system with one host name otherwise race for the same session
+        // directory ("File exists").
+        let tmp = std::env::temp_dir().join(format!("multiproc-hosts-{id}"));
+        std::fs::write(
+            &agent,
+            format!(
+                "#!/bin/sh\nhost=\"$1\"; shift\nmkdir -p {t}/$host\n\
+                 TMPDIR={t}/$host exec ip netns exec \"$host\" sh -c \"$*\"\n",
+                t = tmp.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        Ok(hosts)
+    }
+
+    /// Bytes through the veth end in the first namespace (sent + received).
+    fn link_bytes(&self) -> u64 {
+        ["tx_bytes", "rx_bytes"]
+            .iter()
+            .map(|f| {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &self.names[0], "cat"])
+                    .arg(format!("/sys/class/net/{}/statistics/{f}", self.veth))
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for n in &self.names {
+            // Deleting a namespace deletes the veth end inside it, and so the pair.
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = std::fs::remove_file(&self.agent);
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("multiproc-hosts-{}", std::process::id())),
+        );
+    }
+}
+
+#[test]
+fn map_across_hosts_in_network_namespaces() {
+    let hosts = match Hosts::create() {
+        Ok(h) => h,
+        Err(why) => {
+            println!("skipped: network namespaces cannot be made here ({why})");
+            return;
+        }
+    };
+    let before = hosts.link_bytes();
+    let agent = hosts.agent.to_str().unwrap().to_string();
+    let host_list = format!("{}:1,{}:2", hosts.names[0], hosts.names[1]);
+    let head = [
+        "--mca",
+        "plm_rsh_agent",
+        &agent,
+        "--host",
+        &host_list,
+        "--mca",
+        "btl",
+        "tcp,self",
+        "--mca",
+        "oob_tcp_if_include",
+        "10.213.7.0/24",
+        "--mca",
+        "btl_tcp_if_include",
+        "10.213.7.0/24",
+    ];
+    // mpirun itself runs in the first namespace: rank 0 there, ranks 1 and 2 in the second.
+    let wrap = ["ip", "netns", "exec", hosts.names[0].as_str()];
+    let j = mpirun_in(&wrap, "inner_map", &head, 3, &[], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_MAP_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+    let crossed = hosts.link_bytes() - before;
+    // 200,000 results and their tasks, at least, went over the link.
+    assert!(
+        crossed > 1_000_000,
+        "only {crossed} bytes crossed the veth link"
+    );
+    println!("{crossed} bytes crossed the link between the two hosts");
+}
