@@ -37,14 +37,19 @@ fn code_lines(text: &str) -> impl Iterator<Item = &str> {
         .filter(|l| !l.trim().is_empty())
 }
 
-#[test]
-fn unsafe_code_lives_where_architecture_md_says() {
+/// The text of ARCHITECTURE.md's section `## {title}`, up to the next section.
+fn architecture_section(title: &str) -> String {
     let arch = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
     let section = arch
-        .split("## Unsafe code")
+        .split(&format!("## {title}"))
         .nth(1)
-        .expect("ARCHITECTURE.md has an \"Unsafe code\" section");
-    let section = section.split("\n## ").next().unwrap();
+        .unwrap_or_else(|| panic!("ARCHITECTURE.md has no \"{title}\" section"));
+    section.split("\n## ").next().unwrap().to_string()
+}
+
+#[test]
+fn unsafe_code_lives_where_architecture_md_says() {
+    let section = architecture_section("Unsafe code");
     let mut with_unsafe = Vec::new();
     for (path, text) in sources() {
         let uses = code_lines(&text).any(|l| {
@@ -116,15 +121,7 @@ fn statics() -> Vec<(String, String, bool, String)> {
 
 #[test]
 fn every_static_and_thread_local_is_documented() {
-    let arch = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
-    let locks = arch
-        .split("## Locks")
-        .nth(1)
-        .expect("ARCHITECTURE.md has a \"Locks\" section")
-        .split("\n## ")
-        .next()
-        .unwrap()
-        .to_string();
+    let locks = architecture_section("Locks");
     let fork = std::fs::read_to_string(root().join("src/spawn/README.md")).unwrap();
     let all = statics();
     assert!(all.len() >= 10, "the scan found too little: {all:?}");
@@ -283,6 +280,21 @@ fn imports_only_go_down_the_layers() {
         "upward imports (invert each dependency; ARCHITECTURE.md, \"Import order\"):\n{}",
         upward.join("\n")
     );
+}
+
+#[test]
+fn architecture_md_draws_the_same_layers() {
+    let section = architecture_section("Import order");
+    let diagram = section
+        .split("```")
+        .nth(1)
+        .expect("\"Import order\" draws the layers in a code block");
+    let drawn: Vec<&str> = diagram
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| layer_of(w, &[]).is_some())
+        .collect();
+    let expected: Vec<&str> = LAYERS.iter().flat_map(|l| l.iter().copied()).collect();
+    assert_eq!(drawn, expected, "ARCHITECTURE.md's diagram and LAYERS differ");
 }
 
 #[test]
