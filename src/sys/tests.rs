@@ -294,7 +294,10 @@ fn architecture_md_draws_the_same_layers() {
         .filter(|w| layer_of(w, &[]).is_some())
         .collect();
     let expected: Vec<&str> = LAYERS.iter().flat_map(|l| l.iter().copied()).collect();
-    assert_eq!(drawn, expected, "ARCHITECTURE.md's diagram and LAYERS differ");
+    assert_eq!(
+        drawn, expected,
+        "ARCHITECTURE.md's diagram and LAYERS differ"
+    );
 }
 
 #[test]
