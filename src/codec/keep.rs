@@ -279,41 +279,31 @@ compound!(SerializeTuple, serialize_element);
 compound!(SerializeTupleStruct, serialize_field);
 compound!(SerializeTupleVariant, serialize_field);
 
-impl<C: ser::SerializeStruct> ser::SerializeStruct for Compound<C> {
-    type Ok = C::Ok;
-    type Error = Kept<C::Error>;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), Self::Error> {
-        self.0.serialize_field(key, &Keep(v)).map_err(Kept::Inner)
-    }
-    fn skip_field(&mut self, key: &'static str) -> Result<(), Self::Error> {
-        self.0.skip_field(key).map_err(Kept::Inner)
-    }
-    fn end(self) -> Result<C::Ok, Self::Error> {
-        self.0.end().map_err(Kept::Inner)
-    }
+/// The two struct-like compounds (named fields, one of them skippable).
+macro_rules! struct_compound {
+    ($trait:ident) => {
+        impl<C: ser::$trait> ser::$trait for Compound<C> {
+            type Ok = C::Ok;
+            type Error = Kept<C::Error>;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                v: &T,
+            ) -> Result<(), Self::Error> {
+                self.0.serialize_field(key, &Keep(v)).map_err(Kept::Inner)
+            }
+            fn skip_field(&mut self, key: &'static str) -> Result<(), Self::Error> {
+                self.0.skip_field(key).map_err(Kept::Inner)
+            }
+            fn end(self) -> Result<C::Ok, Self::Error> {
+                self.0.end().map_err(Kept::Inner)
+            }
+        }
+    };
 }
 
-impl<C: ser::SerializeStructVariant> ser::SerializeStructVariant for Compound<C> {
-    type Ok = C::Ok;
-    type Error = Kept<C::Error>;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), Self::Error> {
-        self.0.serialize_field(key, &Keep(v)).map_err(Kept::Inner)
-    }
-    fn skip_field(&mut self, key: &'static str) -> Result<(), Self::Error> {
-        self.0.skip_field(key).map_err(Kept::Inner)
-    }
-    fn end(self) -> Result<C::Ok, Self::Error> {
-        self.0.end().map_err(Kept::Inner)
-    }
-}
+struct_compound!(SerializeStruct);
+struct_compound!(SerializeStructVariant);
 
 impl<C: ser::SerializeMap> ser::SerializeMap for Compound<C> {
     type Ok = C::Ok;

@@ -514,13 +514,13 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
     }
 }
 
-mod sealed {
-    /// Only multiproc's types are [`Waitable`](super::Waitable).
+pub(crate) mod sealed {
+    /// Only multiproc's types are [`Waitable`](super::Waitable) (`Process` implements it in
+    /// `process`, above this module).
     pub trait Sealed {}
 }
 
 impl<T> sealed::Sealed for Connection<T> {}
-impl<R> sealed::Sealed for crate::Process<R> {}
 
 /// A receive with a deadline of now: "nothing in time" is `WouldBlock` (the `try_` shape).
 fn would_block_for_now<T>(r: Result<T>) -> Result<T> {

@@ -336,14 +336,7 @@ impl Manager {
     /// # Errors
     /// As [`dict`](Manager::dict).
     pub fn queue<T: Serialize + DeserializeOwned + 'static>(&self, name: &str) -> Result<Queue<T>> {
-        let init = Init::Queue(None);
-        self.attach(
-            Kind::Queue,
-            name,
-            signature_of::<T>(),
-            init,
-            Queue::from_link,
-        )
+        self.attach_queue(name, None)
     }
 
     /// The queue `name` holding at most `maxsize` items (when it is created here).
@@ -355,12 +348,20 @@ impl Manager {
         name: &str,
         maxsize: usize,
     ) -> Result<Queue<T>> {
-        let init = Init::Queue(Some(maxsize as u64));
+        self.attach_queue(name, Some(maxsize as u64))
+    }
+
+    /// [`queue`](Manager::queue) and [`bounded_queue`](Manager::bounded_queue).
+    fn attach_queue<T: Serialize + DeserializeOwned + 'static>(
+        &self,
+        name: &str,
+        maxsize: Option<u64>,
+    ) -> Result<Queue<T>> {
         self.attach(
             Kind::Queue,
             name,
             signature_of::<T>(),
-            init,
+            Init::Queue(maxsize),
             Queue::from_link,
         )
     }

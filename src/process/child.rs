@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::reaper::ReaperState;
 use crate::connection::channel::{Channel, Frame};
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
@@ -534,11 +535,42 @@ fn exit_error(code: i32) -> Error {
     }
 }
 
+/// What `process` keeps in the global state (`spawn::Global::above`, under its lock).
+#[derive(Debug, Default)]
+pub(super) struct Book {
+    /// Children that are not reaped yet.
+    pub(super) children: Vec<Arc<ChildShared>>,
+    /// The reaper of detached children.
+    pub(super) reaper: ReaperState,
+}
+
+/// `process`'s part of the global state, created on first use (a `Fork` child's fresh global
+/// state starts without one).
+pub(super) fn book(g: &mut spawn::Global) -> &mut Book {
+    let slot = g.above.get_or_insert_with(|| Box::new(Book::default()));
+    if !slot.is::<Book>() {
+        // Only this module stores the slot, so this never runs; it keeps the downcast total.
+        *slot = Box::new(Book::default());
+    }
+    slot.downcast_mut::<Book>()
+        .expect("the slot was just made to hold a Book")
+}
+
 pub(super) fn unregister(child: &ChildShared) {
     child.unregistered.store(true, Ordering::Relaxed);
-    spawn::global()
+    book(&mut spawn::global())
         .children
         .retain(|c| !std::ptr::eq(Arc::as_ptr(c), child));
+}
+
+impl spawn::ChildRecord for ChildShared {
+    fn chan(&self) -> &Channel {
+        ChildShared::chan(self)
+    }
+
+    fn abandon(&self) {
+        ChildShared::abandon(self)
+    }
 }
 
 impl ChildShared {

@@ -25,7 +25,7 @@ use crate::sys;
 use crate::task::{TaskArg, TaskResult};
 
 pub(crate) use child::ChildShared;
-pub(crate) use reaper::{at_exit, reap_detached, ReaperState};
+use reaper::reap_detached;
 
 /// A function running in a child process, like Python's `multiprocessing.Process`.
 ///
@@ -200,9 +200,10 @@ impl ProcessBuilder {
                 .unwrap_or(crate::codec::frame::DEFAULT_MAX_MESSAGE),
         };
         let daemon = self.daemon;
+        reaper::before_launch();
         let shared = spawn::launch(&opts, args, f, |g, launched, name| {
             let c = Arc::new(ChildShared::new(launched, name, daemon, method));
-            g.children.push(c.clone());
+            child::book(g).children.push(c.clone());
             c
         })?;
         Ok(Process {
@@ -363,6 +364,8 @@ impl<R> Process<R> {
     }
 }
 
+impl<R> crate::connection::sealed::Sealed for Process<R> {}
+
 impl<R> Waitable for Process<R> {
     fn wait_handle(&self) -> (BorrowedFd<'_>, bool) {
         self.shared.wait_handle()
@@ -413,7 +416,7 @@ pub fn parent_process() -> Option<ProcessInfo> {
 /// (`active_children()`).
 pub fn active_children() -> Vec<ProcessInfo> {
     reap_detached();
-    let all: Vec<Arc<ChildShared>> = spawn::global().children.clone();
+    let all: Vec<Arc<ChildShared>> = child::book(&mut spawn::global()).children.clone();
     all.iter()
         .filter(|c| c.is_alive())
         .map(|c| ProcessInfo {

@@ -9,22 +9,36 @@
 //! for the others (Python's semantics), and then waits for the fork server.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::child::{unregister, ChildShared};
+use super::child::{book, unregister, ChildShared};
 use crate::connection::channel::Channel;
 use crate::spawn;
 use crate::sys;
 use crate::wait::lock;
 
+/// Whether [`at_exit`] is registered with the C library (once per address space: a `Fork`
+/// child inherits the registration with the flag).
+static AT_EXIT_SET: AtomicBool = AtomicBool::new(false);
+
+/// What every launch does first: registers [`at_exit`] the first time, and reaps detached
+/// children that have exited.
+pub(super) fn before_launch() {
+    if !AT_EXIT_SET.swap(true, Ordering::AcqRel) {
+        sys::process::at_exit(at_exit);
+    }
+    reap_detached();
+}
+
 /// Reaps detached children that have exited (called on every launch and by the reaper);
 /// returns the detached children still running.
-pub(crate) fn reap_detached() -> Vec<Arc<ChildShared>> {
+pub(super) fn reap_detached() -> Vec<Arc<ChildShared>> {
     let detached: Vec<Arc<ChildShared>> = {
-        let g = spawn::global();
-        g.children
+        let mut g = spawn::global();
+        book(&mut g)
+            .children
             .iter()
             .filter(|c| c.detached.load(Ordering::Relaxed))
             .cloned()
@@ -42,9 +56,10 @@ pub(crate) fn reap_detached() -> Vec<Arc<ChildShared>> {
     left
 }
 
-/// The reaper's state, part of the global state (so a `Fork` child starts with none).
+/// The reaper's state, part of the global state (`child::Book`), so a `Fork` child starts
+/// with none.
 #[derive(Debug, Default)]
-pub(crate) struct ReaperState {
+pub(super) struct ReaperState {
     /// Whether the reaper thread runs.
     running: bool,
     /// Its wake-up socket pair (write end, read end), while it runs: a newly detached child
@@ -55,28 +70,29 @@ pub(crate) struct ReaperState {
 /// Makes sure the reaper thread runs, and wakes it so that it watches a newly detached child.
 pub(super) fn start_reaper() {
     let mut g = spawn::global();
-    if g.reaper.wake.is_none() {
+    let reaper = &mut book(&mut g).reaper;
+    if reaper.wake.is_none() {
         match crate::fdreg::socketpair() {
-            Ok((a, b)) => g.reaper.wake = Some(Arc::new((Channel::new(a), Channel::new(b)))),
+            Ok((a, b)) => reaper.wake = Some(Arc::new((Channel::new(a), Channel::new(b)))),
             // Out of descriptors: launches and `active_children` still reap.
             Err(_) => return,
         }
     }
-    let Some(wake) = g.reaper.wake.clone() else {
+    let Some(wake) = reaper.wake.clone() else {
         return;
     };
-    if g.reaper.running {
+    if reaper.running {
         drop(g);
         let _ = wake.0.try_send_raw(&[]);
         return;
     }
-    g.reaper.running = true;
+    reaper.running = true;
     drop(g);
     let spawned = std::thread::Builder::new()
         .name("multiproc-reaper".into())
         .spawn(move || reaper_loop(&wake));
     if spawned.is_err() {
-        spawn::global().reaper.running = false;
+        book(&mut spawn::global()).reaper.running = false;
     }
 }
 
@@ -91,14 +107,15 @@ fn reaper_loop(wake: &(Channel, Channel)) {
             // A child detached after our scan is already marked: check under the lock that
             // `start_reaper` takes, so either we see it or it sees us stopped.
             let mut g = spawn::global();
-            if !g
+            let book = book(&mut g);
+            if !book
                 .children
                 .iter()
                 .any(|c| c.detached.load(Ordering::Relaxed))
             {
                 // Idle: keep no descriptor (the pair closes with the last `Arc`, ours).
-                g.reaper.running = false;
-                g.reaper.wake = None;
+                book.reaper.running = false;
+                book.reaper.wake = None;
                 return;
             }
             continue;
@@ -121,7 +138,7 @@ fn reaper_loop(wake: &(Channel, Channel)) {
 }
 
 /// At normal exit: terminate daemon children, wait for the others (Python's semantics).
-pub(crate) extern "C" fn at_exit() {
+pub(super) extern "C" fn at_exit() {
     // glibc destroys the exiting thread's thread-locals before it runs `atexit` handlers, and
     // decoding a child's last frame uses the codec's thread-local tables: an access here would
     // panic, and a panic cannot leave an `extern "C"` function (the process would abort). So
@@ -142,8 +159,8 @@ fn finish_children() {
         // rather than hang the exit.
         let mut tries = 0;
         loop {
-            if let Some(g) = spawn::try_global() {
-                break g.children.clone();
+            if let Some(mut g) = spawn::try_global() {
+                break book(&mut g).children.clone();
             }
             tries += 1;
             if tries > 100 {

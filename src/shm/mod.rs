@@ -147,13 +147,18 @@ impl SharedMemory {
         };
         let fd = segment::create(header, "creating shared memory")?;
         let map = segment::map(&fd, header.data_len, false)?;
-        Ok(SharedMemory {
+        Ok(SharedMemory::wrap(fd, map, None))
+    }
+
+    /// A handle on a mapped segment that does not remove its name on drop.
+    fn wrap(fd: RegisteredFd, map: shm::Mapping, path: Option<String>) -> SharedMemory {
+        SharedMemory {
             fd,
             map,
-            path: None,
+            path,
             owner: AtomicBool::new(false),
             watcher: Mutex::new(None),
-        })
+        }
     }
 
     /// Creates the named segment `name` (`/dev/shm/<name>`, mode `0600`) of `size` bytes,
@@ -224,13 +229,7 @@ impl SharedMemory {
             Ok(m) => m,
             Err(e) => return Err(Error::io(e).context("mapping shared memory")),
         };
-        Ok(SharedMemory {
-            fd,
-            map,
-            path: Some(path),
-            owner: AtomicBool::new(false),
-            watcher: Mutex::new(None),
-        })
+        Ok(SharedMemory::wrap(fd, map, Some(path)))
     }
 
     /// Removes the named segment `name` (Python's `unlink()` on a handle you no longer
@@ -364,13 +363,7 @@ impl SharedMemory {
         let fd = self.fd.try_clone().map_err(Error::io)?;
         let map = shm::Mapping::map(fd.as_fd(), self.map_len(), self.control_len())
             .map_err(|e| Error::io(e).context("mapping shared memory"))?;
-        Ok(SharedMemory {
-            fd,
-            map,
-            path: self.path.clone(),
-            owner: AtomicBool::new(false),
-            watcher: Mutex::new(None),
-        })
+        Ok(SharedMemory::wrap(fd, map, self.path.clone()))
     }
 
     fn control_len(&self) -> usize {
@@ -494,13 +487,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
             WireIn::Anonymous(FdIn(fd)) => {
                 segment::check(&fd, Kind::Bytes, Elem::BYTES, "SharedMemory").and_then(|(h, _)| {
                     let map = segment::map(&fd, h.data_len, false).map_err(|e| e.to_string())?;
-                    Ok(SharedMemory {
-                        fd,
-                        map,
-                        path: None,
-                        owner: AtomicBool::new(false),
-                        watcher: Mutex::new(None),
-                    })
+                    Ok(SharedMemory::wrap(fd, map, None))
                 })
             }
         };

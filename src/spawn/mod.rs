@@ -16,7 +16,8 @@
 //! # Global state and `fork`
 //!
 //! All process-wide state lives in [`GLOBAL`]: our identity, the lifeline pipe, the fork
-//! server client and the registry of live children. Every multiproc descriptor is on the
+//! server client and, in an opaque slot (`Global::above`: `spawn` names nothing from the
+//! layers above it), `process`'s registry of live children. Every multiproc descriptor is on the
 //! descriptor registry's list (`crate::fdreg`) from its creation to its close. A `Fork` launch
 //! holds std's stdio locks, this lock and the registry across `fork()` itself, so a forked
 //! child sees a consistent state and neutralises every multiproc descriptor it inherited but
@@ -37,6 +38,7 @@ mod fork;
 mod forkserver;
 pub(crate) mod protocol;
 
+use std::any::Any;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -48,7 +50,6 @@ use crate::connection::channel::Channel;
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fdreg::{self, RegisteredFd};
-use crate::process::ChildShared;
 use crate::sys;
 use crate::task;
 use protocol::{FromChild, Ident, Setup, TaskSpec};
@@ -63,12 +64,12 @@ pub(crate) struct Global {
     lifeline: Option<(RegisteredFd, RegisteredFd)>,
     /// The fork server client, started on first use.
     server: Option<forkserver::Client>,
-    /// Children that are not reaped yet.
-    pub(crate) children: Vec<Arc<ChildShared>>,
+    /// What the layer above keeps under this lock (`process`'s children and reaper state),
+    /// opaque here because `spawn` sits below `process`. `None` until first use; a fresh
+    /// `Global` (a `Fork` child's) starts with none.
+    pub(crate) above: Option<Box<dyn Any + Send>>,
     /// For default names `Process-N`.
     counter: u64,
-    /// The reaper of detached children (`process.rs`).
-    pub(crate) reaper: crate::process::ReaperState,
 }
 
 impl Global {
@@ -78,9 +79,8 @@ impl Global {
             parent,
             lifeline: None,
             server: None,
-            children: Vec::new(),
+            above: None,
             counter: 0,
-            reaper: Default::default(),
         }
     }
 
@@ -111,7 +111,6 @@ static GLOBAL: OnceLock<Mutex<Global>> = OnceLock::new();
 pub(crate) fn global() -> MutexGuard<'static, Global> {
     GLOBAL
         .get_or_init(|| {
-            sys::process::at_exit(crate::process::at_exit);
             Mutex::new(Global::fresh(
                 Ident {
                     pid: sys::process::getpid(),
@@ -190,23 +189,31 @@ impl LaunchOpts {
     }
 }
 
+/// What [`launch`] needs of the record the layer above keeps for a new child (`process`'s
+/// `ChildShared`), so that `spawn` names nothing above it.
+pub(crate) trait ChildRecord {
+    /// The control stream to the child.
+    fn chan(&self) -> &Channel;
+    /// The task could not be sent: stop the child and let the reaper collect it.
+    fn abandon(&self);
+}
+
 /// Starts `f(args)` in a new child. Returns the child and its (resolved) name.
 ///
 /// `register` runs under the global lock once the child exists, so the registry never misses
 /// a child a concurrent `fork` could inherit.
-pub(crate) fn launch<F, A, R>(
+pub(crate) fn launch<F, A, R, C: ChildRecord>(
     opts: &LaunchOpts,
     args: A,
     _f: F, // only its type matters: the child conjures the zero-sized value
-    register: impl FnOnce(&mut Global, Launched, String) -> Arc<ChildShared>,
-) -> Result<Arc<ChildShared>>
+    register: impl FnOnce(&mut Global, Launched, String) -> Arc<C>,
+) -> Result<Arc<C>>
 where
     F: FnOnce(A) -> R + Copy + 'static,
     A: Serialize + DeserializeOwned,
     R: Serialize,
 {
     let entry = task::entry_of::<F, A, R>();
-    crate::process::reap_detached();
     // Sealing needs the key; drawing it costs one read of /dev/urandom the first time.
     let seal = task::seal(task::to_offset(entry));
     // Every method sends the arguments encoded, even `Fork`: that way a forked child gets

@@ -37,14 +37,19 @@ fn code_lines(text: &str) -> impl Iterator<Item = &str> {
         .filter(|l| !l.trim().is_empty())
 }
 
-#[test]
-fn unsafe_code_lives_where_architecture_md_says() {
+/// The text of ARCHITECTURE.md's section `## {title}`, up to the next section.
+fn architecture_section(title: &str) -> String {
     let arch = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
     let section = arch
-        .split("## Unsafe code")
+        .split(&format!("## {title}"))
         .nth(1)
-        .expect("ARCHITECTURE.md has an \"Unsafe code\" section");
-    let section = section.split("\n## ").next().unwrap();
+        .unwrap_or_else(|| panic!("ARCHITECTURE.md has no \"{title}\" section"));
+    section.split("\n## ").next().unwrap().to_string()
+}
+
+#[test]
+fn unsafe_code_lives_where_architecture_md_says() {
+    let section = architecture_section("Unsafe code");
     let mut with_unsafe = Vec::new();
     for (path, text) in sources() {
         let uses = code_lines(&text).any(|l| {
@@ -116,15 +121,7 @@ fn statics() -> Vec<(String, String, bool, String)> {
 
 #[test]
 fn every_static_and_thread_local_is_documented() {
-    let arch = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
-    let locks = arch
-        .split("## Locks")
-        .nth(1)
-        .expect("ARCHITECTURE.md has a \"Locks\" section")
-        .split("\n## ")
-        .next()
-        .unwrap()
-        .to_string();
+    let locks = architecture_section("Locks");
     let fork = std::fs::read_to_string(root().join("src/spawn/README.md")).unwrap();
     let all = statics();
     assert!(all.len() >= 10, "the scan found too little: {all:?}");
@@ -144,4 +141,174 @@ fn every_static_and_thread_local_is_documented() {
             );
         }
     }
+}
+
+/// The crate's layers, bottom first (ARCHITECTURE.md, "Import order"): a module may name
+/// modules of its own layer or below, never above. Modules of one layer do not form a chain
+/// (`pool` and `queue` are peers; so are `shm`, `sync`, `manager` and `mpi`).
+const LAYERS: &[&[&str]] = &[
+    &["wait"],
+    &["sys"],
+    &["error", "context"],
+    &["fdreg"],
+    &["codec"],
+    &["connection"],
+    &["task"],
+    &["spawn"],
+    &["process"],
+    &["pool", "queue"],
+    &["shm", "sync", "manager", "mpi"],
+    &["hooks", "__chaos"],
+];
+
+/// The layer of a crate-root name: a module, or an item `lib.rs` re-exports from one.
+fn layer_of(name: &str, reexports: &[(String, String)]) -> Option<usize> {
+    let module = reexports
+        .iter()
+        .find(|(item, _)| item == name)
+        .map_or(name, |(_, m)| m.as_str());
+    LAYERS.iter().position(|l| l.contains(&module))
+}
+
+/// `(item, module)` for every name `lib.rs` re-exports with `pub use module::{…}`.
+fn root_reexports() -> Vec<(String, String)> {
+    let lib = std::fs::read_to_string(root().join("src/lib.rs")).unwrap();
+    let mut out = Vec::new();
+    for stmt in lib.split(';') {
+        let Some(rest) = stmt.trim_start().strip_prefix("pub use ") else {
+            continue;
+        };
+        let Some((module, items)) = rest.split_once("::") else {
+            continue;
+        };
+        for item in items.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+            if !item.is_empty() {
+                out.push((item.to_string(), module.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The first identifier at the start of `s`.
+fn ident(s: &str) -> &str {
+    let s = s.trim_start();
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+/// Every top-level name a `crate::` path in `code` starts with (`crate::a::b` gives `a`;
+/// `crate::{a::b, C}` gives `a` and `C`).
+fn crate_paths(code: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for (i, m) in code.match_indices("crate::") {
+        // Not the tail of `$crate::` or of another identifier.
+        if code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '$') {
+            continue;
+        }
+        let tail = &code[i + m.len()..];
+        if let Some(group) = tail.strip_prefix('{') {
+            let (mut depth, mut start) = (0, 0);
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        out.push(ident(&group[start..j]));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.push(ident(&group[start..j]));
+                        start = j + 1;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.push(ident(tail));
+        }
+    }
+    out.retain(|n| !n.is_empty());
+    out
+}
+
+#[test]
+fn imports_only_go_down_the_layers() {
+    let reexports = root_reexports();
+    assert!(
+        reexports
+            .iter()
+            .any(|(i, m)| i == "Process" && m == "process"),
+        "the scan of lib.rs found no re-exports: {reexports:?}"
+    );
+    let mut seen = 0;
+    let mut upward = Vec::new();
+    for (path, text) in sources() {
+        if path == "lib.rs" {
+            continue; // the crate root sits above every layer
+        }
+        let module = path
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_string();
+        let Some(mine) = layer_of(&module, &[]) else {
+            panic!("src/{path}: module `{module}` has no layer: add it to LAYERS and to ARCHITECTURE.md's \"Import order\"");
+        };
+        let code: Vec<&str> = code_lines(&text).collect();
+        let code = code.join("\n");
+        {
+            for name in crate_paths(&code) {
+                seen += 1;
+                let Some(theirs) = layer_of(name, &reexports) else {
+                    panic!("src/{path}: `crate::{name}` is neither a layered module nor a re-export of one");
+                };
+                if theirs > mine {
+                    upward.push(format!(
+                        "src/{path} (layer {mine}, `{module}`) names `crate::{name}` (layer {theirs})"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(seen > 100, "the scan found too few `crate::` paths: {seen}");
+    assert!(
+        upward.is_empty(),
+        "upward imports (invert each dependency; ARCHITECTURE.md, \"Import order\"):\n{}",
+        upward.join("\n")
+    );
+}
+
+#[test]
+fn architecture_md_draws_the_same_layers() {
+    let section = architecture_section("Import order");
+    let diagram = section
+        .split("```")
+        .nth(1)
+        .expect("\"Import order\" draws the layers in a code block");
+    let drawn: Vec<&str> = diagram
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| layer_of(w, &[]).is_some())
+        .collect();
+    let expected: Vec<&str> = LAYERS.iter().flat_map(|l| l.iter().copied()).collect();
+    assert_eq!(
+        drawn, expected,
+        "ARCHITECTURE.md's diagram and LAYERS differ"
+    );
+}
+
+#[test]
+fn the_import_scan_sees_an_upward_path() {
+    assert_eq!(
+        crate_paths(
+            "use crate::process::{ChildShared, at_exit}; crate::Process::<()>::x; $crate::no"
+        ),
+        vec!["process", "Process"]
+    );
+    let reexports = root_reexports();
+    assert!(layer_of("Process", &reexports) > layer_of("spawn", &[]));
+    assert!(layer_of("Error", &reexports) < layer_of("fdreg", &[]));
 }

@@ -117,6 +117,16 @@ impl Mapping {
     /// Maps all `len` bytes of `fd` shared and read-write; `control` bytes at the start are
     /// the control region. Pages are only allocated when touched (`MAP_NORESERVE`).
     pub(crate) fn map(fd: BorrowedFd<'_>, len: usize, control: usize) -> io::Result<Mapping> {
+        Self::map_with(fd, len, control, MapFlags::empty())
+    }
+
+    /// [`Mapping::map`] with `extra` flags besides `MAP_SHARED | MAP_NORESERVE`.
+    fn map_with(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        control: usize,
+        extra: MapFlags,
+    ) -> io::Result<Mapping> {
         assert!(control <= len && control % 64 == 0, "bad control region");
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
@@ -128,7 +138,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::NORESERVE,
+                MapFlags::SHARED | MapFlags::NORESERVE | extra,
                 fd.as_fd(),
                 0,
             )?
@@ -296,25 +306,7 @@ impl Mapping {
         len: usize,
         control: usize,
     ) -> io::Result<Mapping> {
-        assert!(control <= len && control % 64 == 0, "bad control region");
-        if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
-        }
-        // SAFETY: as in `map`: a fresh mapping at an address the kernel chooses aliases no
-        // Rust object; `fd` is valid for the duration of the call.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::NORESERVE | MapFlags::POPULATE,
-                fd.as_fd(),
-                0,
-            )?
-        };
-        let base = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
-        Ok(Mapping { base, len, control })
+        Self::map_with(fd, len, control, MapFlags::POPULATE)
     }
 
     /// The length of the data region.

@@ -134,35 +134,12 @@ pub(crate) fn send_frame(
     fds: &[BorrowedFd<'_>],
     dontwait: bool,
 ) -> io::Result<()> {
-    debug_assert!(fds.len() <= MAX_FDS_PER_FRAME);
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut sent = 0usize;
-    let mut space =
-        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
-    let mut flags = SendFlags::NOSIGNAL;
-    if dontwait {
-        flags |= SendFlags::DONTWAIT;
-    }
-    while sent < total {
-        let iov = remaining(parts, sent);
-        let mut cmsg = SendAncillaryBuffer::new(&mut space);
-        if sent == 0 && !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "too many file descriptors",
-            ));
-        }
-        match rustix::net::sendmsg(fd, &iov, &mut cmsg, flags) {
-            Ok(n) => {
-                sent += n;
-                // Only a frame that has not started may give up without blocking.
-                flags = SendFlags::NOSIGNAL;
-            }
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    let pace = if dontwait {
+        Pace::FailIfFull
+    } else {
+        Pace::Block
+    };
+    send_parts(fd, parts, fds, pace).map(drop)
 }
 
 /// Like [`send_frame`] but gives up at `deadline`: returns how many bytes were written (all
@@ -173,6 +150,28 @@ pub(crate) fn send_frame_until(
     parts: &[&[u8]],
     fds: &[BorrowedFd<'_>],
     deadline: Instant,
+) -> io::Result<usize> {
+    send_parts(fd, parts, fds, Pace::Until(deadline))
+}
+
+/// How [`send_parts`] waits for room in the socket's buffer.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Blocks until everything is written.
+    Block,
+    /// `WouldBlock` when not one byte could be written; once the frame started, blocks.
+    FailIfFull,
+    /// Waits for room until the deadline, then returns what was written.
+    Until(Instant),
+}
+
+/// The one `sendmsg` loop behind [`send_frame`] and [`send_frame_until`]: returns how many
+/// bytes were written (all of them unless `Pace::Until`'s deadline passed).
+fn send_parts(
+    fd: BorrowedFd<'_>,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+    pace: Pace,
 ) -> io::Result<usize> {
     debug_assert!(fds.len() <= MAX_FDS_PER_FRAME);
     let total: usize = parts.iter().map(|p| p.len()).sum();
@@ -188,19 +187,24 @@ pub(crate) fn send_frame_until(
                 "too many file descriptors",
             ));
         }
-        match rustix::net::sendmsg(
-            fd,
-            &iov,
-            &mut cmsg,
-            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-        ) {
+        // Only a frame that has not started may give up without blocking.
+        let flags = match pace {
+            Pace::Block => SendFlags::NOSIGNAL,
+            Pace::FailIfFull if sent == 0 => SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            Pace::FailIfFull => SendFlags::NOSIGNAL,
+            Pace::Until(_) => SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        };
+        match rustix::net::sendmsg(fd, &iov, &mut cmsg, flags) {
             Ok(n) => sent += n,
             Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => {
-                if !wait_fd(fd, true, Some(deadline))? {
-                    break;
+            Err(Errno::AGAIN) => match pace {
+                Pace::Until(deadline) => {
+                    if !wait_fd(fd, true, Some(deadline))? {
+                        break;
+                    }
                 }
-            }
+                _ => return Err(Errno::AGAIN.into()),
+            },
             Err(e) => return Err(e.into()),
         }
     }
