@@ -37,9 +37,19 @@ pub(crate) fn size_from_env() -> Option<u32> {
         .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
 }
 
-/// Called by the boot constructor in a normal start: a non-zero rank becomes an agent and
-/// never returns; rank 0 (and a program not under an MPI launcher) returns at once.
-pub(crate) fn boot_rank() {
+/// The MPI backend's own constructor, beside `spawn::bootstrap`'s: in a normal start (no
+/// multiproc boot variable: not a child, not the fork server), a rank above 0 becomes an agent
+/// and never returns; rank 0 (and a program not under an MPI launcher) returns at once. The
+/// order of the two constructors does not matter: each one acts only when the other does not.
+#[ctor::ctor(unsafe)]
+fn boot_mpi_rank() {
+    if std::env::var_os(crate::spawn::bootstrap::BOOT_ENV).is_none() {
+        boot_rank();
+    }
+}
+
+/// A non-zero rank becomes an agent and never returns; rank 0 returns at once.
+fn boot_rank() {
     match rank_from_env() {
         Some(r) if r > 0 => serve(),
         _ => {}

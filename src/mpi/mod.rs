@@ -113,7 +113,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fdreg::RegisteredFd;
 use crate::wait::lock;
 
-pub(crate) use agent::boot_rank;
 pub(crate) use wire::SpawnSpec;
 
 /// The rank of this process in the MPI job it was launched in, read from the launcher's

@@ -31,9 +31,7 @@ const EXIT_BOOT_FAILED: i32 = 70;
 #[ctor::ctor(unsafe)]
 fn boot() {
     let Some(value) = std::env::var_os(BOOT_ENV) else {
-        // A rank other than 0 of an MPI job becomes a node agent and never returns.
-        #[cfg(feature = "mpi")]
-        crate::mpi::boot_rank();
+        // A normal start (the MPI backend has a constructor of its own for ranks above 0).
         return;
     };
     // SAFETY-free in edition 2021, and sound here: no other thread exists before `main`.
