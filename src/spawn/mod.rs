@@ -262,11 +262,27 @@ where
     drop(g);
     // Talk to the child outside the lock (the arguments may be large).
     if let Err(e) = send_task(shared.chan(), &spec, &payload, &fds) {
+        let e = explain_hang_up(shared.chan(), e);
         // The child would wait for its task forever: stop it and let the reaper collect it.
         shared.abandon();
         return Err(e);
     }
     Ok(shared)
+}
+
+/// A child that hung up before taking its task while this process is out of descriptors lost
+/// its start to that (a descriptor of its start-up could not be received): say so, rather than
+/// only "disconnected". The probe is one duplicate, closed at once.
+fn explain_hang_up(chan: &Channel, e: Error) -> Error {
+    if !e.is_disconnected() {
+        return e;
+    }
+    match crate::fdreg::duplicate(chan.fd()) {
+        Err(io) if sys::process::is_out_of_descriptors(&io) => {
+            Error::io(io).context("starting the child (it hung up before taking its task)")
+        }
+        _ => e,
+    }
 }
 
 fn send_task(chan: &Channel, spec: &TaskSpec, payload: &[u8], fds: &[RegisteredFd]) -> Result<()> {
