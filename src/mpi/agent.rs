@@ -48,11 +48,33 @@ fn boot_mpi_rank() {
     }
 }
 
-/// A non-zero rank becomes an agent and never returns; rank 0 returns at once.
+/// A non-zero rank becomes an agent and never returns; rank 0 returns at once. Every rank
+/// first sets the MPI tuning the relay relies on for its speed.
 fn boot_rank() {
-    match rank_from_env() {
+    let rank = rank_from_env();
+    if rank.is_some() {
+        tune_transport();
+    }
+    match rank {
         Some(r) if r > 0 => serve(),
         _ => {}
+    }
+}
+
+/// Raises Open MPI's shared-memory eager limit to 64 KiB ([`wire::EAGER_ENV`]) so that each
+/// relayed piece is one copy, unless the user set either variable (in the environment or on
+/// `mpirun`'s command line, which passes them the same way). Before `main`, on the only
+/// thread, before `MPI_Init`; other MPI libraries ignore the variables.
+fn tune_transport() {
+    if wire::EAGER_ENV
+        .iter()
+        .any(|(k, _)| std::env::var_os(k).is_some())
+    {
+        return;
+    }
+    for (k, v) in wire::EAGER_ENV {
+        // Sound: no other thread exists before `main`.
+        std::env::set_var(k, v);
     }
 }
 
@@ -73,8 +95,11 @@ struct Local {
     exited: Option<Instant>,
 }
 
-fn send(world: &SimpleCommunicator, m: &[u8]) {
-    world.process_at_rank(0).send(m);
+/// Sends one message to rank 0, built in `buf` (blocking: below the eager limit, a copy).
+fn send(world: &SimpleCommunicator, buf: &mut Vec<u8>, kind: u8, id: u64, body: &[u8]) {
+    wire::header(buf, kind, id);
+    buf.extend_from_slice(body);
+    world.process_at_rank(0).send(&buf[..]);
 }
 
 fn exit_code(r: crate::Result<()>) -> Option<Option<i32>> {
@@ -110,13 +135,14 @@ fn serve() -> ! {
         pid: std::process::id(),
         default_workers: default_workers(),
     };
-    send(&world, &wire::msg_with(wire::HELLO, 0, &hello));
+    let hello = postcard::to_stdvec(&hello).unwrap_or_default();
+    send(&world, &mut Vec::new(), wire::HELLO, 0, &hello);
     // Wait for rank 0's answer (it may be long: rank 0 answers when `main` builds an MPI
     // pool). Only rank 0 talks to us.
-    let mut idle = 0u32;
+    let mut idle = wire::Idle::default();
     loop {
         if let Some((src, m)) = try_recv(&world) {
-            idle = 0;
+            idle.reset();
             if src != 0 {
                 continue;
             }
@@ -136,7 +162,7 @@ fn serve() -> ! {
                 _ => {}
             }
         } else {
-            let _ = wire::idle_wait(&mut idle, &[]);
+            let _ = idle.wait(&[]);
         }
     }
     let workers = relay(&world);
@@ -182,22 +208,28 @@ fn try_recv(world: &SimpleCommunicator) -> Option<(i32, Vec<u8>)> {
 /// Serves rank 0 until `SHUTDOWN`; returns the workers left.
 fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
     let mut workers: HashMap<u64, Local> = HashMap::new();
-    let mut idle = 0u32;
+    let mut idle = wire::Idle::default();
     let mut last_beat = Instant::now();
-    let mut buf = Vec::with_capacity(wire::READ_MAX + 9);
+    // One buffer for the message being received and one for the message being sent (sends
+    // are blocking: MPI has copied it when `send` returns): nothing allocated per message.
+    let mut rbuf: Vec<u8> = Vec::new();
+    let mut sbuf: Vec<u8> = Vec::new();
+    let mut scratch = vec![0u8; wire::PIECE - 9];
     loop {
         let mut busy = false;
         let mut taken = 0u64;
         // 1. Rank 0's messages.
         for _ in 0..256 {
-            let Some((src, m)) = try_recv(world) else {
+            let Some(p) = sys::mpi::probe(world) else {
                 break;
             };
             busy = true;
+            let src = p.source;
+            p.receive_into(&mut rbuf);
             if src != 0 {
                 continue;
             }
-            let Ok((kind, id, body)) = wire::parse(&m) else {
+            let Ok((kind, id, body)) = wire::parse(&rbuf) else {
                 continue;
             };
             match kind {
@@ -214,18 +246,20 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                                 exited: None,
                             },
                         );
-                        send(world, &wire::msg(wire::SPAWNED, id, &pid.to_le_bytes()));
+                        send(world, &mut sbuf, wire::SPAWNED, id, &pid.to_le_bytes());
                     }
                     Err(e) => send(
                         world,
-                        &wire::msg(wire::SPAWN_FAILED, id, e.to_string().as_bytes()),
+                        &mut sbuf,
+                        wire::SPAWN_FAILED,
+                        id,
+                        e.to_string().as_bytes(),
                     ),
                 },
                 wire::DATA => {
                     taken += body.len() as u64;
                     if let Some(w) = workers.get_mut(&id) {
-                        w.relay.push(body);
-                        w.relay.flush();
+                        w.relay.write(body);
                     }
                 }
                 wire::EOF => {
@@ -244,7 +278,7 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
             }
         }
         if taken > 0 {
-            send(world, &wire::msg(wire::CREDIT, 0, &taken.to_le_bytes()));
+            send(world, &mut sbuf, wire::CREDIT, 0, &taken.to_le_bytes());
         }
         // 2. Workers: their bytes go to rank 0; their exits are reported after them.
         let mut gone = Vec::new();
@@ -254,21 +288,13 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
             }
             let (_, dead) = w.process.wait_handle();
             // Everything a dead worker wrote is in its socket: read it all first.
-            loop {
-                buf.clear();
-                match w.relay.read_some(&mut buf, wire::READ_MAX) {
-                    Read::Data(_) => {
-                        busy = true;
-                        // Pieces below the eager limit: a message that needs a rendezvous
-                        // would leave rank 0 blocked in its receive if we stopped halfway.
-                        for piece in buf.chunks(wire::PIECE - 9) {
-                            send(world, &wire::msg(wire::DATA, *id, piece));
-                        }
-                        if !dead && w.exited.is_none() {
-                            break;
-                        }
-                    }
-                    Read::Nothing | Read::End => break,
+            let mut read = 0;
+            while let Read::Data(n) = w.relay.read_some(&mut scratch) {
+                busy = true;
+                send(world, &mut sbuf, wire::DATA, *id, &scratch[..n]);
+                read += n;
+                if !dead && w.exited.is_none() && read >= wire::READ_MAX {
+                    break;
                 }
             }
             let dead = dead || w.relay.read_done;
@@ -282,7 +308,8 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                 };
                 if let Some(code) = code {
                     busy = true;
-                    send(world, &wire::msg_with(wire::DIED, *id, &Died { code }));
+                    let d = postcard::to_stdvec(&Died { code }).unwrap_or_default();
+                    send(world, &mut sbuf, wire::DIED, *id, &d);
                     gone.push(*id);
                 }
             }
@@ -292,10 +319,10 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
         }
         if last_beat.elapsed() >= wire::BEAT {
             last_beat = Instant::now();
-            send(world, &wire::msg(wire::BEAT_MSG, 0, &[]));
+            send(world, &mut sbuf, wire::BEAT_MSG, 0, &[]);
         }
         if busy {
-            idle = 0;
+            idle.reset();
         } else {
             let set: Vec<(BorrowedFd<'_>, sys::socket::Events)> = workers
                 .values()
@@ -307,7 +334,7 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                     ]
                 })
                 .collect();
-            let _ = wire::idle_wait(&mut idle, &set);
+            let _ = idle.wait(&set);
         }
     }
 }

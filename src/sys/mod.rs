@@ -80,10 +80,10 @@ pub(crate) mod process {
     };
 }
 
-/// MPI sends that never wait for the receiver (feature `mpi`).
+/// MPI sends and receives that never wait for the peer (feature `mpi`).
 #[cfg(feature = "mpi")]
 pub(crate) mod mpi {
-    pub(crate) use super::backend::mpi::Isend;
+    pub(crate) use super::backend::mpi::{probe, Irecv, Isend};
 }
 
 /// The running executable's identity.
