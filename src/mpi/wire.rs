@@ -327,6 +327,22 @@ pub(crate) const DOZE_AFTER: std::time::Duration = std::time::Duration::from_mil
 /// after a long pause, and about 1/`DOZE` wake-ups a second while idle.
 pub(crate) const DOZE: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Whether Open MPI yields the processor itself in a call that finds nothing to do
+/// (`mpi_yield_when_idle`, which `mpirun` turns on when it oversubscribes a host): then
+/// every spinning round already yields once, in its probe, and yielding again only doubles
+/// the rounds other processes run before this one looks again.
+fn mpi_yields() -> bool {
+    static YIELDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *YIELDS.get_or_init(|| {
+        std::env::var("OMPI_MCA_mpi_yield_when_idle").is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "t" | "true" | "y" | "yes" | "enabled"
+            )
+        })
+    })
+}
+
 impl Idle {
     /// There was work: the next wait spins again.
     pub(crate) fn reset(&mut self) {
@@ -342,7 +358,9 @@ impl Idle {
         let now = std::time::Instant::now();
         let idle_for = now.duration_since(*self.since.get_or_insert(now));
         if idle_for < SPIN {
-            std::thread::yield_now();
+            if !mpi_yields() {
+                std::thread::yield_now();
+            }
             return Ok(());
         }
         self.naps = self.naps.saturating_add(1);
