@@ -328,18 +328,21 @@ pub(crate) const DOZE_AFTER: std::time::Duration = std::time::Duration::from_mil
 pub(crate) const DOZE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Whether Open MPI yields the processor itself in a call that finds nothing to do
-/// (`mpi_yield_when_idle`, which `mpirun` turns on when it oversubscribes a host): then
-/// every spinning round already yields once, in its probe, and yielding again only doubles
-/// the rounds other processes run before this one looks again.
+/// (`mpi_yield_when_idle`; by default on when `mpirun` oversubscribes the host, which it
+/// tells the ranks as `mpi_oversubscribe`): then every spinning round already yields once,
+/// in its probe, and yielding again only doubles the rounds other processes run before this
+/// one looks again.
 fn mpi_yields() -> bool {
     static YIELDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *YIELDS.get_or_init(|| {
-        std::env::var("OMPI_MCA_mpi_yield_when_idle").is_ok_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "t" | "true" | "y" | "yes" | "enabled"
-            )
-        })
+    let on = |v: String| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "t" | "true" | "y" | "yes" | "enabled"
+        )
+    };
+    *YIELDS.get_or_init(|| match std::env::var("OMPI_MCA_mpi_yield_when_idle") {
+        Ok(v) => on(v),
+        Err(_) => std::env::var("OMPI_MCA_mpi_oversubscribe").is_ok_and(on),
     })
 }
 
