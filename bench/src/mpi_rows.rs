@@ -285,7 +285,7 @@ pub fn run(cfg: &Config) -> String {
     } else {
         crate::work::calibrate(cfg.cpu_item_ms)
     };
-    let rounds = if cfg.quick { 1 } else { cfg.rounds.min(3) };
+    let rounds = if cfg.quick { 1 } else { cfg.rounds.min(5) };
     let columns = [
         "local pool (2 workers)",
         "MPI pool, shared memory (2 ranks × 1)",

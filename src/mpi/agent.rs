@@ -66,15 +66,19 @@ fn boot_rank() {
 /// `mpirun`'s command line, which passes them the same way). Before `main`, on the only
 /// thread, before `MPI_Init`; other MPI libraries ignore the variables.
 fn tune_transport() {
-    if wire::EAGER_ENV
-        .iter()
-        .any(|(k, _)| std::env::var_os(k).is_some())
-    {
-        return;
-    }
-    for (k, v) in wire::EAGER_ENV {
+    for (k, v) in transport_settings(|k| std::env::var_os(k).is_some()) {
         // Sound: no other thread exists before `main`.
         std::env::set_var(k, v);
+    }
+}
+
+/// The variables [`tune_transport`] sets, given which ones are set already (`is_set`): all
+/// of [`wire::EAGER_ENV`], or none when the user set any of them (they go together).
+fn transport_settings(is_set: impl Fn(&str) -> bool) -> &'static [(&'static str, &'static str)] {
+    if wire::EAGER_ENV.iter().any(|(k, _)| is_set(k)) {
+        &[]
+    } else {
+        &wire::EAGER_ENV
     }
 }
 
@@ -95,7 +99,8 @@ struct Local {
     exited: Option<Instant>,
 }
 
-/// Sends one message to rank 0, built in `buf` (blocking: below the eager limit, a copy).
+/// Sends one message to rank 0, built in `buf`. Blocking: a copy up to the eager limit;
+/// above it (a limit the user lowered), until rank 0 takes it, which it does every round.
 fn send(world: &SimpleCommunicator, buf: &mut Vec<u8>, kind: u8, id: u64, body: &[u8]) {
     wire::header(buf, kind, id);
     buf.extend_from_slice(body);
@@ -139,7 +144,7 @@ fn serve() -> ! {
     send(&world, &mut Vec::new(), wire::HELLO, 0, &hello);
     // Wait for rank 0's answer (it may be long: rank 0 answers when `main` builds an MPI
     // pool). Only rank 0 talks to us.
-    let mut idle = wire::Idle::default();
+    let mut idle = wire::Idle::new();
     loop {
         if let Some((src, m)) = try_recv(&world) {
             idle.reset();
@@ -208,7 +213,7 @@ fn try_recv(world: &SimpleCommunicator) -> Option<(i32, Vec<u8>)> {
 /// Serves rank 0 until `SHUTDOWN`; returns the workers left.
 fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
     let mut workers: HashMap<u64, Local> = HashMap::new();
-    let mut idle = wire::Idle::default();
+    let mut idle = wire::Idle::new();
     let mut last_beat = Instant::now();
     // One buffer for the message being received and one for the message being sent (sends
     // are blocking: MPI has copied it when `send` returns): nothing allocated per message.
@@ -335,6 +340,27 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                 })
                 .collect();
             let _ = idle.wait(&set);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eager_limit_is_raised_unless_the_user_set_it() {
+        let set = transport_settings(|_| false);
+        assert!(set.contains(&("OMPI_MCA_btl_vader_eager_limit", "65536")));
+        assert!(set.contains(&("OMPI_MCA_btl_vader_max_send_size", "65536")));
+        // The pieces the relay sends fit the limit it sets, header included.
+        let limit: usize = set[0].1.parse().unwrap();
+        assert!(wire::PIECE <= limit);
+        for (k, _) in wire::EAGER_ENV {
+            assert!(
+                transport_settings(|v| v == k).is_empty(),
+                "{k} set by the user: nothing is overridden"
+            );
         }
     }
 }

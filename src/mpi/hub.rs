@@ -521,7 +521,7 @@ fn relay_loop(
     let mut spare = wire::Buffers::default();
     let mut scratch = vec![0u8; wire::PIECE - 9];
     let mut last_beat = Instant::now();
-    let mut idle = wire::Idle::default();
+    let mut idle = wire::Idle::new();
     loop {
         let mut busy = false;
         // 1. Commands from the pool.

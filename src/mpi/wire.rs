@@ -309,12 +309,14 @@ impl Relay {
 /// keeps its latency; then it polls the descriptors it has (the pool's sockets, the
 /// workers') with a timeout that grows to [`NAP`], and after [`DOZE_AFTER`] without work to
 /// [`DOZE`], so an idle pool costs (almost) no CPU.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Idle {
     /// When the current idle stretch began.
     since: Option<std::time::Instant>,
     /// Rounds that slept in this stretch.
     naps: u32,
+    /// MPI yields in an empty probe itself ([`mpi_yields`]).
+    mpi_yields: bool,
 }
 
 /// How long an idle loop spins (yielding) after its last work.
@@ -333,20 +335,28 @@ pub(crate) const DOZE: std::time::Duration = std::time::Duration::from_millis(5)
 /// in its probe, and yielding again only doubles the rounds other processes run before this
 /// one looks again.
 fn mpi_yields() -> bool {
-    static YIELDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = |v: String| {
         matches!(
             v.trim().to_ascii_lowercase().as_str(),
             "1" | "t" | "true" | "y" | "yes" | "enabled"
         )
     };
-    *YIELDS.get_or_init(|| match std::env::var("OMPI_MCA_mpi_yield_when_idle") {
+    match std::env::var("OMPI_MCA_mpi_yield_when_idle") {
         Ok(v) => on(v),
         Err(_) => std::env::var("OMPI_MCA_mpi_oversubscribe").is_ok_and(on),
-    })
+    }
 }
 
 impl Idle {
+    /// A loop that has just had work.
+    pub(crate) fn new() -> Idle {
+        Idle {
+            since: None,
+            naps: 0,
+            mpi_yields: mpi_yields(),
+        }
+    }
+
     /// There was work: the next wait spins again.
     pub(crate) fn reset(&mut self) {
         self.since = None;
@@ -361,7 +371,7 @@ impl Idle {
         let now = std::time::Instant::now();
         let idle_for = now.duration_since(*self.since.get_or_insert(now));
         if idle_for < SPIN {
-            if !mpi_yields() {
+            if !self.mpi_yields {
                 std::thread::yield_now();
             }
             return Ok(());
