@@ -167,7 +167,7 @@ fn serve() -> ! {
                 _ => {}
             }
         } else {
-            let _ = idle.wait(&[]);
+            idle.wait(&[]);
         }
     }
     let workers = relay(&world);
@@ -339,7 +339,7 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                     ]
                 })
                 .collect();
-            let _ = idle.wait(&set);
+            idle.wait(&set);
         }
     }
 }

@@ -180,6 +180,13 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
     let fingerprint = crate::spawn::fingerprint()?.to_vec();
     let (wake_rx, wake_tx) =
         fdreg::pipe().map_err(|e| Error::io(e).context("creating the MPI hub's wake-up pipe"))?;
+    // Never blocking: the hub drains it after taking the commands, and a command's byte may
+    // have been read with an earlier one's (a blocking read then waited for the next command).
+    rustix::fs::fcntl_getfl(&wake_rx)
+        .and_then(|fl| rustix::fs::fcntl_setfl(&wake_rx, fl | rustix::fs::OFlags::NONBLOCK))
+        .map_err(|e| {
+            Error::io(e.into()).context("making the MPI hub's wake-up pipe non-blocking")
+        })?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("multiproc-mpi".into())
@@ -522,14 +529,18 @@ fn relay_loop(
     let mut scratch = vec![0u8; wire::PIECE - 9];
     let mut last_beat = Instant::now();
     let mut idle = wire::Idle::new();
+    // The wake-up pipe became readable in the last wait.
+    let mut woken = false;
     loop {
         let mut busy = false;
-        // 1. Commands from the pool.
-        let cmds: Vec<Cmd> = lock(&hub.cmds).drain(..).collect();
-        if !cmds.is_empty() {
+        // 1. Commands from the pool. Their wake-up bytes are read first, so that a command
+        // whose byte is read is taken in this round too (a command is queued before its byte
+        // is written); a byte left for a command taken earlier wakes one more round.
+        if std::mem::take(&mut woken) || !lock(&hub.cmds).is_empty() {
             let mut b = [0u8; 256];
-            let _ = rustix::io::read(wake_rx.as_fd(), &mut b);
+            while matches!(rustix::io::read(wake_rx.as_fd(), &mut b), Ok(n) if n == b.len()) {}
         }
+        let cmds: Vec<Cmd> = lock(&hub.cmds).drain(..).collect();
         for c in cmds {
             busy = true;
             match c {
@@ -761,7 +772,7 @@ fn relay_loop(
                     set.push((w.relay.fd.as_fd(), w.relay.events()));
                 }
             }
-            let _ = idle.wait(&set);
+            woken = idle.wait(&set);
         }
     }
 }

@@ -7,7 +7,6 @@
 //! so the pool's own protocol (`src/pool/README.md`) runs end to end.
 
 use std::collections::VecDeque;
-use std::io;
 use std::os::fd::AsFd;
 
 use serde::{Deserialize, Serialize};
@@ -364,21 +363,24 @@ impl Idle {
     }
 
     /// Waits a little, as the back-off says: yields, or polls `set` until a timeout.
+    /// Returns whether `set[0]` became ready.
     pub(crate) fn wait(
         &mut self,
         set: &[(std::os::fd::BorrowedFd<'_>, crate::sys::socket::Events)],
-    ) -> io::Result<()> {
+    ) -> bool {
         let now = std::time::Instant::now();
         let idle_for = now.duration_since(*self.since.get_or_insert(now));
         if idle_for < SPIN {
             if !self.mpi_yields {
                 std::thread::yield_now();
             }
-            return Ok(());
+            return false;
         }
         self.naps = self.naps.saturating_add(1);
         let most = if idle_for < DOZE_AFTER { NAP } else { DOZE };
         let nap = (std::time::Duration::from_micros(20) * self.naps).min(most);
-        crate::sys::socket::poll_each(set, Some(now + nap)).map(|_| ())
+        crate::sys::socket::poll_each(set, Some(now + nap))
+            .map(|r| r.first() == Some(&0))
+            .unwrap_or(false)
     }
 }
