@@ -531,6 +531,8 @@ fn relay_loop(
     let mut idle = wire::Idle::new();
     // The wake-up pipe became readable in the last wait.
     let mut woken = false;
+    // Workers per rank (this round's, for the credit window).
+    let mut per_rank: HashMap<i32, usize> = HashMap::new();
     loop {
         let mut busy = false;
         // 1. Commands from the pool. Their wake-up bytes are read first, so that a command
@@ -672,7 +674,7 @@ fn relay_loop(
         }
         // 3. Worker sockets: what the pool wrote goes to the agent (not to a quiet rank, or
         // one whose window is full: the bytes wait in the socket).
-        let mut per_rank: HashMap<i32, usize> = HashMap::new();
+        per_rank.clear();
         for w in workers.values() {
             *per_rank.entry(w.rank).or_default() += 1;
         }

@@ -44,7 +44,8 @@ pub(crate) const CREDIT: u8 = 13;
 /// `DATA` bytes rank 0 may have sent to one rank per worker it runs there, that the rank has
 /// not credited back: what a rank that stopped answering can leave in rank 0's pending sends.
 /// Above the pool's byte budget per worker (96 KiB, `src/pool/README.md`), so the window never
-/// holds back a stream the pool itself lets through.
+/// holds back a stream the pool keeps within its budget (a single task larger than that
+/// crosses in pieces, each credited as the agent takes it).
 pub(crate) const WINDOW_PER_WORKER: usize = 128 * 1024;
 /// The largest message either side sends (header included), except the handshake's: at the
 /// eager limit multiproc sets for Open MPI's shared memory ([`EAGER_ENV`]) and Open MPI's
