@@ -401,6 +401,23 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Live processes whose environment names this cluster's `slurm.conf`: the daemons'
+    /// step daemons and the job's tasks (the daemons themselves and `srun` got it too).
+    fn started_by_us(&self) -> Vec<u32> {
+        let want = format!("SLURM_CONF={}", self.conf.display());
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != std::process::id())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+            })
+            .collect()
+    }
+
     /// Cancels every job of this cluster and waits (bounded) until none is left.
     fn cancel_all(&mut self) {
         let Some((_, ctld)) = self.daemons.iter_mut().find(|(n, _)| *n == "slurmctld") else {
@@ -447,6 +464,25 @@ impl Drop for Cluster {
                     Ok(None) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
+        }
+        // Whatever the daemons started (step daemons, tasks) carries our SLURM_CONF: wait
+        // for it to end, and kill what is still there after 10 s.
+        let start = Instant::now();
+        loop {
+            let left = self.started_by_us();
+            if left.is_empty() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                eprintln!("still running after the daemons stopped, killed: {left:?}");
+                for pid in left {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
