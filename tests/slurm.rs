@@ -11,8 +11,9 @@
 //! and removes the directory.
 //!
 //! Skipped, saying why, where Slurm or munge is not installed, where this is not root (the
-//! daemons must run as root to start jobs), or where Slurm has no PMIx plugin. Once the
-//! tools are there, a daemon that does not start fails the test with its log.
+//! daemons must run as root to start jobs), or where Slurm has no PMIx plugin; with
+//! `MULTIPROC_REQUIRE_SLURM` set (`.ci/run` sets it) each of these fails the test instead.
+//! Once the tools are there, a daemon that does not start fails the test with its log.
 #![cfg(feature = "mpi")]
 
 use std::collections::BTreeSet;
@@ -497,22 +498,38 @@ struct Job {
     took: Duration,
 }
 
-fn srun(c: &Cluster, inner: &str, limit: Duration) -> Job {
+/// Runs `srun --mpi=<mpi> -n <ranks> <this binary> --exact <inner> --ignored` in `c`,
+/// killing it after `limit`.
+fn srun(c: &Cluster, mpi: &str, ranks: usize, inner: &str, limit: Duration) -> Job {
     let exe = std::env::current_exe().unwrap();
+    let args = [
+        "--exact",
+        inner,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ];
+    srun_program(c, mpi, ranks, &exe, &args, limit)
+}
+
+/// Runs `srun --mpi=<mpi> -n <ranks> <program> <args>` in `c`, killing it after `limit`.
+fn srun_program(
+    c: &Cluster,
+    mpi: &str,
+    ranks: usize,
+    program: &Path,
+    args: &[&str],
+    limit: Duration,
+) -> Job {
     let mut cmd = c.client("srun");
-    cmd.args(["--mpi=pmix", "-n", &RANKS.to_string()])
+    cmd.arg(format!("--mpi={mpi}"))
+        .args(["-n", &ranks.to_string()])
         // More tasks than this node's CPUs may share them.
         .arg("--overcommit")
         // A task that fails ends the step; the others get 30 s after the first one ends.
         .args(["--kill-on-bad-exit=1", "--wait=30", "--time=5"])
-        .arg(&exe)
-        .args([
-            "--exact",
-            inner,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .arg(program)
+        .args(args)
         .env("OMPI_MCA_mpi_yield_when_idle", "1")
         // Open MPI's session directory under our own directory.
         .env("TMPDIR", c.dir.join("tmp"))
@@ -554,18 +571,43 @@ fn srun(c: &Cluster, inner: &str, limit: Duration) -> Job {
     }
 }
 
+/// Builds `examples/mpi_map` in this test binary's profile and gives its path
+/// (target/<profile>/deps/<test> -> target/<profile>/examples/mpi_map).
+fn build_example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().unwrap().parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--quiet", "--all-features", "--example", "mpi_map"]);
+    if profile.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().unwrap().success(),
+        "building examples/mpi_map failed"
+    );
+    profile.join("examples/mpi_map")
+}
+
+fn limit() -> Duration {
+    Duration::from_secs(120)
+}
+
 #[test]
 fn map_across_ranks_under_srun() {
     let start = Instant::now();
     let cluster = match Cluster::start() {
         Ok(c) => c,
+        Err(why) if std::env::var_os("MULTIPROC_REQUIRE_SLURM").is_some() => {
+            panic!("MULTIPROC_REQUIRE_SLURM is set (as .ci/run does) but Slurm cannot run: {why}")
+        }
         Err(why) => {
             println!("skipped: no single-node Slurm here ({why})");
             return;
         }
     };
     let up = start.elapsed();
-    let j = srun(&cluster, "inner_slurm", Duration::from_secs(120));
+    let j = srun(&cluster, "pmix", RANKS, "inner_slurm", limit());
     assert!(
         j.ok && j.out.contains("INNER_SLURM_OK"),
         "status {:?}\nstdout:\n{}\nstderr:\n{}\n{}",
@@ -574,14 +616,39 @@ fn map_across_ranks_under_srun() {
         j.err,
         cluster.logs()
     );
+    // The README's launch line: the example under srun.
+    let example = build_example();
+    let ex = srun_program(&cluster, "pmix", RANKS, &example, &[], limit());
+    assert!(
+        ex.ok && ex.out.contains("computed on ranks [1, 2]"),
+        "examples/mpi_map: status {:?}\nstdout:\n{}\nstderr:\n{}",
+        ex.code,
+        ex.out,
+        ex.err
+    );
+    // Slurm offers PMI-2 as well, but Debian's Open MPI has no PMI-2 client (it was built
+    // with PMIx only): every task fails in MPI_Init, and the step ends.
+    let p2 = srun(&cluster, "pmi2", 2, "inner_slurm", limit());
+    let said = format!("{}{}", p2.out, p2.err);
+    assert!(
+        !p2.ok && !said.contains("INNER_SLURM_OK") && said.contains("MPI_Init"),
+        "--mpi=pmi2: status {:?}\nstdout:\n{}\nstderr:\n{}",
+        p2.code,
+        p2.out,
+        p2.err
+    );
     drop(cluster);
     if let Some(l) = j.out.lines().find(|l| l.contains("INNER_SLURM_OK")) {
         println!("{l}");
     }
     println!(
-        "Slurm up (munged, slurmctld, slurmd, node idle) in {up:?}; srun job {:?}; \
-         everything stopped after {:?}",
+        "Slurm up (munged, slurmctld, slurmd, node idle) in {up:?}; srun --mpi=pmix job {:?}, \
+         examples/mpi_map {:?}; --mpi=pmi2 refused after {:?} (exit {:?}); everything \
+         stopped after {:?}",
         j.took,
+        ex.took,
+        p2.took,
+        p2.code,
         start.elapsed()
     );
 }
