@@ -27,9 +27,8 @@ use multiproc::Pool;
 const APT: &str = "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge";
 
 /// The Slurm and munge programs the test runs.
-const TOOLS: [&str; 8] = [
+const TOOLS: [&str; 7] = [
     "munged",
-    "munge",
     "slurmctld",
     "slurmd",
     "srun",
@@ -637,14 +636,16 @@ fn map_across_ranks_under_srun() {
         p2.out,
         p2.err
     );
+    let stopping = Instant::now();
     drop(cluster);
+    let stop = stopping.elapsed();
     if let Some(l) = j.out.lines().find(|l| l.contains("INNER_SLURM_OK")) {
         println!("{l}");
     }
     println!(
         "Slurm up (munged, slurmctld, slurmd, node idle) in {up:?}; srun --mpi=pmix job {:?}, \
-         examples/mpi_map {:?}; --mpi=pmi2 refused after {:?} (exit {:?}); everything \
-         stopped after {:?}",
+         examples/mpi_map {:?}; --mpi=pmi2 refused after {:?} (exit {:?}); stopped in {stop:?}, \
+         {:?} in all",
         j.took,
         ex.took,
         p2.took,
