@@ -13,7 +13,7 @@
 //!           args = postcard `Vec<A>`; the worker runs elements lo..hi of it. The entry
 //!           offset is sent with the first task of a frame and whenever it changes.
 //!   entry = `task::to_offset` of the trampoline, seal = `task::seal(entry)`: the writers
-//!           below seal every entry they write, and the worker runs only an entry whose
+//!           below take only a [`SealedEntry`] (made once per job), and the worker runs only an entry whose
 //!           seal matches under the key it adopted at boot (`task::from_sealed`, checked
 //!           once per entry change). A task whose seal does not match fails (status FAILED,
 //!           `Failure::BadEntry`), and so do the tasks after it in the frame that name no
@@ -171,6 +171,10 @@ impl<'a> Cursor<'a> {
 // ---- The records, each writer next to its reader ------------------------------------
 
 /// An entry offset as it travels on the pool channel: with its seal.
+///
+/// The pool makes one with [`SealedEntry::of`] where it names the function (once per
+/// `map`, `imap`, `apply_async` or initializer, not per task) and the tasks carry it, so the
+/// frame writers below only ever write sealed entries and sealing costs nothing per frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct SealedEntry {
     /// `task::to_offset` of the trampoline.
@@ -180,8 +184,13 @@ pub(super) struct SealedEntry {
 }
 
 impl SealedEntry {
-    /// Seals `offset` under this process's key (the parent writing a frame).
-    fn seal(offset: u64) -> SealedEntry {
+    /// `entry`'s offset, sealed under this process's key.
+    pub(super) fn of(entry: EntryFn) -> SealedEntry {
+        SealedEntry::seal(task::to_offset(entry))
+    }
+
+    /// Seals `offset` under this process's key.
+    pub(super) fn seal(offset: u64) -> SealedEntry {
         SealedEntry {
             offset,
             seal: task::seal(offset),
@@ -209,15 +218,13 @@ impl SealedEntry {
     }
 }
 
-/// INIT (parent → worker, the first frame): the initializer's entry (0: none), sealed, and
-/// its arguments.
-pub(super) fn put_init(frame: &mut Vec<u8>, entry: u64, args: &[u8]) {
+/// INIT (parent → worker, the first frame): the initializer's sealed entry (`None`: there
+/// is none, written as offset 0) and its arguments.
+pub(super) fn put_init(frame: &mut Vec<u8>, entry: Option<SealedEntry>, args: &[u8]) {
     frame.push(TAG_INIT);
-    let sealed = match entry {
-        0 => SealedEntry { offset: 0, seal: 0 },
-        e => SealedEntry::seal(e),
-    };
-    sealed.put(frame);
+    entry
+        .unwrap_or(SealedEntry { offset: 0, seal: 0 })
+        .put(frame);
     frame.extend_from_slice(&(args.len() as u32).to_le_bytes());
     frame.extend_from_slice(args);
 }
@@ -235,10 +242,10 @@ pub(super) fn read_init(payload: &[u8]) -> Result<(Option<SealedEntry>, &[u8]), 
 
 /// TASK (parent → worker): appends the header of a task running elements `lo..hi` of
 /// `args_len` bytes of arguments with `nfds` descriptors; the caller appends the arguments.
-/// `entry` (an offset) is written with its seal.
+/// `entry`, when given, is written with its seal.
 pub(super) fn put_task_header(
     frame: &mut Vec<u8>,
-    entry: Option<u64>,
+    entry: Option<SealedEntry>,
     nfds: u8,
     args_len: usize,
     lo: u32,
@@ -247,7 +254,7 @@ pub(super) fn put_task_header(
     match entry {
         Some(e) => {
             frame.push(TAG_TASK | FLAG_ENTRY);
-            SealedEntry::seal(e).put(frame);
+            e.put(frame);
         }
         None => frame.push(TAG_TASK),
     }
@@ -539,29 +546,24 @@ mod tests {
     #[test]
     fn every_record_reads_back_as_written() {
         let mut init = Vec::new();
-        put_init(&mut init, 42, b"abc");
-        let sealed = SealedEntry {
-            offset: 42,
-            seal: task::seal(42),
-        };
+        let sealed = SealedEntry::seal(42);
+        assert_eq!(sealed.seal, task::seal(42));
+        put_init(&mut init, Some(sealed), b"abc");
         assert_eq!(read_init(&init).unwrap(), (Some(sealed), &b"abc"[..]));
         assert!(read_init(&init[..5]).is_err(), "truncated");
         assert!(read_init(&init[..20]).is_err(), "truncated");
         let mut none = Vec::new();
-        put_init(&mut none, 0, b"");
+        put_init(&mut none, None, b"");
         assert_eq!(read_init(&none).unwrap(), (None, &b""[..]));
 
         let mut tasks = Vec::new();
-        put_task_header(&mut tasks, Some(7), 2, 3, 1, 3);
+        let seven = SealedEntry::seal(7);
+        put_task_header(&mut tasks, Some(seven), 2, 3, 1, 3);
         tasks.extend_from_slice(b"xyz");
         put_task_header(&mut tasks, None, 0, 1, 0, 1);
         tasks.push(b'q');
         let mut cur = Cursor::new(&tasks);
         let t = read_task(&mut cur).unwrap();
-        let seven = SealedEntry {
-            offset: 7,
-            seal: task::seal(7),
-        };
         assert_eq!((t.entry, t.nfds), (Some(seven), 2));
         assert_eq!(t.body, &[1, 0, 0, 0, 3, 0, 0, 0, b'x', b'y', b'z'][..]);
         let t = read_task(&mut cur).unwrap();
@@ -632,8 +634,15 @@ mod tests {
     fn every_entry_written_is_sealed_and_only_a_matching_seal_opens() {
         let offset = task::to_offset(entry_of(double));
         let mut frame = Vec::new();
-        put_task_header(&mut frame, Some(offset), 0, 0, 0, 0);
-        put_init(&mut frame, offset, b"");
+        put_task_header(
+            &mut frame,
+            Some(SealedEntry::of(entry_of(double))),
+            0,
+            0,
+            0,
+            0,
+        );
+        put_init(&mut frame, Some(SealedEntry::seal(offset)), b"");
         let mut cur = Cursor::new(&frame);
         let sealed = read_task(&mut cur).unwrap().entry.unwrap();
         assert_eq!(sealed.seal, task::seal(offset));

@@ -18,12 +18,12 @@ fn init_that_panics(_: ()) {
     panic!("the initializer ran")
 }
 
-fn chunk_of<F: Fn(u32) -> u32 + Copy + Send + 'static>(_: F) -> u64 {
-    task::to_offset(chunk_entry::<F, u32, u32>())
+fn chunk_of<F: Fn(u32) -> u32 + Copy + Send + 'static>(_: F) -> SealedEntry {
+    SealedEntry::of(chunk_entry::<F, u32, u32>())
 }
 
-fn init_of<F: Fn(()) + Copy + Send + 'static>(_: F) -> u64 {
-    task::to_offset(init_entry::<F, (), ()>())
+fn init_of<F: Fn(()) + Copy + Send + 'static>(_: F) -> SealedEntry {
+    SealedEntry::of(init_entry::<F, (), ()>())
 }
 
 /// A worker process and our end of its channel.
@@ -54,7 +54,7 @@ fn forge(record: &mut [u8], offset: u64, seal: u64) {
 }
 
 /// A TASK record of the elements `xs` (all of them), with `entry` if given.
-fn task_record(entry: Option<u64>, xs: &[u32]) -> Vec<u8> {
+fn task_record(entry: Option<SealedEntry>, xs: &[u32]) -> Vec<u8> {
     let mut args = Vec::new();
     codec::encode(&xs.to_vec(), &mut args, &mut Vec::new()).unwrap();
     let mut rec = Vec::new();
@@ -109,13 +109,13 @@ fn is_refusal(f: &Failure) -> bool {
 fn a_forged_entry_in_an_init_frame_is_refused() {
     let good = init_of(init_that_panics);
     for (offset, seal) in [
-        (good, task::seal(good) ^ 1),
-        (good.wrapping_add(16), task::seal(good)),
+        (good.offset, good.seal ^ 1),
+        (good.offset.wrapping_add(16), good.seal),
         (0x1234_5678, 0),
     ] {
         let (chan, p) = start_worker();
         let mut init = Vec::new();
-        put_init(&mut init, good, b"");
+        put_init(&mut init, Some(good), b"");
         forge(&mut init, offset, seal);
         chan.send_raw(&init, &[]).unwrap();
         // Refused, not run: the initializer would have panicked.
@@ -132,7 +132,7 @@ fn a_forged_entry_in_an_init_frame_is_refused() {
 fn a_forged_entry_in_a_task_frame_fails_its_tasks_and_the_worker_serves_on() {
     let (chan, p) = start_worker();
     let mut init = Vec::new();
-    put_init(&mut init, 0, b"");
+    put_init(&mut init, None, b"");
     chan.send_raw(&init, &[]).unwrap();
     assert!(matches!(&answers(&chan, 1)[..], [Answer::Ready]));
 
@@ -142,11 +142,11 @@ fn a_forged_entry_in_a_task_frame_fails_its_tasks_and_the_worker_serves_on() {
     // forged seal of the good offset.
     let mut frame = task_record(Some(good), &[1, 2]);
     let mut forged = task_record(Some(good), &[3]);
-    forge(&mut forged, good.wrapping_add(16), task::seal(good));
+    forge(&mut forged, good.offset.wrapping_add(16), good.seal);
     frame.extend_from_slice(&forged);
     frame.extend_from_slice(&task_record(None, &[4]));
     let mut forged = task_record(Some(good), &[5]);
-    forge(&mut forged, good, task::seal(good) ^ 0x8000);
+    forge(&mut forged, good.offset, good.seal ^ 0x8000);
     frame.extend_from_slice(&forged);
     // Another frame, well sealed: served as usual.
     let next = task_record(Some(good), &[6]);
@@ -176,7 +176,7 @@ fn a_forged_entry_in_a_task_frame_fails_its_tasks_and_the_worker_serves_on() {
 fn a_frame_whose_first_task_names_no_entry_ends_the_worker() {
     let (chan, p) = start_worker();
     let mut init = Vec::new();
-    put_init(&mut init, 0, b"");
+    put_init(&mut init, None, b"");
     chan.send_raw(&init, &[]).unwrap();
     assert!(matches!(&answers(&chan, 1)[..], [Answer::Ready]));
     chan.send_raw(&task_record(None, &[1]), &[]).unwrap();
