@@ -10,6 +10,13 @@
 //! when the pidfd reports the exit it reaps the child and writes `Exit{code}` on that socket
 //! (never blocking: a full socket is retried when writable).
 //!
+//! A request the server cannot serve (out of descriptors: it inherited the program's
+//! `RLIMIT_NOFILE`; or `fork` failed) is answered with `SpawnFailed{reason}` on the child's
+//! control stream, which it then closes; the server goes on, and serves again once
+//! descriptors are free (see [`Reserve`]: a request's descriptor is always received). The
+//! parent reports the reason as an `Io` error naming the limit: from `spawn` when the stream
+//! was closed before the task could be sent ([`refusal`]), otherwise from `join`.
+//!
 //! When the parent's stream reaches end of file (the parent exited or was killed) the server
 //! SIGKILLs every child it has and exits.
 
