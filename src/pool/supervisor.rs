@@ -130,9 +130,13 @@ fn new_worker(id: u64, cfg: &Config, conn: Conn) -> Worker {
 
 /// The initializer's INIT frame, and its descriptors.
 fn init_frame(cfg: &Config) -> (Vec<u8>, Vec<BorrowedFd<'_>>) {
-    let (entry, bytes, fds): (u64, &[u8], Vec<BorrowedFd<'_>>) = match &cfg.init {
-        Some(i) => (i.entry, &i.bytes, i.fds.iter().map(|f| f.as_fd()).collect()),
-        None => (0, &[], Vec::new()),
+    let (entry, bytes, fds): (_, &[u8], Vec<BorrowedFd<'_>>) = match &cfg.init {
+        Some(i) => (
+            Some(i.entry),
+            &i.bytes,
+            i.fds.iter().map(|f| f.as_fd()).collect(),
+        ),
+        None => (None, &[], Vec::new()),
     };
     let mut frame = Vec::with_capacity(16 + bytes.len());
     put_init(&mut frame, entry, bytes);

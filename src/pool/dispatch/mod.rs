@@ -25,7 +25,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::completion::{Notifier, Runner};
-use super::task::{Failure, TASK_HEADER_MAX};
+use super::task::{Failure, SealedEntry, TASK_HEADER_MAX};
 use crate::connection::channel::Channel;
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind};
@@ -56,10 +56,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Consecutive worker start failures before the pool gives up.
 pub(super) const MAX_START_FAILURES: u32 = 5;
 
-/// Encoded initializer: entry offset and arguments (descriptors included).
+/// Encoded initializer: sealed entry and arguments (descriptors included).
 #[derive(Debug)]
 pub(super) struct Init {
-    pub(super) entry: u64,
+    pub(super) entry: SealedEntry,
     pub(super) bytes: Vec<u8>,
     pub(super) fds: Vec<RegisteredFd>,
 }
@@ -157,7 +157,8 @@ pub(super) struct Task {
     pub(super) base: u64,
     pub(super) lo: u32,
     pub(super) hi: u32,
-    pub(super) entry: u64,
+    /// The function, sealed once where the job was made (frames carry the seal).
+    pub(super) entry: SealedEntry,
     /// postcard `Vec<A>`.
     pub(super) args: Vec<u8>,
     pub(super) fds: Vec<RegisteredFd>,
