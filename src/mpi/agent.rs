@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use mpi::point_to_point::{Destination, Source};
 use mpi::topology::{Communicator, SimpleCommunicator};
-use mpi::traits::*;
 
 use super::wire::{self, Died, Hello, Read, Relay, SpawnSpec, Welcome};
 use crate::connection::Waitable;
@@ -73,8 +71,34 @@ struct Local {
     exited: Option<Instant>,
 }
 
+/// A send to rank 0; if MPI fails it (rank 0 is unreachable), the agent leaves.
 fn send(world: &SimpleCommunicator, m: &[u8]) {
-    world.process_at_rank(0).send(m);
+    if let Err(e) = sys::mpi::send(world, 0, m) {
+        leave_without_finalize(&format!("rank 0 is unreachable: {e}"));
+    }
+}
+
+/// Set when the agent must exit without `MPI_Finalize`: rank 0 said a rank was lost (the
+/// finalize would wait for it forever), or MPI failed a call to rank 0.
+static NO_FINALIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks the agent as leaving without `MPI_Finalize`; `why` goes to standard error (once).
+fn leave_without_finalize(why: &str) {
+    if !NO_FINALIZE.swap(true, std::sync::atomic::Ordering::AcqRel) && !why.is_empty() {
+        eprintln!("multiproc: MPI agent leaves: {why}");
+    }
+}
+
+/// Whether the relay must stop now (MPI failed a call to rank 0).
+fn leaving() -> bool {
+    NO_FINALIZE.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// `SHUTDOWN`'s body is `[1]` when rank 0 lost a rank: leave without `MPI_Finalize`.
+fn on_shutdown(body: &[u8]) {
+    if body == [1] {
+        leave_without_finalize("");
+    }
 }
 
 fn exit_code(r: crate::Result<()>) -> Option<Option<i32>> {
@@ -96,6 +120,10 @@ fn serve() -> ! {
         sys::process::exit_now(70)
     };
     let world = universe.world();
+    // A failed call to rank 0 returns its error (and the agent leaves) instead of aborting.
+    if let Err(e) = sys::mpi::errors_return(&world) {
+        eprintln!("multiproc: MPI errors stay fatal on this rank: {e}");
+    }
     // Children (and tasks) can find their agent, e.g. to test what a lost rank does.
     // Sound: no other thread exists before `main`.
     std::env::set_var("MULTIPROC_MPI_AGENT_PID", std::process::id().to_string());
@@ -132,9 +160,14 @@ fn serve() -> ! {
                     let why = String::from_utf8_lossy(b).into_owned();
                     refuse_and_exit(universe, world, &why)
                 }
-                Ok((wire::SHUTDOWN, _, _)) => finish(universe, world, HashMap::new()),
+                Ok((wire::SHUTDOWN, _, b)) => {
+                    on_shutdown(b);
+                    finish(universe, world, HashMap::new())
+                }
                 _ => {}
             }
+        } else if leaving() {
+            finish(universe, world, HashMap::new())
         } else {
             let _ = wire::idle_wait(&mut idle, &[]);
         }
@@ -155,7 +188,8 @@ fn refuse_and_exit(
     finish(universe, world, HashMap::new())
 }
 
-/// Kills what is left, finalizes MPI and exits 0 (a non-zero exit would abort the job).
+/// Kills what is left, finalizes MPI (unless a rank was lost: see [`NO_FINALIZE`]) and exits
+/// 0 (a non-zero exit would abort the job).
 fn finish(
     universe: mpi::environment::Universe,
     world: SimpleCommunicator,
@@ -168,15 +202,26 @@ fn finish(
         let _ = w.process.join_timeout(Duration::from_secs(5));
     }
     drop(workers);
-    drop(world);
-    drop(universe);
+    if leaving() {
+        // MPI_Finalize waits for every rank, and a lost one never comes.
+        std::mem::forget(world);
+        std::mem::forget(universe);
+    } else {
+        drop(world);
+        drop(universe);
+    }
     std::process::exit(0)
 }
 
+/// Receives one message if one is waiting; if MPI fails the receive, the agent leaves.
 fn try_recv(world: &SimpleCommunicator) -> Option<(i32, Vec<u8>)> {
-    let probed = world.any_process().immediate_matched_probe()?;
-    let (buf, st) = probed.matched_receive_vec::<u8>();
-    Some((st.source_rank(), buf))
+    match sys::mpi::try_recv_any(world) {
+        Ok(m) => m,
+        Err(e) => {
+            leave_without_finalize(&format!("receiving from rank 0 failed: {e}"));
+            None
+        }
+    }
 }
 
 /// Serves rank 0 until `SHUTDOWN`; returns the workers left.
@@ -239,7 +284,10 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                         let _ = w.process.kill();
                     }
                 }
-                wire::SHUTDOWN => return workers,
+                wire::SHUTDOWN => {
+                    on_shutdown(body);
+                    return workers;
+                }
                 _ => {}
             }
         }
@@ -293,6 +341,9 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
         if last_beat.elapsed() >= wire::BEAT {
             last_beat = Instant::now();
             send(world, &wire::msg(wire::BEAT_MSG, 0, &[]));
+        }
+        if leaving() {
+            return workers;
         }
         if busy {
             idle = 0;

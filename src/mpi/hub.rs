@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mpi::point_to_point::{Destination, Source};
 use mpi::topology::{Communicator, SimpleCommunicator};
-use mpi::traits::*;
 
 use super::wire::{self, Died, Hello, Read, Relay, SpawnSpec, Welcome};
 use crate::error::{Error, ErrorKind, Result};
@@ -238,11 +236,11 @@ fn watchdog(stall: Duration) {
         }
         let last = hub.progress.load(Ordering::Acquire);
         if since_start().saturating_sub(last) > stall.as_millis() as u64 {
-            eprintln!(
+            say(&format!(
                 "multiproc: the MPI thread has been stuck inside MPI for over {stall:?} \
                  (a rank stopped answering during a send); the MPI pool's remote workers \
                  are given up"
-            );
+            ));
             hub.stalled.store(true, Ordering::Release);
             for s in lock(&hub.states).drain(..) {
                 if let Some(s) = s.upgrade() {
@@ -323,6 +321,11 @@ fn run(
         return;
     };
     let world = universe.world();
+    // A failed call to a rank that died returns its error (the rank is then lost) instead
+    // of aborting the job, where the library and launcher let the job go on.
+    if let Err(e) = sys::mpi::errors_return(&world) {
+        say(&format!("multiproc: MPI errors stay fatal on rank 0: {e}"));
+    }
     let (ranks, mut lost) = handshake(&world, key, &fingerprint);
     let ok = ranks.is_ok();
     let _ = report.send(ranks.clone());
@@ -357,9 +360,9 @@ fn run(
     } else {
         // MPI_Finalize waits for every rank, and a lost one never comes: leave without it
         // (the launcher then reports the job as failed, which it is).
-        eprintln!(
-            "multiproc: MPI rank(s) {lost:?} stopped answering; leaving without MPI_Finalize"
-        );
+        say(&format!(
+            "multiproc: MPI rank(s) {lost:?} lost; rank 0 leaves without MPI_Finalize"
+        ));
         std::mem::forget(world);
         std::mem::forget(universe);
     }
@@ -367,15 +370,54 @@ fn run(
     hub.done_cv.notify_all();
 }
 
-/// Receives one message if one is waiting: (source rank, bytes).
+/// Receives one message if one is waiting: (source rank, bytes). A failed receive is noted
+/// for [`lose_failed`].
 fn try_recv(world: &SimpleCommunicator) -> Option<(i32, Vec<u8>)> {
-    let probed = world.any_process().immediate_matched_probe()?;
-    let (buf, st) = probed.matched_receive_vec::<u8>();
-    Some((st.source_rank(), buf))
+    sys::mpi::try_recv_any(world)
+        .map_err(sys::mpi::note_failed)
+        .ok()
+        .flatten()
 }
 
+/// A blocking send (the handshake's); a failure is noted for [`lose_failed`].
 fn send(world: &SimpleCommunicator, rank: i32, m: &[u8]) {
-    world.process_at_rank(rank).send(m);
+    if let Err(e) = sys::mpi::send(world, rank, m) {
+        sys::mpi::note_failed(e);
+    }
+}
+
+/// Writes a line to standard error directly: the hub's diagnostics are for whoever runs the
+/// job, and a test harness capturing the output of the thread that built the pool (which the
+/// hub thread inherits) would swallow them.
+fn say(line: &str) {
+    sys::process::write_stderr_raw(format!("{line}\n").as_bytes());
+}
+
+/// Declares lost every rank an MPI call failed on (errors are returned, not fatal: a send,
+/// test or probe that fails on a rank means MPI gave up on that rank). A failure that names
+/// no rank loses none: it is reported once, and the heartbeats decide.
+fn lose_failed(hub: &Hub, lost: &mut Vec<i32>, workers: &mut HashMap<u64, Remote>) {
+    static UNNAMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    for e in sys::mpi::take_failed() {
+        match e.rank {
+            Some(r) if r != 0 => {
+                if !lost.contains(&r) {
+                    lose(
+                        r,
+                        &format!("MPI says it is unreachable: {e}"),
+                        hub,
+                        lost,
+                        workers,
+                    );
+                }
+            }
+            _ => {
+                if !UNNAMED.swap(true, Ordering::Relaxed) {
+                    say(&format!("multiproc: an MPI call on rank 0 failed: {e}"));
+                }
+            }
+        }
+    }
 }
 
 /// Sends that have not completed, per rank: a message to an agent is never waited for (a
@@ -572,9 +614,12 @@ fn relay_loop(
                     }
                 }
                 Cmd::Shutdown => {
+                    // A lost rank's sends never complete: do not wait for them.
+                    pending.retain(|r, _| !lost.contains(r));
+                    let m = wire::msg(wire::SHUTDOWN, 0, &shutdown_body(lost));
                     for r in &ranks {
                         if !lost.contains(r) {
-                            isend(world, *r, wire::msg(wire::SHUTDOWN, 0, &[]), &mut pending);
+                            isend(world, *r, m.clone(), &mut pending);
                         }
                     }
                     // Give the sends a moment; what is still pending then is leaked.
@@ -614,6 +659,8 @@ fn relay_loop(
                 );
             }
         }
+        // Ranks MPI gave up on are lost.
+        lose_failed(hub, lost, &mut workers);
         // Completed sends free their buffers.
         for q in pending.values_mut() {
             while q.front_mut().is_some_and(|s| s.test()) {
@@ -740,7 +787,9 @@ fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut Hash
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
-    eprintln!("multiproc: MPI rank {rank}{at} is lost: {why}; its tasks go to the other ranks");
+    say(&format!(
+        "multiproc: MPI rank {rank}{at} is lost: {why}; its tasks go to the other ranks"
+    ));
     lost.push(rank);
     lock(&hub.lost).push(rank);
     workers.retain(|_, w| {
@@ -751,6 +800,12 @@ fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut Hash
             true
         }
     });
+}
+
+/// `SHUTDOWN`'s body: `[1]` when a rank was lost, so the agents leave without
+/// `MPI_Finalize` too (it waits for every rank, rank 0 and the lost one included).
+fn shutdown_body(lost: &[i32]) -> [u8; 1] {
+    [u8::from(!lost.is_empty())]
 }
 
 /// One message from agent `src`.
