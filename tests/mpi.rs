@@ -545,3 +545,18 @@ fn map_across_hosts_in_network_namespaces() {
     );
     println!("{crossed} bytes crossed the link between the two hosts");
 }
+
+#[test]
+#[ignore]
+fn inner_root_killed() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder().mpi().processes(1).build().unwrap();
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
+    println!("INNER_ROOT_KILLING");
+    let _ = Command::new("kill")
+        .args(["-KILL", &std::process::id().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_secs(5));
+}

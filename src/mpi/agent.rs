@@ -46,10 +46,12 @@ fn boot_mpi_rank() {
     }
 }
 
-/// A non-zero rank becomes an agent and never returns; rank 0 returns at once.
+/// A non-zero rank becomes an agent and never returns; rank 0 returns at once, having
+/// arranged to release the agents at exit if it never builds an MPI pool.
 fn boot_rank() {
     match rank_from_env() {
         Some(r) if r > 0 => serve(),
+        Some(0) if size_from_env() != Some(1) => super::hub::release_agents_at_exit(),
         _ => {}
     }
 }
@@ -79,19 +81,45 @@ fn send(world: &SimpleCommunicator, m: &[u8]) {
 }
 
 /// Set when the agent must exit without `MPI_Finalize`: rank 0 said a rank was lost (the
-/// finalize would wait for it forever), or MPI failed a call to rank 0.
+/// finalize would wait for it forever), or rank 0 itself is gone.
 static NO_FINALIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The agent's exit code: 1 once rank 0 is gone (the job failed), else 0.
+static EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// Marks the agent as leaving without `MPI_Finalize`; `why` goes to standard error (once).
+/// Marks the agent as leaving without `MPI_Finalize`, because rank 0 is gone (`why` goes to
+/// standard error, once) or, with an empty `why`, because rank 0 said so.
 fn leave_without_finalize(why: &str) {
-    if !NO_FINALIZE.swap(true, std::sync::atomic::Ordering::AcqRel) && !why.is_empty() {
-        eprintln!("multiproc: MPI agent leaves: {why}");
+    NO_FINALIZE.store(true, std::sync::atomic::Ordering::Release);
+    if !why.is_empty() && EXIT_CODE.swap(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+        sys::process::write_stderr_raw(
+            format!(
+                "multiproc: MPI agent rank {} (pid {}) leaves, ending its workers: {why}\n",
+                rank_from_env().unwrap_or(0),
+                std::process::id()
+            )
+            .as_bytes(),
+        );
     }
 }
 
-/// Whether the relay must stop now (MPI failed a call to rank 0).
+/// Whether the relay must stop now: rank 0 is unreachable or has been silent for longer than
+/// its `mpi_rank_timeout`.
 fn leaving() -> bool {
+    if let Some(limit) = RANK0_TIMEOUT.get() {
+        let silent = HEARD0.with(|h| h.get().map(|t| t.elapsed()));
+        if silent.is_some_and(|s| s > *limit) {
+            leave_without_finalize(&format!("rank 0 sent nothing for {limit:?}"));
+        }
+    }
     NO_FINALIZE.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// How long rank 0 may be silent once it welcomed this agent (its `mpi_rank_timeout`).
+static RANK0_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// When rank 0 was last heard from (set from the welcome on).
+    static HEARD0: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
 }
 
 /// `SHUTDOWN`'s body is `[1]` when rank 0 lost a rank: leave without `MPI_Finalize`.
@@ -152,6 +180,10 @@ fn serve() -> ! {
                 Ok((wire::WELCOME, _, b)) => match wire::body::<Welcome>(b, "WELCOME") {
                     Ok(w) => {
                         crate::task::adopt_key(w.key);
+                        let _ = RANK0_TIMEOUT.set(
+                            Duration::from_millis(w.rank_timeout_ms).max(Duration::from_secs(1)),
+                        );
+                        HEARD0.with(|h| h.set(Some(Instant::now())));
                         break;
                     }
                     Err(e) => refuse_and_exit(universe, world, &e.to_string()),
@@ -189,7 +221,7 @@ fn refuse_and_exit(
 }
 
 /// Kills what is left, finalizes MPI (unless a rank was lost: see [`NO_FINALIZE`]) and exits
-/// 0 (a non-zero exit would abort the job).
+/// 0 (a non-zero exit would abort the job), or 1 once rank 0 is gone.
 fn finish(
     universe: mpi::environment::Universe,
     world: SimpleCommunicator,
@@ -210,13 +242,22 @@ fn finish(
         drop(world);
         drop(universe);
     }
-    std::process::exit(0)
+    std::process::exit(EXIT_CODE.load(std::sync::atomic::Ordering::Acquire))
 }
 
 /// Receives one message if one is waiting; if MPI fails the receive, the agent leaves.
 fn try_recv(world: &SimpleCommunicator) -> Option<(i32, Vec<u8>)> {
     match sys::mpi::try_recv_any(world) {
-        Ok(m) => m,
+        Ok(m) => {
+            if m.as_ref().is_some_and(|(src, _)| *src == 0) {
+                HEARD0.with(|h| {
+                    if h.get().is_some() {
+                        h.set(Some(Instant::now()));
+                    }
+                });
+            }
+            m
+        }
         Err(e) => {
             leave_without_finalize(&format!("receiving from rank 0 failed: {e}"));
             None

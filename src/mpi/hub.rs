@@ -214,6 +214,40 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
     Ok(h)
 }
 
+/// The pid that registered [`release_unused_agents`] (a forked child inherits the handler).
+static RELEASER: AtomicU32 = AtomicU32::new(0);
+
+/// Rank 0, before `main`: if the program never builds an MPI pool, the agents are still
+/// waiting for its welcome at exit; [`release_unused_agents`] then tells them to leave.
+pub(crate) fn release_agents_at_exit() {
+    RELEASER.store(std::process::id(), Ordering::Release);
+    sys::process::at_exit(release_unused_agents);
+}
+
+/// At exit on rank 0, when no MPI pool was ever built: initialises MPI, sends every agent
+/// `SHUTDOWN` and finalizes, so the job ends cleanly (otherwise the launcher reports rank 0 as
+/// exiting without `MPI_Init`, or under `--enable-recovery` waits for the agents forever).
+extern "C" fn release_unused_agents() {
+    if HUB.get().is_some() || RELEASER.load(Ordering::Acquire) != std::process::id() {
+        return;
+    }
+    // None: the program initialised MPI itself; its own finalize then ends the job.
+    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
+        return;
+    };
+    let world = universe.world();
+    let _ = sys::mpi::errors_return(&world);
+    for r in 1..world.size() {
+        send(
+            &world,
+            r,
+            &wire::msg(wire::SHUTDOWN, 0, &shutdown_body(&[])),
+        );
+    }
+    drop(world);
+    drop(universe);
+}
+
 /// Set once `HUB` holds the hub (the thread's main loop needs it).
 static HUB_READY: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
@@ -326,7 +360,7 @@ fn run(
     if let Err(e) = sys::mpi::errors_return(&world) {
         say(&format!("multiproc: MPI errors stay fatal on rank 0: {e}"));
     }
-    let (ranks, mut lost) = handshake(&world, key, &fingerprint);
+    let (ranks, mut lost) = handshake(&world, key, &fingerprint, rank_timeout);
     let ok = ranks.is_ok();
     let _ = report.send(ranks.clone());
     // Wait until `hub` has stored the hub.
@@ -461,7 +495,12 @@ fn post(
 
 /// Collects every agent's `HELLO` and answers `WELCOME` (or `REFUSE` to all when a rank runs
 /// another binary or never reports). Returns the agents, and the ranks that never reported.
-fn handshake(world: &SimpleCommunicator, key: [u64; 2], fingerprint: &[u8]) -> (Ranks, Vec<i32>) {
+fn handshake(
+    world: &SimpleCommunicator,
+    key: [u64; 2],
+    fingerprint: &[u8],
+    rank_timeout: Duration,
+) -> (Ranks, Vec<i32>) {
     let size = world.size();
     let deadline = Instant::now() + HELLO_TIMEOUT;
     let mut seen: HashMap<i32, Hello> = HashMap::new();
@@ -528,7 +567,14 @@ fn handshake(world: &SimpleCommunicator, key: [u64; 2], fingerprint: &[u8]) -> (
         send(
             world,
             r.rank,
-            &wire::msg_with(wire::WELCOME, 0, &Welcome { key }),
+            &wire::msg_with(
+                wire::WELCOME,
+                0,
+                &Welcome {
+                    key,
+                    rank_timeout_ms: rank_timeout.as_millis().min(u64::MAX as u128) as u64,
+                },
+            ),
         );
     }
     (Ok(ranks), missing)
@@ -743,6 +789,7 @@ fn relay_loop(
         let now = Instant::now();
         if now.duration_since(last_beat) >= wire::BEAT {
             last_beat = now;
+            beat_agents(world, &ranks, lost, &heard, &mut pending);
             for r in &ranks {
                 if lost.contains(r) {
                     continue;
@@ -800,6 +847,22 @@ fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut Hash
             true
         }
     });
+}
+
+/// Rank 0's heartbeat, to every rank that is neither lost nor quiet: an agent that stops
+/// hearing rank 0 (killed, frozen) leaves instead of serving nobody forever.
+fn beat_agents(
+    world: &SimpleCommunicator,
+    ranks: &[i32],
+    lost: &[i32],
+    heard: &HashMap<i32, Instant>,
+    pending: &mut Pending,
+) {
+    for r in ranks {
+        if !lost.contains(r) && !quiet(heard, *r) {
+            isend(world, *r, wire::msg(wire::BEAT_MSG, 0, &[]), pending);
+        }
+    }
 }
 
 /// `SHUTDOWN`'s body: `[1]` when a rank was lost, so the agents leave without

@@ -73,6 +73,9 @@ pub(crate) struct Hello {
 pub(crate) struct Welcome {
     /// The entry key of rank 0 (the agent adopts it before it starts any process).
     pub(crate) key: [u64; 2],
+    /// Rank 0 beats too: an agent that hears nothing from it for this long (the pool's
+    /// `mpi_rank_timeout`, in ms) takes it as gone and leaves, ending its workers.
+    pub(crate) rank_timeout_ms: u64,
 }
 
 /// What a local worker needs (the pool's `WorkerArgs` without the channel, and its name).
