@@ -56,6 +56,17 @@ fn boot_rank() {
     }
 }
 
+/// This process's kernel (its boot id, random per boot) and pid namespace: two processes
+/// with the same non-empty id see the same pids. Empty where either cannot be read.
+pub(crate) fn kernel_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let ns = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, ns) {
+        (Ok(b), Ok(n)) if !b.trim().is_empty() => format!("{} {}", b.trim(), n.display()),
+        _ => String::new(),
+    }
+}
+
 /// Workers per agent by default: this host's cores divided among its ranks.
 fn default_workers() -> u32 {
     let local = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
@@ -165,6 +176,7 @@ fn serve() -> ! {
             .into_owned(),
         pid: std::process::id(),
         default_workers: default_workers(),
+        kernel: kernel_id(),
     };
     send(&world, &wire::msg_with(wire::HELLO, 0, &hello));
     // Wait for rank 0's answer (it may be long: rank 0 answers when `main` builds an MPI

@@ -30,6 +30,8 @@ pub(crate) struct RankInfo {
     pub(crate) host: String,
     pub(crate) pid: u32,
     pub(crate) default_workers: u32,
+    /// It runs on rank 0's kernel, in its pid namespace: `pid` is watchable from here.
+    pub(crate) same_kernel: bool,
 }
 
 /// The agents after the handshake, or why the job was refused.
@@ -372,6 +374,9 @@ fn run(
     );
     drop(g);
     let Some(hub) = HUB.get() else { return };
+    if let Ok(r) = &ranks {
+        watch_agents(r);
+    }
     if ok {
         relay_loop(&world, hub, &wake_rx, rank_timeout, &mut lost);
     } else {
@@ -553,6 +558,7 @@ fn handshake(
         };
         return (Err((kind, text)), missing);
     }
+    let kernel = super::agent::kernel_id();
     let mut ranks: Vec<RankInfo> = seen
         .into_iter()
         .map(|(rank, h)| RankInfo {
@@ -560,6 +566,7 @@ fn handshake(
             host: h.host,
             pid: h.pid,
             default_workers: h.default_workers.max(1),
+            same_kernel: !kernel.is_empty() && h.kernel == kernel,
         })
         .collect();
     ranks.sort_by_key(|r| r.rank);
@@ -790,6 +797,7 @@ fn relay_loop(
         if now.duration_since(last_beat) >= wire::BEAT {
             last_beat = now;
             beat_agents(world, &ranks, lost, &heard, &mut pending);
+            lose_exited(hub, lost, &mut workers);
             for r in &ranks {
                 if lost.contains(r) {
                     continue;
@@ -847,6 +855,58 @@ fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut Hash
             true
         }
     });
+}
+
+/// Pidfds of the agents on rank 0's own kernel (see [`RankInfo::same_kernel`]).
+static WATCHED: Mutex<Vec<(i32, std::os::fd::OwnedFd)>> = Mutex::new(Vec::new());
+
+/// Opens a pidfd on every agent that runs on this kernel. Certain: each one is waiting for
+/// the welcome when this runs, so its pid is still its own (or it has already died).
+fn watch_agents(ranks: &[RankInfo]) {
+    let mut w = lock(&WATCHED);
+    for r in ranks.iter().filter(|r| r.same_kernel) {
+        match sys::process::pidfd_open(r.pid as i32) {
+            Ok(Some(fd)) => w.push((r.rank, fd)),
+            // Gone already: the first poll after this finds nothing to watch, and the
+            // heartbeats decide (no pidfd to tell it from a pid that was never its own).
+            Ok(None) | Err(_) => {}
+        }
+    }
+}
+
+/// Declares lost every watched agent whose process has exited (its pidfd is readable): at
+/// once, not after `mpi_rank_timeout` of silence.
+fn lose_exited(hub: &Hub, lost: &mut Vec<i32>, workers: &mut HashMap<u64, Remote>) {
+    let mut w = lock(&WATCHED);
+    if w.is_empty() {
+        return;
+    }
+    let set: Vec<(BorrowedFd<'_>, sys::socket::Events)> = w
+        .iter()
+        .map(|(_, fd)| (fd.as_fd(), sys::socket::Events::IN))
+        .collect();
+    let Ok(ready) = sys::socket::poll_each(&set, Some(Instant::now())) else {
+        return;
+    };
+    drop(set);
+    let mut gone: Vec<i32> = ready
+        .iter()
+        .filter_map(|i| w.get(*i).map(|x| x.0))
+        .collect();
+    gone.sort_unstable();
+    w.retain(|(r, _)| !gone.contains(r));
+    drop(w);
+    for r in gone {
+        if !lost.contains(&r) {
+            lose(
+                r,
+                "its process has exited (seen from rank 0, on the same host)",
+                hub,
+                lost,
+                workers,
+            );
+        }
+    }
 }
 
 /// Rank 0's heartbeat, to every rank that is neither lost nor quiet: an agent that stops

@@ -66,6 +66,9 @@ pub(crate) struct Hello {
     pub(crate) pid: u32,
     /// Workers it runs by default: the host's cores divided among the host's ranks.
     pub(crate) default_workers: u32,
+    /// Its kernel and pid namespace (see `agent::kernel_id`): when rank 0's is the same,
+    /// `pid` names this very process there, and rank 0 watches it exit through a pidfd.
+    pub(crate) kernel: String,
 }
 
 /// The hub's answer to a matching [`Hello`].
