@@ -865,11 +865,9 @@ static WATCHED: Mutex<Vec<(i32, std::os::fd::OwnedFd)>> = Mutex::new(Vec::new())
 fn watch_agents(ranks: &[RankInfo]) {
     let mut w = lock(&WATCHED);
     for r in ranks.iter().filter(|r| r.same_kernel) {
-        match sys::process::pidfd_open(r.pid as i32) {
-            Ok(Some(fd)) => w.push((r.rank, fd)),
-            // Gone already: the first poll after this finds nothing to watch, and the
-            // heartbeats decide (no pidfd to tell it from a pid that was never its own).
-            Ok(None) | Err(_) => {}
+        // None or an error: gone already, or no pidfds here; the heartbeats decide.
+        if let Ok(Some(fd)) = sys::process::pidfd_open(r.pid as i32) {
+            w.push((r.rank, fd));
         }
     }
 }
