@@ -860,8 +860,9 @@ fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut Hash
 /// Pidfds of the agents on rank 0's own kernel (see [`RankInfo::same_kernel`]).
 static WATCHED: Mutex<Vec<(i32, std::os::fd::OwnedFd)>> = Mutex::new(Vec::new());
 
-/// Opens a pidfd on every agent that runs on this kernel. Certain: each one is waiting for
-/// the welcome when this runs, so its pid is still its own (or it has already died).
+/// Opens a pidfd on every agent that runs on this kernel. Certain: an agent leaves only
+/// when rank 0 tells it to (or cannot reach rank 0), so while it lives its pid is its own,
+/// and a pidfd that reports an exit means the agent has died, whatever it then names.
 fn watch_agents(ranks: &[RankInfo]) {
     let mut w = lock(&WATCHED);
     for r in ranks.iter().filter(|r| r.same_kernel) {
