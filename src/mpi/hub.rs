@@ -402,6 +402,7 @@ fn run(
         say(&format!(
             "multiproc: MPI rank(s) {lost:?} lost; rank 0 leaves without MPI_Finalize"
         ));
+        kill_lost_agents(&lost);
         std::mem::forget(world);
         std::mem::forget(universe);
     }
@@ -869,6 +870,18 @@ fn watch_agents(ranks: &[RankInfo]) {
         // None or an error: gone already, or no pidfds here; the heartbeats decide.
         if let Ok(Some(fd)) = sys::process::pidfd_open(r.pid as i32) {
             w.push((r.rank, fd));
+        }
+    }
+}
+
+/// At exit, SIGKILLs (through their pidfds: no other process can be hit) the lost agents on
+/// this host that still run, e.g. a stopped one: under `mpirun --enable-recovery` nothing
+/// else would end them, and the job would never finish. (By default the launcher ends the
+/// whole job once rank 0 leaves without `MPI_Finalize`.)
+fn kill_lost_agents(lost: &[i32]) {
+    for (r, fd) in lock(&WATCHED).iter() {
+        if lost.contains(r) {
+            let _ = sys::process::signal_pidfd(fd.as_fd(), sys::process::SIGKILL);
         }
     }
 }
