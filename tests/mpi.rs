@@ -805,3 +805,30 @@ fn job_that_builds_no_pool_ends_cleanly() {
         );
     }
 }
+
+/// Rank 0 ends with exit code 3 after using the pool.
+#[test]
+#[ignore]
+fn inner_exit_3() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder().mpi().processes(1).build().unwrap();
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
+    pool.close();
+    pool.join().unwrap();
+    marker("INNER_EXIT_3");
+    std::process::exit(3);
+}
+
+#[test]
+fn enable_recovery_hides_rank_0s_exit_status() {
+    // Measured with Open MPI 4.1: by default mpirun passes rank 0's exit status on; under
+    // --enable-recovery it exits 0 whatever the ranks' statuses (the crate docs say so).
+    let j = mpirun("inner_exit_3", &[], 3, &[], limit());
+    assert!(j.out.contains("INNER_EXIT_3"), "{}\n{}", j.out, j.err);
+    assert_eq!(j.code, Some(3), "default launch:\n{}\n{}", j.out, j.err);
+    let j = mpirun("inner_exit_3", RECOVERY, 3, &[], limit());
+    assert!(j.out.contains("INNER_EXIT_3"), "{}\n{}", j.out, j.err);
+    assert_eq!(j.code, Some(0), "--enable-recovery:\n{}\n{}", j.out, j.err);
+}
