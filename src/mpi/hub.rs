@@ -859,7 +859,7 @@ fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut Hash
 }
 
 /// Pidfds of the agents on rank 0's own kernel (see [`RankInfo::same_kernel`]).
-static WATCHED: Mutex<Vec<(i32, std::os::fd::OwnedFd)>> = Mutex::new(Vec::new());
+static WATCHED: Mutex<Vec<(i32, RegisteredFd)>> = Mutex::new(Vec::new());
 
 /// Opens a pidfd on every agent that runs on this kernel. Certain: an agent leaves only
 /// when rank 0 tells it to (or cannot reach rank 0), so while it lives its pid is its own,
@@ -868,7 +868,7 @@ fn watch_agents(ranks: &[RankInfo]) {
     let mut w = lock(&WATCHED);
     for r in ranks.iter().filter(|r| r.same_kernel) {
         // None or an error: gone already, or no pidfds here; the heartbeats decide.
-        if let Ok(Some(fd)) = sys::process::pidfd_open(r.pid as i32) {
+        if let Ok(Some(fd)) = fdreg::pidfd_open(r.pid as i32) {
             w.push((r.rank, fd));
         }
     }
