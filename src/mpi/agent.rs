@@ -28,11 +28,14 @@ pub(crate) fn rank_from_env() -> Option<u32> {
         .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
 }
 
-/// The job's size from the launcher's environment.
+/// The job's size from the launcher's environment. Slurm's PMIx plugin (`srun --mpi=pmix`)
+/// sets `PMIX_RANK` but no size variable: there the step's task count is the job's size (read
+/// only beside `PMIX_RANK`, so a plain `srun` of a non-MPI program is no MPI job).
 pub(crate) fn size_from_env() -> Option<u32> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+    let var = |v: &str| std::env::var(v).ok()?.trim().parse().ok();
+    var("OMPI_COMM_WORLD_SIZE")
+        .or_else(|| var("PMI_SIZE"))
+        .or_else(|| std::env::var_os("PMIX_RANK").and_then(|_| var("SLURM_STEP_NUM_TASKS")))
 }
 
 /// The MPI backend's own constructor, beside `spawn::bootstrap`'s: in a normal start (no
@@ -72,6 +75,8 @@ fn default_workers() -> u32 {
     let local = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+        // Slurm's step daemon lists the global ids of the tasks on this node ("0,1,2").
+        .or_else(|| Some(std::env::var("SLURM_GTIDS").ok()?.split(',').count()))
         .unwrap_or(1)
         .max(1);
     (crate::context::cpu_count() / local).max(1) as u32

@@ -138,8 +138,14 @@
 //! `LD_LIBRARY_PATH`): the same behaviour, including a frozen rank declared lost and its
 //! tasks re-run, except for a dead rank (see the table above). Build against the library whose launcher
 //! you use: a binary built against Open MPI and started by MPICH's `mpiexec` sees a job of
-//! one rank on every rank. Under Slurm, `srun --mpi=pmix ./app` sets `PMIX_RANK`, which the
-//! agent reads; not tested here.
+//! one rank on every rank.
+//!
+//! Under Slurm, launch with `srun --mpi=pmix -n 3 ./app` (`--overcommit` for more tasks than
+//! allocated CPUs). Slurm's PMIx plugin gives each task `PMIX_RANK`, the job's size comes
+//! from `SLURM_STEP_NUM_TASKS`, and an agent's default share of its host's cores from the
+//! tasks Slurm placed there (`SLURM_GTIDS`). Slurm also offers `--mpi=pmi2`, but Debian's
+//! Open MPI has no PMI-2 client: every task fails in `MPI_Init` and the step ends. Tested
+//! with Debian's Slurm 22.05 on a single-node cluster that `tests/slurm.rs` starts itself.
 
 mod agent;
 mod hub;
