@@ -668,7 +668,7 @@ fn inner_killed_ranks_recovered() {
         .mpi_rank_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    assert_eq!(pool.mpi_ranks(), vec![(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(pool.mpi_ranks(), vec![(1, 1), (2, 1), (3, 1), (4, 1)]);
     // A map: rank 2 dies holding a task; every result comes back, in order.
     let out = pool
         .map_chunked(kill_agent_on, (0..30u32).map(|i| (2, i)), 1)
@@ -683,6 +683,15 @@ fn inner_killed_ranks_recovered() {
         .collect();
     assert_eq!(im, (0..30u32).collect::<Vec<_>>());
     marker("RECOVERED_IMAP_OK");
+    // Pending apply_async results: rank 4 dies running one of them; each caller still gets
+    // its own result (the lost task ran again on rank 1).
+    let rs: Vec<_> = (0..20u32)
+        .map(|i| pool.apply_async(kill_agent_on, (4, i)))
+        .collect();
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), i as u32);
+    }
+    marker("RECOVERED_APPLY_ASYNC_OK");
     // Only rank 1 is left, with every worker.
     let ranks = pool.map_chunked(my_rank, 0..20u32, 1).unwrap();
     assert!(ranks.iter().all(|r| *r == 1), "{ranks:?}");
@@ -704,7 +713,7 @@ fn killed_ranks_under_enable_recovery_rerun_their_tasks() {
         &[],
         "inner_killed_ranks_recovered",
         RECOVERY,
-        4,
+        5,
         &[],
         limit(),
         false,
@@ -718,7 +727,7 @@ fn killed_ranks_under_enable_recovery_rerun_their_tasks() {
     );
     // Each rank is reported lost as soon as its process exits (rank 0 watches agents on its
     // own host through pidfds), not after mpi_rank_timeout of silence.
-    for r in [1, 2, 3] {
+    for r in [1, 2, 3, 4] {
         let line = j
             .err
             .lines()

@@ -74,8 +74,10 @@
 //!   | MPICH 5.0.2 `mpiexec -n N`, with or without `-disable-auto-cleanup` | hydra ends the whole job within ~0.3 s | the job ends the same way | the map completes; the job ends when `main` finishes (exit 9) |
 //!
 //!   Tests: `killed_rank_ends_the_job_without_hanging` (default launch),
-//!   `killed_ranks_under_enable_recovery_rerun_their_tasks` (three agents killed, mid-`map`,
-//!   mid-`imap` and under an `apply_async`),
+//!   `killed_ranks_under_enable_recovery_rerun_their_tasks` (four agents killed one after
+//!   another: mid-`map` and mid-`imap`, which return every result in order; under pending
+//!   `apply_async` results, each of which still arrives; and under the last agent, where the
+//!   pending result is the "every agent rank" error),
 //!   `killed_rank_0_under_enable_recovery_ends_the_agents` and
 //!   `frozen_rank_is_lost_and_its_tasks_rerun` (both launches). So to outlive a dead agent,
 //!   launch with Open MPI's `mpirun --enable-recovery`. Two things change with it: `mpirun`

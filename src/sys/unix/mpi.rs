@@ -245,7 +245,10 @@ pub(crate) fn note_failed(e: MpiError) {
 
 /// The failed calls noted since the last call (cheap when there are none).
 pub(crate) fn take_failed() -> Vec<MpiError> {
-    if !ANY_FAILED.swap(false, std::sync::atomic::Ordering::AcqRel) {
+    // A plain load first: this runs every round of the relay loop.
+    if !ANY_FAILED.load(std::sync::atomic::Ordering::Acquire)
+        || !ANY_FAILED.swap(false, std::sync::atomic::Ordering::AcqRel)
+    {
         return Vec::new();
     }
     std::mem::take(&mut *crate::wait::lock(&FAILED))
