@@ -9,6 +9,8 @@
 //! cargo build --release --features mpi
 //! mpirun -n 3 target/release/app          # as root: add --allow-run-as-root;
 //!                                         # more ranks than cores: --oversubscribe --bind-to none
+//! mpirun --enable-recovery -n 3 target/release/app   # Open MPI: the job outlives a killed
+//!                                         # agent rank ("What a failure does")
 //! ```
 //!
 //! ```no_run
