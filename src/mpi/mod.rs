@@ -92,8 +92,9 @@
 //!   `mpicc`) cannot be made to go on here: when a rank dies, hydra signals every other
 //!   rank's process group with `SIGUSR1` (which also ends their pool workers), fails to
 //!   forward the failure to the dead process ("write error (Broken pipe)") and then kills the
-//!   whole job; its ULFM mode (`MPIR_CVAR_ENABLE_FT=1`) fails an assertion inside
-//!   `MPI_Init_thread` and hangs.
+//!   whole job; its ULFM mode (`MPIR_CVAR_ENABLE_FT=1`, needed for its `MPIX_` calls) fails
+//!   an assertion inside `MPI_Init_thread` (`ch4_request.h`, line 16) with either netmod,
+//!   UCX or OFI, for a plain C program that only initialises MPI too, and the job then hangs.
 //! * **Rank 0 leaves cleanly.** Rank 0 beats too; an agent that hears nothing from rank 0
 //!   for `mpi_rank_timeout` ends its workers and exits. At exit, after a lost rank, rank 0
 //!   leaves without `MPI_Finalize` (which would wait for the lost rank forever), tells the
