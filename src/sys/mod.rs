@@ -80,10 +80,14 @@ pub(crate) mod process {
     };
 }
 
-/// MPI sends that never wait for the receiver (feature `mpi`).
+/// MPI sends that never wait for the receiver, and MPI calls whose errors are returned
+/// (feature `mpi`).
 #[cfg(feature = "mpi")]
 pub(crate) mod mpi {
     pub(crate) use super::backend::mpi::Isend;
+    pub(crate) use super::backend::mpi::{
+        errors_return, note_failed, send, take_failed, try_recv_any,
+    };
 }
 
 /// The running executable's identity.
