@@ -702,7 +702,8 @@ fn inner_killed_ranks_recovered() {
     let r = pool.apply_async(kill_agent_on, (1, 7));
     let e = r.get_timeout(Duration::from_secs(30)).unwrap_err();
     marker(&format!("RECOVERED_LAST_RANK_ERR {:?}: {e}", e.kind()));
-    assert_ne!(e.kind(), ErrorKind::Timeout, "{e}");
+    // The pool says what happened in its kind too: its workers are lost, not an OS error.
+    assert_eq!(e.kind(), ErrorKind::WorkerLost, "{e}");
     assert!(e.to_string().contains("every agent rank"), "{e}");
     pool.terminate();
     marker("INNER_RECOVERED_OK");

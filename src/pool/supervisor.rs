@@ -289,7 +289,7 @@ fn started(shared: &Shared, r: std::result::Result<Worker, StartFailure>) {
             st.start_failures += 1;
             let none_left = st.workers.is_empty() && st.launching == 0;
             if st.start_failures >= MAX_START_FAILURES || none_left {
-                st.break_pool(Why::Start(error.to_string()), &mut wake);
+                st.break_pool(Why::Start(error.kind(), error.to_string()), &mut wake);
             }
         }
     }
@@ -390,7 +390,10 @@ fn pool_thread(shared: Arc<Shared>) {
     let mut st = shared.lock();
     if res.is_err() {
         st.break_pool(
-            Why::Start("internal error: the pool thread panicked".into()),
+            Why::Start(
+                ErrorKind::Io,
+                "internal error: the pool thread panicked".into(),
+            ),
             &mut wake,
         );
     }

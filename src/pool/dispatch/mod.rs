@@ -102,8 +102,9 @@ pub(super) enum Why {
     Init(Failure),
     /// The arguments could not be encoded.
     Encode(String),
-    /// Workers could not be started.
-    Start(String),
+    /// Workers could not be started: the kind of the last start error (e.g. `WorkerLost` when
+    /// every MPI rank is lost, `Io` when the OS refused), and its text.
+    Start(ErrorKind, String),
     /// The encoded arguments are larger than the pool's `max_message_size`.
     TooLarge { size: u64, limit: u64 },
 }
@@ -144,7 +145,13 @@ impl Why {
             Why::TooLarge { size, limit } => {
                 Error::too_large(*size, *limit).context(super::task::TOO_LARGE)
             }
-            Why::Start(m) => Error::msg(ErrorKind::Io, m.clone()).context("starting pool workers"),
+            Why::Start(k, m) => {
+                // The start error's own text, less its kind's phrase (the kind says it again).
+                let m = m
+                    .strip_prefix(k.what())
+                    .map_or(m.as_str(), |r| r.trim_start_matches(": "));
+                Error::msg(*k, m).context("starting pool workers")
+            }
         }
     }
 }
