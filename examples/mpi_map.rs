@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! mpirun -n 3 target/release/examples/mpi_map    # rank 0 runs main, ranks 1-2 serve tasks
+//! mpirun --enable-recovery -n 3 target/release/examples/mpi_map   # Open MPI: the job also
+//!                                                 # outlives a killed rank 1 or 2
 //! cargo run --release --features mpi --example mpi_map   # no mpirun: a single-rank job,
 //!                                                       # so an ordinary local pool
 //! ```

@@ -260,12 +260,10 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(c) = self.context {
-            write!(f, "{c}: ")?;
-        }
-        let what = match self.kind {
+impl ErrorKind {
+    /// What the kind means, as `Display` says it before the detail.
+    pub(crate) fn what(self) -> &'static str {
+        match self {
             ErrorKind::Panicked => "the function panicked in the child process",
             ErrorKind::Killed => "the child process was killed",
             ErrorKind::Exited => "the child process exited before returning a result",
@@ -289,8 +287,16 @@ impl fmt::Display for Error {
             ErrorKind::BrokenBarrier => "the barrier is broken",
             ErrorKind::InvalidState => "not possible in the object's current state",
             ErrorKind::Io => "operating-system error",
-        };
-        f.write_str(what)?;
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = self.context {
+            write!(f, "{c}: ")?;
+        }
+        f.write_str(self.kind.what())?;
         match &self.detail {
             // The cause is the source; what to do about this one is said here.
             Detail::Io(e) if crate::sys::process::is_out_of_descriptors(e) => write!(

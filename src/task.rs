@@ -7,7 +7,8 @@
 //! address, so ASLR does not matter; the child adds its own anchor's address back. That is only
 //! meaningful in the very same executable, so the child first compares the executable
 //! fingerprint (ELF build-id) sent by the parent with its own, and the offset only ever
-//! arrives over the private socket its parent handed it at birth.
+//! arrives over the private socket its parent handed it at birth, with its *seal* (below):
+//! [`from_sealed`] is the only way from an offset back to a function.
 //!
 //! A capturing closure (or a `fn` pointer, which is not zero-sized) is rejected at compile
 //! time by the `const` assertion in [`entry_of`].
@@ -365,9 +366,13 @@ pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option
 // the same, not that the offset came from `to_offset`. So every offset travels with a *seal*:
 // SipHash-2-4 (a keyed pseudo-random function, used here as a MAC) of the offset under a
 // 128-bit key drawn from the OS when the root parent first needs one and handed to each child
-// at boot (the boot variable for `Spawn`, the fork server's `Hello`, memory for forks). A
-// forged or corrupted offset fails the check and the child refuses to run it; nobody without
-// the key can make a seal.
+// at boot (the boot variable for `Spawn`, the fork server's `Hello`, memory for forks, rank
+// 0's `Welcome` for MPI agents). A forged or corrupted offset fails the check and the child
+// refuses to run it; nobody without the key can make a seal. Pool workers get entries the
+// same way: every INIT and TASK frame that names an entry carries its seal (written by
+// `pool::task`), checked once per entry change (`pool::worker`), because a pool channel may
+// be relayed by MPI agents over the network, where "only our parent can write to it" no
+// longer holds.
 
 static KEY: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static KEY_SET: AtomicBool = AtomicBool::new(false);
@@ -432,8 +437,13 @@ fn seal_with(k: [u64; 2], offset: u64) -> u64 {
 
 /// Turns a sealed offset back into an entry, refusing one whose seal does not match.
 ///
+/// This is the only way back from an offset to a function: every receiver of entries (a
+/// child's `TaskSpec`, a pool worker's INIT and TASK frames) goes through it, so no bytes a
+/// peer wrote become a jump unless a holder of the key sealed them.
+///
 /// # Errors
-/// [`ErrorKind::Protocol`](crate::ErrorKind::Protocol) for a forged or corrupted offset.
+/// [`ErrorKind::Protocol`](crate::ErrorKind::Protocol) for a forged or corrupted offset (or
+/// one checked before this process has a key: it was given none at boot).
 pub(crate) fn from_sealed(offset: u64, seal: u64) -> Result<EntryFn, crate::Error> {
     if !KEY_SET.load(Ordering::Acquire) || seal_with(key(), offset) != seal {
         return Err(crate::Error::msg(
@@ -442,31 +452,24 @@ pub(crate) fn from_sealed(offset: u64, seal: u64) -> Result<EntryFn, crate::Erro
              (forged or corrupted task)",
         ));
     }
+    let addr = (anchor as fn() as usize).wrapping_add(offset as usize);
     // SAFETY: the seal proves that a holder of our key made it with `seal(to_offset(e))`:
-    // only our parent (or ourselves) holds the key, and both only seal offsets produced by
-    // `to_offset` in this executable (the fingerprint was checked by the caller).
-    Ok(unsafe { from_offset(offset) })
+    // only our parent (or ourselves) holds the key (the root process draws it, children
+    // adopt their parent's at boot, MPI agents rank 0's), and every holder seals only
+    // offsets that `to_offset` produced from an `EntryFn` in this executable (the caller
+    // checked the fingerprint: a child compares the build-id, a pool worker is a child that
+    // did). So `addr` is the address of an `EntryFn` in this executable's code, relocated by
+    // the same base as `anchor`.
+    Ok(unsafe { std::mem::transmute::<usize, EntryFn>(addr) })
 }
 
 #[inline(never)]
 fn anchor() {}
 
 /// The offset of `entry` from this crate's anchor, valid in any process of this executable.
+/// It travels only with its [`seal`] and comes back only through [`from_sealed`].
 pub(crate) fn to_offset(entry: EntryFn) -> u64 {
     (entry as usize).wrapping_sub(anchor as fn() as usize) as u64
-}
-
-/// Turns an offset from [`to_offset`] back into a callable entry.
-///
-/// # Safety
-///
-/// `offset` must have been produced by [`to_offset`] in a process running the very same
-/// executable (same fingerprint), and reached us over a channel only our parent could write.
-pub(crate) unsafe fn from_offset(offset: u64) -> EntryFn {
-    let addr = (anchor as fn() as usize).wrapping_add(offset as usize);
-    // SAFETY: per the contract, `addr` is the address of an `EntryFn` in this executable's
-    // code, relocated by the same base as `anchor`.
-    unsafe { std::mem::transmute::<usize, EntryFn>(addr) }
 }
 
 #[cfg(test)]

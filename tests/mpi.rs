@@ -36,7 +36,28 @@ fn mpirun_in(
     tail: &[&str],
     limit: Duration,
 ) -> Job {
+    mpirun_with(wrap, inner, head, ranks, tail, limit, true)
+}
+
+/// [`mpirun_in`]; `nocapture: false` runs the inner test with its output captured by the
+/// test harness (as a user's `cargo test` would), so only what bypasses the capture shows.
+fn mpirun_with(
+    wrap: &[&str],
+    inner: &str,
+    head: &[&str],
+    ranks: u32,
+    tail: &[&str],
+    limit: Duration,
+    nocapture: bool,
+) -> Job {
     let exe = std::env::current_exe().unwrap();
+    // Every process of the job inherits this, so what it leaves behind can be found.
+    static JOBS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let token = format!(
+        "{}-{}",
+        std::process::id(),
+        JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let mut cmd = match wrap.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -52,14 +73,10 @@ fn mpirun_in(
         .args(head)
         .args(["-n", &ranks.to_string()])
         .arg(&exe)
-        .args([
-            "--exact",
-            inner,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", inner, "--ignored", "--test-threads=1"])
+        .args(nocapture.then_some("--nocapture"))
         .args(tail)
+        .env(JOB_ENV, &token)
         // mpirun forwards its stdin to rank 0; with an inherited one (a terminal, a pipe) a
         // rank stopped by SIGSTOP was seen to stall the whole job.
         .stdin(Stdio::null())
@@ -97,12 +114,71 @@ fn mpirun_in(
         std::thread::sleep(Duration::from_millis(20));
     };
     let took = start.elapsed();
+    let (out, err) = (t1.join().unwrap(), t2.join().unwrap());
+    // No job may leave a process behind, whatever happened in it.
+    let left = leftovers(&token);
+    assert!(
+        left.is_empty(),
+        "the job (status {status}) left processes {left:?} running after mpirun exited \
+         (killed now).\nstdout:\n{out}\nstderr:\n{err}"
+    );
     Job {
         ok: status.success(),
         code: status.code(),
-        out: t1.join().unwrap(),
-        err: t2.join().unwrap(),
+        out,
+        err,
         took,
+    }
+}
+
+/// Marks every process of one `mpirun` job (set in `mpirun`'s environment, inherited by the
+/// ranks, their fork servers and workers).
+const JOB_ENV: &str = "MULTIPROC_TEST_MPI_JOB";
+
+/// Pids of processes whose environment holds `JOB_ENV=token`.
+fn job_processes(token: &str) -> Vec<u32> {
+    let want = format!("{JOB_ENV}={token}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+        })
+        // A zombie still shows its environment only to its parent's wait; skip them.
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// The job's processes still running 10 s after `mpirun` exited (a worker notices its agent
+/// is gone within moments); those are killed, so no test leaves anything behind.
+fn leftovers(token: &str) -> Vec<u32> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = job_processes(token);
+        if left.is_empty() {
+            return left;
+        }
+        if Instant::now() > until {
+            for pid in &left {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -286,23 +362,31 @@ fn inner_frozen_rank() {
 
 #[test]
 fn frozen_rank_is_lost_and_its_tasks_rerun() {
-    let j = mpirun("inner_frozen_rank", &[], 3, &[], limit());
-    // Rank 0 finished its work; MPI_Finalize cannot include the frozen rank, so the launcher
-    // reports the job as failed, within a bounded time.
-    assert!(
-        j.out.contains("INNER_FROZEN_OK"),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        j.code,
-        j.out,
-        j.err
-    );
-    assert!(j.err.contains("MPI rank 2"), "{}", j.err);
-    assert!(j.err.contains("is lost"), "{}", j.err);
-    println!("frozen-rank job ended after {:?} with {:?}", j.took, j.code);
+    // By default and under --enable-recovery (where rank 0 SIGKILLs the stopped agent at
+    // exit: nothing else would end it, and mpirun would wait for it forever).
+    for head in [&[][..], RECOVERY] {
+        let j = mpirun("inner_frozen_rank", head, 3, &[], limit());
+        // Rank 0 finished its work; MPI_Finalize cannot include the frozen rank, so rank 0
+        // leaves without it, and the job ends within a bounded time.
+        assert!(
+            j.out.contains("INNER_FROZEN_OK"),
+            "{head:?}: status {:?}\nstdout:\n{}\nstderr:\n{}",
+            j.code,
+            j.out,
+            j.err
+        );
+        assert!(j.err.contains("MPI rank 2"), "{}", j.err);
+        assert!(j.err.contains("is lost: it sent nothing"), "{}", j.err);
+        println!(
+            "frozen-rank job {head:?} ended after {:?} with {:?}",
+            j.took, j.code
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
-// An agent rank killed outright: Open MPI aborts the whole job (measured, bounded).
+// An agent rank killed outright, default launch: Open MPI aborts the whole job (measured,
+// bounded). Under --enable-recovery the job goes on: see the end of this file.
 
 fn kill_rank_2(x: u32) -> u32 {
     if multiproc::mpi::rank() == Some(2) {
@@ -327,7 +411,8 @@ fn inner_killed_rank() {
         .unwrap();
     println!("INNER_KILLED_STARTED");
     let r = pool.map_chunked(kill_rank_2, 0..50u32, 1);
-    // Under Open MPI this line is normally never reached: the launcher kills rank 0 too.
+    // By default Open MPI never lets rank 0 reach this line: the launcher kills it too
+    // (under --enable-recovery it does reach it, with every result).
     println!("INNER_KILLED_SURVIVED {:?}", r.map(|v| v.len()));
 }
 
@@ -544,4 +629,218 @@ fn map_across_hosts_in_network_namespaces() {
         "only {crossed} bytes crossed the veth link"
     );
     println!("{crossed} bytes crossed the link between the two hosts");
+}
+
+// ---------------------------------------------------------------------------------------
+// Open MPI's `mpirun --enable-recovery`: the job goes on when an agent rank is killed.
+
+/// `mpirun` flags that let a job outlive one of its ranks (Open MPI).
+const RECOVERY: &[&str] = &["--enable-recovery"];
+
+/// Writes a marker line to standard output past the test harness's capture.
+fn marker(line: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+/// `(rank, x)`: returns `x` after 10 ms, SIGKILLing its own agent first when it runs on
+/// `rank` (the worker's answer then never reaches rank 0: the task must run again).
+fn kill_agent_on(arg: (u32, u32)) -> u32 {
+    let (rank, x) = arg;
+    std::thread::sleep(Duration::from_millis(10));
+    if multiproc::mpi::rank() == Some(rank) {
+        if let Ok(pid) = std::env::var("MULTIPROC_MPI_AGENT_PID") {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    }
+    x
+}
+
+#[test]
+#[ignore]
+fn inner_killed_ranks_recovered() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder()
+        .mpi()
+        .processes(1)
+        .mpi_rank_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    assert_eq!(pool.mpi_ranks(), vec![(1, 1), (2, 1), (3, 1), (4, 1)]);
+    // A map: rank 2 dies holding a task; every result comes back, in order.
+    let out = pool
+        .map_chunked(kill_agent_on, (0..30u32).map(|i| (2, i)), 1)
+        .unwrap();
+    assert_eq!(out, (0..30u32).collect::<Vec<_>>());
+    marker("RECOVERED_MAP_OK");
+    // An imap being consumed: rank 3 dies mid-stream; the iterator still yields every
+    // result, in order.
+    let im: Vec<u32> = pool
+        .imap(kill_agent_on, (0..30u32).map(|i| (3, i)))
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(im, (0..30u32).collect::<Vec<_>>());
+    marker("RECOVERED_IMAP_OK");
+    // Pending apply_async results: rank 4 dies running one of them; each caller still gets
+    // its own result (the lost task ran again on rank 1).
+    let rs: Vec<_> = (0..20u32)
+        .map(|i| pool.apply_async(kill_agent_on, (4, i)))
+        .collect();
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), i as u32);
+    }
+    marker("RECOVERED_APPLY_ASYNC_OK");
+    // Only rank 1 is left, with every worker.
+    let ranks = pool.map_chunked(my_rank, 0..20u32, 1).unwrap();
+    assert!(ranks.iter().all(|r| *r == 1), "{ranks:?}");
+    // An apply_async whose task kills the last agent: the caller gets a clear error, not
+    // a hang (there is no rank left to run it again).
+    let r = pool.apply_async(kill_agent_on, (1, 7));
+    let e = r.get_timeout(Duration::from_secs(30)).unwrap_err();
+    marker(&format!("RECOVERED_LAST_RANK_ERR {:?}: {e}", e.kind()));
+    // The pool says what happened in its kind too: its workers are lost, not an OS error.
+    assert_eq!(e.kind(), ErrorKind::WorkerLost, "{e}");
+    assert!(e.to_string().contains("every agent rank"), "{e}");
+    pool.terminate();
+    marker("INNER_RECOVERED_OK");
+}
+
+#[test]
+fn killed_ranks_under_enable_recovery_rerun_their_tasks() {
+    // Output captured (no --nocapture), as the job's exit path once hung only then.
+    let j = mpirun_with(
+        &[],
+        "inner_killed_ranks_recovered",
+        RECOVERY,
+        5,
+        &[],
+        limit(),
+        false,
+    );
+    assert!(
+        j.ok && j.out.contains("INNER_RECOVERED_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+    // Each rank is reported lost as soon as its process exits (rank 0 watches agents on its
+    // own host through pidfds), not after mpi_rank_timeout of silence.
+    for r in [1, 2, 3, 4] {
+        let line = j
+            .err
+            .lines()
+            .find(|l| l.contains(&format!("MPI rank {r} (host")))
+            .unwrap_or_else(|| panic!("rank {r} not reported lost:\n{}", j.err));
+        assert!(
+            line.contains("is lost: its process has exited"),
+            "rank {r}: {line}"
+        );
+    }
+    assert!(j.err.contains("leaves without MPI_Finalize"), "{}", j.err);
+    println!("recovered job ended after {:?}", j.took);
+}
+
+/// Rank 0 killed under `--enable-recovery`: nothing ends the agents but themselves.
+#[test]
+#[ignore]
+fn inner_root_killed() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder()
+        .mpi()
+        .processes(1)
+        .mpi_rank_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
+    marker("INNER_ROOT_KILLING");
+    let _ = Command::new("kill")
+        .args(["-KILL", &std::process::id().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_secs(30));
+    marker("INNER_ROOT_NOT_KILLED");
+}
+
+#[test]
+fn killed_rank_0_under_enable_recovery_ends_the_agents() {
+    let j = mpirun("inner_root_killed", RECOVERY, 3, &[], limit());
+    assert!(
+        j.out.contains("INNER_ROOT_KILLING") && !j.out.contains("INNER_ROOT_NOT_KILLED"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+    // Each agent noticed that rank 0 went silent, ended its workers and left (`mpirun`
+    // then ends; nothing is left running: checked by `mpirun`).
+    for r in [1, 2] {
+        assert!(
+            j.err.contains(&format!("MPI agent rank {r} "))
+                && j.err.contains("rank 0 sent nothing"),
+            "rank {r} did not leave:\n{}",
+            j.err
+        );
+    }
+    println!(
+        "job without rank 0 ended after {:?} with {:?}",
+        j.took, j.code
+    );
+}
+
+/// A program that never builds an MPI pool.
+#[test]
+#[ignore]
+fn inner_no_pool() {
+    if !under_mpirun() {
+        return;
+    }
+    marker("INNER_NO_POOL_OK");
+}
+
+#[test]
+fn job_that_builds_no_pool_ends_cleanly() {
+    // By default and under --enable-recovery: rank 0 releases the waiting agents at exit.
+    for head in [&[][..], RECOVERY] {
+        let j = mpirun("inner_no_pool", head, 3, &[], limit());
+        assert!(
+            j.ok && j.out.contains("INNER_NO_POOL_OK"),
+            "{head:?}: status {:?}\nstdout:\n{}\nstderr:\n{}",
+            j.code,
+            j.out,
+            j.err
+        );
+    }
+}
+
+/// Rank 0 ends with exit code 3 after using the pool.
+#[test]
+#[ignore]
+fn inner_exit_3() {
+    if !under_mpirun() {
+        return;
+    }
+    let pool = Pool::builder().mpi().processes(1).build().unwrap();
+    assert_eq!(pool.map(square, 0..100u64).unwrap().len(), 100);
+    pool.close();
+    pool.join().unwrap();
+    marker("INNER_EXIT_3");
+    std::process::exit(3);
+}
+
+#[test]
+fn enable_recovery_hides_rank_0s_exit_status() {
+    // Measured with Open MPI 4.1: by default mpirun passes rank 0's exit status on; under
+    // --enable-recovery it exits 0 whatever the ranks' statuses (the crate docs say so).
+    let j = mpirun("inner_exit_3", &[], 3, &[], limit());
+    assert!(j.out.contains("INNER_EXIT_3"), "{}\n{}", j.out, j.err);
+    assert_eq!(j.code, Some(3), "default launch:\n{}\n{}", j.out, j.err);
+    let j = mpirun("inner_exit_3", RECOVERY, 3, &[], limit());
+    assert!(j.out.contains("INNER_EXIT_3"), "{}\n{}", j.out, j.err);
+    assert_eq!(j.code, Some(0), "--enable-recovery:\n{}\n{}", j.out, j.err);
 }

@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use mpi::point_to_point::{Destination, Source};
 use mpi::topology::{Communicator, SimpleCommunicator};
-use mpi::traits::*;
 
 use super::wire::{self, Died, Hello, Read, Relay, SpawnSpec, Welcome};
 use crate::connection::Waitable;
@@ -30,11 +28,14 @@ pub(crate) fn rank_from_env() -> Option<u32> {
         .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
 }
 
-/// The job's size from the launcher's environment.
+/// The job's size from the launcher's environment. Slurm's PMIx plugin (`srun --mpi=pmix`)
+/// sets `PMIX_RANK` but no size variable: there the step's task count is the job's size (read
+/// only beside `PMIX_RANK`, so a plain `srun` of a non-MPI program is no MPI job).
 pub(crate) fn size_from_env() -> Option<u32> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+    let var = |v: &str| std::env::var(v).ok()?.trim().parse().ok();
+    var("OMPI_COMM_WORLD_SIZE")
+        .or_else(|| var("PMI_SIZE"))
+        .or_else(|| std::env::var_os("PMIX_RANK").and_then(|_| var("SLURM_STEP_NUM_TASKS")))
 }
 
 /// The MPI backend's own constructor, beside `spawn::bootstrap`'s: in a normal start (no
@@ -48,8 +49,9 @@ fn boot_mpi_rank() {
     }
 }
 
-/// A non-zero rank becomes an agent and never returns; rank 0 returns at once. Every rank
-/// first sets the MPI tuning the relay relies on for its speed.
+/// A non-zero rank becomes an agent and never returns; rank 0 returns at once, having
+/// arranged to release the agents at exit if it never builds an MPI pool. Every rank first
+/// sets the MPI tuning the relay relies on for its speed.
 fn boot_rank() {
     let rank = rank_from_env();
     if rank.is_some() {
@@ -57,6 +59,7 @@ fn boot_rank() {
     }
     match rank {
         Some(r) if r > 0 => serve(),
+        Some(0) if size_from_env() != Some(1) => super::hub::release_agents_at_exit(),
         _ => {}
     }
 }
@@ -82,11 +85,24 @@ fn transport_settings(is_set: impl Fn(&str) -> bool) -> &'static [(&'static str,
     }
 }
 
+/// This process's kernel (its boot id, random per boot) and pid namespace: two processes
+/// with the same non-empty id see the same pids. Empty where either cannot be read.
+pub(crate) fn kernel_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let ns = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, ns) {
+        (Ok(b), Ok(n)) if !b.trim().is_empty() => format!("{} {}", b.trim(), n.display()),
+        _ => String::new(),
+    }
+}
+
 /// Workers per agent by default: this host's cores divided among its ranks.
 fn default_workers() -> u32 {
     let local = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+        // Slurm's step daemon lists the global ids of the tasks on this node ("0,1,2").
+        .or_else(|| Some(std::env::var("SLURM_GTIDS").ok()?.split(',').count()))
         .unwrap_or(1)
         .max(1);
     (crate::context::cpu_count() / local).max(1) as u32
@@ -101,10 +117,62 @@ struct Local {
 
 /// Sends one message to rank 0, built in `buf`. Blocking: a copy up to the eager limit;
 /// above it (a limit the user lowered), until rank 0 takes it, which it does every round.
+/// If MPI fails it (rank 0 is unreachable), the agent leaves.
 fn send(world: &SimpleCommunicator, buf: &mut Vec<u8>, kind: u8, id: u64, body: &[u8]) {
     wire::header(buf, kind, id);
     buf.extend_from_slice(body);
-    world.process_at_rank(0).send(&buf[..]);
+    if let Err(e) = sys::mpi::send(world, 0, buf) {
+        leave_without_finalize(&format!("rank 0 is unreachable: {e}"));
+    }
+}
+
+/// Set when the agent must exit without `MPI_Finalize`: rank 0 said a rank was lost (the
+/// finalize would wait for it forever), or rank 0 itself is gone.
+static NO_FINALIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The agent's exit code: 1 once rank 0 is gone (the job failed), else 0.
+static EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Marks the agent as leaving without `MPI_Finalize`, because rank 0 is gone (`why` goes to
+/// standard error, once) or, with an empty `why`, because rank 0 said so.
+fn leave_without_finalize(why: &str) {
+    NO_FINALIZE.store(true, std::sync::atomic::Ordering::Release);
+    if !why.is_empty() && EXIT_CODE.swap(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+        sys::process::write_stderr_raw(
+            format!(
+                "multiproc: MPI agent rank {} (pid {}) leaves, ending its workers: {why}\n",
+                rank_from_env().unwrap_or(0),
+                std::process::id()
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+/// Whether the relay must stop now: rank 0 is unreachable or has been silent for longer than
+/// its `mpi_rank_timeout`.
+fn leaving() -> bool {
+    if let Some(limit) = RANK0_TIMEOUT.get() {
+        let silent = HEARD0.with(|h| h.get().map(|t| t.elapsed()));
+        if silent.is_some_and(|s| s > *limit) {
+            leave_without_finalize(&format!("rank 0 sent nothing for {limit:?}"));
+        }
+    }
+    NO_FINALIZE.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// How long rank 0 may be silent once it welcomed this agent (its `mpi_rank_timeout`).
+static RANK0_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// When rank 0 was last heard from (set from the welcome on).
+    static HEARD0: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// `SHUTDOWN`'s body is `[1]` when rank 0 lost a rank: leave without `MPI_Finalize`.
+fn on_shutdown(body: &[u8]) {
+    if body == [1] {
+        leave_without_finalize("");
+    }
 }
 
 fn exit_code(r: crate::Result<()>) -> Option<Option<i32>> {
@@ -126,6 +194,10 @@ fn serve() -> ! {
         sys::process::exit_now(70)
     };
     let world = universe.world();
+    // A failed call to rank 0 returns its error (and the agent leaves) instead of aborting.
+    if let Err(e) = sys::mpi::errors_return(&world) {
+        eprintln!("multiproc: MPI errors stay fatal on this rank: {e}");
+    }
     // Children (and tasks) can find their agent, e.g. to test what a lost rank does.
     // Sound: no other thread exists before `main`.
     std::env::set_var("MULTIPROC_MPI_AGENT_PID", std::process::id().to_string());
@@ -139,6 +211,7 @@ fn serve() -> ! {
             .into_owned(),
         pid: std::process::id(),
         default_workers: default_workers(),
+        kernel: kernel_id(),
     };
     let hello = postcard::to_stdvec(&hello).unwrap_or_default();
     send(&world, &mut Vec::new(), wire::HELLO, 0, &hello);
@@ -155,6 +228,10 @@ fn serve() -> ! {
                 Ok((wire::WELCOME, _, b)) => match wire::body::<Welcome>(b, "WELCOME") {
                     Ok(w) => {
                         crate::task::adopt_key(w.key);
+                        let _ = RANK0_TIMEOUT.set(
+                            Duration::from_millis(w.rank_timeout_ms).max(Duration::from_secs(1)),
+                        );
+                        HEARD0.with(|h| h.set(Some(Instant::now())));
                         break;
                     }
                     Err(e) => refuse_and_exit(universe, world, &e.to_string()),
@@ -163,9 +240,14 @@ fn serve() -> ! {
                     let why = String::from_utf8_lossy(b).into_owned();
                     refuse_and_exit(universe, world, &why)
                 }
-                Ok((wire::SHUTDOWN, _, _)) => finish(universe, world, HashMap::new()),
+                Ok((wire::SHUTDOWN, _, b)) => {
+                    on_shutdown(b);
+                    finish(universe, world, HashMap::new())
+                }
                 _ => {}
             }
+        } else if leaving() {
+            finish(universe, world, HashMap::new())
         } else {
             idle.wait(&[]);
         }
@@ -186,7 +268,8 @@ fn refuse_and_exit(
     finish(universe, world, HashMap::new())
 }
 
-/// Kills what is left, finalizes MPI and exits 0 (a non-zero exit would abort the job).
+/// Kills what is left, finalizes MPI (unless a rank was lost: see [`NO_FINALIZE`]) and exits
+/// 0 (a non-zero exit would abort the job), or 1 once rank 0 is gone.
 fn finish(
     universe: mpi::environment::Universe,
     world: SimpleCommunicator,
@@ -199,15 +282,35 @@ fn finish(
         let _ = w.process.join_timeout(Duration::from_secs(5));
     }
     drop(workers);
-    drop(world);
-    drop(universe);
-    std::process::exit(0)
+    if leaving() {
+        // MPI_Finalize waits for every rank, and a lost one never comes.
+        std::mem::forget(world);
+        std::mem::forget(universe);
+    } else {
+        drop(world);
+        drop(universe);
+    }
+    std::process::exit(EXIT_CODE.load(std::sync::atomic::Ordering::Acquire))
 }
 
+/// Receives one message if one is waiting; if MPI fails the receive, the agent leaves.
 fn try_recv(world: &SimpleCommunicator) -> Option<(i32, Vec<u8>)> {
-    let probed = world.any_process().immediate_matched_probe()?;
-    let (buf, st) = probed.matched_receive_vec::<u8>();
-    Some((st.source_rank(), buf))
+    match sys::mpi::try_recv_any(world) {
+        Ok(m) => {
+            if m.as_ref().is_some_and(|(src, _)| *src == 0) {
+                HEARD0.with(|h| {
+                    if h.get().is_some() {
+                        h.set(Some(Instant::now()));
+                    }
+                });
+            }
+            m
+        }
+        Err(e) => {
+            leave_without_finalize(&format!("receiving from rank 0 failed: {e}"));
+            None
+        }
+    }
 }
 
 /// Serves rank 0 until `SHUTDOWN`; returns the workers left.
@@ -225,18 +328,28 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
         let mut taken = 0u64;
         // 1. Rank 0's messages.
         for _ in 0..256 {
-            let Some(p) = sys::mpi::probe(world) else {
-                break;
+            let p = match sys::mpi::probe(world) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    leave_without_finalize(&format!("receiving from rank 0 failed: {e}"));
+                    break;
+                }
             };
-            busy = true;
             let src = p.source;
-            p.receive_into(&mut rbuf);
+            if let Err(e) = p.receive_into(&mut rbuf) {
+                leave_without_finalize(&format!("receiving from rank 0 failed: {e}"));
+                break;
+            }
             if src != 0 {
                 continue;
             }
+            HEARD0.with(|h| h.set(Some(Instant::now())));
             let Ok((kind, id, body)) = wire::parse(&rbuf) else {
                 continue;
             };
+            // Rank 0's heartbeats do not keep the idle loop spinning.
+            busy |= kind != wire::BEAT_MSG;
             match kind {
                 wire::SPAWN => match wire::body::<SpawnSpec>(body, "SPAWN")
                     .and_then(|s| crate::pool::start_worker_process(&s))
@@ -278,7 +391,10 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                         let _ = w.process.kill();
                     }
                 }
-                wire::SHUTDOWN => return workers,
+                wire::SHUTDOWN => {
+                    on_shutdown(body);
+                    return workers;
+                }
                 _ => {}
             }
         }
@@ -325,6 +441,9 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
         if last_beat.elapsed() >= wire::BEAT {
             last_beat = Instant::now();
             send(world, &mut sbuf, wire::BEAT_MSG, 0, &[]);
+        }
+        if leaving() {
+            return workers;
         }
         if busy {
             idle.reset();

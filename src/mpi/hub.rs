@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mpi::point_to_point::{Destination, Source};
 use mpi::topology::{Communicator, SimpleCommunicator};
-use mpi::traits::*;
 
 use super::wire::{self, Died, Hello, Read, Relay, SpawnSpec, Welcome};
 use crate::error::{Error, ErrorKind, Result};
@@ -32,6 +30,8 @@ pub(crate) struct RankInfo {
     pub(crate) host: String,
     pub(crate) pid: u32,
     pub(crate) default_workers: u32,
+    /// It runs on rank 0's kernel, in its pid namespace: `pid` is watchable from here.
+    pub(crate) same_kernel: bool,
 }
 
 /// The agents after the handshake, or why the job was refused.
@@ -223,6 +223,40 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
     Ok(h)
 }
 
+/// The pid that registered [`release_unused_agents`] (a forked child inherits the handler).
+static RELEASER: AtomicU32 = AtomicU32::new(0);
+
+/// Rank 0, before `main`: if the program never builds an MPI pool, the agents are still
+/// waiting for its welcome at exit; [`release_unused_agents`] then tells them to leave.
+pub(crate) fn release_agents_at_exit() {
+    RELEASER.store(std::process::id(), Ordering::Release);
+    sys::process::at_exit(release_unused_agents);
+}
+
+/// At exit on rank 0, when no MPI pool was ever built: initialises MPI, sends every agent
+/// `SHUTDOWN` and finalizes, so the job ends cleanly (otherwise the launcher reports rank 0 as
+/// exiting without `MPI_Init`, or under `--enable-recovery` waits for the agents forever).
+extern "C" fn release_unused_agents() {
+    if HUB.get().is_some() || RELEASER.load(Ordering::Acquire) != std::process::id() {
+        return;
+    }
+    // None: the program initialised MPI itself; its own finalize then ends the job.
+    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
+        return;
+    };
+    let world = universe.world();
+    let _ = sys::mpi::errors_return(&world);
+    for r in 1..world.size() {
+        send(
+            &world,
+            r,
+            &wire::msg(wire::SHUTDOWN, 0, &shutdown_body(&[])),
+        );
+    }
+    drop(world);
+    drop(universe);
+}
+
 /// Set once `HUB` holds the hub (the thread's main loop needs it).
 static HUB_READY: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
@@ -245,11 +279,11 @@ fn watchdog(stall: Duration) {
         }
         let last = hub.progress.load(Ordering::Acquire);
         if since_start().saturating_sub(last) > stall.as_millis() as u64 {
-            eprintln!(
+            say(&format!(
                 "multiproc: the MPI thread has been stuck inside MPI for over {stall:?} \
                  (a rank stopped answering during a send); the MPI pool's remote workers \
                  are given up"
-            );
+            ));
             hub.stalled.store(true, Ordering::Release);
             for s in lock(&hub.states).drain(..) {
                 if let Some(s) = s.upgrade() {
@@ -330,7 +364,12 @@ fn run(
         return;
     };
     let world = universe.world();
-    let (ranks, mut lost) = handshake(&world, key, &fingerprint);
+    // A failed call to a rank that died returns its error (the rank is then lost) instead
+    // of aborting the job, where the library and launcher let the job go on.
+    if let Err(e) = sys::mpi::errors_return(&world) {
+        say(&format!("multiproc: MPI errors stay fatal on rank 0: {e}"));
+    }
+    let (ranks, mut lost) = handshake(&world, key, &fingerprint, rank_timeout);
     let ok = ranks.is_ok();
     let _ = report.send(ranks.clone());
     // Wait until `hub` has stored the hub.
@@ -342,6 +381,9 @@ fn run(
     );
     drop(g);
     let Some(hub) = HUB.get() else { return };
+    if let Ok(r) = &ranks {
+        watch_agents(r);
+    }
     if ok {
         relay_loop(&world, hub, &wake_rx, rank_timeout, &mut lost);
     } else {
@@ -364,9 +406,10 @@ fn run(
     } else {
         // MPI_Finalize waits for every rank, and a lost one never comes: leave without it
         // (the launcher then reports the job as failed, which it is).
-        eprintln!(
-            "multiproc: MPI rank(s) {lost:?} stopped answering; leaving without MPI_Finalize"
-        );
+        say(&format!(
+            "multiproc: MPI rank(s) {lost:?} lost; rank 0 leaves without MPI_Finalize"
+        ));
+        kill_lost_agents(&lost);
         std::mem::forget(world);
         std::mem::forget(universe);
     }
@@ -374,15 +417,54 @@ fn run(
     hub.done_cv.notify_all();
 }
 
-/// Receives one message if one is waiting: (source rank, bytes).
+/// Receives one message if one is waiting: (source rank, bytes). A failed receive is noted
+/// for [`lose_failed`].
 fn try_recv(world: &SimpleCommunicator) -> Option<(i32, Vec<u8>)> {
-    let probed = world.any_process().immediate_matched_probe()?;
-    let (buf, st) = probed.matched_receive_vec::<u8>();
-    Some((st.source_rank(), buf))
+    sys::mpi::try_recv_any(world)
+        .map_err(sys::mpi::note_failed)
+        .ok()
+        .flatten()
 }
 
+/// A blocking send (the handshake's); a failure is noted for [`lose_failed`].
 fn send(world: &SimpleCommunicator, rank: i32, m: &[u8]) {
-    world.process_at_rank(rank).send(m);
+    if let Err(e) = sys::mpi::send(world, rank, m) {
+        sys::mpi::note_failed(e);
+    }
+}
+
+/// Writes a line to standard error directly: the hub's diagnostics are for whoever runs the
+/// job, and a test harness capturing the output of the thread that built the pool (which the
+/// hub thread inherits) would swallow them.
+fn say(line: &str) {
+    sys::process::write_stderr_raw(format!("{line}\n").as_bytes());
+}
+
+/// Declares lost every rank an MPI call failed on (errors are returned, not fatal: a send,
+/// test or probe that fails on a rank means MPI gave up on that rank). A failure that names
+/// no rank loses none: it is reported once, and the heartbeats decide.
+fn lose_failed(hub: &Hub, lost: &mut Vec<i32>, workers: &mut HashMap<u64, Remote>) {
+    static UNNAMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    for e in sys::mpi::take_failed() {
+        match e.rank {
+            Some(r) if r != 0 => {
+                if !lost.contains(&r) {
+                    lose(
+                        r,
+                        &format!("MPI says it is unreachable: {e}"),
+                        hub,
+                        lost,
+                        workers,
+                    );
+                }
+            }
+            _ => {
+                if !UNNAMED.swap(true, Ordering::Relaxed) {
+                    say(&format!("multiproc: an MPI call on rank 0 failed: {e}"));
+                }
+            }
+        }
+    }
 }
 
 /// Sends that have not completed, per rank: a message to an agent is never waited for (a
@@ -426,7 +508,12 @@ fn post(
 
 /// Collects every agent's `HELLO` and answers `WELCOME` (or `REFUSE` to all when a rank runs
 /// another binary or never reports). Returns the agents, and the ranks that never reported.
-fn handshake(world: &SimpleCommunicator, key: [u64; 2], fingerprint: &[u8]) -> (Ranks, Vec<i32>) {
+fn handshake(
+    world: &SimpleCommunicator,
+    key: [u64; 2],
+    fingerprint: &[u8],
+    rank_timeout: Duration,
+) -> (Ranks, Vec<i32>) {
     let size = world.size();
     let deadline = Instant::now() + HELLO_TIMEOUT;
     let mut seen: HashMap<i32, Hello> = HashMap::new();
@@ -479,6 +566,7 @@ fn handshake(world: &SimpleCommunicator, key: [u64; 2], fingerprint: &[u8]) -> (
         };
         return (Err((kind, text)), missing);
     }
+    let kernel = super::agent::kernel_id();
     let mut ranks: Vec<RankInfo> = seen
         .into_iter()
         .map(|(rank, h)| RankInfo {
@@ -486,6 +574,7 @@ fn handshake(world: &SimpleCommunicator, key: [u64; 2], fingerprint: &[u8]) -> (
             host: h.host,
             pid: h.pid,
             default_workers: h.default_workers.max(1),
+            same_kernel: !kernel.is_empty() && h.kernel == kernel,
         })
         .collect();
     ranks.sort_by_key(|r| r.rank);
@@ -493,7 +582,14 @@ fn handshake(world: &SimpleCommunicator, key: [u64; 2], fingerprint: &[u8]) -> (
         send(
             world,
             r.rank,
-            &wire::msg_with(wire::WELCOME, 0, &Welcome { key }),
+            &wire::msg_with(
+                wire::WELCOME,
+                0,
+                &Welcome {
+                    key,
+                    rank_timeout_ms: rank_timeout.as_millis().min(u64::MAX as u128) as u64,
+                },
+            ),
         );
     }
     (Ok(ranks), missing)
@@ -588,9 +684,12 @@ fn relay_loop(
                     }
                 }
                 Cmd::Shutdown => {
+                    // A lost rank's sends never complete: do not wait for them.
+                    pending.retain(|r, _| !lost.contains(r));
+                    let m = wire::msg(wire::SHUTDOWN, 0, &shutdown_body(lost));
                     for r in &ranks {
                         if !lost.contains(r) {
-                            isend(world, *r, wire::msg(wire::SHUTDOWN, 0, &[]), &mut pending);
+                            isend(world, *r, m.clone(), &mut pending);
                         }
                     }
                     // Give the sends a moment; what is still pending then is leaked.
@@ -616,8 +715,14 @@ fn relay_loop(
         // the pool is written to the worker's socket at once, before the next probe.
         let mut touched: Vec<i32> = Vec::new();
         for _ in 0..256 {
-            let Some(p) = sys::mpi::probe(world) else {
-                break;
+            let p = match sys::mpi::probe(world) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    // Acted on below (`lose_failed`).
+                    sys::mpi::note_failed(e);
+                    break;
+                }
             };
             let src = p.source;
             let r = p.start(spare.get());
@@ -639,6 +744,10 @@ fn relay_loop(
                 &mut unacked,
             );
         }
+        // Ranks MPI gave up on are lost; their receives under way are dropped (leaked if
+        // MPI may still write them, never waited for).
+        lose_failed(hub, lost, &mut workers);
+        recvs.retain(|r, _| !lost.contains(r));
         // Receives that completed since (large messages).
         for src in recvs
             .iter()
@@ -744,6 +853,8 @@ fn relay_loop(
         let now = Instant::now();
         if now.duration_since(last_beat) >= wire::BEAT {
             last_beat = now;
+            beat_agents(world, &ranks, lost, &heard, &mut pending);
+            lose_exited(hub, lost, &mut workers);
             for r in &ranks {
                 if lost.contains(r) {
                     continue;
@@ -797,6 +908,8 @@ fn take_messages(
     };
     while let Some(m) = q.front_mut().and_then(|r| r.take()) {
         q.pop_front();
+        // A failed receive: noted, and the rank is lost this round (`lose_failed`).
+        let Some(m) = m else { continue };
         work |= m.first() != Some(&wire::BEAT_MSG);
         let r = on_message(src, &m, workers, unacked);
         spare.put(m);
@@ -826,7 +939,9 @@ fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut Hash
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
-    eprintln!("multiproc: MPI rank {rank}{at} is lost: {why}; its tasks go to the other ranks");
+    say(&format!(
+        "multiproc: MPI rank {rank}{at} is lost: {why}; its tasks go to the other ranks"
+    ));
     lost.push(rank);
     lock(&hub.lost).push(rank);
     workers.retain(|_, w| {
@@ -837,6 +952,91 @@ fn lose(rank: i32, why: &str, hub: &Hub, lost: &mut Vec<i32>, workers: &mut Hash
             true
         }
     });
+}
+
+/// Pidfds of the agents on rank 0's own kernel (see [`RankInfo::same_kernel`]).
+static WATCHED: Mutex<Vec<(i32, RegisteredFd)>> = Mutex::new(Vec::new());
+
+/// Opens a pidfd on every agent that runs on this kernel. Certain: an agent leaves only
+/// when rank 0 tells it to (or cannot reach rank 0), so while it lives its pid is its own,
+/// and a pidfd that reports an exit means the agent has died, whatever it then names.
+fn watch_agents(ranks: &[RankInfo]) {
+    let mut w = lock(&WATCHED);
+    for r in ranks.iter().filter(|r| r.same_kernel) {
+        // None or an error: gone already, or no pidfds here; the heartbeats decide.
+        if let Ok(Some(fd)) = fdreg::pidfd_open(r.pid as i32) {
+            w.push((r.rank, fd));
+        }
+    }
+}
+
+/// At exit, SIGKILLs (through their pidfds: no other process can be hit) the lost agents on
+/// this host that still run, e.g. a stopped one: under `mpirun --enable-recovery` nothing
+/// else would end them, and the job would never finish. (By default the launcher ends the
+/// whole job once rank 0 leaves without `MPI_Finalize`.)
+fn kill_lost_agents(lost: &[i32]) {
+    for (r, fd) in lock(&WATCHED).iter() {
+        if lost.contains(r) {
+            let _ = sys::process::signal_pidfd(fd.as_fd(), sys::process::SIGKILL);
+        }
+    }
+}
+
+/// Declares lost every watched agent whose process has exited (its pidfd is readable): at
+/// once, not after `mpi_rank_timeout` of silence.
+fn lose_exited(hub: &Hub, lost: &mut Vec<i32>, workers: &mut HashMap<u64, Remote>) {
+    let mut w = lock(&WATCHED);
+    if w.is_empty() {
+        return;
+    }
+    let set: Vec<(BorrowedFd<'_>, sys::socket::Events)> = w
+        .iter()
+        .map(|(_, fd)| (fd.as_fd(), sys::socket::Events::IN))
+        .collect();
+    let Ok(ready) = sys::socket::poll_each(&set, Some(Instant::now())) else {
+        return;
+    };
+    drop(set);
+    let mut gone: Vec<i32> = ready
+        .iter()
+        .filter_map(|i| w.get(*i).map(|x| x.0))
+        .collect();
+    gone.sort_unstable();
+    w.retain(|(r, _)| !gone.contains(r));
+    drop(w);
+    for r in gone {
+        if !lost.contains(&r) {
+            lose(
+                r,
+                "its process has exited (seen from rank 0, on the same host)",
+                hub,
+                lost,
+                workers,
+            );
+        }
+    }
+}
+
+/// Rank 0's heartbeat, to every rank that is neither lost nor quiet: an agent that stops
+/// hearing rank 0 (killed, frozen) leaves instead of serving nobody forever.
+fn beat_agents(
+    world: &SimpleCommunicator,
+    ranks: &[i32],
+    lost: &[i32],
+    heard: &HashMap<i32, Instant>,
+    pending: &mut Pending,
+) {
+    for r in ranks {
+        if !lost.contains(r) && !quiet(heard, *r) {
+            isend(world, *r, wire::msg(wire::BEAT_MSG, 0, &[]), pending);
+        }
+    }
+}
+
+/// `SHUTDOWN`'s body: `[1]` when a rank was lost, so the agents leave without
+/// `MPI_Finalize` too (it waits for every rank, rank 0 and the lost one included).
+fn shutdown_body(lost: &[i32]) -> [u8; 1] {
+    [u8::from(!lost.is_empty())]
 }
 
 /// One message from agent `src`.

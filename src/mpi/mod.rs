@@ -9,6 +9,8 @@
 //! cargo build --release --features mpi
 //! mpirun -n 3 target/release/app          # as root: add --allow-run-as-root;
 //!                                         # more ranks than cores: --oversubscribe --bind-to none
+//! mpirun --enable-recovery -n 3 target/release/app   # Open MPI: the job outlives a killed
+//!                                         # agent rank ("What a failure does")
 //! ```
 //!
 //! ```no_run
@@ -46,19 +48,64 @@
 //!   its host. The agent reports the exit code; that task alone fails with `WorkerLost`, a
 //!   replacement starts on the same rank, and the job goes on (plain MPI would abort the
 //!   whole job). A task over `task_timeout` fails with `Timeout` and its worker is replaced.
-//! * A rank that **dies** (its agent is killed): the MPI library ends the whole job, rank 0
-//!   included. Measured here: Debian's Open MPI 4.1.4 within about 2 s (`mpirun` exits 137
-//!   and names the rank and the signal; `tests/mpi.rs`,
-//!   `killed_rank_ends_the_job_without_hanging`); MPICH 4 (hydra) within about 0.2 s, with
-//!   `-disable-auto-cleanup` too. Nothing hangs, but nothing survives either: neither
-//!   library lets the job go on here, so the tasks of a dead rank cannot be re-queued.
-//! * A rank that **stops answering** without dying (a frozen host, a stopped agent): every
-//!   agent sends a heartbeat every 100 ms, and rank 0 declares a rank silent for
-//!   [`mpi_rank_timeout`](crate::PoolBuilder::mpi_rank_timeout) (default 10 s) lost. Its
-//!   workers count as lost with their host: every task they had not answered goes back to
-//!   the queue untouched (none is blamed, none fails; at least once, as in the local pool)
-//!   and runs on the other ranks, which also take over the lost rank's share of workers. The
-//!   MPI thread never waits for a silent rank: its sends to agents are non-blocking
+//! * A rank that is **lost** (its agent died, or stopped answering): its workers count as
+//!   lost with their host: every task they had not answered goes back to the queue
+//!   untouched (none is blamed, none fails; at least once, as in the local pool) and runs on
+//!   the other ranks, which also take over the lost rank's share of workers. `map`, `imap`
+//!   and `apply_async` return every result; once *every* agent rank is lost, tasks fail with
+//!   an error saying so ("every agent rank of the MPI job is lost"), never a hang. Rank 0
+//!   says on standard error which rank it lost and why.
+//! * **How a lost rank is found.** An agent on rank 0's own host (the same kernel and pid
+//!   namespace: boot id and pid namespace are compared at the handshake) is watched through
+//!   a pidfd, so its death is seen at once. Anywhere else, agents send a heartbeat every
+//!   100 ms and rank 0 declares a rank silent for
+//!   [`mpi_rank_timeout`](crate::PoolBuilder::mpi_rank_timeout) (default 10 s) lost: a dead
+//!   agent on another host and a frozen one (a stopped process, a hung host) alike. MPI
+//!   errors are returned, not fatal (`MPI_ERRORS_RETURN` on `MPI_COMM_WORLD` on every
+//!   rank): a send, test or probe that fails on a rank loses that rank with MPI's own error
+//!   text, and an agent whose call to rank 0 fails leaves. Neither library returned such an
+//!   error in our measurements (a send to a dead rank succeeded, over shared memory and
+//!   TCP), so the pidfd and the heartbeats are what decide.
+//! * **Whether the job survives a dead rank is the launcher's choice.** Measured on one
+//!   host (`tests/mpi.rs`; MPICH checked by hand on 2026-12-01):
+//!
+//!   | Launch | an agent rank killed | rank 0 killed | an agent stopped (`SIGSTOP`) |
+//!   |---|---|---|---|
+//!   | Open MPI 4.1.4 `mpirun -n N` | `mpirun` ends the whole job within ~1.5 s, rank 0 included (exit 137, names the rank and signal) | the job ends the same way | the map completes; the job ends when `main` finishes (exit 137) |
+//!   | Open MPI 4.1.4 `mpirun --enable-recovery -n N` | **the job goes on**: the rank is lost, its tasks re-run elsewhere, the job ends by itself (exit 0) | each agent, hearing nothing from rank 0 for `mpi_rank_timeout`, ends its workers and leaves (exit 0) | as by default; rank 0 SIGKILLs the stopped agent at exit (exit 0) |
+//!   | MPICH 5.0.2 `mpiexec -n N`, with or without `-disable-auto-cleanup` | hydra ends the whole job within ~0.3 s | the job ends the same way | the map completes; the job ends when `main` finishes (exit 9) |
+//!
+//!   Tests: `killed_rank_ends_the_job_without_hanging` (default launch),
+//!   `killed_ranks_under_enable_recovery_rerun_their_tasks` (four agents killed one after
+//!   another: mid-`map` and mid-`imap`, which return every result in order; under pending
+//!   `apply_async` results, each of which still arrives; and under the last agent, where the
+//!   pending result is the "every agent rank" error),
+//!   `killed_rank_0_under_enable_recovery_ends_the_agents` and
+//!   `frozen_rank_is_lost_and_its_tasks_rerun` (both launches). So to outlive a dead agent,
+//!   launch with Open MPI's `mpirun --enable-recovery`. Two things change with it: `mpirun`
+//!   then exits 0 whatever the ranks' exit statuses, rank 0's included
+//!   (`enable_recovery_hides_rank_0s_exit_status`), so have rank 0 report its outcome
+//!   itself; and rank 0 can end a lost rank that keeps running (a frozen one) only on its own
+//!   host, so with a frozen rank on another host the job would wait for it after `main` has
+//!   finished (reasoned, not measured: the multi-host test does not freeze a rank). MPICH (the `mpich` 5.0.2
+//!   wheel, `mpiexec -disable-auto-cleanup -n 3 ./tests` with the crate built against its
+//!   `mpicc`) cannot be made to go on here: when a rank dies, hydra signals every other
+//!   rank's process group with `SIGUSR1` (which also ends their pool workers), fails to
+//!   forward the failure to the dead process ("write error (Broken pipe)") and then kills the
+//!   whole job; its ULFM mode (`MPIR_CVAR_ENABLE_FT=1`, needed for its `MPIX_` calls) fails
+//!   an assertion inside `MPI_Init_thread` (`ch4_request.h`, line 16) with either netmod,
+//!   UCX or OFI, for a plain C program that only initialises MPI too, and the job then hangs.
+//! * **Rank 0 leaves cleanly.** Rank 0 beats too; an agent that hears nothing from rank 0
+//!   for `mpi_rank_timeout` ends its workers and exits. At exit, after a lost rank, rank 0
+//!   leaves without `MPI_Finalize` (which would wait for the lost rank forever), tells the
+//!   agents to do the same (their finalize waits for every rank too; that once hung the job
+//!   under `--enable-recovery`), and SIGKILLs, through its pidfd, a lost agent of its host
+//!   that still runs. A program that never builds an MPI pool releases the waiting agents at
+//!   exit (`job_that_builds_no_pool_ends_cleanly`, both launches). Every job in
+//!   `tests/mpi.rs` is checked to leave no process behind. Not handled: rank 0 dying under
+//!   `--enable-recovery` *before* its first MPI pool is built (the agents wait for its
+//!   welcome without a timeout, since `main` may take any time to get there).
+//! * The MPI thread never waits for a silent rank: its sends to agents are non-blocking
 //!   (`MPI_Isend` on a buffer the send owns; a blocking send over Open MPI's shared memory
 //!   waits until the receiver has taken the message, which a stopped rank never does), so
 //!   are its receives (`MPI_Imrecv`: a message from a sender that stopped halfway through it
@@ -68,12 +115,9 @@
 //!   never calls MPI) notices that it made no round for twice `mpi_rank_timeout`, says so
 //!   on standard error, ends every remote worker (their
 //!   tasks then fail with the pool's start error, which names the stuck MPI thread) and
-//!   refuses later MPI pools, so rank 0 never hangs silently. At exit, rank 0
-//!   leaves without `MPI_Finalize` (which would wait for the lost rank forever), so the
-//!   launcher reports the job as failed once `main` has finished (measured by
-//!   `frozen_rank_is_lost_and_its_tasks_rerun`: the map completes, the job ends within
-//!   seconds). Start `mpirun` with its standard input at `/dev/null` (`< /dev/null`): with
-//!   an inherited one, a stopped rank was seen to stall the whole job (not understood yet).
+//!   refuses later MPI pools, so rank 0 never hangs silently. Start `mpirun` with its
+//!   standard input at `/dev/null` (`< /dev/null`): with an inherited one, a stopped rank
+//!   was seen to stall the whole job (not understood yet).
 //!
 //! # How the MPI pool differs from the local pool
 //!
@@ -105,12 +149,19 @@
 //!
 //! # Which MPI
 //!
-//! Tested with Debian's Open MPI 4.1 (what CI installs) and with MPICH 4 (the `mpich` wheel
-//! from PyPI, built against with its `mpicc` first in `PATH`): the same behaviour, including
-//! a frozen rank declared lost and its tasks re-run. Build against the library whose launcher
+//! Tested with Debian's Open MPI 4.1 (what CI installs) and by hand with MPICH 5.0.2 (the
+//! `mpich` wheel from PyPI, built against with its `mpicc` first in `PATH` and its `lib` in
+//! `LD_LIBRARY_PATH`): the same behaviour, including a frozen rank declared lost and its
+//! tasks re-run, except for a dead rank (see the table above). Build against the library whose launcher
 //! you use: a binary built against Open MPI and started by MPICH's `mpiexec` sees a job of
-//! one rank on every rank. Under Slurm, `srun --mpi=pmix ./app` sets `PMIX_RANK`, which the
-//! agent reads; not tested here.
+//! one rank on every rank.
+//!
+//! Under Slurm, launch with `srun --mpi=pmix -n 3 ./app` (`--overcommit` for more tasks than
+//! allocated CPUs). Slurm's PMIx plugin gives each task `PMIX_RANK`, the job's size comes
+//! from `SLURM_STEP_NUM_TASKS`, and an agent's default share of its host's cores from the
+//! tasks Slurm placed there (`SLURM_GTIDS`). Slurm also offers `--mpi=pmi2`, but Debian's
+//! Open MPI has no PMI-2 client: every task fails in `MPI_Init` and the step ends. Tested
+//! with Debian's Slurm 22.05 on a single-node cluster that `tests/slurm.rs` starts itself.
 
 mod agent;
 mod hub;

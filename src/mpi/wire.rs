@@ -115,6 +115,9 @@ pub(crate) struct Hello {
     pub(crate) pid: u32,
     /// Workers it runs by default: the host's cores divided among the host's ranks.
     pub(crate) default_workers: u32,
+    /// Its kernel and pid namespace (see `agent::kernel_id`): when rank 0's is the same,
+    /// `pid` names this very process there, and rank 0 watches it exit through a pidfd.
+    pub(crate) kernel: String,
 }
 
 /// The hub's answer to a matching [`Hello`].
@@ -122,6 +125,9 @@ pub(crate) struct Hello {
 pub(crate) struct Welcome {
     /// The entry key of rank 0 (the agent adopts it before it starts any process).
     pub(crate) key: [u64; 2],
+    /// Rank 0 beats too: an agent that hears nothing from it for this long (the pool's
+    /// `mpi_rank_timeout`, in ms) takes it as gone and leaves, ending its workers.
+    pub(crate) rank_timeout_ms: u64,
 }
 
 /// What a local worker needs (the pool's `WorkerArgs` without the channel, and its name).

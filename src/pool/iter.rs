@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::dispatch::{Actions, Delivery, Shared, Task, Why};
 use super::progress::Progress;
-use super::task::{Failure, FAILED};
+use super::task::{Failure, SealedEntry, FAILED};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fdreg::RegisteredFd;
@@ -117,7 +117,7 @@ fn bad(e: &Error) -> Error {
 pub(super) struct Feeder<I: Iterator> {
     input: Option<Fuse<I>>,
     chunk: Vec<I::Item>,
-    pub(super) entry: u64,
+    pub(super) entry: SealedEntry,
     pub(super) chunksize: usize,
     /// Automatic chunks: shrink them if they encode to huge messages.
     pub(super) auto: bool,
@@ -144,7 +144,7 @@ where
     I: Iterator,
     I::Item: Serialize,
 {
-    pub(super) fn new(input: I, entry: u64, chunksize: usize, max_elems: u64) -> Self {
+    pub(super) fn new(input: I, entry: SealedEntry, chunksize: usize, max_elems: u64) -> Self {
         Feeder {
             input: Some(input.fuse()),
             chunk: Vec::new(),

@@ -255,7 +255,7 @@ impl PoolBuilder {
         S: 'static,
     {
         let _ = f;
-        let entry = crate::task::to_offset(task::init_entry::<F, A, S>());
+        let entry = task::SealedEntry::of(task::init_entry::<F, A, S>());
         let mut bytes = Vec::new();
         let mut fds = Vec::new();
         self.init = Some(
@@ -464,7 +464,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
     {
         let _ = f;
-        let entry = crate::task::to_offset(task::chunk_entry::<F, A, R>());
+        let entry = task::SealedEntry::of(task::chunk_entry::<F, A, R>());
         let mut bytes = Vec::with_capacity(16);
         let mut fds = Vec::new();
         let enc = codec::encode(std::slice::from_ref(&args), &mut bytes, &mut fds);
@@ -704,7 +704,7 @@ impl Pool {
         I: Iterator<Item = A>,
     {
         let _ = f;
-        let entry = crate::task::to_offset(task::chunk_entry::<F, A, R>());
+        let entry = task::SealedEntry::of(task::chunk_entry::<F, A, R>());
         let chunksize = chunksize.max(1);
         let workers = self.processes() as u64;
         let max = (1024 * workers).max(chunksize as u64 * workers * 4);

@@ -130,9 +130,13 @@ fn new_worker(id: u64, cfg: &Config, conn: Conn) -> Worker {
 
 /// The initializer's INIT frame, and its descriptors.
 fn init_frame(cfg: &Config) -> (Vec<u8>, Vec<BorrowedFd<'_>>) {
-    let (entry, bytes, fds): (u64, &[u8], Vec<BorrowedFd<'_>>) = match &cfg.init {
-        Some(i) => (i.entry, &i.bytes, i.fds.iter().map(|f| f.as_fd()).collect()),
-        None => (0, &[], Vec::new()),
+    let (entry, bytes, fds): (_, &[u8], Vec<BorrowedFd<'_>>) = match &cfg.init {
+        Some(i) => (
+            Some(i.entry),
+            &i.bytes,
+            i.fds.iter().map(|f| f.as_fd()).collect(),
+        ),
+        None => (None, &[], Vec::new()),
     };
     let mut frame = Vec::with_capacity(16 + bytes.len());
     put_init(&mut frame, entry, bytes);
@@ -285,7 +289,7 @@ fn started(shared: &Shared, r: std::result::Result<Worker, StartFailure>) {
             st.start_failures += 1;
             let none_left = st.workers.is_empty() && st.launching == 0;
             if st.start_failures >= MAX_START_FAILURES || none_left {
-                st.break_pool(Why::Start(error.to_string()), &mut wake);
+                st.break_pool(Why::Start(error.kind(), error.to_string()), &mut wake);
             }
         }
     }
@@ -386,7 +390,10 @@ fn pool_thread(shared: Arc<Shared>) {
     let mut st = shared.lock();
     if res.is_err() {
         st.break_pool(
-            Why::Start("internal error: the pool thread panicked".into()),
+            Why::Start(
+                ErrorKind::Io,
+                "internal error: the pool thread panicked".into(),
+            ),
             &mut wake,
         );
     }

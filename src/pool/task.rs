@@ -5,11 +5,19 @@
 //!
 //! ```text
 //! parent → worker
-//!   INIT    tag=2 | entry u64 (0: no initializer) | len u32 | encoded initializer args
-//!           (the first frame a worker receives; every descriptor of the frame belongs to it)
-//!   TASK    tag=1 [| 0x40: entry u64 follows] | nfds u8 | len u32 | lo u32 | hi u32 | args
+//!   INIT    tag=2 | entry u64 (0: no initializer) | seal u64 | len u32 | encoded
+//!           initializer args (the first frame a worker receives; every descriptor of the
+//!           frame belongs to it)
+//!   TASK    tag=1 [| 0x40: entry u64 | seal u64 follow] | nfds u8 | len u32 | lo u32 |
+//!           hi u32 | args
 //!           args = postcard `Vec<A>`; the worker runs elements lo..hi of it. The entry
 //!           offset is sent with the first task of a frame and whenever it changes.
+//!   entry = `task::to_offset` of the trampoline, seal = `task::seal(entry)`: the writers
+//!           below take only a [`SealedEntry`] (made once per job), and the worker runs only an entry whose
+//!           seal matches under the key it adopted at boot (`task::from_sealed`, checked
+//!           once per entry change). A task whose seal does not match fails (status FAILED,
+//!           `Failure::BadEntry`), and so do the tasks after it in the frame that name no
+//!           entry of their own; an initializer's, INIT_FAILED (the pool breaks).
 //! worker → parent
 //!   RESULT  tag=1 | status u8 | nfds u8 | busy_ns u64 | len u32 | bytes
 //!           status ALL_OK / SOME_FAILED: bytes = postcard `Vec<Result<R, Failure>>`, one per
@@ -53,8 +61,8 @@ pub(super) const SOME_FAILED: u8 = 1;
 /// The whole task failed (the bytes are one [`Failure`]).
 pub(super) const FAILED: u8 = 2;
 
-/// Bytes of a TASK header before the args (with the entry offset).
-pub(super) const TASK_HEADER_MAX: usize = 1 + 8 + 1 + 4 + 8;
+/// Bytes of a TASK header before the args (with the entry offset and its seal).
+pub(super) const TASK_HEADER_MAX: usize = 1 + 8 + 8 + 1 + 4 + 8;
 /// Bytes of a RESULT header.
 pub(super) const RESULT_HEADER: usize = 1 + 1 + 1 + 8 + 4;
 
@@ -76,6 +84,9 @@ pub(super) enum Failure {
     BadResult(String),
     /// The result is larger than the pool's `max_message_size`.
     TooLarge { size: u64, limit: u64 },
+    /// The worker refused the task's (or initializer's) entry point: its seal does not
+    /// match (a forged or corrupted frame). Nothing ran.
+    BadEntry(String),
 }
 
 impl Failure {
@@ -93,6 +104,10 @@ impl Failure {
                 format!("the worker could not encode the task's result: {m}"),
             ),
             Failure::TooLarge { size, limit } => Error::too_large(*size, *limit).context(TOO_LARGE),
+            Failure::BadEntry(m) => Error::msg(
+                ErrorKind::Protocol,
+                format!("the worker refused the task's entry point: {m}"),
+            ),
         }
     }
 
@@ -155,30 +170,82 @@ impl<'a> Cursor<'a> {
 
 // ---- The records, each writer next to its reader ------------------------------------
 
-/// INIT (parent → worker, the first frame): the initializer's entry (0: none) and arguments.
-pub(super) fn put_init(frame: &mut Vec<u8>, entry: u64, args: &[u8]) {
+/// An entry offset as it travels on the pool channel: with its seal.
+///
+/// The pool makes one with [`SealedEntry::of`] where it names the function (once per
+/// `map`, `imap`, `apply_async` or initializer, not per task) and the tasks carry it, so the
+/// frame writers below only ever write sealed entries and sealing costs nothing per frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SealedEntry {
+    /// `task::to_offset` of the trampoline.
+    pub(super) offset: u64,
+    /// `task::seal(offset)` under the sender's key.
+    pub(super) seal: u64,
+}
+
+impl SealedEntry {
+    /// `entry`'s offset, sealed under this process's key.
+    pub(super) fn of(entry: EntryFn) -> SealedEntry {
+        SealedEntry::seal(task::to_offset(entry))
+    }
+
+    /// Seals `offset` under this process's key.
+    pub(super) fn seal(offset: u64) -> SealedEntry {
+        SealedEntry {
+            offset,
+            seal: task::seal(offset),
+        }
+    }
+
+    /// The entry this names, if its seal matches under this process's key.
+    ///
+    /// # Errors
+    /// [`Failure::BadEntry`] for a forged or corrupted entry (nothing is run).
+    pub(super) fn open(self) -> Result<EntryFn, Failure> {
+        task::from_sealed(self.offset, self.seal).map_err(|e| Failure::BadEntry(e.to_string()))
+    }
+
+    fn put(self, frame: &mut Vec<u8>) {
+        frame.extend_from_slice(&self.offset.to_le_bytes());
+        frame.extend_from_slice(&self.seal.to_le_bytes());
+    }
+
+    fn read(cur: &mut Cursor<'_>) -> Result<SealedEntry, Error> {
+        Ok(SealedEntry {
+            offset: cur.u64()?,
+            seal: cur.u64()?,
+        })
+    }
+}
+
+/// INIT (parent → worker, the first frame): the initializer's sealed entry (`None`: there
+/// is none, written as offset 0) and its arguments.
+pub(super) fn put_init(frame: &mut Vec<u8>, entry: Option<SealedEntry>, args: &[u8]) {
     frame.push(TAG_INIT);
-    frame.extend_from_slice(&entry.to_le_bytes());
+    entry
+        .unwrap_or(SealedEntry { offset: 0, seal: 0 })
+        .put(frame);
     frame.extend_from_slice(&(args.len() as u32).to_le_bytes());
     frame.extend_from_slice(args);
 }
 
-/// Reads INIT: `(entry, args)`.
-pub(super) fn read_init(payload: &[u8]) -> Result<(u64, &[u8]), Error> {
+/// Reads INIT: the initializer's entry (`None`: there is none) and its arguments.
+pub(super) fn read_init(payload: &[u8]) -> Result<(Option<SealedEntry>, &[u8]), Error> {
     let mut cur = Cursor::new(payload);
     if cur.u8()? != TAG_INIT {
         return Err(protocol("the first message is not INIT"));
     }
-    let entry = cur.u64()?;
+    let entry = SealedEntry::read(&mut cur)?;
     let len = cur.u32()? as usize;
-    Ok((entry, cur.bytes(len)?))
+    Ok(((entry.offset != 0).then_some(entry), cur.bytes(len)?))
 }
 
 /// TASK (parent → worker): appends the header of a task running elements `lo..hi` of
 /// `args_len` bytes of arguments with `nfds` descriptors; the caller appends the arguments.
+/// `entry`, when given, is written with its seal.
 pub(super) fn put_task_header(
     frame: &mut Vec<u8>,
-    entry: Option<u64>,
+    entry: Option<SealedEntry>,
     nfds: u8,
     args_len: usize,
     lo: u32,
@@ -187,7 +254,7 @@ pub(super) fn put_task_header(
     match entry {
         Some(e) => {
             frame.push(TAG_TASK | FLAG_ENTRY);
-            frame.extend_from_slice(&e.to_le_bytes());
+            e.put(frame);
         }
         None => frame.push(TAG_TASK),
     }
@@ -197,10 +264,10 @@ pub(super) fn put_task_header(
     frame.extend_from_slice(&hi.to_le_bytes());
 }
 
-/// One TASK as read: a new entry offset if it carries one, its descriptor count, and the
-/// body `lo u32 | hi u32 | args` that `run_chunk` takes.
+/// One TASK as read: a new (sealed, not yet checked) entry if it carries one, its
+/// descriptor count, and the body `lo u32 | hi u32 | args` that `run_chunk` takes.
 pub(super) struct TaskRecord<'a> {
-    pub(super) entry: Option<u64>,
+    pub(super) entry: Option<SealedEntry>,
     pub(super) nfds: usize,
     pub(super) body: &'a [u8],
 }
@@ -212,7 +279,7 @@ pub(super) fn read_task<'a>(cur: &mut Cursor<'a>) -> Result<TaskRecord<'a>, Erro
         return Err(protocol("unknown message from the pool"));
     }
     let entry = if tag & FLAG_ENTRY != 0 {
-        Some(cur.u64()?)
+        Some(SealedEntry::read(cur)?)
     } else {
         None
     };
@@ -479,18 +546,25 @@ mod tests {
     #[test]
     fn every_record_reads_back_as_written() {
         let mut init = Vec::new();
-        put_init(&mut init, 42, b"abc");
-        assert_eq!(read_init(&init).unwrap(), (42, &b"abc"[..]));
+        let sealed = SealedEntry::seal(42);
+        assert_eq!(sealed.seal, task::seal(42));
+        put_init(&mut init, Some(sealed), b"abc");
+        assert_eq!(read_init(&init).unwrap(), (Some(sealed), &b"abc"[..]));
         assert!(read_init(&init[..5]).is_err(), "truncated");
+        assert!(read_init(&init[..20]).is_err(), "truncated");
+        let mut none = Vec::new();
+        put_init(&mut none, None, b"");
+        assert_eq!(read_init(&none).unwrap(), (None, &b""[..]));
 
         let mut tasks = Vec::new();
-        put_task_header(&mut tasks, Some(7), 2, 3, 1, 3);
+        let seven = SealedEntry::seal(7);
+        put_task_header(&mut tasks, Some(seven), 2, 3, 1, 3);
         tasks.extend_from_slice(b"xyz");
         put_task_header(&mut tasks, None, 0, 1, 0, 1);
         tasks.push(b'q');
         let mut cur = Cursor::new(&tasks);
         let t = read_task(&mut cur).unwrap();
-        assert_eq!((t.entry, t.nfds), (Some(7), 2));
+        assert_eq!((t.entry, t.nfds), (Some(seven), 2));
         assert_eq!(t.body, &[1, 0, 0, 0, 3, 0, 0, 0, b'x', b'y', b'z'][..]);
         let t = read_task(&mut cur).unwrap();
         assert_eq!((t.entry, t.nfds, t.body.len()), (None, 0, 9));
@@ -545,6 +619,58 @@ mod tests {
         // Garbage is an error, never a panic.
         for junk in [&[9u8][..], &[1, 0], &[2, 1, 2, 3]] {
             assert!(read_from_worker(&mut Cursor::new(junk)).is_err());
+        }
+    }
+
+    fn double(x: u32) -> u32 {
+        x * 2
+    }
+
+    fn entry_of<F: Fn(u32) -> u32 + Copy + Send + 'static>(_: F) -> EntryFn {
+        chunk_entry::<F, u32, u32>()
+    }
+
+    #[test]
+    fn every_entry_written_is_sealed_and_only_a_matching_seal_opens() {
+        let offset = task::to_offset(entry_of(double));
+        let mut frame = Vec::new();
+        put_task_header(
+            &mut frame,
+            Some(SealedEntry::of(entry_of(double))),
+            0,
+            0,
+            0,
+            0,
+        );
+        put_init(&mut frame, Some(SealedEntry::seal(offset)), b"");
+        let mut cur = Cursor::new(&frame);
+        let sealed = read_task(&mut cur).unwrap().entry.unwrap();
+        assert_eq!(sealed.seal, task::seal(offset));
+        let (init, _) = read_init(&frame[cur.pos()..]).unwrap();
+        assert_eq!(init, Some(sealed));
+        let f = sealed.open().unwrap();
+        assert_eq!(f as usize, entry_of(double) as usize);
+        for forged in [
+            SealedEntry {
+                offset,
+                seal: sealed.seal ^ 1,
+            },
+            SealedEntry {
+                offset: offset.wrapping_add(16),
+                seal: sealed.seal,
+            },
+            SealedEntry {
+                offset: 0xdead_beef,
+                seal: 0,
+            },
+        ] {
+            match forged.open() {
+                Err(Failure::BadEntry(m)) => assert!(m.contains("not sealed"), "{m}"),
+                Err(other) => panic!("{other:?}"),
+                Ok(_) => panic!("{forged:?} was accepted"),
+            }
+            let e = Failure::BadEntry("x".into()).to_error();
+            assert_eq!(e.kind(), ErrorKind::Protocol);
         }
     }
 }

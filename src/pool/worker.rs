@@ -13,8 +13,14 @@
 //! task starts, so a task that sleeps or waits on I/O costs no CPU. With a `task_timeout`
 //! it also sends an ALIVE record every `beat` while a task runs, so the parent can tell a
 //! frozen (SIGSTOPped) worker from a busy one.
-
-#![allow(unsafe_code)] // one block: `task::from_offset` on offsets from the pool channel
+//!
+//! Entries arrive sealed (`task.rs`, "entry = ... seal = ..."): the main thread turns one
+//! into a function only through `task::from_sealed`, once per entry change (the last entry
+//! it opened is kept, so the first task of every frame, which names its entry again, costs
+//! a comparison). The channel may be relayed by MPI agents, so its bytes are not trusted to
+//! name code: a task whose seal does not match fails with `Failure::BadEntry` (the pool
+//! reports a `Protocol` error for it) and the worker serves on; an initializer's makes
+//! INIT_FAILED.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::task::{self as wire, Cursor, Failure, ALL_OK, RESULT_HEADER, SOME_FAILED};
+use super::task::{self as wire, Cursor, Failure, SealedEntry, ALL_OK, RESULT_HEADER, SOME_FAILED};
 use crate::codec;
 use crate::connection::channel::Channel;
 use crate::fdreg::RegisteredFd;
@@ -158,17 +164,18 @@ impl Link {
     }
 }
 
-/// Appends one RESULT record (a result over `max_message` fails its task with TooLarge).
+/// Appends one RESULT record: the task's outcome, or `Err` when it could not run at all (a
+/// result over `max_message` fails its task with TooLarge).
 fn put_result(
     o: &mut Outbox,
-    outcome: Outcome,
+    ran: Result<Outcome, Failure>,
     out: &[u8],
     out_fds: &mut Vec<RegisteredFd>,
     busy: u64,
     max_message: usize,
 ) {
     let failed_elem = ANY_FAILED.swap(false, Ordering::Relaxed);
-    let failure = match Failure::from_outcome(outcome) {
+    let failure = match ran.map_or_else(Some, Failure::from_outcome) {
         Some(f) => Some(f),
         None if out.len() + RESULT_HEADER > max_message => Some(Failure::TooLarge {
             size: out.len() as u64,
@@ -221,6 +228,7 @@ pub(super) fn worker_main(args: WorkerArgs) {
         seq: 0,
         out: Vec::new(),
         out_fds: Vec::new(),
+        opened: None,
     };
     w.serve();
     set_seq(0);
@@ -257,6 +265,8 @@ struct Tasks<'a> {
     seq: u64,
     out: Vec<u8>,
     out_fds: Vec<RegisteredFd>,
+    /// The last entry whose seal matched, and its function: naming it again costs no check.
+    opened: Option<(SealedEntry, EntryFn)>,
 }
 
 impl Tasks<'_> {
@@ -265,14 +275,25 @@ impl Tasks<'_> {
         while let Ok(frame) = self.link.chan.recv_frame(None) {
             let mut fds = frame.fds.into_iter();
             let mut cur = Cursor::new(&frame.payload);
-            let mut entry: Option<EntryFn> = None;
+            // The entry of this frame's tasks (each frame names its own first): a refused
+            // one fails every task that runs it, never falls back to an earlier entry.
+            let mut entry: Option<Result<EntryFn, Failure>> = None;
             while !cur.is_empty() {
-                let Ok((f, nfds, targs)) = parse_task(&mut cur, &mut entry) else {
-                    // A malformed frame from our own parent: nothing sensible left to do.
+                let Ok(t) = wire::read_task(&mut cur) else {
+                    // A malformed frame: it will not resynchronise, nothing sensible is left.
                     sys::process::exit_now(70);
                 };
-                let task_fds: Vec<RegisteredFd> = fds.by_ref().take(nfds).collect();
-                if !self.run_one(f, targs, task_fds) {
+                if let Some(sealed) = t.entry {
+                    entry = Some(self.open(sealed));
+                }
+                let f = match &entry {
+                    Some(Ok(f)) => Ok(*f),
+                    Some(Err(refused)) => Err(refused.clone()),
+                    // A task without an entry point: malformed, as above.
+                    None => sys::process::exit_now(70),
+                };
+                let task_fds: Vec<RegisteredFd> = fds.by_ref().take(t.nfds).collect();
+                if !self.run_one(f, t.body, task_fds) {
                     return;
                 }
             }
@@ -286,15 +307,35 @@ impl Tasks<'_> {
         }
     }
 
-    /// Runs one task and queues its result; `false` if the worker must exit.
-    fn run_one(&mut self, f: EntryFn, targs: &[u8], task_fds: Vec<RegisteredFd>) -> bool {
+    /// The function `sealed` names, if its seal matches (checked once per entry change).
+    fn open(&mut self, sealed: SealedEntry) -> Result<EntryFn, Failure> {
+        match self.opened {
+            Some((known, f)) if known == sealed => Ok(f),
+            _ => {
+                let f = sealed.open()?;
+                self.opened = Some((sealed, f));
+                Ok(f)
+            }
+        }
+    }
+
+    /// Runs one task (or, for a refused entry, answers it failed) and queues its result;
+    /// `false` if the worker must exit.
+    fn run_one(
+        &mut self,
+        f: Result<EntryFn, Failure>,
+        targs: &[u8],
+        task_fds: Vec<RegisteredFd>,
+    ) -> bool {
         set_seq(self.seq + 1);
         let t0 = Instant::now();
         self.out.clear();
         self.out_fds.clear();
         let (out, out_fds) = (&mut self.out, &mut self.out_fds);
-        let outcome = task::catch_panic(|| f(targs, task_fds, out, out_fds))
-            .unwrap_or_else(|(message, location)| Outcome::Panicked { message, location });
+        let ran = f.map(|f| {
+            task::catch_panic(|| f(targs, task_fds, out, out_fds))
+                .unwrap_or_else(|(message, location)| Outcome::Panicked { message, location })
+        });
         let busy = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         self.seq += 1;
         let last = self.max_tasks != 0 && self.seq >= self.max_tasks;
@@ -307,7 +348,7 @@ impl Tasks<'_> {
         }
         put_result(
             &mut o,
-            outcome,
+            ran,
             &self.out,
             &mut self.out_fds,
             busy,
@@ -322,38 +363,14 @@ impl Tasks<'_> {
     }
 }
 
-type ParsedTask<'a> = (EntryFn, usize, &'a [u8]);
-
-fn parse_task<'a>(
-    cur: &mut Cursor<'a>,
-    entry: &mut Option<EntryFn>,
-) -> Result<ParsedTask<'a>, crate::error::Error> {
-    let t = wire::read_task(cur)?;
-    if let Some(offset) = t.entry {
-        // SAFETY: this offset came from `task::to_offset` in our parent, over the pool channel
-        // whose other end only the parent holds: the descriptor reached this process as a
-        // spawn argument over the process's private control stream (or by `fork`), and the
-        // parent only ever writes offsets of `run_chunk` instances to it. `Process` checked
-        // that the parent runs this very executable (same fingerprint) before our function
-        // started (`Fork` children are copies of it), so the offset names the same function
-        // here.
-        *entry = Some(unsafe { task::from_offset(offset) });
-    }
-    let f = entry.ok_or_else(|| wire::protocol("task without an entry point"))?;
-    Ok((f, t.nfds, t.body))
-}
-
-/// Runs the initializer frame; `Err` if it failed.
+/// Runs the initializer frame; `Err` if it failed (or its entry was refused: nothing ran).
 fn run_init(payload: &[u8], fds: Vec<RegisteredFd>) -> Result<(), Failure> {
-    let (offset, bytes) = wire::read_init(payload)
+    let (entry, bytes) = wire::read_init(payload)
         .map_err(|e| Failure::BadArgs(format!("malformed initializer message: {e}")))?;
-    if offset == 0 {
+    let Some(sealed) = entry else {
         return Ok(());
-    }
-    // SAFETY: as in `parse_task`: the offset came from `task::to_offset` (of `run_init`) in
-    // our parent, over the pool channel only the parent can write to, and the parent runs
-    // this very executable.
-    let f = unsafe { task::from_offset(offset) };
+    };
+    let f = sealed.open()?;
     let mut out = Vec::new();
     let mut out_fds = Vec::new();
     let outcome = task::catch_panic(|| f(bytes, fds, &mut out, &mut out_fds))
@@ -490,3 +507,6 @@ impl Watchdog {
         self.link.flush(&mut o)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -48,7 +48,13 @@ enum Refusal {
     Mismatch,
     BadEntry,
     Setup(String),
-    TooLarge { size: u64, limit: u64 },
+    TooLarge {
+        size: u64,
+        limit: u64,
+    },
+    /// The fork server could not make the child (`SpawnFailed`): its reason, for every later
+    /// call (`join` after a `kill` or `is_alive` that read it first).
+    ServerRefused(String),
 }
 
 /// Everything the parent knows about one child; shared by the [`Process`] handle and the
@@ -208,10 +214,9 @@ impl ChildShared {
                 io.eof = true;
                 // There is no child: its state is final.
                 lock(&self.exit).get_or_insert(sys::process::STATUS_LOST);
-                return Err(Error::msg(
-                    ErrorKind::Io,
-                    format!("the fork server could not fork: {m}"),
-                ));
+                let e = protocol::spawn_failed(&m);
+                io.refused = Some(Refusal::ServerRefused(m));
+                return Err(e);
             }
         }
         Ok(true)
@@ -499,6 +504,7 @@ fn outcome_of<R: DeserializeOwned>(io: &Io, code: i32) -> Result<R> {
                 ErrorKind::Io,
                 format!("the child could not set itself up: {m}"),
             )),
+            Some(Refusal::ServerRefused(m)) => Err(protocol::spawn_failed(m)),
             Some(Refusal::TooLarge { size, limit }) => {
                 Err(Error::too_large(*size, *limit).context("sending the child's return value"))
             }

@@ -10,6 +10,13 @@
 //! when the pidfd reports the exit it reaps the child and writes `Exit{code}` on that socket
 //! (never blocking: a full socket is retried when writable).
 //!
+//! A request the server cannot serve (out of descriptors: it inherited the program's
+//! `RLIMIT_NOFILE`; or `fork` failed) is answered with `SpawnFailed{reason}` on the child's
+//! control stream, which it then closes; the server goes on, and serves again once
+//! descriptors are free (see [`Reserve`]: a request's descriptor is always received). The
+//! parent reports the reason as an `Io` error naming the limit: from `spawn` when the stream
+//! was closed before the task could be sent ([`refusal`]), otherwise from `join`.
+//!
 //! When the parent's stream reaches end of file (the parent exited or was killed) the server
 //! SIGKILLs every child it has and exits.
 
@@ -145,6 +152,24 @@ pub(super) fn launch(g: &mut Global) -> Result<Launched> {
         .context("asking the fork server for a child"))
 }
 
+/// Why the fork server hung up on our request for a child, if it said so: a `spawn` whose
+/// task could not be sent because the server had already closed the child's control stream
+/// reads the [`FromChild::SpawnFailed`] it left there (after the status socket, when it got
+/// that far), so the caller reports the server's reason (say, its descriptor limit) rather
+/// than only "disconnected". Reads only what is already there.
+pub(super) fn refusal(chan: &Channel) -> Option<Error> {
+    let deadline = Some(Instant::now() + Duration::from_millis(100));
+    for _ in 0..2 {
+        let mut frame = chan.recv_frame(deadline).ok()?;
+        match super::protocol::split_control(&mut frame).ok()? {
+            FromChild::Status => continue,
+            FromChild::SpawnFailed(m) => return Some(super::protocol::spawn_failed(&m)),
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// A child forked ahead of time and fully prepared, waiting on `link` for its control socket:
 /// a request then costs one message instead of a `fork` (measured here: the fork of the
 /// server took ~125 µs of the ~340 µs a spawn+join cost).
@@ -199,8 +224,10 @@ pub(crate) fn serve(fd: RegisteredFd) -> ! {
                 }
             }
         }
-        // Keep spares ready, forking them while no request waits.
+        // Keep spares ready, forking them while no request waits, and only with the reserve
+        // in place: a spare must never take the room the next request's descriptor needs.
         while spares.len() < SPARES
+            && reserve.refill()
             && !chan.has_buffered()
             && !chan.poll(Some(Instant::now())).unwrap_or(true)
         {
@@ -287,19 +314,23 @@ fn wait(chan: &Channel, kids: &[Kid], spares: &mut Vec<Spare>) -> Vec<usize> {
 
 /// Descriptors the server holds back so that a request's descriptor can always be received.
 ///
-/// Out of descriptors, the kernel drops the descriptor that comes with a request, and a
-/// stream whose descriptors were lost cannot be trusted: the server would have to shut down,
-/// killing every child. So the server keeps a pipe (two descriptors) in reserve, closes it
-/// just before it reads a request, and takes it back after; a request after which the reserve
-/// cannot be taken back is refused (`SpawnFailed`, saying the server is out of descriptors),
-/// and the server works again once children exit and free theirs.
+/// Out of descriptors, the kernel drops the descriptor that comes with a request: the child's
+/// control socket, the only way to answer that request, so the parent would only see it hang
+/// up. So the server keeps a pipe (two descriptors) in reserve, closes it just before it
+/// reads a request, and takes it back after. A request after which the reserve cannot be
+/// taken back is refused (`SpawnFailed`, naming the limit), and closing its control socket
+/// frees the room to take the reserve back before the next read; so is one for which the
+/// status socket cannot be made. Nothing else allocates while the reserve is out (spares are
+/// only forked with the reserve in place), so every request is received whole and answered,
+/// and the server serves again once children exit and free theirs.
 struct Reserve(Option<(RegisteredFd, RegisteredFd)>);
 
 impl Reserve {
     fn take() -> Reserve {
         Reserve(fdreg::pipe().ok())
     }
-    /// Takes the reserve back; `false` if this process is out of descriptors.
+    /// Takes the reserve back (a no-op when it is in place); `false` if this process is out
+    /// of descriptors.
     fn refill(&mut self) -> bool {
         if self.0.is_none() {
             self.0 = fdreg::pipe().ok();
@@ -308,10 +339,21 @@ impl Reserve {
     }
 }
 
-/// Refuses a child: the parent's `join` reports `message` (the server goes on).
+/// Refuses a child: the parent's `spawn` or `join` reports `message` (the server goes on).
+/// Closes `ctrl`, whose descriptor is free again when this returns.
 fn refuse(ctrl: RegisteredFd, message: String) {
     let payload = control_tail(&FromChild::SpawnFailed(message));
     let _ = Channel::new(ctrl).try_send_raw(&payload);
+}
+
+/// The refusal when a system call for a new child failed with `e` while `what`: out of
+/// descriptors, it names the limit.
+fn could_not(what: &str, e: std::io::Error) -> String {
+    if sys::process::is_out_of_descriptors(&e) {
+        out_of_descriptors(what, Some(e))
+    } else {
+        format!("the fork server failed while {what}: {e}")
+    }
 }
 
 /// The refusal when this process has no descriptor to spare.
@@ -344,11 +386,14 @@ fn handle_request(
         return;
     };
     if !reserve.refill() {
-        return refuse(ctrl, out_of_descriptors("receiving a request", None));
+        refuse(ctrl, out_of_descriptors("receiving a request", None));
+        // `ctrl`'s descriptor is free again: the reserve fits for the next request.
+        reserve.refill();
+        return;
     }
     let status = match open_status(&ctrl) {
         Ok(s) => s,
-        Err(e) => return refuse(ctrl, out_of_descriptors("opening a status socket", Some(e))),
+        Err(e) => return refuse(ctrl, could_not("opening the child's status socket", e)),
     };
     let kid = match spares.pop() {
         Some(sp) => match hand_to_spare(sp, ctrl) {
@@ -491,7 +536,7 @@ fn fork_child(
     // The server is single-threaded: `fork` here has no lock hazards.
     match super::fork::fork_single_threaded() {
         Err(e) => {
-            refuse(ctrl, e.to_string());
+            refuse(ctrl, could_not("forking the child", e));
             None
         }
         Ok(None) => {

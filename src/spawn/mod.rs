@@ -258,11 +258,12 @@ where
         parent: g.me.clone(),
     };
     launched.chan.set_max_message(opts.max_message);
+    let via_server = launched.via_server;
     let shared = register(&mut g, launched, name);
     drop(g);
     // Talk to the child outside the lock (the arguments may be large).
     if let Err(e) = send_task(shared.chan(), &spec, &payload, &fds) {
-        let e = explain_hang_up(shared.chan(), e);
+        let e = explain_hang_up(shared.chan(), via_server, e);
         // The child would wait for its task forever: stop it and let the reaper collect it.
         shared.abandon();
         return Err(e);
@@ -270,12 +271,16 @@ where
     Ok(shared)
 }
 
-/// A child that hung up before taking its task while this process is out of descriptors lost
-/// its start to that (a descriptor of its start-up could not be received): say so, rather than
-/// only "disconnected". The probe is one duplicate, closed at once.
-fn explain_hang_up(chan: &Channel, e: Error) -> Error {
+/// A child that hung up before taking its task: the fork server may have refused it (and
+/// said why on its stream), or this process is out of descriptors and lost its start to that
+/// (a descriptor of its start-up could not be received). Say so, rather than only
+/// "disconnected". The probe is one duplicate, closed at once.
+fn explain_hang_up(chan: &Channel, via_server: bool, e: Error) -> Error {
     if !e.is_disconnected() {
         return e;
+    }
+    if let Some(refused) = via_server.then(|| forkserver::refusal(chan)).flatten() {
+        return refused;
     }
     match crate::fdreg::duplicate(chan.fd()) {
         Err(io) if sys::process::is_out_of_descriptors(&io) => {

@@ -87,8 +87,18 @@ pub(crate) enum FromChild {
     Status,
     /// (From the fork server, on the status socket) the child exited: code >= 0, or -signal.
     Exit { code: i32 },
-    /// (From the fork server) the child could not be created.
+    /// (From the fork server, on the child's control stream, which it then closes) the child
+    /// could not be created: why, naming the limit when the server ran out of descriptors.
     SpawnFailed(String),
+}
+
+/// The parent's error for [`FromChild::SpawnFailed`]: `Io`, the kind this process reports
+/// when it runs out of descriptors itself, with the server's reason.
+pub(crate) fn spawn_failed(reason: &str) -> crate::error::Error {
+    crate::error::Error::msg(
+        crate::error::ErrorKind::Io,
+        format!("the fork server could not start the child: {reason}"),
+    )
 }
 
 /// Requests to the fork server.

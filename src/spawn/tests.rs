@@ -127,3 +127,29 @@ fn fingerprint_is_the_build_id() {
     assert!(fp.starts_with(b"build-id:") || fp.starts_with(b"hash:"));
     assert!(fp.len() > 12);
 }
+
+#[test]
+fn a_request_the_fork_server_refused_reports_its_reason_at_spawn() {
+    // The server refused the child and closed its stream before the task was sent (it ran
+    // out of descriptors first): the send hangs up, and the reason left on the stream is
+    // what `spawn` reports.
+    let (ours, theirs) = crate::fdreg::socketpair().unwrap();
+    let server_side = Channel::new(theirs);
+    let why = "the fork server is out of file descriptors (its limit is 64)";
+    server_side
+        .try_send_raw(&protocol::control_tail(&FromChild::SpawnFailed(why.into())))
+        .unwrap();
+    drop(server_side);
+    let chan = Channel::new(ours);
+    let hung_up = || {
+        let e = chan.send(&spec(Vec::new())).unwrap_err();
+        assert!(e.is_disconnected(), "{e}");
+        e
+    };
+    let e = explain_hang_up(&chan, true, hung_up());
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert!(e.to_string().contains(why), "{e}");
+    // Read once; with nothing left (or no fork server), a hang-up stays a hang-up.
+    assert!(explain_hang_up(&chan, true, hung_up()).is_disconnected());
+    assert!(explain_hang_up(&chan, false, hung_up()).is_disconnected());
+}

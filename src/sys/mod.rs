@@ -80,10 +80,13 @@ pub(crate) mod process {
     };
 }
 
-/// MPI sends and receives that never wait for the peer (feature `mpi`).
+/// MPI sends and receives that never wait for the peer, and MPI calls whose errors are
+/// returned (feature `mpi`).
 #[cfg(feature = "mpi")]
 pub(crate) mod mpi {
-    pub(crate) use super::backend::mpi::{probe, Irecv, Isend};
+    pub(crate) use super::backend::mpi::{
+        errors_return, note_failed, probe, send, take_failed, try_recv_any, Irecv, Isend,
+    };
 }
 
 /// The running executable's identity.

@@ -57,6 +57,9 @@ pub fn nofile() {
     ] {
         let mut kept = Vec::new();
         let mut err = None;
+        // The fork server that served the first child must serve to the end: running out of
+        // descriptors never kills it (a restarted one would have a new pid).
+        let mut server = None;
         for _ in 0..200 {
             let r = std::panic::catch_unwind(|| {
                 Process::builder()
@@ -64,7 +67,12 @@ pub fn nofile() {
                     .spawn(60_000u64, sleep_ms)
             });
             match r {
-                Ok(Ok(p)) => kept.push(p),
+                Ok(Ok(p)) => {
+                    kept.push(p);
+                    if server.is_none() {
+                        server = multiproc::__chaos::fork_server_pid();
+                    }
+                }
                 Ok(Err(e)) => {
                     err = Some(e);
                     break;
@@ -84,9 +92,26 @@ pub fn nofile() {
             let _ = p.kill();
         }
         let mut hung = 0;
+        // A child the fork server could not make (it ran out of descriptors first: it
+        // inherited the same limit) must say so at `join`, never look like a hang-up.
+        let mut refused = 0;
+        let mut unclear = Vec::new();
+        let mut joins: std::collections::BTreeMap<String, usize> = Default::default();
         for p in &kept {
-            if matches!(join_for(p, Duration::from_secs(20)), Waited::TimedOut) {
-                hung += 1;
+            let j = join_for(p, Duration::from_secs(20));
+            let kind = match &j {
+                Waited::Failed(e) => format!("{:?}({:?})", e.kind(), e.exit_code().or(e.signal())),
+                other => format!("{other:?}"),
+            };
+            *joins.entry(kind).or_default() += 1;
+            match j {
+                Waited::TimedOut => hung += 1,
+                Waited::Failed(e) if e.kind() == ErrorKind::Io && clear_fd_error(&e) => {
+                    refused += 1
+                }
+                Waited::Failed(e) if matches!(e.kind(), ErrorKind::Killed | ErrorKind::Exited) => {}
+                Waited::Failed(e) => unclear.push(format!("{:?}: {e}", e.kind())),
+                Waited::Got(()) => unclear.push("returned after kill()".into()),
             }
         }
         // Still alive after kill and join: a child we lost track of (say, its Hello was lost
@@ -107,6 +132,7 @@ pub fn nofile() {
             )),
         };
         let rec = recovered == Ok(21);
+        let server_after = multiproc::__chaos::fork_server_pid();
         row(
             "RLIMIT_NOFILE 64",
             &[
@@ -119,6 +145,15 @@ pub fn nofile() {
                         .unwrap_or_else(|| "none".into()),
                 ),
                 ("joins hung", hung.to_string()),
+                ("refused by the fork server (join)", refused.to_string()),
+                (
+                    "joins",
+                    joins
+                        .iter()
+                        .map(|(k, n)| format!("{k}:{n}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
                 ("alive after kill and join", unkillable.to_string()),
                 ("works again after", rec.to_string()),
             ],
@@ -127,21 +162,26 @@ pub fn nofile() {
             format!("{m:?}: 200 children held at 64 descriptors?")
         });
         if let Some(e) = &err {
-            // Known open bug (about 1 run in 8): the fork server, which inherited the same
-            // 64-descriptor limit, runs out first and the child it hands over hangs up, so the
-            // spawn fails as `Disconnected` (still an error, never a hang). Recorded in the row
-            // above and in the session note; every other method must name the limit.
-            let server_ran_out =
-                m == StartMethod::ForkServer && e.kind() == ErrorKind::Disconnected;
-            check(
-                (e.kind() == ErrorKind::Io && clear_fd_error(e)) || server_ran_out,
-                || {
-                    format!(
-                        "{m:?}: out of descriptors reported as {:?}: {msg}",
-                        e.kind()
-                    )
-                },
-            );
+            // Every method names the limit, including a fork server that ran out before this
+            // process did (it inherited the same 64): its refusal is what `spawn` reports when
+            // the server closed the child's stream before the task was sent.
+            check(e.kind() == ErrorKind::Io && clear_fd_error(e), || {
+                format!(
+                    "{m:?}: out of descriptors reported as {:?}: {msg}",
+                    e.kind()
+                )
+            });
+        }
+        check(unclear.is_empty(), || {
+            format!("{m:?}: joins of children made at the limit failed unclearly: {unclear:?}")
+        });
+        if m == StartMethod::ForkServer {
+            check(server.is_some() && server_after == server, || {
+                format!(
+                    "the fork server did not survive running out of descriptors: pid {server:?} \
+                     at the first child, {server_after:?} after"
+                )
+            });
         }
         check(hung == 0, || {
             format!("{m:?}: {hung} joins of killed children hung")

@@ -25,7 +25,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::completion::{Notifier, Runner};
-use super::task::{Failure, TASK_HEADER_MAX};
+use super::task::{Failure, SealedEntry, TASK_HEADER_MAX};
 use crate::connection::channel::Channel;
 use crate::context::StartMethod;
 use crate::error::{Error, ErrorKind};
@@ -56,10 +56,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Consecutive worker start failures before the pool gives up.
 pub(super) const MAX_START_FAILURES: u32 = 5;
 
-/// Encoded initializer: entry offset and arguments (descriptors included).
+/// Encoded initializer: sealed entry and arguments (descriptors included).
 #[derive(Debug)]
 pub(super) struct Init {
-    pub(super) entry: u64,
+    pub(super) entry: SealedEntry,
     pub(super) bytes: Vec<u8>,
     pub(super) fds: Vec<RegisteredFd>,
 }
@@ -102,8 +102,9 @@ pub(super) enum Why {
     Init(Failure),
     /// The arguments could not be encoded.
     Encode(String),
-    /// Workers could not be started.
-    Start(String),
+    /// Workers could not be started: the kind of the last start error (e.g. `WorkerLost` when
+    /// every MPI rank is lost, `Io` when the OS refused), and its text.
+    Start(ErrorKind, String),
     /// The encoded arguments are larger than the pool's `max_message_size`.
     TooLarge { size: u64, limit: u64 },
 }
@@ -144,7 +145,13 @@ impl Why {
             Why::TooLarge { size, limit } => {
                 Error::too_large(*size, *limit).context(super::task::TOO_LARGE)
             }
-            Why::Start(m) => Error::msg(ErrorKind::Io, m.clone()).context("starting pool workers"),
+            Why::Start(k, m) => {
+                // The start error's own text, less its kind's phrase (the kind says it again).
+                let m = m
+                    .strip_prefix(k.what())
+                    .map_or(m.as_str(), |r| r.trim_start_matches(": "));
+                Error::msg(*k, m).context("starting pool workers")
+            }
         }
     }
 }
@@ -157,7 +164,8 @@ pub(super) struct Task {
     pub(super) base: u64,
     pub(super) lo: u32,
     pub(super) hi: u32,
-    pub(super) entry: u64,
+    /// The function, sealed once where the job was made (frames carry the seal).
+    pub(super) entry: SealedEntry,
     /// postcard `Vec<A>`.
     pub(super) args: Vec<u8>,
     pub(super) fds: Vec<RegisteredFd>,

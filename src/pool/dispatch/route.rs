@@ -203,7 +203,7 @@ impl State {
                         w.isolating = false;
                     }
                     let busy = busy_ns as f64;
-                    let est = self.estimates.entry(f.task.entry).or_insert(busy);
+                    let est = self.estimates.entry(f.task.entry.offset).or_insert(busy);
                     *est = *est * 0.7 + busy * 0.3;
                     let d = Delivery::Data {
                         index: f.task.base + f.task.lo as u64,

@@ -117,7 +117,7 @@ impl State {
         while taken < share {
             let Some(t) = self.queue.front() else { break };
             let w = &self.workers[wi];
-            let window = target_window(self.estimates.get(&t.entry).copied());
+            let window = target_window(self.estimates.get(&t.entry.offset).copied());
             let cost = t.args.len() + TASK_COST + if frame.is_empty() { FRAME_COST } else { 0 };
             let alone = w.inflight.is_empty() && frame.is_empty();
             if w.quota == 0

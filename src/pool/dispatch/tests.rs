@@ -73,7 +73,7 @@ fn task(job: u64, base: u64, elems: u32, arg_bytes: usize) -> Task {
         base,
         lo: 0,
         hi: elems,
-        entry: 7,
+        entry: crate::pool::task::SealedEntry::seal(7),
         args: vec![0; arg_bytes],
         fds: Vec::new(),
         suspect: false,
