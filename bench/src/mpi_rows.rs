@@ -23,6 +23,8 @@ struct Sizes {
     rtt: usize,
     heavy_items: u64,
     heavy_iters: u64,
+    /// How long the idle-CPU measurement lets the pool sit idle (ms).
+    idle_ms: u64,
 }
 
 fn sizes(cfg: &Config) -> Sizes {
@@ -33,6 +35,7 @@ fn sizes(cfg: &Config) -> Sizes {
             rtt: 300,
             heavy_items: 8,
             heavy_iters: 0,
+            idle_ms: 500,
         }
     } else {
         Sizes {
@@ -41,6 +44,7 @@ fn sizes(cfg: &Config) -> Sizes {
             rtt: 3_000,
             heavy_items: 16,
             heavy_iters: 0,
+            idle_ms: 2000,
         }
     }
 }
@@ -51,6 +55,45 @@ fn inc(x: u64) -> u64 {
 
 fn heavy(a: (u64, u64)) -> u64 {
     crate::work::heavy(a.0, a.1)
+}
+
+/// The pid of the node agent a remote worker runs under (0 outside an MPI pool).
+fn agent_pid(_: u32) -> u32 {
+    std::env::var("MULTIPROC_MPI_AGENT_PID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system, every thread) process `pid` has used, from `/proc` (the
+/// agents run on this host in these jobs).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks / hz)
+}
+
+/// CPU of an idle pool, in % of one core over `idle`: (this process, the others: the
+/// workers and, for an MPI pool, the node agents). The agents are found by asking the
+/// workers for their agent's pid; worker pids are on this host in these jobs.
+fn idle_cpu(pool: &multiproc::Pool, idle: std::time::Duration) -> multiproc::Result<(f64, f64)> {
+    let mut agents = pool.map(agent_pid, 0..(4 * pool.processes() as u32))?;
+    agents.extend(pool.pids());
+    agents.sort_unstable();
+    agents.dedup();
+    agents.retain(|p| *p != 0);
+    let me = std::process::id();
+    let total = |pids: &[u32]| pids.iter().filter_map(|p| cpu_secs(*p)).sum::<f64>();
+    // Let the relay's spinning after that map end first: the idle state is what is measured.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (r0, ag) = (total(&[me]), total(&agents));
+    std::thread::sleep(idle);
+    let pct = |d: f64| d / idle.as_secs_f64() * 100.0;
+    Ok((pct(total(&[me]) - r0), pct(total(&agents) - ag)))
 }
 
 /// Measures one pool: chunksize-1 tasks/s, auto-chunked items/s, apply round trip p50 (µs),
@@ -87,21 +130,23 @@ pub fn measure_as_rank0() -> ! {
         rtt: it.next().unwrap_or(300) as usize,
         heavy_items: it.next().unwrap_or(8),
         heavy_iters: it.next().unwrap_or(1),
+        idle_ms: it.next().unwrap_or(2000),
     };
+    let idle = std::time::Duration::from_millis(s.idle_ms);
     let r = multiproc::Pool::builder()
         .mpi()
         .processes(1)
         .build()
-        .and_then(|p| measure(&p, s));
+        .and_then(|p| Ok((measure(&p, s)?, idle_cpu(&p, idle)?)));
     match r {
-        Ok(v) => println!("MPIROW {} {} {} {}", v[0], v[1], v[2], v[3]),
+        Ok((v, (i0, ia))) => println!("MPIROW {} {} {} {} {i0} {ia}", v[0], v[1], v[2], v[3]),
         Err(e) => println!("MPIERR {e}"),
     }
     std::process::exit(0)
 }
 
 /// One `mpirun` job of `ranks` ranks; `tcp` forces the TCP transport.
-fn job(s: Sizes, ranks: u32, tcp: bool) -> Result<[f64; 4], String> {
+fn job(s: Sizes, ranks: u32, tcp: bool) -> Result<[f64; 6], String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new("mpirun");
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -109,8 +154,8 @@ fn job(s: Sizes, ranks: u32, tcp: bool) -> Result<[f64; 4], String> {
         .env(
             MEASURE_ENV,
             format!(
-                "{},{},{},{},{}",
-                s.chunk1, s.auto, s.rtt, s.heavy_items, s.heavy_iters
+                "{},{},{},{},{},{}",
+                s.chunk1, s.auto, s.rtt, s.heavy_items, s.heavy_iters, s.idle_ms
             ),
         )
         .args([
@@ -134,8 +179,8 @@ fn job(s: Sizes, ranks: u32, tcp: bool) -> Result<[f64; 4], String> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("MPIROW ") {
             let v: Vec<f64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
-            if v.len() == 4 {
-                return Ok([v[0], v[1], v[2], v[3]]);
+            if v.len() == 6 {
+                return Ok([v[0], v[1], v[2], v[3], v[4], v[5]]);
             }
         }
         if let Some(e) = line.strip_prefix("MPIERR ") {
@@ -154,7 +199,7 @@ fn job(s: Sizes, ranks: u32, tcp: bool) -> Result<[f64; 4], String> {
 }
 
 /// The mpi4py.futures peer: `mpirun -n 3 python3 -m mpi4py.futures` on the same work.
-fn mpi4py(s: Sizes) -> Result<[f64; 4], String> {
+fn mpi4py(s: Sizes) -> Result<[f64; 6], String> {
     let check = Command::new("python3")
         .args(["-c", "import mpi4py.futures"])
         .output()
@@ -209,7 +254,8 @@ if __name__ == "__main__":
         .find_map(|l| l.strip_prefix("MPIROW "))
         .and_then(|rest| {
             let v: Vec<f64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
-            (v.len() == 4).then(|| [v[0], v[1], v[2], v[3]])
+            // Its idle CPU is not measured (-1: left out of the row).
+            (v.len() == 4).then(|| [v[0], v[1], v[2], v[3], -1.0, 0.0])
         })
         .ok_or_else(|| format!("mpi4py gave no result (status {})", out.status))
 }
@@ -242,19 +288,22 @@ pub fn run(cfg: &Config) -> String {
     } else {
         crate::work::calibrate(cfg.cpu_item_ms)
     };
-    let rounds = if cfg.quick { 1 } else { cfg.rounds.min(3) };
+    let rounds = if cfg.quick { 1 } else { cfg.rounds.min(5) };
     let columns = [
         "local pool (2 workers)",
         "MPI pool, shared memory (2 ranks × 1)",
         "MPI pool, TCP (2 ranks × 1)",
         "mpi4py.futures (2 workers)",
     ];
-    let mut cells: Vec<Vec<[f64; 4]>> = vec![Vec::new(); 4];
+    let mut cells: Vec<Vec<[f64; 6]>> = vec![Vec::new(); 4];
     let mut one_rank: Vec<f64> = Vec::new();
     let mut notes = Vec::new();
     for _ in 0..rounds {
-        match multiproc::Pool::new(2).and_then(|p| measure(&p, s)) {
-            Ok(v) => cells[0].push(v),
+        let idle = std::time::Duration::from_millis(s.idle_ms);
+        let local =
+            multiproc::Pool::new(2).and_then(|p| Ok((measure(&p, s)?, idle_cpu(&p, idle)?)));
+        match local {
+            Ok((v, (i0, iw))) => cells[0].push([v[0], v[1], v[2], v[3], i0, iw]),
             Err(e) => notes.push(format!("local pool: {e}")),
         }
         for (k, tcp) in [(1, false), (2, true)] {
@@ -276,11 +325,18 @@ pub fn run(cfg: &Config) -> String {
         }
     }
     notes.dedup();
+    // The idle row sums this process and the others (workers, agents).
+    for c in cells.iter_mut() {
+        for x in c.iter_mut() {
+            x[4] += x[5];
+        }
+    }
     let rows = [
         ("tasks/s, chunksize 1", 0, true),
         ("items/s, auto-chunked map", 1, true),
         ("apply_async round trip p50 (µs)", 2, false),
         ("CPU-bound items (ms for all)", 3, false),
+        ("idle pool, CPU % of one core (all its processes)", 4, false),
     ];
     let mut t =
         String::from("\n### MPI (mpirun -n 3 --oversubscribe: rank 0 + 2 agent ranks)\n\n| row | ");
@@ -289,7 +345,8 @@ pub fn run(cfg: &Config) -> String {
     for (name, i, higher) in rows {
         t.push_str(&format!("| {name} |"));
         for c in &cells {
-            let v: Vec<f64> = c.iter().map(|x| x[i]).filter(|x| *x > 0.0).collect();
+            let least = if i == 4 { 0.0 } else { f64::MIN_POSITIVE };
+            let v: Vec<f64> = c.iter().map(|x| x[i]).filter(|x| *x >= least).collect();
             t.push_str(&format!(" {} |", best_median(&v, higher)));
         }
         t.push('\n');
@@ -302,6 +359,11 @@ pub fn run(cfg: &Config) -> String {
             s.heavy_items, cfg.cpu_item_ms, crate::harness::median(&one_rank), crate::harness::median(&two)
         ));
     }
+    t.push_str(&format!(
+        "\n(Idle row: the CPU of the pool's processes (this one, the workers, the node agents; \
+         from /proc) over {} ms without work, from 200 ms after the last call.)\n",
+        s.idle_ms
+    ));
     t.push_str("\n(mpi4py.futures runs smaller inputs: ÷10 at chunksize 1, ÷4 auto-chunked (chunksize n/64); no CPU-bound row, Python's own speed would dominate it.)\n");
     for n in notes {
         t.push_str(&format!("\nnote: {n}"));

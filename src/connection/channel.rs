@@ -655,6 +655,34 @@ impl Channel {
             None => false,
         }
     }
+
+    /// Whether a whole frame is buffered (or an error is: a bad header), so a receive
+    /// completes without reading the descriptor. Unlike [`has_buffered`](Self::has_buffered),
+    /// `false` for the start of a frame whose rest is still to arrive: a caller that then
+    /// waits on the descriptor is woken by the rest instead of spinning on the part.
+    pub(crate) fn has_frame(&self) -> bool {
+        if self.tls.as_ref().is_some_and(|t| t.has_plaintext()) {
+            return true;
+        }
+        match self.reader.take(Some(Instant::now())) {
+            Some(r) => {
+                let avail = r.end - r.start;
+                if let Some((h, _, p)) = &r.partial {
+                    return avail >= h.len - p.len();
+                }
+                if avail < frame::HEADER_LEN {
+                    return false;
+                }
+                let mut hb = [0u8; frame::HEADER_LEN];
+                hb.copy_from_slice(&r.buf[r.start..r.start + frame::HEADER_LEN]);
+                match frame::decode_header(&hb, self.max_message()) {
+                    Ok(h) => avail - frame::HEADER_LEN >= h.len,
+                    Err(_) => true,
+                }
+            }
+            None => false,
+        }
+    }
 }
 
 /// Doubles `payload`'s capacity (at least to [`PAYLOAD_FIRST`]), never past `len`, the

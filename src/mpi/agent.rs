@@ -50,12 +50,38 @@ fn boot_mpi_rank() {
 }
 
 /// A non-zero rank becomes an agent and never returns; rank 0 returns at once, having
-/// arranged to release the agents at exit if it never builds an MPI pool.
+/// arranged to release the agents at exit if it never builds an MPI pool. Every rank first
+/// sets the MPI tuning the relay relies on for its speed.
 fn boot_rank() {
-    match rank_from_env() {
+    let rank = rank_from_env();
+    if rank.is_some() {
+        tune_transport();
+    }
+    match rank {
         Some(r) if r > 0 => serve(),
         Some(0) if size_from_env() != Some(1) => super::hub::release_agents_at_exit(),
         _ => {}
+    }
+}
+
+/// Raises Open MPI's shared-memory eager limit to 64 KiB ([`wire::EAGER_ENV`]) so that each
+/// relayed piece is one copy, unless the user set either variable (in the environment or on
+/// `mpirun`'s command line, which passes them the same way). Before `main`, on the only
+/// thread, before `MPI_Init`; other MPI libraries ignore the variables.
+fn tune_transport() {
+    for (k, v) in transport_settings(|k| std::env::var_os(k).is_some()) {
+        // Sound: no other thread exists before `main`.
+        std::env::set_var(k, v);
+    }
+}
+
+/// The variables [`tune_transport`] sets, given which ones are set already (`is_set`): all
+/// of [`wire::EAGER_ENV`], or none when the user set any of them (they go together).
+fn transport_settings(is_set: impl Fn(&str) -> bool) -> &'static [(&'static str, &'static str)] {
+    if wire::EAGER_ENV.iter().any(|(k, _)| is_set(k)) {
+        &[]
+    } else {
+        &wire::EAGER_ENV
     }
 }
 
@@ -89,9 +115,13 @@ struct Local {
     exited: Option<Instant>,
 }
 
-/// A send to rank 0; if MPI fails it (rank 0 is unreachable), the agent leaves.
-fn send(world: &SimpleCommunicator, m: &[u8]) {
-    if let Err(e) = sys::mpi::send(world, 0, m) {
+/// Sends one message to rank 0, built in `buf`. Blocking: a copy up to the eager limit;
+/// above it (a limit the user lowered), until rank 0 takes it, which it does every round.
+/// If MPI fails it (rank 0 is unreachable), the agent leaves.
+fn send(world: &SimpleCommunicator, buf: &mut Vec<u8>, kind: u8, id: u64, body: &[u8]) {
+    wire::header(buf, kind, id);
+    buf.extend_from_slice(body);
+    if let Err(e) = sys::mpi::send(world, 0, buf) {
         leave_without_finalize(&format!("rank 0 is unreachable: {e}"));
     }
 }
@@ -183,13 +213,14 @@ fn serve() -> ! {
         default_workers: default_workers(),
         kernel: kernel_id(),
     };
-    send(&world, &wire::msg_with(wire::HELLO, 0, &hello));
+    let hello = postcard::to_stdvec(&hello).unwrap_or_default();
+    send(&world, &mut Vec::new(), wire::HELLO, 0, &hello);
     // Wait for rank 0's answer (it may be long: rank 0 answers when `main` builds an MPI
     // pool). Only rank 0 talks to us.
-    let mut idle = 0u32;
+    let mut idle = wire::Idle::new();
     loop {
         if let Some((src, m)) = try_recv(&world) {
-            idle = 0;
+            idle.reset();
             if src != 0 {
                 continue;
             }
@@ -218,7 +249,7 @@ fn serve() -> ! {
         } else if leaving() {
             finish(universe, world, HashMap::new())
         } else {
-            let _ = wire::idle_wait(&mut idle, &[]);
+            idle.wait(&[]);
         }
     }
     let workers = relay(&world);
@@ -285,24 +316,40 @@ fn try_recv(world: &SimpleCommunicator) -> Option<(i32, Vec<u8>)> {
 /// Serves rank 0 until `SHUTDOWN`; returns the workers left.
 fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
     let mut workers: HashMap<u64, Local> = HashMap::new();
-    let mut idle = 0u32;
+    let mut idle = wire::Idle::new();
     let mut last_beat = Instant::now();
-    let mut buf = Vec::with_capacity(wire::READ_MAX + 9);
+    // One buffer for the message being received and one for the message being sent (sends
+    // are blocking: MPI has copied it when `send` returns): nothing allocated per message.
+    let mut rbuf: Vec<u8> = Vec::new();
+    let mut sbuf: Vec<u8> = Vec::new();
+    let mut scratch = vec![0u8; wire::PIECE - 9];
     loop {
         let mut busy = false;
         let mut taken = 0u64;
         // 1. Rank 0's messages.
         for _ in 0..256 {
-            let Some((src, m)) = try_recv(world) else {
-                break;
+            let p = match sys::mpi::probe(world) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    leave_without_finalize(&format!("receiving from rank 0 failed: {e}"));
+                    break;
+                }
             };
-            busy = true;
+            let src = p.source;
+            if let Err(e) = p.receive_into(&mut rbuf) {
+                leave_without_finalize(&format!("receiving from rank 0 failed: {e}"));
+                break;
+            }
             if src != 0 {
                 continue;
             }
-            let Ok((kind, id, body)) = wire::parse(&m) else {
+            HEARD0.with(|h| h.set(Some(Instant::now())));
+            let Ok((kind, id, body)) = wire::parse(&rbuf) else {
                 continue;
             };
+            // Rank 0's heartbeats do not keep the idle loop spinning.
+            busy |= kind != wire::BEAT_MSG;
             match kind {
                 wire::SPAWN => match wire::body::<SpawnSpec>(body, "SPAWN")
                     .and_then(|s| crate::pool::start_worker_process(&s))
@@ -317,18 +364,20 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                                 exited: None,
                             },
                         );
-                        send(world, &wire::msg(wire::SPAWNED, id, &pid.to_le_bytes()));
+                        send(world, &mut sbuf, wire::SPAWNED, id, &pid.to_le_bytes());
                     }
                     Err(e) => send(
                         world,
-                        &wire::msg(wire::SPAWN_FAILED, id, e.to_string().as_bytes()),
+                        &mut sbuf,
+                        wire::SPAWN_FAILED,
+                        id,
+                        e.to_string().as_bytes(),
                     ),
                 },
                 wire::DATA => {
                     taken += body.len() as u64;
                     if let Some(w) = workers.get_mut(&id) {
-                        w.relay.push(body);
-                        w.relay.flush();
+                        w.relay.write(body);
                     }
                 }
                 wire::EOF => {
@@ -350,7 +399,7 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
             }
         }
         if taken > 0 {
-            send(world, &wire::msg(wire::CREDIT, 0, &taken.to_le_bytes()));
+            send(world, &mut sbuf, wire::CREDIT, 0, &taken.to_le_bytes());
         }
         // 2. Workers: their bytes go to rank 0; their exits are reported after them.
         let mut gone = Vec::new();
@@ -360,21 +409,13 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
             }
             let (_, dead) = w.process.wait_handle();
             // Everything a dead worker wrote is in its socket: read it all first.
-            loop {
-                buf.clear();
-                match w.relay.read_some(&mut buf, wire::READ_MAX) {
-                    Read::Data(_) => {
-                        busy = true;
-                        // Pieces below the eager limit: a message that needs a rendezvous
-                        // would leave rank 0 blocked in its receive if we stopped halfway.
-                        for piece in buf.chunks(wire::PIECE - 9) {
-                            send(world, &wire::msg(wire::DATA, *id, piece));
-                        }
-                        if !dead && w.exited.is_none() {
-                            break;
-                        }
-                    }
-                    Read::Nothing | Read::End => break,
+            let mut read = 0;
+            while let Read::Data(n) = w.relay.read_some(&mut scratch) {
+                busy = true;
+                send(world, &mut sbuf, wire::DATA, *id, &scratch[..n]);
+                read += n;
+                if !dead && w.exited.is_none() && read >= wire::READ_MAX {
+                    break;
                 }
             }
             let dead = dead || w.relay.read_done;
@@ -388,7 +429,8 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                 };
                 if let Some(code) = code {
                     busy = true;
-                    send(world, &wire::msg_with(wire::DIED, *id, &Died { code }));
+                    let d = postcard::to_stdvec(&Died { code }).unwrap_or_default();
+                    send(world, &mut sbuf, wire::DIED, *id, &d);
                     gone.push(*id);
                 }
             }
@@ -398,13 +440,13 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
         }
         if last_beat.elapsed() >= wire::BEAT {
             last_beat = Instant::now();
-            send(world, &wire::msg(wire::BEAT_MSG, 0, &[]));
+            send(world, &mut sbuf, wire::BEAT_MSG, 0, &[]);
         }
         if leaving() {
             return workers;
         }
         if busy {
-            idle = 0;
+            idle.reset();
         } else {
             let set: Vec<(BorrowedFd<'_>, sys::socket::Events)> = workers
                 .values()
@@ -416,7 +458,28 @@ fn relay(world: &SimpleCommunicator) -> HashMap<u64, Local> {
                     ]
                 })
                 .collect();
-            let _ = wire::idle_wait(&mut idle, &set);
+            idle.wait(&set);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eager_limit_is_raised_unless_the_user_set_it() {
+        let set = transport_settings(|_| false);
+        assert!(set.contains(&("OMPI_MCA_btl_vader_eager_limit", "65536")));
+        assert!(set.contains(&("OMPI_MCA_btl_vader_max_send_size", "65536")));
+        // The pieces the relay sends fit the limit it sets, header included.
+        let limit: usize = set[0].1.parse().unwrap();
+        assert!(wire::PIECE <= limit);
+        for (k, _) in wire::EAGER_ENV {
+            assert!(
+                transport_settings(|v| v == k).is_empty(),
+                "{k} set by the user: nothing is overridden"
+            );
         }
     }
 }

@@ -180,6 +180,13 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
     let fingerprint = crate::spawn::fingerprint()?.to_vec();
     let (wake_rx, wake_tx) =
         fdreg::pipe().map_err(|e| Error::io(e).context("creating the MPI hub's wake-up pipe"))?;
+    // Never blocking: the hub drains it after taking the commands, and a command's byte may
+    // have been read with an earlier one's (a blocking read then waited for the next command).
+    rustix::fs::fcntl_getfl(&wake_rx)
+        .and_then(|fl| rustix::fs::fcntl_setfl(&wake_rx, fl | rustix::fs::OFlags::NONBLOCK))
+        .map_err(|e| {
+            Error::io(e.into()).context("making the MPI hub's wake-up pipe non-blocking")
+        })?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("multiproc-mpi".into())
@@ -607,22 +614,31 @@ fn relay_loop(
     let mut heard: HashMap<i32, Instant> = ranks.iter().map(|r| (*r, Instant::now())).collect();
     // Sends in flight, per rank.
     let mut pending: Pending = HashMap::new();
+    // Receives in flight, per rank, in arrival order (handled in that order).
+    let mut recvs: HashMap<i32, VecDeque<sys::mpi::Irecv>> = HashMap::new();
     // Control messages held for ranks that are quiet (see `post`).
     let mut held: HashMap<i32, VecDeque<Vec<u8>>> = HashMap::new();
     // DATA bytes sent to each rank and not credited back yet.
     let mut unacked: HashMap<i32, usize> = ranks.iter().map(|r| (*r, 0)).collect();
     let mut workers: HashMap<u64, Remote> = HashMap::new();
+    let mut spare = wire::Buffers::default();
+    let mut scratch = vec![0u8; wire::PIECE - 9];
     let mut last_beat = Instant::now();
-    let mut idle = 0u32;
-    let mut buf = Vec::with_capacity(wire::READ_MAX + 9);
+    let mut idle = wire::Idle::new();
+    // The wake-up pipe became readable in the last wait.
+    let mut woken = false;
+    // Workers per rank (this round's, for the credit window).
+    let mut per_rank: HashMap<i32, usize> = HashMap::new();
     loop {
         let mut busy = false;
-        // 1. Commands from the pool.
-        let cmds: Vec<Cmd> = lock(&hub.cmds).drain(..).collect();
-        if !cmds.is_empty() {
+        // 1. Commands from the pool. Their wake-up bytes are read first, so that a command
+        // whose byte is read is taken in this round too (a command is queued before its byte
+        // is written); a byte left for a command taken earlier wakes one more round.
+        if std::mem::take(&mut woken) || !lock(&hub.cmds).is_empty() {
             let mut b = [0u8; 256];
-            let _ = rustix::io::read(wake_rx.as_fd(), &mut b);
+            while matches!(rustix::io::read(wake_rx.as_fd(), &mut b), Ok(n) if n == b.len()) {}
         }
+        let cmds: Vec<Cmd> = lock(&hub.cmds).drain(..).collect();
         for c in cmds {
             busy = true;
             match c {
@@ -693,32 +709,67 @@ fn relay_loop(
                 }
             }
         }
-        // 2. Messages from the agents.
+        // 2. Messages from the agents: each one that arrived is received without waiting
+        // (one that needs a stopped sender's help never completes, and nothing waits for
+        // it) and handled as soon as it is complete, in order per rank; what it carries for
+        // the pool is written to the worker's socket at once, before the next probe.
+        let mut touched: Vec<i32> = Vec::new();
         for _ in 0..256 {
-            let Some((src, m)) = try_recv(world) else {
-                break;
+            let p = match sys::mpi::probe(world) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    // Acted on below (`lose_failed`).
+                    sys::mpi::note_failed(e);
+                    break;
+                }
             };
-            busy = true;
+            let src = p.source;
+            let r = p.start(spare.get());
             if lost.contains(&src) {
                 continue;
             }
             heard.insert(src, Instant::now());
-            if let Err(e) = on_message(src, &m, &mut workers, &mut unacked) {
-                lose(
-                    src,
-                    &format!("it sent a malformed message ({e})"),
-                    hub,
-                    lost,
-                    &mut workers,
-                );
+            recvs.entry(src).or_default().push_back(r);
+            if !touched.contains(&src) {
+                touched.push(src);
             }
+            busy |= take_messages(
+                src,
+                &mut recvs,
+                &mut spare,
+                hub,
+                lost,
+                &mut workers,
+                &mut unacked,
+            );
         }
-        // Ranks MPI gave up on are lost.
+        // Ranks MPI gave up on are lost; their receives under way are dropped (leaked if
+        // MPI may still write them, never waited for).
         lose_failed(hub, lost, &mut workers);
-        // Completed sends free their buffers.
+        recvs.retain(|r, _| !lost.contains(r));
+        // Receives that completed since (large messages).
+        for src in recvs
+            .iter()
+            .filter(|(r, q)| !q.is_empty() && !touched.contains(r))
+            .map(|(r, _)| *r)
+            .collect::<Vec<_>>()
+        {
+            busy |= take_messages(
+                src,
+                &mut recvs,
+                &mut spare,
+                hub,
+                lost,
+                &mut workers,
+                &mut unacked,
+            );
+        }
+        // Completed sends give their buffers back.
         for q in pending.values_mut() {
-            while q.front_mut().is_some_and(|s| s.test()) {
+            while let Some(b) = q.front_mut().and_then(|s| s.take()) {
                 q.pop_front();
+                spare.put(b);
             }
         }
         // Held messages go out, in order, to ranks that spoke again.
@@ -732,6 +783,10 @@ fn relay_loop(
         }
         // 3. Worker sockets: what the pool wrote goes to the agent (not to a quiet rank, or
         // one whose window is full: the bytes wait in the socket).
+        per_rank.clear();
+        for w in workers.values() {
+            *per_rank.entry(w.rank).or_default() += 1;
+        }
         for (id, w) in workers.iter_mut() {
             if quiet(&heard, w.rank) || held.get(&w.rank).is_some_and(|q| !q.is_empty()) {
                 continue;
@@ -739,43 +794,44 @@ fn relay_loop(
             if w.died.is_some() {
                 continue;
             }
-            let room = wire::WINDOW.saturating_sub(unacked.get(&w.rank).copied().unwrap_or(0));
-            if room < wire::PIECE {
-                continue;
-            }
-            buf.clear();
-            match w.relay.read_some(&mut buf, room) {
-                Read::Nothing => {}
-                Read::Data(n) => {
-                    busy = true;
-                    *unacked.entry(w.rank).or_default() += n;
-                    for piece in buf.chunks(wire::PIECE - 9) {
-                        isend(
-                            world,
-                            w.rank,
-                            wire::msg(wire::DATA, *id, piece),
-                            &mut pending,
-                        );
-                    }
+            let window = wire::WINDOW_PER_WORKER * per_rank.get(&w.rank).copied().unwrap_or(1);
+            let mut read = 0;
+            while read < wire::READ_MAX {
+                let sent = unacked.entry(w.rank).or_default();
+                let room = window.saturating_sub(*sent).min(scratch.len());
+                if room == 0 {
+                    break;
                 }
-                Read::End => {
-                    if !w.relay.shut_pending {
-                        // Once: the pool shut its write half (or dropped the channel).
-                        w.relay.shut_pending = true;
+                match w.relay.read_some(&mut scratch[..room]) {
+                    Read::Nothing => break,
+                    Read::Data(n) => {
                         busy = true;
-                        post(
-                            world,
-                            w.rank,
-                            wire::msg(wire::EOF, *id, &[]),
-                            &heard,
-                            &mut held,
-                            &mut pending,
-                        );
+                        *sent += n;
+                        read += n;
+                        let m = spare.msg(wire::DATA, *id, &scratch[..n]);
+                        isend(world, w.rank, m, &mut pending);
+                    }
+                    Read::End => {
+                        if !w.relay.shut_pending {
+                            // Once: the pool shut its write half (or dropped the channel).
+                            w.relay.shut_pending = true;
+                            busy = true;
+                            post(
+                                world,
+                                w.rank,
+                                wire::msg(wire::EOF, *id, &[]),
+                                &heard,
+                                &mut held,
+                                &mut pending,
+                            );
+                        }
+                        break;
                     }
                 }
             }
         }
-        // 4. What the agents sent goes to the pool; finished workers are released.
+        // 4. What the socket did not take at once goes to the pool; finished workers are
+        // released.
         let mut gone = Vec::new();
         for (id, w) in workers.iter_mut() {
             if w.relay.has_output() {
@@ -814,11 +870,13 @@ fn relay_loop(
                         lost,
                         &mut workers,
                     );
+                    // Its receives under way never complete: leaked, never waited for.
+                    recvs.remove(r);
                 }
             }
         }
         if busy {
-            idle = 0;
+            idle.reset();
         } else {
             let mut set: Vec<(BorrowedFd<'_>, sys::socket::Events)> =
                 vec![(wake_rx.as_fd(), sys::socket::Events::IN)];
@@ -827,9 +885,47 @@ fn relay_loop(
                     set.push((w.relay.fd.as_fd(), w.relay.events()));
                 }
             }
-            let _ = wire::idle_wait(&mut idle, &set);
+            woken = idle.wait(&set);
         }
     }
+}
+
+/// Handles the messages from `src` whose receive has completed, in order (stops at the
+/// first one still arriving). Returns whether any was work (not a heartbeat): heartbeats do
+/// not keep the idle loop spinning.
+fn take_messages(
+    src: i32,
+    recvs: &mut HashMap<i32, VecDeque<sys::mpi::Irecv>>,
+    spare: &mut wire::Buffers,
+    hub: &Hub,
+    lost: &mut Vec<i32>,
+    workers: &mut HashMap<u64, Remote>,
+    unacked: &mut HashMap<i32, usize>,
+) -> bool {
+    let mut work = false;
+    let Some(q) = recvs.get_mut(&src) else {
+        return false;
+    };
+    while let Some(m) = q.front_mut().and_then(|r| r.take()) {
+        q.pop_front();
+        // A failed receive: noted, and the rank is lost this round (`lose_failed`).
+        let Some(m) = m else { continue };
+        work |= m.first() != Some(&wire::BEAT_MSG);
+        let r = on_message(src, &m, workers, unacked);
+        spare.put(m);
+        if let Err(e) = r {
+            lose(
+                src,
+                &format!("it sent a malformed message ({e})"),
+                hub,
+                lost,
+                workers,
+            );
+            recvs.remove(&src);
+            return true;
+        }
+    }
+    work
 }
 
 /// Declares `rank` lost: its workers end with an unknown exit code (the pool re-queues their
@@ -964,7 +1060,7 @@ fn on_message(
         wire::BEAT_MSG | wire::HELLO => {}
         wire::DATA => {
             if let Some(w) = w {
-                w.relay.push(body);
+                w.relay.write(body);
             }
         }
         wire::SPAWNED => {

@@ -107,9 +107,9 @@
 //!   welcome without a timeout, since `main` may take any time to get there).
 //! * The MPI thread never waits for a silent rank: its sends to agents are non-blocking
 //!   (`MPI_Isend` on a buffer the send owns; a blocking send over Open MPI's shared memory
-//!   waits until the receiver has taken the message, which a stopped rank never does),
-//!   every message either way is below the transports' eager limit (a stopped sender of a
-//!   larger one would leave rank 0 blocked in its receive), at most 64 KiB are
+//!   waits until the receiver has taken the message, which a stopped rank never does), so
+//!   are its receives (`MPI_Imrecv`: a message from a sender that stopped halfway through it
+//!   never completes, and nothing waits for it), at most 128 KiB per worker are
 //!   unacknowledged per rank, and a rank not heard for 350 ms is sent nothing until it
 //!   speaks again. Should the MPI thread stall all the same, a watchdog thread (which
 //!   never calls MPI) notices that it made no round for twice `mpi_rank_timeout`, says so
@@ -127,8 +127,19 @@
 //! * [`Pool::pids`](crate::Pool::pids) gives each worker's pid *on its own host*.
 //! * [`Pool::mpi_ranks`](crate::Pool::mpi_ranks) lists the ranks and their worker counts;
 //!   [`Pool::processes`](crate::Pool::processes) is their sum.
-//! * Latency: an idle MPI thread polls MPI with a back-off (MPI gives no descriptor to wait
-//!   on), so a lone round trip costs tens of microseconds more than locally.
+//! * Latency and idle CPU: MPI gives no descriptor to wait on, so the MPI thread and the
+//!   agents poll it. For 2 ms after their last work they spin (yielding the processor every
+//!   round), then poll their own sockets with a timeout that grows to 1 ms, and after
+//!   250 ms without work to 5 ms; heartbeats do not count as work. Back-to-back calls and
+//!   busy streams therefore keep about the local pool's latency (the apply round trip over
+//!   shared memory is in BENCHMARKS.md, beside the local pool's), the first message after a
+//!   pause can wait up to about 5 ms, and an idle pool wakes each rank about 200 times a
+//!   second (the idle CPU row in BENCHMARKS.md).
+//! * Speed: a relayed channel crosses MPI in messages of up to 64 KiB, one per socket read,
+//!   into buffers that are reused. Open MPI's shared-memory transport sends only messages
+//!   of up to 4 KiB in one copy by default: before `MPI_Init`, every rank sets
+//!   `OMPI_MCA_btl_vader_eager_limit` and `OMPI_MCA_btl_vader_max_send_size` to 65536 in its
+//!   environment, unless you set either of them (in the environment or with `mpirun --mca`).
 //! * Outside an MPI job (no launcher variables, or a job of one rank) `.mpi()` builds an
 //!   ordinary local pool, so the same program runs on a laptop unchanged.
 //! * The entry key crosses the interconnect in clear (as every MPI message does): run jobs on

@@ -7,7 +7,6 @@
 //! so the pool's own protocol (`src/pool/README.md`) runs end to end.
 
 use std::collections::VecDeque;
-use std::io;
 use std::os::fd::AsFd;
 
 use serde::{Deserialize, Serialize};
@@ -42,18 +41,68 @@ pub(crate) const SHUTDOWN: u8 = 12;
 /// Agent → hub: it has taken this many more `DATA` bytes (body: u64), freeing the window.
 pub(crate) const CREDIT: u8 = 13;
 
-/// `DATA` bytes rank 0 may have sent to one rank that the rank has not credited back: what a
-/// rank that stopped answering can leave in rank 0's pending sends.
-pub(crate) const WINDOW: usize = 64 * 1024;
-/// The largest message either side sends (header included), except the handshake's: below
-/// the transports' eager limit (Open MPI: 4 KiB over shared memory, 64 KiB over TCP), so a
-/// receive never waits for a sender that stopped halfway.
-pub(crate) const PIECE: usize = 4000;
+/// `DATA` bytes rank 0 may have sent to one rank per worker it runs there, that the rank has
+/// not credited back: what a rank that stopped answering can leave in rank 0's pending sends.
+/// Above the pool's byte budget per worker (96 KiB, `src/pool/README.md`), so the window never
+/// holds back a stream the pool keeps within its budget (a single task larger than that
+/// crosses in pieces, each credited as the agent takes it).
+pub(crate) const WINDOW_PER_WORKER: usize = 128 * 1024;
+/// The largest message either side sends (header included), except the handshake's: at the
+/// eager limit multiproc sets for Open MPI's shared memory ([`EAGER_ENV`]) and Open MPI's
+/// TCP default, so a message takes one copy. A larger limit elsewhere only costs speed: rank
+/// 0 receives without waiting (`MPI_Imrecv`), so a sender that stopped in the middle of a
+/// message that needs its help never blocks it.
+pub(crate) const PIECE: usize = 64 * 1024 - 256;
+
+/// Open MPI variables set (before `MPI_Init`, on every rank, each unless the user set it):
+/// the shared-memory transport's eager limit raised from 4 KiB to what [`PIECE`] needs.
+pub(crate) const EAGER_ENV: [(&str, &str); 2] = [
+    ("OMPI_MCA_btl_vader_eager_limit", "65536"),
+    ("OMPI_MCA_btl_vader_max_send_size", "65536"),
+];
 
 /// Heartbeat period, both ways.
 pub(crate) const BEAT: std::time::Duration = std::time::Duration::from_millis(100);
-/// Bytes read from one socket per round (one `DATA` message at most this large).
-pub(crate) const READ_MAX: usize = 256 * 1024;
+/// Bytes read from one live worker's socket per round, at most (in [`PIECE`]s).
+pub(crate) const READ_MAX: usize = 4 * PIECE;
+
+/// Spare message buffers: a message is built in one and its buffer comes back when the send
+/// or receive completes, so the relay allocates nothing per message once it runs.
+#[derive(Debug, Default)]
+pub(crate) struct Buffers(Vec<Vec<u8>>);
+
+impl Buffers {
+    /// At most this many spares are kept.
+    const KEEP: usize = 64;
+
+    /// An empty buffer.
+    pub(crate) fn get(&mut self) -> Vec<u8> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    /// Gives a buffer back (kept if there is room and it is not oversized).
+    pub(crate) fn put(&mut self, mut b: Vec<u8>) {
+        if self.0.len() < Self::KEEP && b.capacity() <= 2 * PIECE {
+            b.clear();
+            self.0.push(b);
+        }
+    }
+
+    /// One message, in a spare buffer.
+    pub(crate) fn msg(&mut self, kind: u8, id: u64, body: &[u8]) -> Vec<u8> {
+        let mut m = self.get();
+        header(&mut m, kind, id);
+        m.extend_from_slice(body);
+        m
+    }
+}
+
+/// Replaces `m` with the header of a message (the body is appended after it).
+pub(crate) fn header(m: &mut Vec<u8>, kind: u8, id: u64) {
+    m.clear();
+    m.push(kind);
+    m.extend_from_slice(&id.to_le_bytes());
+}
 
 /// An agent's introduction.
 #[derive(Debug, Serialize, Deserialize)]
@@ -170,27 +219,20 @@ impl Relay {
         }
     }
 
-    /// Reads what is available (without blocking, at most `max` bytes), appending it to `buf`.
-    pub(crate) fn read_some(&mut self, buf: &mut Vec<u8>, max: usize) -> Read {
+    /// Reads what is available into `buf` (without blocking; `buf` is not empty): the bytes
+    /// are `buf[..n]` for `Data(n)`.
+    pub(crate) fn read_some(&mut self, buf: &mut [u8]) -> Read {
         if self.read_done {
             return Read::End;
         }
-        let start = buf.len();
-        buf.resize(start + max.clamp(1, READ_MAX), 0);
-        let r = rustix::net::recv(
-            self.fd.as_fd(),
-            &mut buf[start..],
-            rustix::net::RecvFlags::DONTWAIT,
-        );
+        let r = rustix::net::recv(self.fd.as_fd(), buf, rustix::net::RecvFlags::DONTWAIT);
         let got = match r {
             Ok((n, _)) => n,
             Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
-                buf.truncate(start);
                 return Read::Nothing;
             }
             Err(_) => 0,
         };
-        buf.truncate(start + got);
         if got == 0 {
             self.read_done = true;
             Read::End
@@ -199,11 +241,28 @@ impl Relay {
         }
     }
 
-    /// Queues bytes for the socket.
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
-        if !self.broken {
-            self.out.extend(bytes);
+    /// Writes bytes to the socket now, as far as it takes them without blocking (after
+    /// what waits already); queues the rest.
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        if self.broken {
+            return;
         }
+        let mut done = 0;
+        if self.out.is_empty() {
+            let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+            while done < bytes.len() {
+                match rustix::net::send(self.fd.as_fd(), &bytes[done..], flags) {
+                    Ok(n) => done += n,
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(_) => {
+                        self.broken = true;
+                        return;
+                    }
+                }
+            }
+        }
+        self.out.extend(&bytes[done..]);
     }
 
     /// Whether bytes wait to be written.
@@ -251,22 +310,84 @@ impl Relay {
     }
 }
 
-/// Waits in the idle loop: `idle` rounds without work so far. Spins (yielding) for the first
-/// rounds, so a busy stream keeps its latency, then polls `fds` with a timeout growing to
-/// 1 ms (MPI has no descriptor to wait on: an incoming message is seen at the next round).
-pub(crate) fn idle_wait(
-    idle: &mut u32,
-    set: &[(std::os::fd::BorrowedFd<'_>, crate::sys::socket::Events)],
-) -> io::Result<()> {
-    *idle = idle.saturating_add(1);
-    if *idle < SPIN_ROUNDS {
-        std::thread::yield_now();
-        return Ok(());
-    }
-    let us = ((*idle - SPIN_ROUNDS) as u64 * 20).min(1000);
-    let until = std::time::Instant::now() + std::time::Duration::from_micros(us);
-    crate::sys::socket::poll_each(set, Some(until)).map(|_| ())
+/// The idle loop's back-off (MPI has no descriptor to wait on: an incoming message is seen
+/// at the next round). For [`SPIN`] after the last work it only yields, so a busy stream
+/// keeps its latency; then it polls the descriptors it has (the pool's sockets, the
+/// workers') with a timeout that grows to [`NAP`], and after [`DOZE_AFTER`] without work to
+/// [`DOZE`], so an idle pool costs (almost) no CPU.
+#[derive(Debug)]
+pub(crate) struct Idle {
+    /// When the current idle stretch began.
+    since: Option<std::time::Instant>,
+    /// Rounds that slept in this stretch.
+    naps: u32,
+    /// MPI yields in an empty probe itself ([`mpi_yields`]).
+    mpi_yields: bool,
 }
 
-/// Rounds an idle loop spins before it sleeps.
-const SPIN_ROUNDS: u32 = 2000;
+/// How long an idle loop spins (yielding) after its last work.
+pub(crate) const SPIN: std::time::Duration = std::time::Duration::from_millis(2);
+/// The longest sleep of an idle loop in its first [`DOZE_AFTER`].
+pub(crate) const NAP: std::time::Duration = std::time::Duration::from_millis(1);
+/// Idle this long, an idle loop sleeps up to [`DOZE`] at a time.
+pub(crate) const DOZE_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest sleep of a loop idle for [`DOZE_AFTER`]: the latency of the first message
+/// after a long pause, and about 1/`DOZE` wake-ups a second while idle.
+pub(crate) const DOZE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Whether Open MPI yields the processor itself in a call that finds nothing to do
+/// (`mpi_yield_when_idle`; by default on when `mpirun` oversubscribes the host, which it
+/// tells the ranks as `mpi_oversubscribe`): then every spinning round already yields once,
+/// in its probe, and yielding again only doubles the rounds other processes run before this
+/// one looks again.
+fn mpi_yields() -> bool {
+    let on = |v: String| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "t" | "true" | "y" | "yes" | "enabled"
+        )
+    };
+    match std::env::var("OMPI_MCA_mpi_yield_when_idle") {
+        Ok(v) => on(v),
+        Err(_) => std::env::var("OMPI_MCA_mpi_oversubscribe").is_ok_and(on),
+    }
+}
+
+impl Idle {
+    /// A loop that has just had work.
+    pub(crate) fn new() -> Idle {
+        Idle {
+            since: None,
+            naps: 0,
+            mpi_yields: mpi_yields(),
+        }
+    }
+
+    /// There was work: the next wait spins again.
+    pub(crate) fn reset(&mut self) {
+        self.since = None;
+        self.naps = 0;
+    }
+
+    /// Waits a little, as the back-off says: yields, or polls `set` until a timeout.
+    /// Returns whether `set[0]` became ready.
+    pub(crate) fn wait(
+        &mut self,
+        set: &[(std::os::fd::BorrowedFd<'_>, crate::sys::socket::Events)],
+    ) -> bool {
+        let now = std::time::Instant::now();
+        let idle_for = now.duration_since(*self.since.get_or_insert(now));
+        if idle_for < SPIN {
+            if !self.mpi_yields {
+                std::thread::yield_now();
+            }
+            return false;
+        }
+        self.naps = self.naps.saturating_add(1);
+        let most = if idle_for < DOZE_AFTER { NAP } else { DOZE };
+        let nap = (std::time::Duration::from_micros(20) * self.naps).min(most);
+        crate::sys::socket::poll_each(set, Some(now + nap))
+            .map(|r| r.first() == Some(&0))
+            .unwrap_or(false)
+    }
+}

@@ -502,7 +502,9 @@ fn wait_for_events(shared: &Shared, round: &Round) -> (Vec<bool>, Vec<bool>) {
             exited.push(done);
         }
     }
-    let any_buffered = conns.iter().any(|(_, c)| c.chan.has_buffered());
+    // A whole frame waiting in a reader's buffer: do not wait. The start of one whose rest
+    // is still to come (a relay may deliver a frame in pieces) waits on the descriptor.
+    let any_buffered = conns.iter().any(|(_, c)| c.chan.has_frame());
     let until = if any_buffered || exited.iter().any(|d| *d) {
         Some(Instant::now())
     } else {

@@ -80,13 +80,12 @@ pub(crate) mod process {
     };
 }
 
-/// MPI sends that never wait for the receiver, and MPI calls whose errors are returned
-/// (feature `mpi`).
+/// MPI sends and receives that never wait for the peer, and MPI calls whose errors are
+/// returned (feature `mpi`).
 #[cfg(feature = "mpi")]
 pub(crate) mod mpi {
-    pub(crate) use super::backend::mpi::Isend;
     pub(crate) use super::backend::mpi::{
-        errors_return, note_failed, send, take_failed, try_recv_any,
+        errors_return, note_failed, probe, send, take_failed, try_recv_any, Irecv, Isend,
     };
 }
 

@@ -271,3 +271,47 @@ fn memory_follows_the_bytes_that_arrived_not_the_announced_length() {
     drop(writer.join().unwrap());
     assert!(chan.recv_frame(None).unwrap_err().is_disconnected());
 }
+
+/// The pool thread waits on a worker's descriptor unless `has_frame`: the start of a frame
+/// (a relay delivers frames in pieces) is buffered bytes but no frame, so it must not make
+/// the waiter spin; a whole frame behind it must.
+#[test]
+fn only_a_whole_buffered_frame_counts_as_a_frame() {
+    use std::io::Write;
+    let (mut peer, chan) = raw_pair();
+    let now = || Some(std::time::Instant::now());
+    let frame = |p: &[u8]| {
+        let mut f = frame::encode_header(p.len(), 0).unwrap().to_vec();
+        f.extend_from_slice(p);
+        f
+    };
+    let (a, b, c) = (frame(b"first"), frame(b"second frame"), frame(b"third"));
+    assert!(!chan.has_frame() && !chan.has_buffered());
+    // A whole frame, then the header and part of the next one's payload.
+    peer.write_all(&a).unwrap();
+    peer.write_all(&b[..frame::HEADER_LEN + 3]).unwrap();
+    assert_eq!(chan.recv_frame(now()).unwrap().payload, b"first");
+    assert!(
+        chan.has_buffered(),
+        "the part of the second frame was read along"
+    );
+    assert!(!chan.has_frame(), "part of a frame is no frame");
+    // Tried and timed out: the part is held as a partial frame.
+    assert!(chan.recv_frame(now()).unwrap_err().is_timeout());
+    assert!(!chan.has_frame());
+    peer.write_all(&b[frame::HEADER_LEN + 3..]).unwrap();
+    peer.write_all(&c).unwrap();
+    assert_eq!(chan.recv_frame(now()).unwrap().payload, b"second frame");
+    assert!(
+        chan.has_frame(),
+        "the third frame arrived whole with the second's rest"
+    );
+    assert_eq!(chan.recv_frame(now()).unwrap().payload, b"third");
+    assert!(!chan.has_frame() && !chan.has_buffered());
+    peer.write_all(&c[..3]).unwrap();
+    assert!(chan.recv_frame(now()).unwrap_err().is_timeout());
+    assert!(
+        chan.has_buffered() && !chan.has_frame(),
+        "three bytes of a header"
+    );
+}

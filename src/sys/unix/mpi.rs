@@ -1,11 +1,16 @@
-//! A non-blocking MPI send that owns its buffer, and the raw MPI calls whose errors the
-//! backend acts on (feature `mpi`).
+//! Non-blocking MPI sends and receives that own their buffers, and the raw MPI calls whose
+//! errors the backend acts on (feature `mpi`).
 //!
 //! rsmpi's `immediate_send` borrows its buffer for a scope that must end with the request
 //! complete, which does not fit a relay loop that must never wait for a peer that stopped.
-//! [`Isend`] keeps the bytes in a box of its own until `MPI_Test` says MPI is done with
-//! them; if it is dropped before that (the peer was declared lost), the box is leaked, never
-//! freed under MPI's feet.
+//! [`Isend`] and [`Irecv`] keep their bytes in a buffer of their own until `MPI_Test` says
+//! MPI is done with them, then give the buffer back for reuse; if one is dropped before that
+//! (the peer was declared lost), the buffer is leaked, never freed under MPI's feet.
+//!
+//! [`probe`] matches the next message from any rank without receiving it (`MPI_Improbe`);
+//! the caller then receives it into a buffer of its own, blocking ([`Probed::receive_into`])
+//! or not ([`Probed::start`]). Every call's error code is checked (see "Errors returned, not
+//! fatal" below): a failure about a peer is returned, or noted for [`take_failed`].
 
 #![allow(unsafe_code)]
 
@@ -18,25 +23,25 @@ use mpi::topology::SimpleCommunicator;
 #[derive(Debug)]
 pub(crate) struct Isend {
     req: ffi::MPI_Request,
-    buf: Option<Box<[u8]>>,
+    buf: Option<Vec<u8>>,
     rank: i32,
+    done: bool,
 }
 
 impl Isend {
     /// Starts sending `msg` to `rank` of `comm` (tag 0); never waits for the receiver. A
     /// failure is noted for [`take_failed`] (and the send counts as done).
     pub(crate) fn start(comm: &SimpleCommunicator, rank: i32, msg: Vec<u8>) -> Isend {
-        let buf = msg.into_boxed_slice();
-        let len = buf.len();
         let mut req = std::mem::MaybeUninit::<ffi::MPI_Request>::uninit();
-        // SAFETY: `buf` is a live allocation of `len` bytes that this `Isend` owns and never
-        // touches or frees until MPI_Test reports the request complete (or leaks it on drop);
-        // the datatype is MPI_UINT8_T, one byte per element; `comm` is a valid communicator
-        // for the duration of the call; `req` is only read if MPI_Isend succeeded.
+        // SAFETY: `msg` is a live allocation of `msg.len()` bytes that this `Isend` owns and
+        // never touches, moves out of or frees until MPI_Test reports the request complete
+        // (or leaks on drop); moving the `Vec` itself does not move its heap buffer. The
+        // datatype is MPI_UINT8_T, one byte per element; `comm` is a valid communicator for
+        // the duration of the call; `req` is only read if MPI_Isend succeeded.
         let code = unsafe {
             ffi::MPI_Isend(
-                buf.as_ptr().cast(),
-                len as std::os::raw::c_int,
+                msg.as_ptr().cast(),
+                msg.len() as std::os::raw::c_int,
                 u8::equivalent_datatype().as_raw(),
                 rank,
                 0,
@@ -47,42 +52,41 @@ impl Isend {
         if let Err(e) = check("MPI_Isend", Some(rank), code) {
             note_failed(e);
             // No request to test; what MPI did with the buffer is unknown: leak it.
-            std::mem::forget(buf);
+            std::mem::forget(msg);
             return Isend {
                 // SAFETY: reads rsmpi's static holding MPI_REQUEST_NULL, set before any call.
                 req: unsafe { ffi::RSMPI_REQUEST_NULL },
                 buf: None,
                 rank,
+                done: true,
             };
         }
         // SAFETY: MPI_Isend succeeded, so it wrote the request.
         let req = unsafe { req.assume_init() };
         Isend {
             req,
-            buf: Some(buf),
+            buf: Some(msg),
             rank,
+            done: false,
         }
     }
 
-    /// Whether MPI is done with the buffer (then it is freed).
+    /// Whether MPI is done with the buffer (a failed test counts as done: the buffer is
+    /// then leaked, and the failure noted for [`take_failed`]).
     pub(crate) fn test(&mut self) -> bool {
-        if self.buf.is_none() {
-            return true;
+        if !self.done {
+            self.done = test(&mut self.req, "MPI_Test", self.rank, &mut self.buf);
         }
-        let mut flag: std::os::raw::c_int = 0;
-        // SAFETY: `self.req` is the request MPI_Isend returned and has not completed yet (the
-        // buffer is still held); MPI_STATUS_IGNORE is a valid status argument.
-        let code = unsafe { ffi::MPI_Test(&mut self.req, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
-        if let Err(e) = check("MPI_Test", Some(self.rank), code) {
-            note_failed(e);
-            // The request's state is unknown: leak the buffer, never test it again.
-            std::mem::forget(self.buf.take());
-            return true;
+        self.done
+    }
+
+    /// The buffer back, once [`test`](Self::test) said the send is complete.
+    pub(crate) fn take(&mut self) -> Option<Vec<u8>> {
+        if self.test() {
+            self.buf.take()
+        } else {
+            None
         }
-        if flag != 0 {
-            self.buf = None;
-        }
-        flag != 0
     }
 }
 
@@ -90,6 +94,191 @@ impl Drop for Isend {
     fn drop(&mut self) {
         if !self.test() {
             // MPI may still read it: leak the bytes rather than free them.
+            std::mem::forget(self.buf.take());
+        }
+    }
+}
+
+/// `MPI_Test` on a request that has not completed yet; `true` once it has. If the call
+/// fails, the request's state is unknown: `buf` is leaked (never freed under MPI), the
+/// failure is noted for [`take_failed`], and the request counts as done.
+fn test(
+    req: &mut ffi::MPI_Request,
+    call: &'static str,
+    rank: i32,
+    buf: &mut Option<Vec<u8>>,
+) -> bool {
+    let mut flag: std::os::raw::c_int = 0;
+    // SAFETY: callers pass a request that MPI_Isend/MPI_Imrecv returned and that has not
+    // been reported complete yet (they stop testing once it is); MPI_STATUS_IGNORE is a
+    // valid status argument.
+    let code = unsafe { ffi::MPI_Test(req, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+    if let Err(e) = check(call, Some(rank), code) {
+        note_failed(e);
+        std::mem::forget(buf.take());
+        return true;
+    }
+    flag != 0
+}
+
+/// A message that [`probe`] matched: it must be received with
+/// [`receive_into`](Self::receive_into) or [`start`](Self::start) (no other receive can take
+/// it).
+#[derive(Debug)]
+pub(crate) struct Probed {
+    msg: ffi::MPI_Message,
+    /// The rank that sent it.
+    pub(crate) source: i32,
+    /// Its length in bytes.
+    pub(crate) len: usize,
+}
+
+/// Matches the next message from any rank on `comm` (any tag), if one has arrived. An error
+/// names the source rank when MPI's status gives one.
+pub(crate) fn probe(comm: &SimpleCommunicator) -> Result<Option<Probed>, MpiError> {
+    let mut flag: std::os::raw::c_int = 0;
+    let mut msg = std::mem::MaybeUninit::<ffi::MPI_Message>::uninit();
+    let mut st = std::mem::MaybeUninit::<ffi::MPI_Status>::zeroed();
+    // SAFETY: every out-pointer points to storage of its type that lives across the call;
+    // `comm` is valid; the any-source and any-tag constants are rsmpi's statics.
+    let code = unsafe {
+        ffi::MPI_Improbe(
+            ffi::RSMPI_ANY_SOURCE,
+            ffi::RSMPI_ANY_TAG,
+            comm.as_raw(),
+            &mut flag,
+            msg.as_mut_ptr(),
+            st.as_mut_ptr(),
+        )
+    };
+    // SAFETY: the status was zeroed before the call, so it is initialised whatever MPI did.
+    let st = unsafe { st.assume_init() };
+    let src = st.MPI_SOURCE;
+    check("MPI_Improbe", (src >= 0).then_some(src), code)?;
+    if flag == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the call succeeded with `flag` set, so MPI wrote the matched message handle.
+    let msg = unsafe { msg.assume_init() };
+    let mut count: std::os::raw::c_int = 0;
+    // SAFETY: `st` is the status MPI_Improbe filled for this message; the datatype is
+    // MPI_UINT8_T.
+    let code = unsafe { ffi::MPI_Get_count(&st, u8::equivalent_datatype().as_raw(), &mut count) };
+    check("MPI_Get_count", Some(src), code)?;
+    // MPI_UNDEFINED (negative) cannot happen for bytes; refuse it rather than trust it.
+    let Ok(len) = usize::try_from(count) else {
+        return Err(MpiError {
+            call: "MPI_Get_count",
+            rank: Some(src),
+            code: 0,
+            text: format!("a message of {count} bytes"),
+        });
+    };
+    Ok(Some(Probed {
+        msg,
+        source: src,
+        len,
+    }))
+}
+
+impl Probed {
+    /// Receives it into `buf` (its contents replaced), waiting until it has all arrived.
+    pub(crate) fn receive_into(mut self, buf: &mut Vec<u8>) -> Result<(), MpiError> {
+        buf.clear();
+        buf.resize(self.len, 0);
+        // SAFETY: `buf` holds `self.len` writable bytes, the message's length in
+        // MPI_UINT8_T elements as MPI_Get_count reported it; `self.msg` is the matched
+        // message MPI_Improbe returned, received exactly once (MPI_Mrecv consumes it, and
+        // `self` is consumed); the status is ignored.
+        let code = unsafe {
+            ffi::MPI_Mrecv(
+                buf.as_mut_ptr().cast(),
+                self.len as std::os::raw::c_int,
+                u8::equivalent_datatype().as_raw(),
+                &mut self.msg,
+                ffi::RSMPI_STATUS_IGNORE,
+            )
+        };
+        check("MPI_Mrecv", Some(self.source), code)
+    }
+
+    /// Starts receiving it into `buf` without waiting (a large message may need its sender
+    /// to take part: one that stopped never completes, and nothing waits for it). A failure
+    /// is noted for [`take_failed`] (and the receive counts as done, with no message).
+    pub(crate) fn start(mut self, mut buf: Vec<u8>) -> Irecv {
+        buf.clear();
+        buf.resize(self.len, 0);
+        let mut req = std::mem::MaybeUninit::<ffi::MPI_Request>::uninit();
+        // SAFETY: `buf` holds `self.len` writable bytes and is owned by the returned `Irecv`,
+        // which never touches, moves out of or frees it until MPI_Test reports the receive
+        // complete (or leaks it on drop); moving the `Vec` does not move its heap buffer.
+        // `self.msg` is the matched message MPI_Improbe returned, received exactly once.
+        // `req` is only read if MPI_Imrecv succeeded.
+        let code = unsafe {
+            ffi::MPI_Imrecv(
+                buf.as_mut_ptr().cast(),
+                self.len as std::os::raw::c_int,
+                u8::equivalent_datatype().as_raw(),
+                &mut self.msg,
+                req.as_mut_ptr(),
+            )
+        };
+        if let Err(e) = check("MPI_Imrecv", Some(self.source), code) {
+            note_failed(e);
+            std::mem::forget(buf);
+            return Irecv {
+                // SAFETY: reads rsmpi's static holding MPI_REQUEST_NULL, set before any call.
+                req: unsafe { ffi::RSMPI_REQUEST_NULL },
+                buf: None,
+                rank: self.source,
+                done: true,
+            };
+        }
+        // SAFETY: MPI_Imrecv succeeded, so it wrote the request.
+        let req = unsafe { req.assume_init() };
+        Irecv {
+            req,
+            buf: Some(buf),
+            rank: self.source,
+            done: false,
+        }
+    }
+}
+
+/// One receive in flight.
+#[derive(Debug)]
+pub(crate) struct Irecv {
+    req: ffi::MPI_Request,
+    buf: Option<Vec<u8>>,
+    rank: i32,
+    done: bool,
+}
+
+impl Irecv {
+    /// Whether the receive is over (then [`take`](Self::take) gives the message, unless the
+    /// receive failed).
+    pub(crate) fn test(&mut self) -> bool {
+        if !self.done {
+            self.done = test(&mut self.req, "MPI_Test", self.rank, &mut self.buf);
+        }
+        self.done
+    }
+
+    /// `Some(Some(message))` once it has arrived, `Some(None)` if the receive failed (noted
+    /// for [`take_failed`]), `None` while it is arriving.
+    pub(crate) fn take(&mut self) -> Option<Option<Vec<u8>>> {
+        if self.test() {
+            Some(self.buf.take())
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for Irecv {
+    fn drop(&mut self) {
+        if !self.test() {
+            // MPI may still write it: leak the bytes rather than free them.
             std::mem::forget(self.buf.take());
         }
     }
