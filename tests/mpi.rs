@@ -691,8 +691,8 @@ fn map_across_hosts_in_network_namespaces() {
 // ---------------------------------------------------------------------------------------
 // A cut network link: three hosts, the one of rank 2 cut off mid-map.
 
-/// The marker file a task on rank 2 creates once it runs; the test then cuts the link and
-/// creates the same path with `.cut` appended.
+/// The marker file a task on rank 2 creates once it runs, holding its agent's pid; the test
+/// then cuts the link and creates the same path with `.cut` appended.
 const CUT_ENV: &str = "MULTIPROC_TEST_CUT_MARKER";
 
 /// Returns `x` after 20 ms. On rank 2, first says (once) that it runs and waits until the
@@ -701,10 +701,17 @@ fn cut_on_rank_2(x: u32) -> u32 {
     std::thread::sleep(Duration::from_millis(20));
     if multiproc::mpi::rank() == Some(2) {
         if let Ok(path) = std::env::var(CUT_ENV) {
-            let _ = std::fs::OpenOptions::new()
+            // Once: the file holds this rank's agent pid.
+            if let Ok(mut f) = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&path);
+                .open(format!("{path}.tmp"))
+            {
+                use std::io::Write;
+                let pid = std::env::var("MULTIPROC_MPI_AGENT_PID").unwrap_or_default();
+                let _ = f.write_all(pid.as_bytes());
+                let _ = std::fs::rename(format!("{path}.tmp"), &path);
+            }
             let cut = format!("{path}.cut");
             let until = Instant::now() + Duration::from_secs(20);
             while !std::path::Path::new(&cut).exists() && Instant::now() < until {
@@ -741,6 +748,38 @@ fn inner_cut_link() {
     assert!(ranks.iter().all(|r| *r == 1), "{ranks:?}");
     pool.terminate();
     marker("INNER_CUT_OK");
+}
+
+/// What the cutter saw.
+struct Cut {
+    /// When the link went down.
+    at: Instant,
+    /// When the agent on the cut host was seen gone.
+    agent_left: Option<Instant>,
+    /// Its parent (mpirun's daemon on that host) still ran then.
+    daemon_ran: bool,
+}
+
+/// Whether process `pid` runs (exists and is no zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// `mpirun --timeout` for the cut-link jobs: a run without the cut takes about 3 s here.
@@ -782,20 +821,37 @@ fn cut_link_neither_hangs_nor_loses_results() {
         // it, and nothing it sends leaves).
         let cut_host = hosts.names[2].clone();
         let watched = marker_path.clone();
-        let cutter = std::thread::spawn(move || -> Option<Instant> {
+        let cutter = std::thread::spawn(move || -> Option<Cut> {
             let until = Instant::now() + limit();
-            while !watched.exists() {
+            let agent = loop {
+                if let Some(pid) = std::fs::read_to_string(&watched)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                {
+                    break pid;
+                }
                 if Instant::now() > until {
                     return None;
                 }
                 std::thread::sleep(Duration::from_millis(10));
-            }
+            };
+            // The agent's parent: mpirun's daemon on that host.
+            let daemon = parent_of(agent);
             ip(&["-n", &cut_host, "link", "set", HOST_IF, "down"]).unwrap();
             let at = Instant::now();
             let mut done = watched.into_os_string();
             done.push(".cut");
             std::fs::write(done, b"").unwrap();
-            Some(at)
+            // The agent must leave by itself (rank 0 went silent): seen while the daemon,
+            // which would kill it on its own way out, still runs.
+            while running(agent) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Some(Cut {
+                at,
+                agent_left: (!running(agent)).then(Instant::now),
+                daemon_ran: daemon.is_some_and(running),
+            })
         });
         let env = format!("{CUT_ENV}={}", marker_path.display());
         let mut wrap = hosts.on_first().to_vec();
@@ -804,7 +860,6 @@ fn cut_link_neither_hangs_nor_loses_results() {
         // Bounded (and nothing may be left running: checked inside).
         let j = mpirun_in(&wrap, "inner_cut_link", &flags, 3, &[], limit());
         let cut = cutter.join().unwrap();
-        // Stop the cutter if rank 2 never ran a task (it then reports `None`).
         let cut = cut.unwrap_or_else(|| {
             panic!(
                 "{head:?}: rank 2 never ran a task\nstdout:\n{}\nstderr:\n{}",
@@ -827,6 +882,14 @@ fn cut_link_neither_hangs_nor_loses_results() {
             j.err
         );
         assert!(j.err.contains("leaves without MPI_Finalize"), "{}", j.err);
+        // The agent on the cut host left by itself, its daemon still running then.
+        let left = cut
+            .agent_left
+            .expect("the agent on the cut host never left");
+        assert!(
+            cut.daemon_ran,
+            "{head:?}: the agent on the cut host ended only with its daemon"
+        );
         let map = j
             .out
             .lines()
@@ -834,9 +897,10 @@ fn cut_link_neither_hangs_nor_loses_results() {
             .map(|(_, m)| format!("map done{m}"))
             .unwrap_or_default();
         println!(
-            "cut link {head:?}: {map}; mpirun ended {:?} after the cut ({:?} after its \
-             start, status {:?}, timed out: {})",
-            (start + j.took).saturating_duration_since(cut),
+            "cut link {head:?}: {map}; the cut host's agent left {:?} after the cut; mpirun \
+             ended {:?} after the cut ({:?} after its start, status {:?}, timed out: {})",
+            left.duration_since(cut.at),
+            (start + j.took).saturating_duration_since(cut.at),
             j.took,
             j.code,
             j.err
