@@ -438,6 +438,66 @@ fn killed_rank_ends_the_job_without_hanging() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Two MPI pools of one process, at once: each pool numbers its workers from 1, and the
+// hub and agents must still tell them apart. And a Fork child of rank 0 exits at once.
+
+#[test]
+#[ignore]
+fn inner_two_pools() {
+    if !under_mpirun() {
+        return;
+    }
+    let a = Pool::builder().mpi().processes(1).build().unwrap();
+    let first = a.apply_async(square, 3);
+    assert_eq!(first.get_timeout(Duration::from_secs(20)).unwrap(), 9);
+    let b = Pool::builder().mpi().processes(1).build().unwrap();
+    let r = b.apply_async(square, 4);
+    assert_eq!(r.get_timeout(Duration::from_secs(20)).unwrap(), 16);
+    // The first pool still works once the second one has workers of the same ids.
+    let r = a.apply_async(square, 5);
+    assert_eq!(r.get_timeout(Duration::from_secs(20)).unwrap(), 25);
+    // Both at once, from two threads, with every result checked.
+    std::thread::scope(|s| {
+        let ta = s.spawn(|| a.map_async(square, 0..2_000u64));
+        let tb = s.spawn(|| b.map_async(square, 2_000..4_000u64));
+        let va = ta
+            .join()
+            .unwrap()
+            .get_timeout(Duration::from_secs(30))
+            .unwrap();
+        let vb = tb
+            .join()
+            .unwrap()
+            .get_timeout(Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(va, (0..2_000u64).map(|x| x * x).collect::<Vec<_>>());
+        assert_eq!(vb, (2_000..4_000u64).map(|x| x * x).collect::<Vec<_>>());
+    });
+    // A `Fork` child of rank 0 inherits the hub's exit handler; it must not run it (it
+    // waited up to 10 s for the parent's MPI thread, and woke it).
+    let p = multiproc::Process::builder()
+        .start_method(multiproc::StartMethod::Fork)
+        .spawn(6u64, square)
+        .unwrap();
+    assert_eq!(p.join_timeout(Duration::from_secs(5)).unwrap(), 36);
+    a.terminate();
+    b.terminate();
+    println!("INNER_TWO_POOLS_OK");
+}
+
+#[test]
+fn two_mpi_pools_at_once_keep_their_workers_apart() {
+    let j = mpirun("inner_two_pools", &[], 3, &[], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_TWO_POOLS_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // A rank running another binary is refused.
 
 #[test]
@@ -450,6 +510,10 @@ fn inner_mismatch() {
     assert_eq!(e.kind(), ErrorKind::ExecutableMismatch, "{e}");
     assert!(e.to_string().contains("rank 2"), "{e}");
     assert!(e.to_string().contains("different binary"), "{e}");
+    // Build-ids as `readelf -n` prints them: the label, then the id in hex (not the label's
+    // own bytes in hex).
+    assert!(e.to_string().contains("rank 0 has build-id:"), "{e}");
+    assert!(!e.to_string().contains("6275696c642d6964"), "{e}");
     println!("INNER_MISMATCH_OK: {e}");
 }
 
@@ -697,6 +761,12 @@ fn inner_killed_ranks_recovered() {
     // Only rank 1 is left, with every worker.
     let ranks = pool.map_chunked(my_rank, 0..20u32, 1).unwrap();
     assert!(ranks.iter().all(|r| *r == 1), "{ranks:?}");
+    // The pool says so too: the lost ranks are gone from its list.
+    let listed = pool.mpi_ranks();
+    assert!(
+        listed.len() == 1 && listed[0].0 == 1 && listed[0].1 >= 1,
+        "{listed:?}"
+    );
     // An apply_async whose task kills the last agent: the caller gets a clear error, not
     // a hang (there is no rank left to run it again).
     let r = pool.apply_async(kill_agent_on, (1, 7));
