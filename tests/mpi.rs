@@ -863,6 +863,56 @@ fn killed_rank_0_under_enable_recovery_ends_the_agents() {
     );
 }
 
+/// A program that never builds an MPI pool, with agent rank 2 stopped before `main` ends.
+#[test]
+#[ignore]
+fn inner_no_pool_stopped_agent() {
+    if !under_mpirun() {
+        return;
+    }
+    let token = std::env::var(JOB_ENV).unwrap();
+    let rank2 = job_processes(&token).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            env.split(|b| *b == 0)
+                .any(|kv| kv == b"OMPI_COMM_WORLD_RANK=2")
+        })
+    });
+    let pid = rank2.expect("agent rank 2 is not running");
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    marker("INNER_STOPPED_AGENT");
+}
+
+#[test]
+fn job_without_a_pool_and_a_stopped_agent_still_ends() {
+    // Rank 0's exit releases the agents through MPI, which waits for every rank: bounded, so
+    // the stopped rank cannot hold rank 0's exit; mpirun then ends the job as failed.
+    let j = mpirun("inner_no_pool_stopped_agent", &[], 3, &[], limit());
+    assert!(
+        j.out.contains("INNER_STOPPED_AGENT"),
+        "stdout:\n{}\nstderr:\n{}",
+        j.out,
+        j.err
+    );
+    assert!(
+        j.err.contains("did not let rank 0 release its node agents"),
+        "stderr:\n{}",
+        j.err
+    );
+    assert!(
+        !j.ok,
+        "a job with a stopped rank cannot end cleanly: {:?}",
+        j.code
+    );
+    println!(
+        "no-pool job with a stopped agent ended after {:?} with {:?}",
+        j.took, j.code
+    );
+}
+
 /// A program that never builds an MPI pool.
 #[test]
 #[ignore]

@@ -101,7 +101,12 @@
 //!   agents to do the same (their finalize waits for every rank too; that once hung the job
 //!   under `--enable-recovery`), and SIGKILLs, through its pidfd, a lost agent of its host
 //!   that still runs. A program that never builds an MPI pool releases the waiting agents at
-//!   exit (`job_that_builds_no_pool_ends_cleanly`, both launches). Every job in
+//!   exit (`job_that_builds_no_pool_ends_cleanly`, both launches); that release goes
+//!   through MPI, which waits for every rank, so it is given 10 s: with a stopped agent,
+//!   rank 0 says so and leaves, and `mpirun` ends the job as failed
+//!   (`job_without_a_pool_and_a_stopped_agent_still_ends`; under `--enable-recovery` the
+//!   stopped agent would keep the job, as a stopped agent on another host does: reasoned,
+//!   not measured). Every job in
 //!   `tests/mpi.rs` is checked to leave no process behind. Not handled: rank 0 dying under
 //!   `--enable-recovery` *before* its first MPI pool is built (the agents wait for its
 //!   welcome without a timeout, since `main` may take any time to get there).
