@@ -43,7 +43,8 @@ pub enum ErrorKind {
     /// A network peer did not prove it knows the authkey (a
     /// [`Listener`](crate::connection::Listener) refused ours, or could not prove its own).
     AuthenticationFailed,
-    /// The child is not running the same executable as the parent.
+    /// The other process (a child, or an MPI rank) is not running the same executable as
+    /// this one.
     ExecutableMismatch,
     /// The object was closed, or the pool no longer accepts work.
     Closed,
@@ -277,7 +278,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol error",
             ErrorKind::AuthenticationFailed => "authentication failed",
             ErrorKind::ExecutableMismatch => {
-                "the child is not running the same executable as the parent"
+                "the other process is not running the same executable as this one"
             }
             ErrorKind::Closed => "closed",
             ErrorKind::Cancelled => "cancelled: the pool was terminated",

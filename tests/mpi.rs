@@ -449,6 +449,66 @@ fn killed_rank_ends_the_job_without_hanging() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Two MPI pools of one process, at once: each pool numbers its workers from 1, and the
+// hub and agents must still tell them apart. And a Fork child of rank 0 exits at once.
+
+#[test]
+#[ignore]
+fn inner_two_pools() {
+    if !under_mpirun() {
+        return;
+    }
+    let a = Pool::builder().mpi().processes(1).build().unwrap();
+    let first = a.apply_async(square, 3);
+    assert_eq!(first.get_timeout(Duration::from_secs(20)).unwrap(), 9);
+    let b = Pool::builder().mpi().processes(1).build().unwrap();
+    let r = b.apply_async(square, 4);
+    assert_eq!(r.get_timeout(Duration::from_secs(20)).unwrap(), 16);
+    // The first pool still works once the second one has workers of the same ids.
+    let r = a.apply_async(square, 5);
+    assert_eq!(r.get_timeout(Duration::from_secs(20)).unwrap(), 25);
+    // Both at once, from two threads, with every result checked.
+    std::thread::scope(|s| {
+        let ta = s.spawn(|| a.map_async(square, 0..2_000u64));
+        let tb = s.spawn(|| b.map_async(square, 2_000..4_000u64));
+        let va = ta
+            .join()
+            .unwrap()
+            .get_timeout(Duration::from_secs(30))
+            .unwrap();
+        let vb = tb
+            .join()
+            .unwrap()
+            .get_timeout(Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(va, (0..2_000u64).map(|x| x * x).collect::<Vec<_>>());
+        assert_eq!(vb, (2_000..4_000u64).map(|x| x * x).collect::<Vec<_>>());
+    });
+    // A `Fork` child of rank 0 inherits the hub's exit handler; it must not run it (it
+    // waited up to 10 s for the parent's MPI thread, and woke it).
+    let p = multiproc::Process::builder()
+        .start_method(multiproc::StartMethod::Fork)
+        .spawn(6u64, square)
+        .unwrap();
+    assert_eq!(p.join_timeout(Duration::from_secs(5)).unwrap(), 36);
+    a.terminate();
+    b.terminate();
+    println!("INNER_TWO_POOLS_OK");
+}
+
+#[test]
+fn two_mpi_pools_at_once_keep_their_workers_apart() {
+    let j = mpirun("inner_two_pools", &[], 3, &[], limit());
+    assert!(
+        j.ok && j.out.contains("INNER_TWO_POOLS_OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        j.code,
+        j.out,
+        j.err
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // A rank running another binary is refused.
 
 #[test]
@@ -461,6 +521,10 @@ fn inner_mismatch() {
     assert_eq!(e.kind(), ErrorKind::ExecutableMismatch, "{e}");
     assert!(e.to_string().contains("rank 2"), "{e}");
     assert!(e.to_string().contains("different binary"), "{e}");
+    // Build-ids as `readelf -n` prints them: the label, then the id in hex (not the label's
+    // own bytes in hex).
+    assert!(e.to_string().contains("rank 0 has build-id:"), "{e}");
+    assert!(!e.to_string().contains("6275696c642d6964"), "{e}");
     println!("INNER_MISMATCH_OK: {e}");
 }
 
@@ -975,6 +1039,12 @@ fn inner_killed_ranks_recovered() {
     // Only rank 1 is left, with every worker.
     let ranks = pool.map_chunked(my_rank, 0..20u32, 1).unwrap();
     assert!(ranks.iter().all(|r| *r == 1), "{ranks:?}");
+    // The pool says so too: the lost ranks are gone from its list.
+    let listed = pool.mpi_ranks();
+    assert!(
+        listed.len() == 1 && listed[0].0 == 1 && listed[0].1 >= 1,
+        "{listed:?}"
+    );
     // An apply_async whose task kills the last agent: the caller gets a clear error, not
     // a hang (there is no rank left to run it again).
     let r = pool.apply_async(kill_agent_on, (1, 7));
@@ -1067,6 +1137,56 @@ fn killed_rank_0_under_enable_recovery_ends_the_agents() {
     }
     println!(
         "job without rank 0 ended after {:?} with {:?}",
+        j.took, j.code
+    );
+}
+
+/// A program that never builds an MPI pool, with agent rank 2 stopped before `main` ends.
+#[test]
+#[ignore]
+fn inner_no_pool_stopped_agent() {
+    if !under_mpirun() {
+        return;
+    }
+    let token = std::env::var(JOB_ENV).unwrap();
+    let rank2 = job_processes(&token).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            env.split(|b| *b == 0)
+                .any(|kv| kv == b"OMPI_COMM_WORLD_RANK=2")
+        })
+    });
+    let pid = rank2.expect("agent rank 2 is not running");
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    marker("INNER_STOPPED_AGENT");
+}
+
+#[test]
+fn job_without_a_pool_and_a_stopped_agent_still_ends() {
+    // Rank 0's exit releases the agents through MPI, which waits for every rank: bounded, so
+    // the stopped rank cannot hold rank 0's exit; mpirun then ends the job as failed.
+    let j = mpirun("inner_no_pool_stopped_agent", &[], 3, &[], limit());
+    assert!(
+        j.out.contains("INNER_STOPPED_AGENT"),
+        "stdout:\n{}\nstderr:\n{}",
+        j.out,
+        j.err
+    );
+    assert!(
+        j.err.contains("did not let rank 0 release its node agents"),
+        "stderr:\n{}",
+        j.err
+    );
+    assert!(
+        !j.ok,
+        "a job with a stopped rank cannot end cleanly: {:?}",
+        j.code
+    );
+    println!(
+        "no-pool job with a stopped agent ended after {:?} with {:?}",
         j.took, j.code
     );
 }

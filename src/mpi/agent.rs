@@ -42,6 +42,10 @@ pub(crate) fn size_from_env() -> Option<u32> {
 /// multiproc boot variable: not a child, not the fork server), a rank above 0 becomes an agent
 /// and never returns; rank 0 (and a program not under an MPI launcher) returns at once. The
 /// order of the two constructors does not matter: each one acts only when the other does not.
+// SAFETY: (`ctor(unsafe)`: code before `main`) it runs on the process's only thread, reads
+// the environment and, on a rank above 0, initialises MPI and serves until it exits the
+// process; it needs nothing of `main`'s set-up (std's stdio, allocation, threads and
+// environment all work before `main` on Linux), and it never returns into `main` there.
 #[ctor::ctor(unsafe)]
 fn boot_mpi_rank() {
     if std::env::var_os(crate::spawn::bootstrap::BOOT_ENV).is_none() {

@@ -59,6 +59,11 @@ pub(crate) struct Hub {
     pub(crate) ranks: Ranks,
     /// Ranks declared lost (they stopped answering): nobody talks to them again.
     lost: Mutex<Vec<i32>>,
+    /// The last remote worker id handed out (unique over every MPI pool of the process).
+    next_id: std::sync::atomic::AtomicU64,
+    /// The process that started the hub: a `Fork` child inherits the exit handler, and must
+    /// not shut down its parent's hub from there.
+    owner: u32,
     /// When the MPI thread last went round its loop (ms since `EPOCH`): the watchdog's
     /// evidence that it is not stuck inside MPI.
     progress: std::sync::atomic::AtomicU64,
@@ -142,8 +147,9 @@ impl RemoteState {
             None => Err(Error::msg(
                 ErrorKind::Timeout,
                 format!(
-                    "MPI rank {} did not start a pool worker within 60 s",
-                    self.rank
+                    "MPI rank {} did not start a pool worker within {:?}",
+                    self.rank,
+                    super::START_WAIT
                 ),
             )),
         }
@@ -192,14 +198,31 @@ pub(crate) fn hub(rank_timeout: Duration) -> Result<&'static Arc<Hub>> {
         .name("multiproc-mpi".into())
         .spawn(move || run(key, fingerprint, rank_timeout, wake_rx, tx))
         .map_err(|e| Error::io(e).context("starting the MPI thread"))?;
-    let ranks = rx
-        .recv()
-        .unwrap_or_else(|_| Err((ErrorKind::Io, "the MPI thread ended during start-up".into())));
+    // MPI_Init itself waits for every rank of the job: a rank that never starts MPI (another
+    // program, a hung host) would hold `build` forever. The handshake after it has its own
+    // deadline; this one covers both, and the error says what to check.
+    let ranks = match rx.recv_timeout(HELLO_TIMEOUT + Duration::from_secs(30)) {
+        Ok(r) => r,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err((
+            ErrorKind::Timeout,
+            format!(
+                "MPI did not finish starting within {:?} (MPI_Init and every rank's HELLO): \
+                 is every rank of the job running this program, built with multiproc's `mpi` \
+                 feature, and is every host up?",
+                HELLO_TIMEOUT + Duration::from_secs(30)
+            ),
+        )),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err((ErrorKind::Io, "the MPI thread ended during start-up".into()))
+        }
+    };
     let h = Arc::new(Hub {
         cmds: Mutex::new(VecDeque::new()),
         wake_tx,
         ranks,
         lost: Mutex::new(Vec::new()),
+        next_id: std::sync::atomic::AtomicU64::new(0),
+        owner: std::process::id(),
         progress: std::sync::atomic::AtomicU64::new(since_start()),
         stalled: std::sync::atomic::AtomicBool::new(false),
         states: Mutex::new(Vec::new()),
@@ -240,22 +263,38 @@ extern "C" fn release_unused_agents() {
     if HUB.get().is_some() || RELEASER.load(Ordering::Acquire) != std::process::id() {
         return;
     }
-    // None: the program initialised MPI itself; its own finalize then ends the job.
-    let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
-        return;
-    };
-    let world = universe.world();
-    let _ = sys::mpi::errors_return(&world);
-    for r in 1..world.size() {
-        send(
-            &world,
-            r,
-            &wire::msg(wire::SHUTDOWN, 0, &shutdown_body(&[])),
-        );
+    // On a thread of its own, waited for a bounded time: MPI_Init and MPI_Finalize wait for
+    // every rank, and a frozen one (a stopped agent, a hung host) would hold the exit forever.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("multiproc-mpi-release".into())
+        .spawn(move || {
+            // None: the program initialised MPI itself; its own finalize then ends the job.
+            if let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) {
+                let world = universe.world();
+                let _ = sys::mpi::errors_return(&world);
+                for r in 1..world.size() {
+                    send(
+                        &world,
+                        r,
+                        &wire::msg(wire::SHUTDOWN, 0, &shutdown_body(&[])),
+                    );
+                }
+                drop(world);
+                drop(universe);
+            }
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() && rx.recv_timeout(RELEASE_WAIT).is_err() {
+        say(&format!(
+            "multiproc: the MPI job did not let rank 0 release its node agents within \
+             {RELEASE_WAIT:?} (a rank is not answering); leaving without it"
+        ));
     }
-    drop(world);
-    drop(universe);
 }
+
+/// How long rank 0's exit waits to release the agents of a job without an MPI pool.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Set once `HUB` holds the hub (the thread's main loop needs it).
 static HUB_READY: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
@@ -296,7 +335,7 @@ fn watchdog(stall: Duration) {
 }
 
 extern "C" fn stop_at_exit() {
-    if let Some(h) = HUB.get() {
+    if let Some(h) = HUB.get().filter(|h| h.owner == std::process::id()) {
         h.command(Cmd::Shutdown);
         let _ = wait_until(
             &h.done_cv,
@@ -343,6 +382,11 @@ impl Hub {
     /// SIGKILLs worker `id` (through its agent).
     pub(crate) fn kill(&self, id: u64) {
         self.command(Cmd::Kill(id));
+    }
+
+    /// A remote worker id no other worker of this process has had.
+    pub(crate) fn next_worker_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Whether `rank` was declared lost.
@@ -545,7 +589,7 @@ fn handshake(
     for (r, h) in &seen {
         if h.fingerprint != fingerprint {
             problems.push(format!(
-                "rank {r} (host {}, pid {}) runs a different binary (build-id {}, rank 0 has {mine}); start every rank from the same executable",
+                "rank {r} (host {}, pid {}) runs a different binary ({}, rank 0 has {mine}); start every rank from the same executable",
                 h.host, h.pid, hex(&h.fingerprint)
             ));
         }
@@ -595,8 +639,15 @@ fn handshake(
     (Ok(ranks), missing)
 }
 
+/// A fingerprint as people compare it: `build-id:` then the id in hex, as `readelf -n`
+/// prints it (or `hash:` and the file's hash).
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let (label, id) = [&b"build-id:"[..], b"hash:"]
+        .iter()
+        .find_map(|p| b.strip_prefix(*p).map(|rest| (*p, rest)))
+        .unwrap_or((&b""[..], b));
+    let digits: String = id.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}{digits}", String::from_utf8_lossy(label))
 }
 
 /// The relay: commands, MPI messages, worker sockets, heartbeats; until `Shutdown`.

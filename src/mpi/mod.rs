@@ -72,7 +72,7 @@
 //!
 //!   | Launch | an agent rank killed | rank 0 killed | an agent stopped (`SIGSTOP`) | an agent's host cut off (its link down) |
 //!   |---|---|---|---|---|
-//!   | Open MPI 4.1.4 `mpirun -n N` | `mpirun` ends the whole job within ~1.5 s, rank 0 included (exit 137, names the rank and signal) | the job ends the same way | the map completes; the job ends when `main` finishes (exit 137) | the map completes (~2.1 s with a 2 s `mpi_rank_timeout`) and `main` ends; **`mpirun` does not end**: it waits for its daemon on the cut host (still waiting after 45 s; ended by `--timeout`) |
+//!   | Open MPI 4.1.4 `mpirun -n N` | `mpirun` ends the whole job within ~1.5 s, rank 0 included (exit 137, names the rank and signal) | the job ends the same way | the map completes; the job ends when `main` finishes, failed (`mpirun` exits non-zero: 1, "rank 0 exiting improperly", in our runs) | the map completes (~2.1 s with a 2 s `mpi_rank_timeout`) and `main` ends; **`mpirun` does not end**: it waits for its daemon on the cut host (still waiting after 45 s; ended by `--timeout`) |
 //!   | Open MPI 4.1.4 `mpirun --enable-recovery -n N` | **the job goes on**: the rank is lost, its tasks re-run elsewhere, the job ends by itself (exit 0) | each agent, hearing nothing from rank 0 for `mpi_rank_timeout`, ends its workers and leaves (exit 0) | as by default; rank 0 SIGKILLs the stopped agent at exit (exit 0) | as by default: the map completes, `main` ends, `mpirun` waits for the cut host (ended by `--timeout`, exit 110) |
 //!   | MPICH 5.0.2 `mpiexec -n N`, with or without `-disable-auto-cleanup` | hydra ends the whole job within ~0.3 s | the job ends the same way | the map completes; the job ends when `main` finishes (exit 9) | not measured |
 //!
@@ -127,7 +127,12 @@
 //!   agents to do the same (their finalize waits for every rank too; that once hung the job
 //!   under `--enable-recovery`), and SIGKILLs, through its pidfd, a lost agent of its host
 //!   that still runs. A program that never builds an MPI pool releases the waiting agents at
-//!   exit (`job_that_builds_no_pool_ends_cleanly`, both launches). Every job in
+//!   exit (`job_that_builds_no_pool_ends_cleanly`, both launches); that release goes
+//!   through MPI, which waits for every rank, so it is given 10 s: with a stopped agent,
+//!   rank 0 says so and leaves, and `mpirun` ends the job as failed
+//!   (`job_without_a_pool_and_a_stopped_agent_still_ends`; under `--enable-recovery` the
+//!   stopped agent would keep the job, as a stopped agent on another host does: reasoned,
+//!   not measured). Every job in
 //!   `tests/mpi.rs` is checked to leave no process behind. Not handled: rank 0 dying under
 //!   `--enable-recovery` *before* its first MPI pool is built (the agents wait for its
 //!   welcome without a timeout, since `main` may take any time to get there).
@@ -166,6 +171,12 @@
 //!   of up to 4 KiB in one copy by default: before `MPI_Init`, every rank sets
 //!   `OMPI_MCA_btl_vader_eager_limit` and `OMPI_MCA_btl_vader_max_send_size` to 65536 in its
 //!   environment, unless you set either of them (in the environment or with `mpirun --mca`).
+//! * No progress bar (`PoolBuilder::progress`, feature `progress`) is drawn under `mpirun`,
+//!   even from a terminal: rank 0's standard error is a pipe to the launcher, and the bar
+//!   draws only on a terminal (checked by hand, 2026-12-01).
+//! * Under `--enable-recovery`, Open MPI 4.1 prints `PMIX ERROR: BAD-PARAM in file
+//!   ../src/event/pmix_event_notification.c at line 1033` once per job, also when nothing
+//!   failed; it is the launcher's own message and harmless here.
 //! * Outside an MPI job (no launcher variables, or a job of one rank) `.mpi()` builds an
 //!   ordinary local pool, so the same program runs on a laptop unchanged.
 //! * The entry key crosses the interconnect in clear (as every MPI message does): run jobs on
@@ -220,6 +231,9 @@ pub fn size() -> Option<u32> {
 /// Why no remote worker can start once the MPI thread was found stuck.
 const STALLED: &str = "the MPI thread got stuck inside MPI (a rank stopped answering during a \
     send); no worker can be started on another rank any more";
+
+/// How long starting one remote worker may take.
+pub(crate) const START_WAIT: Duration = Duration::from_secs(60);
 
 /// Default for [`PoolBuilder::mpi_rank_timeout`](crate::PoolBuilder::mpi_rank_timeout).
 pub(crate) const RANK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -287,9 +301,24 @@ impl Cluster {
         self.slots.iter().map(|s| s.1).sum()
     }
 
-    /// The ranks and their worker counts.
+    /// The ranks that are not lost and how many of this pool's workers run on each now (a
+    /// lost rank's share moves to the others); before any worker started, the planned counts.
     pub(crate) fn ranks(&self) -> Vec<(u32, usize)> {
-        self.slots.iter().map(|(r, n)| (*r as u32, *n)).collect()
+        let placed = lock(&self.placed);
+        let live: Vec<i32> = placed
+            .iter()
+            .filter(|s| s.exit().is_none())
+            .map(|s| s.rank)
+            .collect();
+        self.slots
+            .iter()
+            .filter(|(r, _)| !self.hub.is_lost(*r))
+            .map(|(r, n)| {
+                let now = live.iter().filter(|x| *x == r).count();
+                (*r as u32, if placed.is_empty() { *n } else { now })
+            })
+            .filter(|(_, n)| *n > 0 || placed.is_empty())
+            .collect()
     }
 
     /// Starts worker `id` on the rank that misses the most workers (a lost rank's share goes
@@ -321,8 +350,12 @@ impl Cluster {
             state
         };
         let rank = state.rank;
+        // The hub and the agents know a worker by an id unique in this process: every pool
+        // numbers its own workers from 1, and two MPI pools may run at once.
+        let _ = id;
+        let id = self.hub.next_worker_id();
         self.hub.spawn(id, rank, spec, fd, state.clone());
-        state.wait_started(Instant::now() + Duration::from_secs(60))?;
+        state.wait_started(Instant::now() + START_WAIT)?;
         Ok(Remote {
             id,
             hub: self.hub,

@@ -395,8 +395,9 @@ impl Pool {
         self.shared.cfg.processes
     }
 
-    /// The MPI ranks the workers run on and how many on each (`PoolBuilder::mpi`); empty
-    /// for a local pool (feature `mpi`).
+    /// The MPI ranks the workers run on now and how many on each (`PoolBuilder::mpi`): a
+    /// lost rank is left out and its share counted where it moved; empty for a local pool
+    /// (feature `mpi`).
     #[cfg(feature = "mpi")]
     pub fn mpi_ranks(&self) -> Vec<(u32, usize)> {
         self.shared

@@ -28,6 +28,9 @@ pub(crate) const BOOT_ENV: &str = "__MULTIPROC_BOOT";
 /// Exit code of a child that could not even start its task (parent gone, protocol error).
 const EXIT_BOOT_FAILED: i32 = 70;
 
+// SAFETY: (`ctor(unsafe)`: code before `main`) it runs on the process's only thread and, in a
+// normal start, only reads one environment variable; in a child or the fork server it uses
+// std and `sys` facilities that work before `main` on Linux and exits the process itself.
 #[ctor::ctor(unsafe)]
 fn boot() {
     let Some(value) = std::env::var_os(BOOT_ENV) else {

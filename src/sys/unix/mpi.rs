@@ -347,60 +347,13 @@ pub(crate) fn errors_return(comm: &SimpleCommunicator) -> Result<(), MpiError> {
 /// Receives one message (any tag) from any rank of `comm` if one is waiting: `Ok(None)`
 /// when none is. An error names the source rank when MPI's status gives one.
 pub(crate) fn try_recv_any(comm: &SimpleCommunicator) -> Result<Option<(i32, Vec<u8>)>, MpiError> {
-    let mut flag: std::os::raw::c_int = 0;
-    let mut msg = std::mem::MaybeUninit::<ffi::MPI_Message>::uninit();
-    let mut st = std::mem::MaybeUninit::<ffi::MPI_Status>::zeroed();
-    // SAFETY: every out-pointer points to storage of its type that lives across the call;
-    // `comm` is valid; the any-source and any-tag constants are rsmpi's statics.
-    let code = unsafe {
-        ffi::MPI_Improbe(
-            ffi::RSMPI_ANY_SOURCE,
-            ffi::RSMPI_ANY_TAG,
-            comm.as_raw(),
-            &mut flag,
-            msg.as_mut_ptr(),
-            st.as_mut_ptr(),
-        )
-    };
-    // SAFETY: the status was zeroed before the call, so it is initialised whatever MPI did.
-    let st = unsafe { st.assume_init() };
-    let src = st.MPI_SOURCE;
-    let named = (src >= 0).then_some(src);
-    check("MPI_Improbe", named, code)?;
-    if flag == 0 {
+    let Some(p) = probe(comm)? else {
         return Ok(None);
-    }
-    // SAFETY: the call succeeded with `flag` set, so MPI wrote the matched message handle.
-    let mut msg = unsafe { msg.assume_init() };
-    let mut count: std::os::raw::c_int = 0;
-    // SAFETY: `st` is the status MPI_Improbe filled for this message; the datatype is
-    // MPI_UINT8_T.
-    let code = unsafe { ffi::MPI_Get_count(&st, u8::equivalent_datatype().as_raw(), &mut count) };
-    check("MPI_Get_count", Some(src), code)?;
-    // MPI_UNDEFINED (negative) cannot happen for bytes; refuse it rather than trust it.
-    let Ok(len) = usize::try_from(count) else {
-        return Err(MpiError {
-            call: "MPI_Get_count",
-            rank: Some(src),
-            code: 0,
-            text: format!("a message of {count} bytes"),
-        });
     };
-    let mut buf = vec![0u8; len];
-    // SAFETY: `buf` has room for `count` bytes of MPI_UINT8_T; `msg` is the handle that
-    // MPI_Improbe matched and has not been received yet (MPI_Mrecv consumes it); the status
-    // is ignored.
-    let code = unsafe {
-        ffi::MPI_Mrecv(
-            buf.as_mut_ptr().cast(),
-            count,
-            u8::equivalent_datatype().as_raw(),
-            &mut msg,
-            ffi::RSMPI_STATUS_IGNORE,
-        )
-    };
-    check("MPI_Mrecv", Some(src), code)?;
-    Ok(Some((src, buf)))
+    let source = p.source;
+    let mut buf = Vec::new();
+    p.receive_into(&mut buf)?;
+    Ok(Some((source, buf)))
 }
 
 /// Sends `msg` to `rank` of `comm` (tag 0), blocking until MPI has the bytes (for messages
