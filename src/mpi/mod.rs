@@ -67,13 +67,14 @@
 //!   error in our measurements (a send to a dead rank succeeded, over shared memory and
 //!   TCP), so the pidfd and the heartbeats are what decide.
 //! * **Whether the job survives a dead rank is the launcher's choice.** Measured on one
-//!   host (`tests/mpi.rs`; MPICH checked by hand on 2026-12-01):
+//!   host (`tests/mpi.rs`; MPICH checked by hand on 2026-12-01; the last column with hosts
+//!   in network namespaces, see "A host cut off the network" below):
 //!
-//!   | Launch | an agent rank killed | rank 0 killed | an agent stopped (`SIGSTOP`) |
-//!   |---|---|---|---|
-//!   | Open MPI 4.1.4 `mpirun -n N` | `mpirun` ends the whole job within ~1.5 s, rank 0 included (exit 137, names the rank and signal) | the job ends the same way | the map completes; the job ends when `main` finishes, failed (`mpirun` exits non-zero: 1, "rank 0 exiting improperly", in our runs) |
-//!   | Open MPI 4.1.4 `mpirun --enable-recovery -n N` | **the job goes on**: the rank is lost, its tasks re-run elsewhere, the job ends by itself (exit 0) | each agent, hearing nothing from rank 0 for `mpi_rank_timeout`, ends its workers and leaves (exit 0) | as by default; rank 0 SIGKILLs the stopped agent at exit (exit 0) |
-//!   | MPICH 5.0.2 `mpiexec -n N`, with or without `-disable-auto-cleanup` | hydra ends the whole job within ~0.3 s | the job ends the same way | the map completes; the job ends when `main` finishes (exit 9) |
+//!   | Launch | an agent rank killed | rank 0 killed | an agent stopped (`SIGSTOP`) | an agent's host cut off (its link down) |
+//!   |---|---|---|---|---|
+//!   | Open MPI 4.1.4 `mpirun -n N` | `mpirun` ends the whole job within ~1.5 s, rank 0 included (exit 137, names the rank and signal) | the job ends the same way | the map completes; the job ends when `main` finishes, failed (`mpirun` exits non-zero: 1, "rank 0 exiting improperly", in our runs) | the map completes (~2.1 s with a 2 s `mpi_rank_timeout`) and `main` ends; **`mpirun` does not end**: it waits for its daemon on the cut host (still waiting after 45 s; ended by `--timeout`) |
+//!   | Open MPI 4.1.4 `mpirun --enable-recovery -n N` | **the job goes on**: the rank is lost, its tasks re-run elsewhere, the job ends by itself (exit 0) | each agent, hearing nothing from rank 0 for `mpi_rank_timeout`, ends its workers and leaves (exit 0) | as by default; rank 0 SIGKILLs the stopped agent at exit (exit 0) | as by default: the map completes, `main` ends, `mpirun` waits for the cut host (ended by `--timeout`, exit 110) |
+//!   | MPICH 5.0.2 `mpiexec -n N`, with or without `-disable-auto-cleanup` | hydra ends the whole job within ~0.3 s | the job ends the same way | the map completes; the job ends when `main` finishes (exit 9) | not measured |
 //!
 //!   Tests: `killed_rank_ends_the_job_without_hanging` (default launch),
 //!   `killed_ranks_under_enable_recovery_rerun_their_tasks` (four agents killed one after
@@ -81,7 +82,8 @@
 //!   `apply_async` results, each of which still arrives; and under the last agent, where the
 //!   pending result is the "every agent rank" error),
 //!   `killed_rank_0_under_enable_recovery_ends_the_agents` and
-//!   `frozen_rank_is_lost_and_its_tasks_rerun` (both launches). So to outlive a dead agent,
+//!   `frozen_rank_is_lost_and_its_tasks_rerun` (both launches),
+//!   `cut_link_neither_hangs_nor_loses_results` (both launches). So to outlive a dead agent,
 //!   launch with Open MPI's `mpirun --enable-recovery`. Two things change with it: `mpirun`
 //!   then exits 0 whatever the ranks' exit statuses, rank 0's included
 //!   (`enable_recovery_hides_rank_0s_exit_status`), so have rank 0 report its outcome
@@ -95,6 +97,30 @@
 //!   whole job; its ULFM mode (`MPIR_CVAR_ENABLE_FT=1`, needed for its `MPIX_` calls) fails
 //!   an assertion inside `MPI_Init_thread` (`ch4_request.h`, line 16) with either netmod,
 //!   UCX or OFI, for a plain C program that only initialises MPI too, and the job then hangs.
+//! * **A host cut off the network.** Measured with three hosts in network namespaces
+//!   joined by a bridge (rank 0 on the first, `mpirun` there too; ranks 1 and 2 on the
+//!   others; TCP only), the link of rank 2's host taken down while it runs a task
+//!   (`cut_link_neither_hangs_nor_loses_results`): rank 0 hears nothing from rank 2 for
+//!   `mpi_rank_timeout` (2 s), loses it, runs its unanswered task again on rank 1, and the
+//!   `map` returns every result about 2.1 s after it started; rank 1 then serves alone, and
+//!   `main` ends (rank 0 leaves without `MPI_Finalize`). On the cut host, the agent hears
+//!   nothing from rank 0 for `mpi_rank_timeout`, ends its workers and exits by itself
+//!   (~2.0 s after the cut, while mpirun's daemon there still runs; its sends to rank 0 went
+//!   into the TCP socket's buffer and never blocked). **`mpirun` itself cannot
+//!   end then**, under either launch: it waits for its daemon (`orted`) on the cut host to
+//!   report that host's ranks, which that daemon cannot do. By default `mpirun` also tries
+//!   to tell that daemon to kill its ranks and waits for TCP to give up on it (Linux retries
+//!   for ~15 min; it was still waiting after 45 s); under `--enable-recovery` it waited
+//!   past 45 s even once its TCP keepalive (`--mca oob_tcp_keepalive_time 1`) had dropped
+//!   the connection to that daemon. No process of ours can end the launcher, so **launch
+//!   with a time limit**: `mpirun --timeout SECONDS` (or `MPIEXEC_TIMEOUT`), a bound on the
+//!   whole job's run time, set above the job's normal run time. With `--timeout 8` the job
+//!   ended at 8 s, about 7.5 s after the cut (exit 1 by default, 110 under
+//!   `--enable-recovery`, "The user-provided time limit for job execution has been
+//!   reached"). The daemon on the cut host stays until its own TCP gives up on `mpirun`
+//!   (more than 4 minutes with Linux's defaults; the test sets `net.ipv4.tcp_retries2=4`
+//!   in that host's namespace, so it exits within seconds); the agent and workers there
+//!   have left before.
 //! * **Rank 0 leaves cleanly.** Rank 0 beats too; an agent that hears nothing from rank 0
 //!   for `mpi_rank_timeout` ends its workers and exits. At exit, after a lost rank, rank 0
 //!   leaves without `MPI_Finalize` (which would wait for the lost rank forever), tells the
